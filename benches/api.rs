@@ -1,0 +1,2 @@
+//! Benchmark: api. Results and the command to reproduce them are in docs/benchmarks.md.
+fn main() {}

@@ -1,0 +1,2 @@
+//! Benchmark: local. Results and the command to reproduce them are in docs/benchmarks.md.
+fn main() {}

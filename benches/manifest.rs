@@ -1,0 +1,2 @@
+//! Benchmark: manifest. Results and the command to reproduce them are in docs/benchmarks.md.
+fn main() {}

@@ -1,0 +1,18 @@
+//! Floyd: a GitOps sync controller with its own progressive-delivery engine.
+//!
+//! Decisions are pure functions over data ([`engine`], [`diff`], most of
+//! [`manifest`]); effects live at the edges ([`source`], [`runtime`],
+//! [`store`], [`server`]). See `docs/architecture.md`.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod controller;
+pub mod diff;
+pub mod engine;
+pub mod manifest;
+pub mod runtime;
+pub mod server;
+pub mod source;
+pub mod store;
+pub mod telemetry;
+pub mod time;

@@ -1,0 +1,250 @@
+//! Runtimes: where instances actually run. The [`Runtime`] trait (observe,
+//! apply) and its backends: [`local`] (the embedded default: real processes,
+//! probes, a load balancer), [`kube`] (Kubernetes ReplicaSets and Services),
+//! [`sim`] (a virtual clock, for tests, `floyd simulate` and benchmarks).
+//!
+//! A runtime executes what the engine decided; it never decides a rollout
+//! step itself. Within one revision it is the *instance manager*: it makes
+//! the live instance count match the desired count, creating in slow-start
+//! batches and deleting not-ready instances first (see
+//! [`crate::engine::instances`]), like Kubernetes' ReplicaSet controller.
+
+pub mod kube;
+pub mod local;
+pub mod sim;
+
+use crate::manifest::{InstanceTemplate, Revision, ServiceName, ServiceSpec};
+use crate::time::Time;
+use serde::{Deserialize, Serialize};
+
+/// What a runtime sees of one service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Observed {
+    /// Every revision the runtime holds for the service, oldest first
+    /// (including revisions scaled to 0 kept for rollback).
+    pub revisions: Vec<ObservedRevision>,
+    /// Revision receiving active (load-balanced) traffic. For rolling updates
+    /// traffic goes to every ready instance and this is `None`.
+    pub active: Option<Revision>,
+    /// Revision receiving preview traffic (blue-green).
+    pub preview: Option<Revision>,
+    /// GPU capacity for this service's GPU request; `None` when it needs no GPU.
+    pub gpu: Option<GpuCapacity>,
+    /// Results of the configured gates for the target revision, in spec order.
+    /// Filled by the controller (gates are evaluated outside the engine).
+    #[serde(default)]
+    pub gates: Vec<GateResult>,
+    /// Cumulative traffic counters per revision (load balancer), for the
+    /// `successRate` gate.
+    #[serde(default)]
+    pub traffic: Vec<RevisionTraffic>,
+}
+
+impl Observed {
+    pub fn revision(&self, rev: &Revision) -> Option<&ObservedRevision> {
+        self.revisions.iter().find(|r| &r.revision == rev)
+    }
+}
+
+/// One revision (instance set) of a service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObservedRevision {
+    pub revision: Revision,
+    /// When the runtime first created this revision (orders revisions: oldest first).
+    pub created_at: Time,
+    /// Instances the runtime was asked to keep.
+    pub desired: u32,
+    /// Live and terminating instances.
+    pub instances: Vec<Instance>,
+    /// The template, so a revision can be scaled up again (rollback).
+    pub template: InstanceTemplate,
+}
+
+impl ObservedRevision {
+    /// Instances that exist and are not terminating.
+    pub fn live(&self) -> u32 {
+        self.instances
+            .iter()
+            .filter(|i| i.phase != InstancePhase::Terminating)
+            .count() as u32
+    }
+    /// Terminating instances (still holding ports and GPUs).
+    pub fn terminating(&self) -> u32 {
+        self.instances
+            .iter()
+            .filter(|i| i.phase == InstancePhase::Terminating)
+            .count() as u32
+    }
+    /// Ready, non-terminating instances.
+    pub fn ready(&self) -> u32 {
+        self.instances
+            .iter()
+            .filter(|i| i.phase != InstancePhase::Terminating && i.ready_since.is_some())
+            .count() as u32
+    }
+    /// Instances ready continuously for at least `min_ready_seconds` at `now`.
+    pub fn available(&self, min_ready_seconds: u32, now: Time) -> u32 {
+        self.instances
+            .iter()
+            .filter(|i| i.is_available(min_ready_seconds, now))
+            .count() as u32
+    }
+}
+
+/// One instance (a process, a pod, a simulated instance).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    pub id: String,
+    pub phase: InstancePhase,
+    pub created_at: Time,
+    /// Since when it has been ready without interruption; `None` when not ready.
+    pub ready_since: Option<Time>,
+    pub restarts: u32,
+    /// Why it is not ready / not running, in words a person can act on
+    /// (e.g. "readiness probe GET /healthz returned 503", "CrashLoopBackOff: exit status 1").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// GPU units it holds (device ids, slice ids, slot ids).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<String>,
+}
+
+impl Instance {
+    pub fn is_available(&self, min_ready_seconds: u32, now: Time) -> bool {
+        self.phase != InstancePhase::Terminating
+            && self.ready_since.is_some_and(|t| {
+                now.since(t).as_millis() as u64 >= u64::from(min_ready_seconds) * 1000
+            })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InstancePhase {
+    /// Created, not running yet (scheduling, pulling, starting, backing off).
+    Pending,
+    /// Running (ready or not: see `ready_since`).
+    Running,
+    /// Stopping; still holds its port and GPUs.
+    Terminating,
+    /// Exited and will not be restarted by itself.
+    Failed,
+}
+
+/// GPU capacity as it concerns one service's request, in request units
+/// (whole GPUs, MIG slices or time-slice slots of the matching kind).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuCapacity {
+    /// What kind, for messages: "NVIDIA-A100-SXM4-80GB", "mig-1g.10gb", ...
+    pub kind: String,
+    /// Units of this kind that exist.
+    pub exist: u32,
+    /// Units held by nobody (a terminating instance's units are not free).
+    pub free: u32,
+    /// Units held by this service's instances (any revision, terminating included).
+    pub held_by_service: u32,
+}
+
+/// Result of one configured gate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateResult {
+    /// Gate kind and index, e.g. `successRate`, `prometheus[1]`.
+    pub name: String,
+    pub verdict: GateVerdict,
+    /// When it was evaluated.
+    pub at: Time,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", content = "reason")]
+pub enum GateVerdict {
+    Pass,
+    Fail(String),
+    /// No data yet; blocks progress but does not fail (unless `onNoData` says so).
+    Pending(String),
+}
+
+/// Cumulative load-balancer counters for one revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionTraffic {
+    pub revision: Revision,
+    pub requests: u64,
+    /// 5xx responses and failed proxy attempts.
+    pub errors: u64,
+}
+
+/// What the engine asks a runtime to do. A runtime applies them in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Action {
+    /// Make the revision exist (with 0 instances) so it can be scaled.
+    CreateRevision {
+        revision: Revision,
+        template: InstanceTemplate,
+    },
+    /// Set the desired instance count of a revision.
+    Scale { revision: Revision, replicas: u32 },
+    /// Delete one specific instance now and lower the revision's desired count
+    /// by one (GPU in-place replacement, cleanup of a stuck instance).
+    DeleteInstance {
+        revision: Revision,
+        instance: String,
+    },
+    /// Route active and preview traffic (atomic switch). `active: None` means
+    /// every ready instance of every revision (rolling updates).
+    SetTraffic {
+        active: Option<Revision>,
+        preview: Option<Revision>,
+    },
+    /// Forget a revision that has no instances (revision history limit).
+    DeleteRevision { revision: Revision },
+}
+
+/// Errors of a runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("service {service}: revision {revision} does not exist")]
+    NoSuchRevision {
+        service: ServiceName,
+        revision: Revision,
+    },
+    #[error("service {service}: {message}")]
+    Apply {
+        service: ServiceName,
+        message: String,
+    },
+    #[error("runtime unavailable: {0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A place where services run. Implementations: [`local::LocalRuntime`],
+/// [`kube::KubeRuntime`], [`sim::SimRuntime`].
+#[async_trait::async_trait]
+pub trait Runtime: Send + Sync {
+    /// Short name (`local`, `kube`, `sim`).
+    fn name(&self) -> &'static str;
+
+    /// The services this runtime currently runs (for prune and adoption).
+    async fn services(&self) -> Result<Vec<ServiceName>, Error>;
+
+    /// Current state of one service. A service the runtime does not know is
+    /// observed as `Observed::default()` (no revisions).
+    async fn observe(
+        &self,
+        service: &ServiceName,
+        spec: Option<&ServiceSpec>,
+        now: Time,
+    ) -> Result<Observed, Error>;
+
+    /// Carry out the engine's actions for `service`, whose current spec
+    /// (ports, probes, blue-green preview port) is `spec`.
+    async fn apply(
+        &self,
+        service: &ServiceName,
+        spec: &ServiceSpec,
+        actions: &[Action],
+    ) -> Result<(), Error>;
+
+    /// Remove everything of a service (prune).
+    async fn delete_service(&self, service: &ServiceName) -> Result<(), Error>;
+}

@@ -1,0 +1,2 @@
+//! HTTP: webhooks, `/healthz`, `/readyz`, `/metrics`, the JSON API,
+//! server-sent events and the dashboard page.
