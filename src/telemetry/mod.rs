@@ -1,6 +1,9 @@
 //! Telemetry set up once: the tracing subscriber (text or JSON) and the
 //! Prometheus registry with every metric of the contract.
 
+pub mod metrics;
+
+pub use metrics::Metrics;
 use std::str::FromStr;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

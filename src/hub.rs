@@ -1,0 +1,303 @@
+//! The hub: what the controller (the one writer) shares with the HTTP server
+//! and the CLI's API (readers): the live view of every service, recent
+//! history, the event stream, manual commands and fetch triggers.
+//!
+//! It holds data and channels only; it decides nothing.
+
+use crate::engine::{Command, Phase, RevisionCounts};
+use crate::manifest::Revision;
+use crate::runtime::{GateResult, GpuCapacity};
+use crate::telemetry::Metrics;
+use crate::time::Time;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, RwLock};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot};
+
+/// A Git commit as people see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitInfo {
+    pub sha: String,
+    pub summary: String,
+    pub author: String,
+    /// Commit time, seconds since the Unix epoch.
+    pub time: i64,
+}
+
+/// The live state of one service (`GET /api/v1/services/{name}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub name: String,
+    pub strategy: String,
+    pub replicas: u32,
+    pub phase: Phase,
+    pub reason: String,
+    /// The last revision that completed.
+    pub current_revision: Option<Revision>,
+    /// The revision being rolled out (equal to current when Complete).
+    pub target_revision: Option<Revision>,
+    /// The commit the target revision came from.
+    pub commit: Option<CommitInfo>,
+    pub revisions: Vec<RevisionCounts>,
+    pub gates: Vec<GateResult>,
+    pub gpu: Option<GpuCapacity>,
+    /// Revision receiving active traffic (blue-green), if any.
+    pub active: Option<Revision>,
+    pub preview: Option<Revision>,
+    pub updated_at: Time,
+}
+
+/// One finished or running rollout (`GET /api/v1/services/{name}/history`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub service: String,
+    pub commit: Option<CommitInfo>,
+    pub from_revision: Option<Revision>,
+    pub to_revision: Revision,
+    pub started_at: Time,
+    pub ended_at: Option<Time>,
+    /// Progressing while running; Complete, Failed, RolledBack, Degraded after.
+    pub result: Phase,
+    pub reason: String,
+    /// This rollout was a rollback of a failed one.
+    pub rollback: bool,
+    /// The revert commit pushed for this failure, if any.
+    pub revert_commit: Option<String>,
+}
+
+/// What `GET /api/v1/events` streams.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum Event {
+    /// A service's phase or instance counts changed.
+    Service { service: ServiceView },
+    /// A rollout started, ended or changed.
+    Rollout { entry: HistoryEntry },
+    /// A revert commit was pushed (or failed to be).
+    Revert {
+        service: String,
+        commit: Option<String>,
+        reverted: Vec<String>,
+        ok: bool,
+        message: String,
+    },
+    /// A new commit was synced.
+    Sync { commit: CommitInfo },
+}
+
+impl Event {
+    /// SSE event name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Service { .. } => "service",
+            Event::Rollout { .. } => "rollout",
+            Event::Revert { .. } => "revert",
+            Event::Sync { .. } => "sync",
+        }
+    }
+}
+
+/// A manual command from the API, answered by the controller.
+#[derive(Debug)]
+pub struct ControlRequest {
+    pub service: String,
+    pub command: Command,
+    pub reply: oneshot::Sender<Result<(), String>>,
+}
+
+/// Why the controller should look at the remote now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchTrigger {
+    /// `github`, `gitlab`, ..., `poll`, `watch`.
+    pub source: String,
+    /// The commit the webhook announced, if it said.
+    pub after: Option<String>,
+}
+
+const HISTORY_KEEP: usize = 50;
+const DELIVERIES_KEEP: usize = 4096;
+
+/// Shared between the controller and the server. Create one with [`Hub::new`]
+/// and pass `Arc<Hub>` around.
+pub struct Hub {
+    services: RwLock<BTreeMap<String, ServiceView>>,
+    history: RwLock<BTreeMap<String, VecDeque<HistoryEntry>>>,
+    events: broadcast::Sender<Event>,
+    commands: mpsc::UnboundedSender<ControlRequest>,
+    commands_rx: Mutex<Option<mpsc::UnboundedReceiver<ControlRequest>>>,
+    fetch_tx: mpsc::UnboundedSender<FetchTrigger>,
+    fetch_rx: Mutex<Option<mpsc::UnboundedReceiver<FetchTrigger>>>,
+    /// Wakes the controller when a fetch trigger arrives.
+    pub fetch_notify: Notify,
+    deliveries: Mutex<(HashSet<String>, VecDeque<String>)>,
+    synced_once: AtomicBool,
+    git_reachable: AtomicBool,
+    leader: AtomicBool,
+    pub metrics: Metrics,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hub {
+    pub fn new() -> Hub {
+        let (events, _) = broadcast::channel(4096);
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let (fetch_tx, fetch_rx) = mpsc::unbounded_channel();
+        Hub {
+            services: RwLock::new(BTreeMap::new()),
+            history: RwLock::new(BTreeMap::new()),
+            events,
+            commands,
+            commands_rx: Mutex::new(Some(commands_rx)),
+            fetch_tx,
+            fetch_rx: Mutex::new(Some(fetch_rx)),
+            fetch_notify: Notify::new(),
+            deliveries: Mutex::new((HashSet::new(), VecDeque::new())),
+            synced_once: AtomicBool::new(false),
+            git_reachable: AtomicBool::new(true),
+            leader: AtomicBool::new(true),
+            metrics: Metrics::new(),
+        }
+    }
+
+    // ---- readers (server, API) ----
+
+    pub fn services(&self) -> Vec<ServiceView> {
+        self.services
+            .read()
+            .expect("hub lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+    pub fn service(&self, name: &str) -> Option<ServiceView> {
+        self.services.read().expect("hub lock").get(name).cloned()
+    }
+    /// Newest first.
+    pub fn history(&self, name: &str) -> Vec<HistoryEntry> {
+        self.history
+            .read()
+            .expect("hub lock")
+            .get(name)
+            .map(|h| h.iter().rev().cloned().collect())
+            .unwrap_or_default()
+    }
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+    /// Ask the controller to run a manual command; waits for its answer.
+    pub async fn control(&self, service: &str, command: Command) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(ControlRequest {
+                service: service.to_string(),
+                command,
+                reply,
+            })
+            .map_err(|_| "the controller is not running".to_string())?;
+        rx.await
+            .map_err(|_| "the controller did not answer".to_string())?
+    }
+    /// Ask the controller to look at the remote now (webhook, watch).
+    pub fn trigger_fetch(&self, trigger: FetchTrigger) {
+        let _ = self.fetch_tx.send(trigger);
+        self.fetch_notify.notify_one();
+    }
+    /// Records a webhook delivery id; false when it was seen before.
+    pub fn first_delivery(&self, id: &str) -> bool {
+        let mut d = self.deliveries.lock().expect("hub lock");
+        if d.0.contains(id) {
+            return false;
+        }
+        d.0.insert(id.to_string());
+        d.1.push_back(id.to_string());
+        if d.1.len() > DELIVERIES_KEEP
+            && let Some(old) = d.1.pop_front()
+        {
+            d.0.remove(&old);
+        }
+        true
+    }
+    /// `/readyz`: the first sync is done (or this replica is a standby).
+    pub fn is_ready(&self) -> bool {
+        self.synced_once.load(Ordering::Relaxed) || !self.is_leader()
+    }
+    pub fn git_reachable(&self) -> bool {
+        self.git_reachable.load(Ordering::Relaxed)
+    }
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Relaxed)
+    }
+
+    // ---- the writer (controller) ----
+
+    /// Take the command receiver (once, by the controller).
+    pub fn take_commands(&self) -> Option<mpsc::UnboundedReceiver<ControlRequest>> {
+        self.commands_rx.lock().expect("hub lock").take()
+    }
+    /// Take the fetch-trigger receiver (once, by the controller).
+    pub fn take_fetch_triggers(&self) -> Option<mpsc::UnboundedReceiver<FetchTrigger>> {
+        self.fetch_rx.lock().expect("hub lock").take()
+    }
+    /// Replace a service's view; emits a `service` event when it changed
+    /// (ignoring `updated_at`).
+    pub fn set_service(&self, view: ServiceView) {
+        let changed = {
+            let mut s = self.services.write().expect("hub lock");
+            let changed = match s.get(&view.name) {
+                Some(old) => {
+                    let mut a = old.clone();
+                    a.updated_at = view.updated_at;
+                    a != view
+                }
+                None => true,
+            };
+            s.insert(view.name.clone(), view.clone());
+            changed
+        };
+        if changed {
+            self.metrics.set_phase(&view.name, view.phase);
+            let _ = self.events.send(Event::Service { service: view });
+        }
+    }
+    pub fn remove_service(&self, name: &str) {
+        self.services.write().expect("hub lock").remove(name);
+    }
+    /// Add or update (same service + started_at + to_revision) a history entry.
+    pub fn record_history(&self, entry: HistoryEntry) {
+        {
+            let mut h = self.history.write().expect("hub lock");
+            let list = h.entry(entry.service.clone()).or_default();
+            match list
+                .iter_mut()
+                .find(|e| e.started_at == entry.started_at && e.to_revision == entry.to_revision)
+            {
+                Some(e) => *e = entry.clone(),
+                None => {
+                    list.push_back(entry.clone());
+                    if list.len() > HISTORY_KEEP {
+                        list.pop_front();
+                    }
+                }
+            }
+        }
+        let _ = self.events.send(Event::Rollout { entry });
+    }
+    pub fn emit(&self, event: Event) {
+        let _ = self.events.send(event);
+    }
+    pub fn set_synced(&self) {
+        self.synced_once.store(true, Ordering::Relaxed);
+    }
+    pub fn set_git_reachable(&self, ok: bool) {
+        self.git_reachable.store(ok, Ordering::Relaxed);
+    }
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.store(leader, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,198 @@
+//! Every metric of the contract (prefix `floyd_`), registered once. Labels
+//! have bounded cardinality: service, strategy, result, phase, provider,
+//! revision (bounded by the revision history limit), GPU product. Never a commit sha.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub provider: String,
+    pub result: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutLabels {
+    pub service: String,
+    pub strategy: String,
+    pub result: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StrategyLabel {
+    pub strategy: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub service: String,
+    pub phase: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    pub service: String,
+    pub revision: String,
+    pub state: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProductLabel {
+    pub product: String,
+}
+
+fn seconds_histogram() -> Histogram {
+    // 5 ms .. ~80 s
+    Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+fn rollout_histogram() -> Histogram {
+    // 1 s .. ~4.5 h
+    Histogram::new(exponential_buckets(1.0, 2.0, 15))
+}
+
+/// The registry and every contract metric. Cheap to clone (handles are shared).
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: std::sync::Arc<Registry>,
+    pub sync_total: Family<ResultLabel, Counter>,
+    pub sync_duration_seconds: Histogram,
+    pub git_fetch_duration_seconds: Histogram,
+    pub git_fetch_total: Family<ResultLabel, Counter>,
+    pub webhook_requests_total: Family<WebhookLabels, Counter>,
+    pub rollout_total: Family<RolloutLabels, Counter>,
+    pub rollout_duration_seconds: Family<StrategyLabel, Histogram>,
+    /// 1 for the service's current phase, 0 for the others.
+    pub rollout_phase: Family<PhaseLabels, Gauge>,
+    pub revert_commits_total: Family<ResultLabel, Counter>,
+    pub instances: Family<InstanceLabels, Gauge>,
+    pub gpu_capacity: Family<ProductLabel, Gauge>,
+    pub gpu_allocated: Family<ProductLabel, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut r = Registry::with_prefix("floyd");
+        let sync_total = Family::<ResultLabel, Counter>::default();
+        r.register("sync", "Syncs of a commit, by result", sync_total.clone());
+        let sync_duration_seconds = seconds_histogram();
+        r.register(
+            "sync_duration_seconds",
+            "Time to render, diff and start rollouts for one commit",
+            sync_duration_seconds.clone(),
+        );
+        let git_fetch_duration_seconds = seconds_histogram();
+        r.register(
+            "git_fetch_duration_seconds",
+            "Time of one remote check/fetch",
+            git_fetch_duration_seconds.clone(),
+        );
+        let git_fetch_total = Family::<ResultLabel, Counter>::default();
+        r.register(
+            "git_fetch",
+            "Remote checks/fetches, by result",
+            git_fetch_total.clone(),
+        );
+        let webhook_requests_total = Family::<WebhookLabels, Counter>::default();
+        r.register(
+            "webhook_requests",
+            "Webhook deliveries, by provider and result",
+            webhook_requests_total.clone(),
+        );
+        let rollout_total = Family::<RolloutLabels, Counter>::default();
+        r.register(
+            "rollout",
+            "Finished rollouts, by service, strategy and result",
+            rollout_total.clone(),
+        );
+        let rollout_duration_seconds = Family::<StrategyLabel, Histogram>::new_with_constructor(
+            rollout_histogram as fn() -> Histogram,
+        );
+        r.register(
+            "rollout_duration_seconds",
+            "Duration of finished rollouts",
+            rollout_duration_seconds.clone(),
+        );
+        let rollout_phase = Family::<PhaseLabels, Gauge>::default();
+        r.register(
+            "rollout_phase",
+            "1 for each service's current rollout phase",
+            rollout_phase.clone(),
+        );
+        let revert_commits_total = Family::<ResultLabel, Counter>::default();
+        r.register(
+            "revert_commits",
+            "Revert commits, by result",
+            revert_commits_total.clone(),
+        );
+        let instances = Family::<InstanceLabels, Gauge>::default();
+        r.register(
+            "instances",
+            "Instances by service, revision and state",
+            instances.clone(),
+        );
+        let gpu_capacity = Family::<ProductLabel, Gauge>::default();
+        r.register(
+            "gpu_capacity",
+            "GPU units that exist, by product",
+            gpu_capacity.clone(),
+        );
+        let gpu_allocated = Family::<ProductLabel, Gauge>::default();
+        r.register(
+            "gpu_allocated",
+            "GPU units held by instances, by product",
+            gpu_allocated.clone(),
+        );
+        Metrics {
+            registry: std::sync::Arc::new(r),
+            sync_total,
+            sync_duration_seconds,
+            git_fetch_duration_seconds,
+            git_fetch_total,
+            webhook_requests_total,
+            rollout_total,
+            rollout_duration_seconds,
+            rollout_phase,
+            revert_commits_total,
+            instances,
+            gpu_capacity,
+            gpu_allocated,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Sets `floyd_rollout_phase{service}` to 1 for `phase` and 0 for every other phase.
+    pub fn set_phase(&self, service: &str, phase: crate::engine::Phase) {
+        use crate::engine::Phase::*;
+        for p in [
+            Progressing,
+            Paused,
+            AwaitingPromotion,
+            Complete,
+            Failed,
+            Degraded,
+            RolledBack,
+        ] {
+            self.rollout_phase
+                .get_or_create(&PhaseLabels {
+                    service: service.to_string(),
+                    phase: p.as_str().to_string(),
+                })
+                .set(i64::from(p == phase));
+        }
+    }
+}
