@@ -723,3 +723,137 @@ fn cli_validate_and_render_exit_codes() {
         "{err}"
     );
 }
+
+mod no_panic {
+    //! Nothing panics on any input: random bytes, and valid manifests with
+    //! random edits (including YAML and template syntax), through the whole loader.
+    use super::*;
+    use proptest::prelude::*;
+
+    const TOKENS: &[&str] = &[
+        "{{",
+        "}}",
+        "{%",
+        "%}",
+        "{#",
+        ":",
+        ": ",
+        "- ",
+        "\n",
+        "\n  ",
+        "&a ",
+        "*a",
+        "<<: *a\n",
+        "[",
+        "]",
+        "{",
+        "}",
+        "'",
+        "\"",
+        "-1",
+        "0",
+        "99999999999999999999999",
+        "1.5e400",
+        "25%",
+        "~",
+        "!!binary ",
+        "---\n",
+        "...\n",
+        "\t",
+        "{{ values.nope }}",
+        "{% for i in range(3) %}",
+        "{% endfor %}",
+        "{{ values.webReplicas * 1000 }}",
+        "é",
+        "\u{feff}",
+        "\0",
+    ];
+
+    fn check(repo: &Repo, files: &[(&str, &[u8])]) -> Result<(), TestCaseError> {
+        for (p, t) in files {
+            repo.write(p, t);
+        }
+        let Ok(cr) = ConfigRepo::read(repo.path()) else {
+            return Ok(());
+        };
+        for env in [None, Some("prod")] {
+            match cr.release(env) {
+                Ok(_) | Err(Error::UnknownEnvironment { .. }) => {}
+                Err(Error::Invalid(d)) => {
+                    prop_assert!(!d.is_empty());
+                    for d in &d {
+                        let lines = files
+                            .iter()
+                            .find(|(p, _)| Path::new(p) == d.file)
+                            .map_or(0, |(_, t)| t.iter().filter(|b| **b == b'\n').count() + 1);
+                        prop_assert!(d.line <= lines + 1, "{d} beyond the file");
+                    }
+                }
+                Err(e) => prop_assert!(false, "unexpected error {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    fn example_files() -> Vec<(&'static str, String)> {
+        [
+            "floyd.yaml",
+            "services/web.yaml",
+            "services/api.yaml",
+            "services/inference.yaml",
+        ]
+        .into_iter()
+        .map(|p| (p, std::fs::read_to_string(examples().join(p)).unwrap()))
+        .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..1500)) {
+            let text = String::from_utf8_lossy(&bytes);
+            let _ = manifest::parse_service(&text, Path::new("x.yaml"));
+            let repo = Repo::with(&[]);
+            check(&repo, &[("services/x.yaml", &bytes)])?;
+        }
+
+        #[test]
+        fn mutated_valid_manifests(
+            edits in proptest::collection::vec((0usize..4, any::<prop::sample::Index>(), 0u8..4, any::<prop::sample::Index>(), any::<u8>()), 1..6)
+        ) {
+            let mut files = example_files();
+            for (file, at, op, token, byte) in edits {
+                let text = &mut files[file].1;
+                let mut i = at.index(text.len() + 1);
+                while !text.is_char_boundary(i) {
+                    i -= 1;
+                }
+                match op {
+                    0 => text.insert_str(i, TOKENS[token.index(TOKENS.len())]),
+                    1 => {
+                        let mut end = (i + 1 + byte as usize % 16).min(text.len());
+                        while !text.is_char_boundary(end) {
+                            end += 1;
+                        }
+                        text.replace_range(i..end, "");
+                    }
+                    2 => text.insert(i, char::from(byte)),
+                    _ => {
+                        // Duplicate a line elsewhere: duplicate keys, names, ports.
+                        let lines: Vec<&str> = text.lines().collect();
+                        let line = lines[token.index(lines.len())].to_string();
+                        let mut j = at.index(lines.len());
+                        let mut out: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+                        j = j.min(out.len());
+                        out.insert(j, line);
+                        *text = out.join("\n") + "\n";
+                    }
+                }
+            }
+            let repo = Repo::new();
+            let files: Vec<(&str, &[u8])> = files.iter().map(|(p, t)| (*p, t.as_bytes())).collect();
+            check(&repo, &files)?;
+        }
+    }
+}
