@@ -857,3 +857,44 @@ mod no_panic {
         }
     }
 }
+
+#[test]
+fn large_repos_load_in_parallel_with_the_same_results() {
+    // Enough files for several loader threads; a duplicate and an error in
+    // files handled by different threads must still be found.
+    let repo = Repo::with(&[("floyd.yaml", "values: { r: 2 }\n")]);
+    for i in 0..400 {
+        let name = if i == 399 {
+            "svc-7".to_string()
+        } else {
+            format!("svc-{i}")
+        };
+        let replicas = if i == 250 { "-1" } else { "{{ values.r }}" };
+        repo.write(
+            &format!("services/s{i:03}.yaml"),
+            format!("apiVersion: floyd.dev/v1\nkind: Service\nmetadata: {{ name: {name} }}\nspec: {{ replicas: {replicas}, template: {{ command: [app, \"{i}\"] }} }}\n").as_bytes(),
+        );
+    }
+    assert_eq!(
+        repo.load(None).unwrap_err(),
+        vec![
+            "services/s250.yaml:4:19: spec.replicas: must be at least 0 (is -1)",
+            "services/s399.yaml:3:19: metadata.name: duplicate service name \"svc-7\": also defined at services/s007.yaml:3:19 (hint: each service is defined by exactly one manifest)",
+        ]
+    );
+    repo.write("services/s250.yaml", b"apiVersion: floyd.dev/v1\nkind: Service\nmetadata: { name: svc-250 }\nspec: { template: { command: [app] } }\n");
+    std::fs::remove_file(repo.path().join("services/s399.yaml")).unwrap();
+    let r = repo.load(None).unwrap();
+    assert_eq!(r.services.len(), 399);
+    let mut names: Vec<&str> = r.services.iter().map(|s| s.name.as_str()).collect();
+    let sorted = {
+        let mut n = names.clone();
+        n.sort();
+        n
+    };
+    assert_eq!(names, sorted, "sorted by name");
+    names.dedup();
+    assert_eq!(names.len(), 399);
+    assert_eq!(r.service("svc-250").unwrap().spec.replicas, 1);
+    assert_eq!(r.service("svc-3").unwrap().spec.replicas, 2);
+}

@@ -126,11 +126,37 @@ impl ConfigRepo {
         }
         let renderer = Renderer::new(&values, environment);
         let mut diags = self.read_diags.clone();
-        let mut services: Vec<Service> = Vec::new();
+        let mut services: Vec<Service> = Vec::with_capacity(self.files.len());
         // name → (file, mapped position) of its first definition.
         let mut seen: BTreeMap<ServiceName, (PathBuf, Pos)> = BTreeMap::new();
-        for (rel, text) in &self.files {
-            load_file(rel, text, &renderer, &mut diags, &mut services, &mut seen);
+        for (rel, result) in self
+            .files
+            .iter()
+            .map(|(rel, _)| rel)
+            .zip(render_all(&self.files, &renderer))
+        {
+            diags.extend(result.diags);
+            for (service, name_pos) in result.services {
+                if let Some((first_file, first_pos)) = seen.get(&service.name) {
+                    diags.push(Diagnostic {
+                        file: rel.to_path_buf(),
+                        line: name_pos.line,
+                        column: name_pos.col,
+                        path: "metadata.name".into(),
+                        message: format!(
+                            "duplicate service name {:?}: also defined at {}:{}:{}",
+                            service.name.as_str(),
+                            first_file.display(),
+                            first_pos.line,
+                            first_pos.col
+                        ),
+                        hint: Some("each service is defined by exactly one manifest".into()),
+                    });
+                    continue;
+                }
+                seen.insert(service.name.clone(), (rel.to_path_buf(), name_pos));
+                services.push(service);
+            }
         }
         if !diags.is_empty() {
             sort_diagnostics(&mut diags);
@@ -146,22 +172,78 @@ impl ConfigRepo {
     }
 }
 
-fn load_file(
-    rel: &Path,
-    text: &str,
-    renderer: &Renderer,
-    diags: &mut Vec<Diagnostic>,
-    services: &mut Vec<Service>,
-    seen: &mut BTreeMap<ServiceName, (PathBuf, Pos)>,
-) {
+/// What one file yields: its services (with where each name is written)
+/// and its problems.
+#[derive(Default)]
+struct FileResult {
+    services: Vec<(Service, Pos)>,
+    diags: Vec<Diagnostic>,
+}
+
+/// Files per worker below which threads cost more than they save.
+const MIN_FILES_PER_WORKER: usize = 64;
+
+/// Renders and decodes every file, in parallel when there are enough files
+/// for it to pay; results come back in file order.
+fn render_all(files: &[(PathBuf, String)], renderer: &Renderer) -> Vec<FileResult> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8)
+        .min(files.len() / MIN_FILES_PER_WORKER)
+        .max(1);
+    if workers == 1 {
+        return files
+            .iter()
+            .map(|(rel, text)| load_file(rel, text, renderer))
+            .collect();
+    }
+    let chunk = files.len().div_ceil(workers);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|(rel, text)| load_file(rel, text, renderer))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .zip(files.chunks(chunk))
+            .flat_map(|(h, part)| {
+                // A worker panicking would be a bug; report it against its
+                // files rather than taking the caller down.
+                h.join().unwrap_or_else(|_| {
+                    part.iter()
+                        .map(|(rel, _)| FileResult {
+                            services: Vec::new(),
+                            diags: vec![file_diag(
+                                rel,
+                                0,
+                                0,
+                                "internal error while loading this file".into(),
+                                None,
+                            )],
+                        })
+                        .collect()
+                })
+            })
+            .collect()
+    })
+}
+
+fn load_file(rel: &Path, text: &str, renderer: &Renderer) -> FileResult {
+    let mut out = FileResult::default();
     let rendered;
     let source_map;
     let (yaml_text, map): (&str, &dyn PosMap) = if Renderer::needs_rendering(text) {
         match renderer.render(text, rel) {
             Ok(r) => rendered = r,
             Err(d) => {
-                diags.push(d);
-                return;
+                out.diags.push(d);
+                return out;
             }
         }
         source_map = SourceMap::new(text, &rendered);
@@ -173,55 +255,42 @@ fn load_file(
         Ok(d) => d,
         Err(e) => {
             let p = map.map(e.pos);
-            diags.push(file_diag(rel, p.line, p.col, e.message, None));
-            return;
+            out.diags
+                .push(file_diag(rel, p.line, p.col, e.message, None));
+            return out;
         }
     };
     if docs.is_empty() {
-        diags.push(file_diag(
+        out.diags.push(file_diag(
             rel,
             1,
             1,
             "no YAML document in the file".into(),
             Some("add a kind: Service manifest, or delete the file".into()),
         ));
-        return;
+        return out;
     }
     for doc in &docs {
         let mut cx = Ctx {
             file: rel,
             map,
-            diags,
+            diags: &mut out.diags,
         };
         let Some(d) = decode::service(&mut cx, doc) else {
             continue;
         };
         let name_pos = map.map(d.name_pos);
-        if let Some((first_file, first_pos)) = seen.get(&d.name) {
-            diags.push(Diagnostic {
-                file: rel.to_path_buf(),
-                line: name_pos.line,
-                column: name_pos.col,
-                path: "metadata.name".into(),
-                message: format!(
-                    "duplicate service name {:?}: also defined at {}:{}:{}",
-                    d.name.as_str(),
-                    first_file.display(),
-                    first_pos.line,
-                    first_pos.col
-                ),
-                hint: Some("each service is defined by exactly one manifest".into()),
-            });
-            continue;
-        }
-        seen.insert(d.name.clone(), (rel.to_path_buf(), name_pos));
-        services.push(Service {
-            revision: revision_of(&d.spec.template),
-            name: d.name,
-            spec: d.spec,
-            file: Some(rel.to_path_buf()),
-        });
+        out.services.push((
+            Service {
+                revision: revision_of(&d.spec.template),
+                name: d.name,
+                spec: d.spec,
+                file: Some(rel.to_path_buf()),
+            },
+            name_pos,
+        ));
     }
+    out
 }
 
 fn file_diag(
