@@ -348,10 +348,13 @@ fn walk(
             continue;
         }
         let child = rel.join(&*name);
-        let path = root.join(&child);
-        if path.is_dir() {
+        // Symlinked directories are not followed (no loops, nothing outside
+        // the repo by accident); symlinked files are read.
+        let is_real_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if is_real_dir {
             walk(root, &child, depth + 1, out, diags);
-        } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+        } else if (name.ends_with(".yaml") || name.ends_with(".yml")) && root.join(&child).is_file()
+        {
             out.push(child);
         }
     }

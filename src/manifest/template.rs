@@ -67,7 +67,10 @@ impl Renderer {
     }
 
     fn diagnostic(&self, e: &minijinja::Error, text: &str, file: &Path) -> Diagnostic {
-        let (line, column, snippet) = match e.range().filter(|r| r.end <= text.len()) {
+        let (line, column, snippet) = match e
+            .range()
+            .filter(|r| r.end <= text.len() && text.is_char_boundary(r.start))
+        {
             Some(r) => {
                 // minijinja's span of an attribute lookup can start at the
                 // dot (`.b.c`): widen it to the whole `values.b.c`.
@@ -136,7 +139,11 @@ impl Renderer {
 
 /// 1-based line and character column of byte offset `at`.
 pub(crate) fn line_col(text: &str, at: usize) -> (usize, usize) {
-    let before = &text[..at.min(text.len())];
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let before = &text[..at];
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, col)
@@ -242,7 +249,10 @@ impl PosMap for SourceMap {
         let c = pos.col.saturating_sub(1);
         let col = if c < prefix {
             c
-        } else if c >= o.len().saturating_sub(suffix) {
+        } else if c >= o.len() {
+            // Past the end of the line (an error at end of input).
+            sc.len() + (c - o.len())
+        } else if c >= o.len() - suffix {
             sc.len() - (o.len() - c)
         } else {
             prefix
@@ -316,6 +326,8 @@ mod tests {
         assert_eq!(map.map(Pos { line: 1, col: 1 }), Pos { line: 1, col: 1 });
         assert_eq!(map.map(Pos { line: 1, col: 4 }), Pos { line: 1, col: 4 });
         assert_eq!(map.map(Pos { line: 1, col: 7 }), Pos { line: 1, col: 20 });
+
+        assert_eq!(map.map(Pos { line: 1, col: 30 }), Pos { line: 1, col: 43 });
 
         let src = "a: 1\n{% if true %}\nb: {{ values.x }}\n{% endif %}\nc: 2\n";
         let out = "a: 1\nb: 7\nc: 2\n";
