@@ -867,3 +867,128 @@ async fn delete_service_stops_everything_and_frees_the_port() {
     assert!(std::net::TcpListener::bind(("127.0.0.1", lb)).is_ok());
     rt.shutdown().await;
 }
+
+/// Not a test on its own: the "controller" process of
+/// `kill_9_of_the_controller_mid_rollout_then_adoption`. It runs a runtime on
+/// `FLOYD_TEST_CHILD_DIR`, starts a rollout and waits to be killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "helper process for the kill -9 test"]
+async fn controller_child() {
+    let Ok(dir) = std::env::var("FLOYD_TEST_CHILD_DIR") else {
+        return;
+    };
+    let lb: u16 = std::env::var("FLOYD_TEST_CHILD_LB")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let rt = runtime(std::path::Path::new(&dir)).await;
+    let svc = name("web");
+    let v1 = sample(&["--version", "v1"]);
+    let v2 = sample(&["--version", "v2"]);
+    rt.apply(&svc, &web_spec(3, v1.clone(), lb), &create("r1", &v1, 3))
+        .await
+        .unwrap();
+    wait_for(&rt, &svc, 30, "v1 ready", |o| ready(o, "r1") == 3).await;
+    let spec2 = web_spec(3, v2.clone(), lb);
+    rt.apply(&svc, &spec2, &create("r2", &v2, 1)).await.unwrap();
+    wait_for(&rt, &svc, 30, "first v2 ready", |o| ready(o, "r2") == 1).await;
+    rt.apply(&svc, &spec2, &[scale("r1", 2)]).await.unwrap();
+    wait_for(&rt, &svc, 30, "one v1 gone", |o| total(o, "r1") == 2).await;
+    println!("MID-ROLLOUT");
+    tokio::time::sleep(Duration::from_secs(120)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_controller_mid_rollout_then_adoption() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let lb = free_port();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "controller_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("FLOYD_TEST_CHILD_DIR", dir.path())
+        .env("FLOYD_TEST_CHILD_LB", lb.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("MID-ROLLOUT") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let reached = rx.recv_timeout(Duration::from_secs(60));
+    if reached.is_err() {
+        let _ = child.kill();
+        panic!("the controller child did not reach the middle of its rollout");
+    }
+    // Under load through the child's LB, then kill -9 the controller.
+    let before = instance_processes(dir.path());
+    assert_eq!(
+        before.len(),
+        3,
+        "2 old + 1 new instance processes: {before:?}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    // The instances outlive the controller.
+    assert!(before.iter().all(|p| pid_alive(*p)));
+
+    let rt = runtime(dir.path()).await;
+    let mut adopted = rt.pids();
+    adopted.sort();
+    let mut b = before.clone();
+    b.sort();
+    assert_eq!(adopted, b, "the same pids are adopted, nothing restarted");
+    let svc = name("web");
+    wait_for(&rt, &svc, 10, "adopted instances ready", |o| {
+        ready(o, "r1") == 2 && ready(o, "r2") == 1
+    })
+    .await;
+    // Resume the rollout under load: zero errors.
+    let load = Load::start(format!("http://127.0.0.1:{lb}/"), 6, 20_000);
+    let v2 = sample(&["--version", "v2"]);
+    let spec2 = web_spec(3, v2, lb);
+    for step in 2..=3u32 {
+        rt.apply(&svc, &spec2, &[scale("r2", step)]).await.unwrap();
+        wait_for(&rt, &svc, 20, "new ready", |o| ready(o, "r2") == step).await;
+        rt.apply(&svc, &spec2, &[scale("r1", 3 - step)])
+            .await
+            .unwrap();
+        wait_for(&rt, &svc, 20, "old gone", |o| {
+            total(o, "r1") == (3 - step) as usize
+        })
+        .await;
+    }
+    let (done, failed, errors, versions) = load.finish().await;
+    assert_eq!(failed, 0, "{errors:?}");
+    assert!(
+        done > 50 && versions.contains_key("v2"),
+        "{done} {versions:?}"
+    );
+    // Nothing orphaned: the process table holds exactly the 3 known instances.
+    let mut procs = instance_processes(dir.path());
+    procs.sort();
+    let mut pids = rt.pids();
+    pids.sort();
+    assert_eq!(procs, pids);
+    assert_eq!(pids.len(), 3);
+    rt.shutdown().await;
+    assert!(instance_processes(dir.path()).is_empty());
+}
