@@ -617,15 +617,11 @@ impl GitSource {
         let tree = repo.find_tree(tree_oid).map_err(|e| rerr(e.to_string()))?;
         let tip_commit = repo.find_commit(tip_oid).map_err(|e| rerr(e.to_string()))?;
         let new = repo
-            .commit(
-                Some(REVERT_REF),
-                &sig,
-                &sig,
-                &message,
-                &tree,
-                &[&tip_commit],
-            )
+            .commit(None, &sig, &sig, &message, &tree, &[&tip_commit])
             .map_err(|e| rerr(e.to_string()))?;
+        // A local ref to push from (a previous attempt's value is replaced).
+        repo.reference(REVERT_REF, new, true, "floyd: revert")
+            .map_err(|e| self.mirror_err(e))?;
         self.push(&repo, REVERT_REF)?;
         // The remote now has it; move the tracking ref so the next poll sees no change.
         repo.reference(&self.tracking_ref(), new, true, "floyd: revert pushed")

@@ -210,7 +210,7 @@ fn delivery_id(provider: Provider, headers: &HeaderMap) -> Option<String> {
         .iter()
         .find_map(|n| header(headers, n))
         .filter(|v| !v.is_empty())
-        .map(|v| format!("{}:{}", provider.as_str(), v))
+        .map(str::to_string)
 }
 
 fn parse_payload(
@@ -427,7 +427,7 @@ mod tests {
         let p = verify(Provider::Github, &headers, body, SECRET).unwrap();
         assert_eq!(p.git_ref.as_deref(), Some("refs/heads/dev"));
         assert_eq!(p.after.as_deref(), Some("0123abcd"));
-        assert_eq!(p.delivery.as_deref(), Some("github:d-1"));
+        assert_eq!(p.delivery.as_deref(), Some("d-1"));
         assert!(p.is_for_branch("dev"));
         assert!(!p.is_for_branch("main"));
 
@@ -439,7 +439,7 @@ mod tests {
         let p = verify(Provider::Bitbucket, &headers, bb, SECRET).unwrap();
         assert_eq!(p.git_ref.as_deref(), Some("refs/heads/main"));
         assert_eq!(p.after.as_deref(), Some("feed"));
-        assert_eq!(p.delivery.as_deref(), Some("bitbucket:u-9"));
+        assert_eq!(p.delivery.as_deref(), Some("u-9"));
 
         let gl = br#"{"object_kind":"push","ref":"refs/heads/main","checkout_sha":"c0ffee"}"#;
         let headers = h(&[
@@ -448,7 +448,7 @@ mod tests {
         ]);
         let p = verify(Provider::Gitlab, &headers, gl, SECRET).unwrap();
         assert_eq!(p.after.as_deref(), Some("c0ffee"));
-        assert_eq!(p.delivery.as_deref(), Some("gitlab:e-1"));
+        assert_eq!(p.delivery.as_deref(), Some("e-1"));
 
         // A ping has no ref.
         let ping = br#"{"zen":"Keep it logically awesome."}"#;
