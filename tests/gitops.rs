@@ -4,6 +4,12 @@
 #[path = "gitops/support.rs"]
 mod support;
 
+#[path = "gitops/fake.rs"]
+mod fake;
+
+#[path = "gitops/e2e.rs"]
+mod e2e;
+
 use floyd::source::{Credentials, GitSource, RevertOutcome, RevertRequest, SourceConfig};
 use support::{GitServer, Work};
 

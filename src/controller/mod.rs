@@ -114,8 +114,6 @@ struct Svc {
     wake_at: Option<Time>,
     /// Instance gauges set last time (to zero the ones that disappear).
     gauges: Vec<InstanceLabels>,
-    /// Degraded: running, but not as Git says, and Floyd will not fix it.
-    degraded: Option<String>,
 }
 
 /// The GitOps controller. Build with [`Controller::new`], then [`Controller::run`].
@@ -289,12 +287,10 @@ impl Controller {
                 }
                 self.fetch_failures = 0;
                 self.sh.hub.set_git_reachable(true);
-                let tip = match tip {
-                    Some(t) => Some(t),
-                    // Nothing moved, but nothing was synced yet (first start with a warm mirror).
-                    None if self.synced.is_none() => self.sh.source.local_tip().ok().flatten(),
-                    None => None,
-                };
+                // The mirror's tip, not only what this poll fetched: a revert
+                // attempt may have fetched a newer tip already.
+                let _ = tip;
+                let tip = self.sh.source.local_tip().ok().flatten();
                 if let Some(t) = tip
                     && self.synced.as_deref() != Some(t.as_str())
                 {
@@ -492,8 +488,9 @@ impl Controller {
                         failure_handled: false,
                         revert_commit: None,
                         files,
+                        degraded: None,
+                        git_agrees: false,
                     };
-                    svc.degraded = None;
                     svc.wake_at = None;
                     start_history(&sh, &name, &rec);
                     persist(&sh, &name, &rec);
@@ -520,6 +517,8 @@ impl Controller {
                             failure_handled: false,
                             revert_commit: None,
                             files,
+                            degraded: None,
+                            git_agrees: false,
                         };
                         persist(&sh, &name, &rec);
                         svc.record = Some(rec);
@@ -531,7 +530,7 @@ impl Controller {
                         Some(rec) => {
                             // Same template; other fields (probes, gates,
                             // deadlines) follow Git unless a rollback owns the spec.
-                            if !rec.state.is_rollback {
+                            if !rec.state.is_rollback || rec.git_agrees {
                                 let replicas = rec.spec.replicas;
                                 rec.spec = g.spec.clone();
                                 rec.spec.replicas = replicas;
@@ -539,17 +538,20 @@ impl Controller {
                             if !files.is_empty() {
                                 rec.files = files;
                             }
-                            if rec.state.is_rollback && rec.state.target == g.revision {
+                            if rec.state.is_rollback
+                                && !rec.git_agrees
+                                && rec.state.target == g.revision
+                            {
                                 // Git agrees with the rollback again (our revert,
                                 // or a person's fix): converged.
                                 if is_revert_commit
                                     || rec.commit.as_ref().map(|c| &c.sha) != Some(&commit.sha)
                                 {
                                     tracing::info!(service = %name, commit = %commit.sha, "Git agrees with the rolled-back revision again");
-                                    rec.state.is_rollback = false;
+                                    rec.git_agrees = true;
                                     rec.spec = g.spec.clone();
                                     rec.commit = Some(commit.clone());
-                                    svc.degraded = None;
+                                    rec.degraded = None;
                                     if rec.state.phase == Phase::Complete {
                                         let _ = sh.store.set_applied(
                                             name.as_str(),
@@ -580,6 +582,8 @@ impl Controller {
                                 failure_handled: false,
                                 revert_commit: None,
                                 files,
+                                degraded: None,
+                                git_agrees: false,
                             };
                             persist(&sh, &name, &rec);
                             if sh.store.applied(name.as_str()).ok().flatten().is_none() {
@@ -807,7 +811,7 @@ async fn step_service(
                     },
                 );
                 count_rollout(&sh, &name, &strategy, "Complete", &rec, now);
-                if !rec.state.is_rollback
+                if (!rec.state.is_rollback || rec.git_agrees)
                     && let Some(c) = &rec.commit
                 {
                     let _ = sh.store.set_applied(
@@ -911,6 +915,8 @@ async fn handle_failure(
                     failure_handled: true,
                     revert_commit: None,
                     files: failed.files.clone(),
+                    degraded: None,
+                    git_agrees: false,
                 };
                 tracing::info!(service = %name, from = %failed.state.target, to = %stable, "rolling back");
                 start_history(sh, name, rec);
@@ -937,19 +943,19 @@ async fn handle_failure(
             .and_then(Result::ok)
             .unwrap_or_default()
     };
-    let mut degrade = |why: String| {
+    let degrade = |why: String| -> Option<String> {
         tracing::warn!(service = %name, "{why}");
-        svc.degraded = Some(why.clone());
         sh.hub.emit(Event::Revert {
             service: name.to_string(),
             commit: None,
             reverted: vec![],
             ok: false,
-            message: why,
+            message: why.clone(),
         });
+        Some(why)
     };
     if !source::revert_of(&msg).is_empty() {
-        degrade(format!(
+        rec.degraded = degrade(format!(
             "the rollout of Floyd's own revert commit {} failed ({reason}); not reverting again — fix the service by hand",
             commit.sha
         ));
@@ -958,7 +964,7 @@ async fn handle_failure(
     let last_good = match sh.store.applied(name.as_str()) {
         Ok(Some(a)) if a.commit != commit.sha => a.commit,
         _ => {
-            degrade(format!(
+            rec.degraded = degrade(format!(
                 "no earlier commit of {name} completed, so there is nothing to revert to; fix commit {} by hand",
                 commit.sha
             ));
@@ -1034,7 +1040,7 @@ async fn handle_failure(
                 .revert_commits_total
                 .get_or_create(&result_label("skipped"))
                 .inc();
-            degrade(format!(
+            rec.degraded = degrade(format!(
                 "no commit since the last good one changed {}; the failure came from elsewhere (shared values?) — not reverting",
                 req.files.join(", ")
             ));
@@ -1046,7 +1052,7 @@ async fn handle_failure(
                 .revert_commits_total
                 .get_or_create(&result_label("skipped"))
                 .inc();
-            degrade(format!(
+            rec.degraded = degrade(format!(
                 "{} changed again after {} (in {}); not reverting over a newer change",
                 req.files.join(", "),
                 commit.sha,
@@ -1069,7 +1075,7 @@ async fn handle_failure(
                 message: e.to_string(),
                 at: now,
             });
-            degrade(format!("revert failed: {e}"));
+            rec.degraded = degrade(format!("revert failed: {e}"));
             None
         }
     }
@@ -1092,7 +1098,7 @@ fn publish(
         .unwrap_or_else(|| counts(observed, rec.spec.min_ready_seconds, now));
     let mut phase = rec.state.phase;
     let mut reason = rec.state.reason.clone();
-    if rec.state.is_rollback && phase == Phase::Complete {
+    if rec.state.is_rollback && !rec.git_agrees && phase == Phase::Complete {
         phase = Phase::RolledBack;
         reason = format!(
             "rolled back from {}",
@@ -1102,7 +1108,7 @@ fn publish(
                 .unwrap_or("?")
         );
     }
-    if let Some(d) = &svc.degraded
+    if let Some(d) = &rec.degraded
         && phase.is_terminal()
     {
         phase = Phase::Degraded;

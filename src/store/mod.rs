@@ -64,6 +64,12 @@ pub struct RolloutRecord {
     /// Files of the config repo (repo-relative) that define the service.
     #[serde(default)]
     pub files: Vec<String>,
+    /// Running, but not as Git says, and Floyd will not fix it (why).
+    #[serde(default)]
+    pub degraded: Option<String>,
+    /// A rollback whose revision Git holds again (the revert landed).
+    #[serde(default)]
+    pub git_agrees: bool,
 }
 
 /// A revert commit Floyd pushed (or tried to).
@@ -368,6 +374,8 @@ mod tests {
                 failure_handled: false,
                 revert_commit: None,
                 files: vec!["services/web.yaml".into()],
+                degraded: None,
+                git_agrees: false,
             };
             s.set_rollout("web", &rec).unwrap();
             s.record_history(&entry("web", 1, "r1")).unwrap();
