@@ -457,16 +457,21 @@ impl Controller {
                     Some(g),
                 ) => {
                     let prev = svc.record.take();
-                    // Supersede: an in-flight rollout keeps its stable revision;
-                    // a finished one's target is the new stable.
-                    let stable = match &prev {
-                        Some(p) if p.state.phase == Phase::Complete => Some(p.state.target.clone()),
-                        Some(p) => p.state.stable.clone(),
-                        None => match &change {
-                            Change::NewRevision { from, .. } => from.clone(),
-                            _ => None,
-                        },
+                    // The engine's contract: an in-flight rollout is superseded
+                    // (same state, new target), a finished one is followed by a
+                    // fresh rollout from the last revision that completed.
+                    let state = match &prev {
+                        Some(p) => engine::next_rollout(Some(&p.state), revision.clone(), now),
+                        None => {
+                            // Adopting what the runtime runs: its revision is the stable one.
+                            let from = match &change {
+                                Change::NewRevision { from, .. } => from.clone(),
+                                _ => None,
+                            };
+                            RolloutState::start(revision.clone(), from, now)
+                        }
                     };
+                    let stable = state.stable.clone();
                     if let Some(p) = &prev
                         && !p.state.phase.is_terminal()
                     {
@@ -481,7 +486,7 @@ impl Controller {
                         );
                     }
                     let rec = RolloutRecord {
-                        state: RolloutState::start(revision.clone(), stable.clone(), now),
+                        state,
                         spec: g.spec.clone(),
                         commit: Some(commit.clone()),
                         from_revision: prev.as_ref().map(|p| p.state.target.clone()).or(stable),
@@ -552,7 +557,10 @@ impl Controller {
                                     rec.spec = g.spec.clone();
                                     rec.commit = Some(commit.clone());
                                     rec.degraded = None;
-                                    if rec.state.phase == Phase::Complete {
+                                    if matches!(
+                                        rec.state.phase,
+                                        Phase::Complete | Phase::RolledBack
+                                    ) {
                                         let _ = sh.store.set_applied(
                                             name.as_str(),
                                             &Applied {
@@ -758,10 +766,9 @@ async fn step_service(
         }
     };
     let before = rec.state.clone();
-    let stepping = !matches!(
-        rec.state.phase,
-        Phase::Failed | Phase::RolledBack | Phase::Degraded
-    );
+    // Settled rollouts are stepped too (the engine corrects drift); a failed
+    // one is left as it is for a person or the next commit.
+    let stepping = !matches!(rec.state.phase, Phase::Failed | Phase::Degraded);
     let mut status_revisions = None;
     let mut gates = observed.gates.clone();
     if stepping {
@@ -797,20 +804,15 @@ async fn step_service(
     if before.phase != rec.state.phase || before.target != rec.state.target {
         let strategy = rec.spec.strategy_name().to_string();
         match rec.state.phase {
-            Phase::Complete => {
+            Phase::Complete | Phase::RolledBack => {
                 tracing::info!(service = %name, revision = %rec.state.target, rollback = rec.state.is_rollback, "rollout complete");
-                end_history(
-                    &sh,
-                    &name,
-                    &rec,
-                    now,
-                    if rec.state.is_rollback {
-                        Phase::RolledBack
-                    } else {
-                        Phase::Complete
-                    },
-                );
-                count_rollout(&sh, &name, &strategy, "Complete", &rec, now);
+                let result = if rec.state.is_rollback {
+                    Phase::RolledBack
+                } else {
+                    Phase::Complete
+                };
+                end_history(&sh, &name, &rec, now, result);
+                count_rollout(&sh, &name, &strategy, result.as_str(), &rec, now);
                 if (!rec.state.is_rollback || rec.git_agrees)
                     && let Some(c) = &rec.commit
                 {
@@ -896,20 +898,30 @@ async fn handle_failure(
     let failed = rec.clone();
     let reason = failed.state.reason.clone();
     let mut rolled_back_to: Option<Revision> = None;
-    if failed.spec.on_failure.rollback
-        && let Some(stable) = failed.state.stable.clone()
-        && stable != failed.state.target
-    {
-        match observed.revision(&stable) {
-            Some(orev) => {
-                let mut spec = failed.spec.clone();
-                spec.template = orev.template.clone();
-                let mut st = RolloutState::start(stable.clone(), Some(stable.clone()), now);
-                st.is_rollback = true;
-                st.reason = format!("rolling back: {reason}");
+    if failed.state.is_rollback {
+        // The rollback itself failed: nothing safe is left to try.
+        rec.degraded = Some(format!(
+            "the rollback to {} failed: {reason}; fix the service by hand",
+            failed.state.target
+        ));
+        sh.hub.emit(Event::Revert {
+            service: name.to_string(),
+            commit: None,
+            reverted: vec![],
+            ok: false,
+            message: rec.degraded.clone().unwrap_or_default(),
+        });
+        return None;
+    }
+    if engine::should_roll_back(&failed.spec, &failed.state) {
+        match engine::rollback(&failed.state, observed, now) {
+            Ok(st) => {
+                let stable = st.target.clone();
+                // The engine takes the stable template from the runtime; every
+                // other setting stays the current spec's.
                 *rec = RolloutRecord {
                     state: st,
-                    spec,
+                    spec: failed.spec.clone(),
                     commit: failed.commit.clone(),
                     from_revision: Some(failed.state.target.clone()),
                     failure_handled: true,
@@ -924,8 +936,8 @@ async fn handle_failure(
                 svc.wake_at = Some(now);
                 rolled_back_to = Some(stable);
             }
-            None => {
-                tracing::warn!(service = %name, revision = %stable, "cannot roll back: the runtime no longer holds the last good revision");
+            Err(e) => {
+                tracing::warn!(service = %name, error = %e, "cannot roll back");
             }
         }
     }
@@ -1098,15 +1110,23 @@ fn publish(
         .unwrap_or_else(|| counts(observed, rec.spec.min_ready_seconds, now));
     let mut phase = rec.state.phase;
     let mut reason = rec.state.reason.clone();
-    if rec.state.is_rollback && !rec.git_agrees && phase == Phase::Complete {
-        phase = Phase::RolledBack;
-        reason = format!(
-            "rolled back from {}",
-            rec.from_revision
-                .as_ref()
-                .map(|r| r.as_str())
-                .unwrap_or("?")
-        );
+    if rec.state.is_rollback && matches!(phase, Phase::Complete | Phase::RolledBack) {
+        let from = rec
+            .from_revision
+            .as_ref()
+            .map(|r| r.as_str())
+            .unwrap_or("?");
+        if rec.git_agrees {
+            // The revert landed: Git and the runtime agree again.
+            phase = Phase::Complete;
+            reason = format!(
+                "rolled back from {from}; Git reverted to it in {}",
+                rec.commit.as_ref().map(|c| c.sha.as_str()).unwrap_or("?")
+            );
+        } else {
+            phase = Phase::RolledBack;
+            reason = format!("rolled back from {from}");
+        }
     }
     if let Some(d) = &rec.degraded
         && phase.is_terminal()
@@ -1114,7 +1134,7 @@ fn publish(
         phase = Phase::Degraded;
         reason = d.clone();
     }
-    let current = if rec.state.phase == Phase::Complete {
+    let current = if matches!(rec.state.phase, Phase::Complete | Phase::RolledBack) {
         Some(rec.state.target.clone())
     } else {
         rec.state.stable.clone()

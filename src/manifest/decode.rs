@@ -387,7 +387,6 @@ pub(crate) const API_VERSION: &str = "floyd.dev/v1";
 /// A decoded `kind: Service` document, with where its name was written.
 pub(crate) struct Decoded {
     pub name: ServiceName,
-    #[allow(dead_code)] // used by load_release (next commit)
     pub name_pos: Pos,
     pub spec: ServiceSpec,
 }
