@@ -219,11 +219,19 @@ fn similar(src: &str, out: &str) -> bool {
     out.starts_with(prefix) && out.ends_with(suffix) && out.len() >= prefix.len() + suffix.len()
 }
 
+/// How far from the previous match a rendered line is looked for: bounds the
+/// work on huge loop outputs (a miss falls back to the previous line).
+const SEARCH_WINDOW: usize = 256;
+
 fn find_line(src: &[&str], out: &str, from: usize) -> Option<usize> {
     let from = from.min(src.len());
-    (from..src.len())
+    (from..src.len().min(from + SEARCH_WINDOW))
         .find(|&k| similar(src[k], out))
-        .or_else(|| (0..from).rev().find(|&k| similar(src[k], out)))
+        .or_else(|| {
+            (from.saturating_sub(SEARCH_WINDOW)..from)
+                .rev()
+                .find(|&k| similar(src[k], out))
+        })
 }
 
 impl PosMap for SourceMap {
@@ -334,5 +342,16 @@ mod tests {
         let map = SourceMap::new(src, out);
         assert_eq!(map.map(Pos { line: 2, col: 4 }), Pos { line: 3, col: 4 });
         assert_eq!(map.map(Pos { line: 3, col: 1 }), Pos { line: 5, col: 1 });
+
+        // Loop bodies: every repetition maps to the body's line.
+        let src = "items:\n{% for i in [1, 2, 3] %}\n  - {{ i }}\n{% endfor %}\nbad: x\n";
+        let r = renderer("a: 1");
+        let out = r.render(src, Path::new("f.yaml")).unwrap();
+        assert_eq!(out, "items:\n  - 1\n  - 2\n  - 3\nbad: x\n");
+        let map = SourceMap::new(src, &out);
+        for line in 2..=4 {
+            assert_eq!(map.map(Pos { line, col: 5 }).line, 3);
+        }
+        assert_eq!(map.map(Pos { line: 5, col: 6 }), Pos { line: 5, col: 6 });
     }
 }
