@@ -461,6 +461,18 @@ fn missing_directory_and_unknown_environment() {
             repo.path().display()
         )]
     );
+    // An empty release would delete everything: only when asked for.
+    let repo = Repo::with(&[("services/README.md", "manifests go here")]);
+    assert_eq!(
+        repo.load(None).unwrap_err(),
+        vec![
+            "services:0:0: no *.yaml or *.yml manifests under services/ (hint: an empty release removes every service; set `allowEmpty: true` in floyd.yaml if that is intended)"
+        ]
+    );
+    repo.write("floyd.yaml", b"allowEmpty: true\nprune: true\n");
+    let r = repo.load(None).unwrap();
+    assert!(r.services.is_empty() && r.prune);
+
     let r = manifest::load_release(&examples(), Some("qa"));
     assert_eq!(
         r.unwrap_err().to_string(),

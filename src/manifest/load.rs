@@ -36,6 +36,8 @@ struct Config {
     values: Node,
     environments: BTreeMap<String, Node>,
     prune: bool,
+    /// Allow a release with no services (Argo CD's `allowEmpty`).
+    allow_empty: bool,
     gpus: Vec<GpuInventory>,
     notifications: Vec<NotificationTarget>,
 }
@@ -70,6 +72,7 @@ impl ConfigRepo {
                 values: empty_map(),
                 environments: BTreeMap::new(),
                 prune: true,
+                allow_empty: false,
                 gpus: Vec::new(),
                 notifications: Vec::new(),
             },
@@ -91,6 +94,18 @@ impl ConfigRepo {
             ));
         }
         rels.sort();
+        if services.is_dir() && rels.is_empty() && !config.allow_empty {
+            // An empty release would make the controller delete every
+            // service (with prune); that is almost always a wrong --path or
+            // a bad merge, so it must be asked for.
+            diags.push(file_diag(
+                Path::new(SERVICES_DIR),
+                0,
+                0,
+                "no *.yaml or *.yml manifests under services/".into(),
+                Some("an empty release removes every service; set `allowEmpty: true` in floyd.yaml if that is intended".into()),
+            ));
+        }
         let files = rels
             .into_iter()
             .filter_map(|rel| read_text(dir, &rel, &mut diags, false).map(|t| (rel, t)))
@@ -449,6 +464,7 @@ const CONFIG_FIELDS: &[&str] = &[
     "values",
     "environments",
     "prune",
+    "allowEmpty",
     "runtime",
     "notifications",
 ];
@@ -460,6 +476,7 @@ fn parse_config(text: &str, file: &Path, diags: &mut Vec<Diagnostic>) -> Config 
         values: empty_map(),
         environments: BTreeMap::new(),
         prune: true,
+        allow_empty: false,
         gpus: Vec::new(),
         notifications: Vec::new(),
     };
@@ -510,6 +527,11 @@ fn parse_config(text: &str, file: &Path, diags: &mut Vec<Diagnostic>) -> Config 
         && let Some(b) = cx.boolean(n, "prune")
     {
         config.prune = b;
+    }
+    if let Some(n) = o.get("allowEmpty")
+        && let Some(b) = cx.boolean(n, "allowEmpty")
+    {
+        config.allow_empty = b;
     }
     if let Some(n) = o.get("runtime")
         && let Some(ro) = cx.obj(n, "runtime", &["local"])
