@@ -689,6 +689,13 @@ fn cli_validate_and_render_exit_codes() {
         (code, out.as_str(), err.as_str()),
         (0, "ok: 3 services, environments: prod, staging\n", "")
     );
+    let (code, out, _) = floyd(&["validate", ex, "--output", "json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["valid"].as_bool(), v["services"].as_u64()),
+        (Some(true), Some(3))
+    );
 
     let repo = Repo::with(&[
         (
@@ -714,6 +721,23 @@ fn cli_validate_and_render_exit_codes() {
             ),
             format!("error: 2 problem(s) in {dir}"),
         ]
+    );
+
+    let (code, out, _) = floyd(&["validate", dir, "-o", "json"]);
+    assert_eq!(code, 2);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["valid"], false);
+    assert_eq!(v["environments"], serde_json::json!(["prod"]));
+    assert_eq!(v["problems"].as_array().unwrap().len(), 2);
+    let p = &v["problems"][0];
+    assert_eq!(
+        (p["line"].as_u64(), p["column"].as_u64(), p["path"].as_str()),
+        (Some(5), Some(13), Some("spec.replicas"))
+    );
+    assert_eq!(p["environments"], serde_json::json!(["prod"]));
+    assert_eq!(
+        v["problems"][1]["environments"],
+        serde_json::json!(["base", "prod"])
     );
 
     let (code, out, err) = floyd(&["render", dir, "-o", "json"]);

@@ -1,5 +1,9 @@
-//! `floyd validate [<dir>]`: load + validate + render the base values and
-//! every environment; print every problem once, one per line, to stderr.
+//! `floyd validate [<dir>] [-o text|json]`: load + validate + render the base
+//! values and every environment; report every problem once.
+//!
+//! Text (default): one `file:line:col: field.path: message` line per problem
+//! on stderr, a one-line summary on stdout when valid. JSON: one object on
+//! stdout, for CI tools that annotate pull requests.
 
 use crate::manifest::{ConfigRepo, Diagnostic, Error};
 use std::path::{Path, PathBuf};
@@ -9,6 +13,21 @@ pub struct Args {
     /// Config repository directory.
     #[arg(default_value = ".", env = "FLOYD_CONFIG_DIR")]
     pub dir: PathBuf,
+    /// Output format.
+    #[arg(
+        long,
+        short = 'o',
+        value_enum,
+        default_value = "text",
+        env = "FLOYD_VALIDATE_OUTPUT"
+    )]
+    pub output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
 }
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
@@ -39,6 +58,32 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             Err(e) => return Err(super::CliError::usage(e.to_string())),
         }
     }
+    problems
+        .sort_by(|(a, _), (b, _)| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+    for (d, _) in &mut problems {
+        d.file = shown_path(&args.dir, &d.file);
+    }
+    let code = if problems.is_empty() { 0 } else { 2 };
+
+    if args.output == Output::Json {
+        let out = serde_json::json!({
+            "valid": problems.is_empty(),
+            "services": base_services,
+            "environments": envs,
+            "problems": problems.iter().map(|(d, labels)| serde_json::json!({
+                "file": d.file.to_string_lossy(),
+                "line": d.line,
+                "column": d.column,
+                "path": d.path,
+                "message": d.message,
+                "hint": d.hint,
+                "environments": labels,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(code);
+    }
+
     if problems.is_empty() {
         let envs = if envs.is_empty() {
             "none".to_string()
@@ -48,10 +93,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         println!("ok: {base_services} services, environments: {envs}");
         return Ok(0);
     }
-    problems
-        .sort_by(|(a, _), (b, _)| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
     for (mut d, labels) in problems.iter().cloned() {
-        d.file = shown_path(&args.dir, &d.file);
         if labels.len() < targets.len() {
             d.message = format!("{} [{}]", d.message, labels.join(", "));
         }
@@ -62,7 +104,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         problems.len(),
         args.dir.display()
     );
-    Ok(2)
+    Ok(code)
 }
 
 /// A diagnostic's file as the user can open it from where they ran `floyd`.
