@@ -86,8 +86,29 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-fn time<F: FnMut()>(runs: usize, mut f: F) -> (Duration, Duration, Duration) {
+/// CPU time (user + system, all threads) of this process, from
+/// /proc/self/stat, assuming the usual 100 ticks per second.
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+struct Timing {
+    min: Duration,
+    median: Duration,
+    max: Duration,
+    /// Mean CPU time per run: what the work costs regardless of how busy
+    /// the machine is (wall time on a shared machine includes waiting).
+    cpu: Option<Duration>,
+}
+
+fn time<F: FnMut()>(runs: usize, mut f: F) -> Timing {
     f(); // warm the page cache
+    let cpu_before = cpu_time();
     let mut times: Vec<Duration> = (0..runs)
         .map(|_| {
             let t = Instant::now();
@@ -95,17 +116,35 @@ fn time<F: FnMut()>(runs: usize, mut f: F) -> (Duration, Duration, Duration) {
             t.elapsed()
         })
         .collect();
+    let cpu = match (cpu_before, cpu_time()) {
+        (Some(a), Some(b)) => Some((b - a) / runs as u32),
+        _ => None,
+    };
     times.sort();
-    (times[0], times[times.len() / 2], times[times.len() - 1])
+    Timing {
+        min: times[0],
+        median: times[times.len() / 2],
+        max: times[times.len() - 1],
+        cpu,
+    }
 }
 
-fn report(what: &str, (min, median, max): (Duration, Duration, Duration)) {
+fn report(what: &str, t: Timing) {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
-        "{what:<58} median {:>8.1} ms   min {:>8.1} ms   max {:>8.1} ms",
-        median.as_secs_f64() * 1e3,
-        min.as_secs_f64() * 1e3,
-        max.as_secs_f64() * 1e3
+        "{what:<58} median {:>8.1} ms   min {:>8.1} ms   max {:>8.1} ms   cpu/run {}",
+        ms(t.median),
+        ms(t.min),
+        ms(t.max),
+        t.cpu
+            .map_or("n/a".to_string(), |c| format!("{:.0} ms", ms(c)))
     );
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn main() {
@@ -155,7 +194,8 @@ fn main() {
         }),
     );
     println!(
-        "cores available: {}",
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        "cores available: {}, load average (1/5/15 min): {}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        load_average()
     );
 }
