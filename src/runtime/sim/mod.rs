@@ -121,6 +121,10 @@ pub struct SimWorld {
     next_key: u64,
     /// Instance events processed (for benchmarks).
     pub events_processed: u64,
+    /// Services whose instances changed by themselves since [`SimWorld::take_dirty`].
+    dirty: Vec<usize>,
+    /// Services that failed to create an instance for lack of GPUs.
+    gpu_waiters: Vec<usize>,
 }
 
 impl SimWorld {
@@ -137,6 +141,8 @@ impl SimWorld {
             timers: BinaryHeap::new(),
             next_key: 1,
             events_processed: 0,
+            dirty: Vec::new(),
+            gpu_waiters: Vec::new(),
         }
     }
 
@@ -382,6 +388,7 @@ impl SimWorld {
                     for _ in 0..batch {
                         if !self.create_instance(s, r) {
                             self.services[s].waiting_for_gpu = true;
+                            self.gpu_waiters.push(s);
                             break 'batches;
                         }
                     }
@@ -436,13 +443,18 @@ impl SimWorld {
     }
 
     fn gpu_freed(&mut self) {
+        if self.gpu_waiters.is_empty() {
+            return;
+        }
         // Revisions that could not get GPUs try again at once.
-        let waiting: Vec<usize> = (0..self.services.len())
-            .filter(|&i| self.services[i].waiting_for_gpu)
-            .collect();
+        let mut waiting = std::mem::take(&mut self.gpu_waiters);
+        waiting.sort_unstable();
+        waiting.dedup();
         for i in waiting {
-            self.services[i].waiting_for_gpu = false;
-            self.queue_at(i, self.now);
+            if self.services[i].waiting_for_gpu {
+                self.services[i].waiting_for_gpu = false;
+                self.queue_at(i, self.now);
+            }
         }
     }
 
@@ -495,6 +507,7 @@ impl SimWorld {
 
     /// Processes service `s`'s instance timers due now.
     fn fire(&mut self, s: usize) {
+        self.dirty.push(s);
         let now = self.now;
         let mut freed = false;
         for r in 0..self.services[s].revisions.len() {
@@ -558,6 +571,16 @@ impl SimWorld {
         if freed {
             self.gpu_freed();
         }
+    }
+
+    /// Services whose instances changed by themselves since the last call
+    /// (indices into [`SimWorld::service_names`]; may repeat), so a driver
+    /// of many services steps only those.
+    pub fn take_dirty(&mut self) -> Vec<usize> {
+        let mut d = std::mem::take(&mut self.dirty);
+        d.sort_unstable();
+        d.dedup();
+        d
     }
 
     /// Every service name, in creation order.
