@@ -503,7 +503,13 @@ impl<'a> Cx<'a> {
                 self.fleet.scale(n, r);
             }
             let blue_rev = blue.map(|b| self.fleet.rs[b].revision.clone());
-            self.ensure_traffic(blue_rev.clone(), Some(target.clone()));
+            if self.observed.active.as_ref() == Some(&target) {
+                // Already serving (a rollback to the revision traffic was
+                // switched back to): keep it active while it fills up.
+                self.ensure_traffic(Some(target.clone()), None);
+            } else {
+                self.ensure_traffic(blue_rev.clone(), Some(target.clone()));
+            }
             self.evaluate_gates(self.state.started_at);
             let rs = self.new_rs();
             let (avail, live) = (rs.available, rs.live);

@@ -709,3 +709,229 @@ pub fn counts(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name() -> ServiceName {
+        ServiceName::parse("web").unwrap()
+    }
+
+    fn gpu_template() -> InstanceTemplate {
+        let mut t = InstanceTemplate::command(["serve"]);
+        t.resources.gpu = Some(crate::manifest::GpuRequest {
+            count: 1,
+            product: None,
+            memory_mib: None,
+            sharing: crate::manifest::GpuSharing::Exclusive,
+            allow_in_place: true,
+        });
+        t
+    }
+
+    #[test]
+    fn terminating_instances_hold_gpus_until_gone() {
+        let inv = [GpuInventory {
+            product: "A100".into(),
+            memory_mib: None,
+            count: 2,
+            time_sliced_replicas: None,
+            mig: Default::default(),
+        }];
+        let mut w = SimWorld::new(&inv, 1);
+        let (a, b) = (Revision::from("a"), Revision::from("b"));
+        w.set_default_behaviour(Behaviour {
+            startup_seconds: 1.0,
+            stop_seconds: 5.0,
+            ..Behaviour::default()
+        });
+        w.seed_revision(&name(), &a, &gpu_template(), 2);
+        assert_eq!(w.gpu_usage(), (2, 2));
+        let create_b = Action::CreateRevision {
+            revision: b.clone(),
+            template: gpu_template(),
+        };
+        w.apply(
+            &name(),
+            &[
+                create_b,
+                Action::Scale {
+                    revision: a.clone(),
+                    replicas: 1,
+                },
+                Action::Scale {
+                    revision: b.clone(),
+                    replicas: 1,
+                },
+            ],
+        )
+        .unwrap();
+        // The new instance cannot be created: the stopping one still holds its GPU.
+        let o = w.observe(&name(), None);
+        assert_eq!(o.revision(&a).unwrap().terminating(), 1);
+        assert_eq!(o.revision(&b).unwrap().instances.len(), 0);
+        assert_eq!(w.next_event(), Some(Time::from_secs(5)));
+        w.advance_to(Time::from_secs(5));
+        let o = w.observe(&name(), None);
+        assert_eq!(o.revision(&a).unwrap().instances.len(), 1);
+        assert_eq!(
+            o.revision(&b).unwrap().instances.len(),
+            1,
+            "created once the GPU was free"
+        );
+        assert_eq!(w.take_dirty(), vec![0]);
+        w.advance_to(Time::from_secs(6));
+        assert_eq!(w.observe(&name(), None).revision(&b).unwrap().ready(), 1);
+    }
+
+    #[test]
+    fn crash_loop_backs_off_and_reports_why() {
+        let mut w = SimWorld::new(&[], 1);
+        let a = Revision::from("a");
+        w.set_behaviour(
+            &name(),
+            &a,
+            Behaviour {
+                startup_seconds: 2.0,
+                crash_after_seconds: Some(3.0),
+                crash_loop: true,
+                ..Behaviour::default()
+            },
+        );
+        w.apply(
+            &name(),
+            &[
+                Action::CreateRevision {
+                    revision: a.clone(),
+                    template: InstanceTemplate::command(["x"]),
+                },
+                Action::Scale {
+                    revision: a.clone(),
+                    replicas: 1,
+                },
+            ],
+        )
+        .unwrap();
+        // ready at 2, crash at 5, back-off 10 s + start-up 2 → ready at 17, crash at 20, back-off 20 s…
+        let ready = |w: &SimWorld| w.observe(&name(), None).revisions[0].instances[0].ready_since;
+        w.advance_to(Time::from_secs(2));
+        assert_eq!(ready(&w), Some(Time::from_secs(2)));
+        w.advance_to(Time::from_secs(5));
+        let o = w.observe(&name(), None);
+        let i = &o.revisions[0].instances[0];
+        assert_eq!((i.ready_since, i.restarts), (None, 1));
+        assert!(
+            i.reason
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("CrashLoopBackOff")
+        );
+        w.advance_to(Time::from_secs(17));
+        assert_eq!(ready(&w), Some(Time::from_secs(17)));
+        w.advance_to(Time::from_secs(20));
+        assert_eq!(ready(&w), None);
+        w.advance_to(Time::from_secs(41));
+        assert_eq!(ready(&w), None);
+        w.advance_to(Time::from_secs(42));
+        assert_eq!(ready(&w), Some(Time::from_secs(42)));
+    }
+
+    #[test]
+    fn same_seed_same_world() {
+        let run = |seed| {
+            let mut w = SimWorld::new(&[], seed);
+            w.set_default_behaviour(Behaviour {
+                startup_seconds: 1.0,
+                startup_jitter_seconds: 10.0,
+                ..Behaviour::default()
+            });
+            let a = Revision::from("a");
+            w.apply(
+                &name(),
+                &[
+                    Action::CreateRevision {
+                        revision: a.clone(),
+                        template: InstanceTemplate::command(["x"]),
+                    },
+                    Action::Scale {
+                        revision: a,
+                        replicas: 5,
+                    },
+                ],
+            )
+            .unwrap();
+            w.advance_to(Time::from_secs(100));
+            w.observe(&name(), None)
+        };
+        assert_eq!(run(3), run(3));
+        assert_ne!(run(3), run(4));
+    }
+
+    #[tokio::test]
+    async fn runtime_trait_advances_the_virtual_clock() {
+        let rt = SimRuntime::new(SimWorld::new(&[], 0));
+        rt.with_world(|w| {
+            w.set_default_behaviour(Behaviour {
+                startup_seconds: 3.0,
+                ..Behaviour::default()
+            })
+        })
+        .unwrap();
+        let spec = ServiceSpec::with_defaults(2, InstanceTemplate::command(["x"]));
+        let a = Revision::from("a");
+        let err = rt
+            .apply(
+                &name(),
+                &spec,
+                &[Action::Scale {
+                    revision: a.clone(),
+                    replicas: 1,
+                }],
+            )
+            .await;
+        assert!(matches!(err, Err(Error::NoSuchRevision { .. })));
+        rt.apply(
+            &name(),
+            &spec,
+            &[
+                Action::CreateRevision {
+                    revision: a.clone(),
+                    template: spec.template.clone(),
+                },
+                Action::Scale {
+                    revision: a.clone(),
+                    replicas: 2,
+                },
+                Action::SetTraffic {
+                    active: Some(a.clone()),
+                    preview: None,
+                },
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!(rt.services().await.unwrap(), vec![name()]);
+        let o = rt
+            .observe(&name(), Some(&spec), Time::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!((o.revisions[0].live(), o.revisions[0].ready()), (2, 0));
+        assert_eq!(o.active, Some(a.clone()));
+        let o = rt
+            .observe(&name(), Some(&spec), Time::from_secs(3))
+            .await
+            .unwrap();
+        assert_eq!(o.revisions[0].ready(), 2);
+        rt.delete_service(&name()).await.unwrap();
+        assert!(rt.services().await.unwrap().is_empty());
+        assert_eq!(
+            rt.observe(&name(), None, Time::from_secs(4))
+                .await
+                .unwrap()
+                .revisions
+                .len(),
+            0
+        );
+    }
+}
