@@ -5,9 +5,13 @@
 //! Reads files only; never talks to Git, runtimes or the network.
 
 mod decode;
+mod load;
 pub mod model;
 mod revision;
+mod template;
 mod yaml;
+
+pub use load::{CONFIG_FILE, ConfigRepo, MAX_FILE_BYTES, SERVICES_DIR};
 
 pub use model::*;
 pub use revision::revision_of;
@@ -66,21 +70,12 @@ pub enum Error {
 /// Loads, renders and validates the config repo at `dir` for `environment`
 /// (none: the base values only).
 pub fn load_release(dir: &Path, environment: Option<&str>) -> Result<Release, Error> {
-    let _ = (dir, environment);
-    Err(Error::Invalid(vec![Diagnostic {
-        file: dir.to_path_buf(),
-        line: 0,
-        column: 0,
-        path: String::new(),
-        message: "manifest loading is not built yet".into(),
-        hint: None,
-    }]))
+    ConfigRepo::read(dir)?.release(environment)
 }
 
 /// The environments `floyd.yaml` at `dir` defines (empty when it has none).
 pub fn environments(dir: &Path) -> Result<Vec<String>, Error> {
-    let _ = dir;
-    Ok(Vec::new())
+    Ok(ConfigRepo::read(dir)?.environments())
 }
 
 /// Parses, defaults and validates one `kind: Service` YAML document (no

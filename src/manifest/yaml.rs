@@ -71,7 +71,6 @@ impl Node {
 
     /// Deep merge: maps merge key by key (recursively), anything else in
     /// `over` replaces `self`. Used for environment values over base values.
-    #[allow(dead_code)] // used by load_release (next commit)
     pub fn merge(&mut self, over: &Node) {
         match (&mut self.value, &over.value) {
             (Value::Map(base), Value::Map(top)) => {
