@@ -511,6 +511,13 @@ impl SimWorld {
         let now = self.now;
         let mut freed = false;
         for r in 0..self.services[s].revisions.len() {
+            let due = self.services[s].revisions[r]
+                .instances
+                .iter()
+                .any(|i| i.next_timer().is_some_and(|t| t <= now));
+            if !due {
+                continue;
+            }
             let revision = self.services[s].revisions[r].revision.clone();
             let b = self.behaviour(s, &revision);
             let mut gone = Vec::new();
