@@ -58,6 +58,13 @@ const EXAMPLES: &[(&str, i32, &str, &str, &str)] = &[
         "replacing in place",
     ),
     (
+        "rollover.yaml",
+        0,
+        "Complete",
+        "12 of 12 instances",
+        "supersedes",
+    ),
+    (
         "failing-rollback.yaml",
         1,
         "Failed",

@@ -26,6 +26,18 @@ pub struct Rs {
 
 impl Rs {
     pub fn from_observed(o: &ObservedRevision, min_ready_seconds: u32, now: Time) -> Rs {
+        Self::from_observed_with_wake(o, min_ready_seconds, now, &mut None)
+    }
+
+    /// Like [`Rs::from_observed`], also lowering `next_available` to the
+    /// earliest time a ready instance becomes available after `now`.
+    pub fn from_observed_with_wake(
+        o: &ObservedRevision,
+        min_ready_seconds: u32,
+        now: Time,
+        next_available: &mut Option<Time>,
+    ) -> Rs {
+        let min_ready_ms = u64::from(min_ready_seconds) * 1000;
         let mut live = 0;
         let mut ready = 0;
         let mut available = 0;
@@ -36,11 +48,14 @@ impl Rs {
                 continue;
             }
             live += 1;
-            if i.ready_since.is_some() {
+            if let Some(since) = i.ready_since {
                 ready += 1;
-            }
-            if i.is_available(min_ready_seconds, now) {
-                available += 1;
+                let at = Time(since.0.saturating_add(min_ready_ms));
+                if at <= now {
+                    available += 1;
+                } else if next_available.is_none_or(|n| at < n) {
+                    *next_available = Some(at);
+                }
             }
         }
         Rs {

@@ -20,7 +20,9 @@
 //!    an old one and drains like any other (rollover); `stable` is kept. A
 //!    finished rollout (Complete, RolledBack, Failed, Degraded) is followed
 //!    by a fresh one whose `stable` is the last revision that completed. The
-//!    same `rev` again returns the previous state unchanged.
+//!    same `rev` again returns the previous state unchanged, and so does the
+//!    revision a rollback (in flight or RolledBack) rolled back from: a bad
+//!    revision still in Git is not rolled out again until Git changes.
 //! 2. **Commands.** Push `Command`s onto `state.pending_commands`; the next
 //!    `step` consumes them (Pause/Resume at any phase, Promote for
 //!    blue-green, Abort fails the rollout with `progress.aborted` set).
@@ -161,6 +163,9 @@ pub struct ProgressMarks {
     /// GPU in-place replacement is in use (recorded once as an event).
     #[serde(default)]
     pub gpu_in_place: bool,
+    /// A rollback: the failed revision it rolls back from.
+    #[serde(default)]
+    pub rolled_back_from: Option<Revision>,
 }
 
 impl RolloutState {
@@ -288,6 +293,7 @@ pub fn rollback(
     next.is_rollback = true;
     next.reason = format!("rolling back from {}: {}", state.target, state.reason);
     next.progress.last_replicas = state.progress.last_replicas;
+    next.progress.rolled_back_from = Some(state.target.clone());
     Ok(next)
 }
 
@@ -297,7 +303,12 @@ pub fn next_rollout(previous: Option<&RolloutState>, target: Revision, now: Time
     let Some(prev) = previous else {
         return RolloutState::start(target, None, now);
     };
-    if prev.target == target && !prev.is_rollback {
+    if prev.target == target {
+        return prev.clone();
+    }
+    if prev.is_rollback && prev.progress.rolled_back_from.as_ref() == Some(&target) {
+        // Git still names the revision that was just rolled back: keep the
+        // rollback (a revert or a fix in Git moves on).
         return prev.clone();
     }
     match prev.phase {

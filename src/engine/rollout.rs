@@ -30,6 +30,10 @@ pub(super) struct Cx<'a> {
     events: Vec<String>,
     wake: Option<Time>,
     gates: GateSummary,
+    /// Counts as observed, in the runtime's order (for the status).
+    observed_counts: Vec<RevisionCounts>,
+    /// When the next ready instance becomes available (minReadySeconds).
+    next_available: Option<Time>,
 }
 
 impl<'a> Cx<'a> {
@@ -39,10 +43,24 @@ impl<'a> Cx<'a> {
         state: &RolloutState,
         now: Time,
     ) -> Cx<'a> {
+        let mut next_available = None;
         let mut rs: Vec<Rs> = observed
             .revisions
             .iter()
-            .map(|o| Rs::from_observed(o, spec.min_ready_seconds, now))
+            .map(|o| {
+                Rs::from_observed_with_wake(o, spec.min_ready_seconds, now, &mut next_available)
+            })
+            .collect();
+        let observed_counts: Vec<RevisionCounts> = rs
+            .iter()
+            .map(|r| RevisionCounts {
+                revision: r.revision.clone(),
+                desired: r.desired,
+                live: r.live,
+                ready: r.ready,
+                available: r.available,
+                terminating: r.terminating,
+            })
             .collect();
         // Oldest first; a stable sort keeps the runtime's order for equal times.
         rs.sort_by_key(|r| r.created_at);
@@ -73,6 +91,8 @@ impl<'a> Cx<'a> {
             events: Vec::new(),
             wake: None,
             gates: GateSummary::default(),
+            observed_counts,
+            next_available,
         }
     }
 
@@ -483,7 +503,13 @@ impl<'a> Cx<'a> {
                 self.fleet.scale(n, r);
             }
             let blue_rev = blue.map(|b| self.fleet.rs[b].revision.clone());
-            self.ensure_traffic(blue_rev.clone(), Some(target.clone()));
+            if self.observed.active.as_ref() == Some(&target) {
+                // Already serving (a rollback to the revision traffic was
+                // switched back to): keep it active while it fills up.
+                self.ensure_traffic(Some(target.clone()), None);
+            } else {
+                self.ensure_traffic(blue_rev.clone(), Some(target.clone()));
+            }
             self.evaluate_gates(self.state.started_at);
             let rs = self.new_rs();
             let (avail, live) = (rs.available, rs.live);
@@ -773,21 +799,7 @@ impl<'a> Cx<'a> {
         let live_phase = !self.state.phase.is_terminal() && !self.state.progress.paused;
         if live_phase || matches!(self.state.phase, Phase::Complete | Phase::RolledBack) {
             // Instances becoming available change counts by themselves.
-            let min_ready = u64::from(self.spec.min_ready_seconds);
-            let mut next: Option<Time> = None;
-            for o in &self.observed.revisions {
-                for i in &o.instances {
-                    if let Some(since) = i.ready_since
-                        && i.phase != InstancePhase::Terminating
-                    {
-                        let at = since.add_secs(min_ready);
-                        if at > self.now {
-                            next = Some(next.map_or(at, |n| n.min(at)));
-                        }
-                    }
-                }
-            }
-            if let Some(t) = next {
+            if let Some(t) = self.next_available {
                 self.wake_at(t);
             }
         }
@@ -822,22 +834,7 @@ impl<'a> Cx<'a> {
         }
         actions.append(&mut self.deletes);
         // Counts as observed (before this step's actions).
-        let mut revisions: Vec<RevisionCounts> = self
-            .observed
-            .revisions
-            .iter()
-            .map(|o| {
-                let rs = Rs::from_observed(o, self.spec.min_ready_seconds, self.now);
-                RevisionCounts {
-                    revision: rs.revision,
-                    desired: rs.desired,
-                    live: rs.live,
-                    ready: rs.ready,
-                    available: rs.available,
-                    terminating: rs.terminating,
-                }
-            })
-            .collect();
+        let mut revisions = std::mem::take(&mut self.observed_counts);
         if self.observed.revision(&self.state.target).is_none() {
             revisions.push(RevisionCounts {
                 revision: self.state.target.clone(),

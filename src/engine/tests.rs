@@ -876,3 +876,85 @@ fn next_rollout_table() {
         "same revision: same state"
     );
 }
+
+#[test]
+fn blue_green_rollback_keeps_traffic_on_the_good_revision() {
+    let sp = blue_green(3, true, 30);
+    let t = sp.template.clone();
+    // The good revision is active with one instance still starting; the failed one is up.
+    let observed = Observed {
+        revisions: vec![
+            orev("good", 0, 3, &[Some(0), Some(0), None], &t),
+            orev("bad", 10, 3, &[None, None, None], &t),
+        ],
+        active: Some(Revision::from("good")),
+        ..Observed::default()
+    };
+    let mut failed = RolloutState::start(
+        Revision::from("bad"),
+        Some(Revision::from("good")),
+        Time::from_secs(10),
+    );
+    failed.phase = Phase::Failed;
+    let rb = rollback(&failed, &observed, Time::from_secs(700)).unwrap();
+    let d = step(&sp, &observed, &rb, Time::from_secs(700));
+    assert!(
+        !d.actions.iter().any(
+            |a| matches!(a, Action::SetTraffic { active: Some(r), .. } if r.as_str() == "bad")
+        ),
+        "{:?}",
+        d.actions
+    );
+    assert_eq!(d.state.phase, Phase::Progressing);
+}
+
+#[test]
+fn abort_rolls_back_even_without_on_failure_rollback() {
+    let mut sp = spec(4, Int(1), Int(0));
+    sp.on_failure.rollback = false;
+    let sc = Scenario {
+        instances: startup(10.0),
+        events: vec![ScriptEvent {
+            at: 3.0,
+            command: Some(ScriptCommand::Abort),
+            new_revision: None,
+            replicas: None,
+        }],
+        ..Scenario::default()
+    };
+    let (out, ticks, sim) = run(sp, sc);
+    assert_eq!(out.result, Phase::Failed);
+    assert!(
+        out.reason.contains("aborted by a person (floyd abort)"),
+        "{}",
+        out.reason
+    );
+    assert!(
+        out.reason.contains("rolled back to start"),
+        "{}",
+        out.reason
+    );
+    let v = replicas_by_time(&sim, &ticks);
+    assert_eq!(v.last().map(|x| (x.1, x.2)), Some((4, 0)));
+}
+
+#[test]
+fn commands_in_terminal_phases_are_ignored_with_an_event() {
+    let sp = spec(1, Int(1), Int(0));
+    let target = crate::manifest::revision_of(&sp.template);
+    let observed = Observed {
+        revisions: vec![ObservedRevision {
+            revision: target.clone(),
+            ..orev("x", 0, 1, &[Some(0)], &sp.template)
+        }],
+        ..Observed::default()
+    };
+    let mut s = RolloutState::start(target, None, Time(0));
+    s.phase = Phase::Complete;
+    s.pending_commands = vec![Command::Pause, Command::Abort, Command::Promote];
+    let d = step(&sp, &observed, &s, Time(0));
+    assert_eq!(d.state.phase, Phase::Complete);
+    assert!(d.state.pending_commands.is_empty());
+    assert_eq!(d.events.len(), 3, "{:?}", d.events);
+    assert!(d.events.iter().all(|e| e.contains("ignored")));
+}

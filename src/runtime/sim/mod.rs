@@ -121,6 +121,10 @@ pub struct SimWorld {
     next_key: u64,
     /// Instance events processed (for benchmarks).
     pub events_processed: u64,
+    /// Services whose instances changed by themselves since [`SimWorld::take_dirty`].
+    dirty: Vec<usize>,
+    /// Services that failed to create an instance for lack of GPUs.
+    gpu_waiters: Vec<usize>,
 }
 
 impl SimWorld {
@@ -137,6 +141,8 @@ impl SimWorld {
             timers: BinaryHeap::new(),
             next_key: 1,
             events_processed: 0,
+            dirty: Vec::new(),
+            gpu_waiters: Vec::new(),
         }
     }
 
@@ -382,6 +388,7 @@ impl SimWorld {
                     for _ in 0..batch {
                         if !self.create_instance(s, r) {
                             self.services[s].waiting_for_gpu = true;
+                            self.gpu_waiters.push(s);
                             break 'batches;
                         }
                     }
@@ -436,13 +443,18 @@ impl SimWorld {
     }
 
     fn gpu_freed(&mut self) {
+        if self.gpu_waiters.is_empty() {
+            return;
+        }
         // Revisions that could not get GPUs try again at once.
-        let waiting: Vec<usize> = (0..self.services.len())
-            .filter(|&i| self.services[i].waiting_for_gpu)
-            .collect();
+        let mut waiting = std::mem::take(&mut self.gpu_waiters);
+        waiting.sort_unstable();
+        waiting.dedup();
         for i in waiting {
-            self.services[i].waiting_for_gpu = false;
-            self.queue_at(i, self.now);
+            if self.services[i].waiting_for_gpu {
+                self.services[i].waiting_for_gpu = false;
+                self.queue_at(i, self.now);
+            }
         }
     }
 
@@ -495,9 +507,17 @@ impl SimWorld {
 
     /// Processes service `s`'s instance timers due now.
     fn fire(&mut self, s: usize) {
+        self.dirty.push(s);
         let now = self.now;
         let mut freed = false;
         for r in 0..self.services[s].revisions.len() {
+            let due = self.services[s].revisions[r]
+                .instances
+                .iter()
+                .any(|i| i.next_timer().is_some_and(|t| t <= now));
+            if !due {
+                continue;
+            }
             let revision = self.services[s].revisions[r].revision.clone();
             let b = self.behaviour(s, &revision);
             let mut gone = Vec::new();
@@ -558,6 +578,16 @@ impl SimWorld {
         if freed {
             self.gpu_freed();
         }
+    }
+
+    /// Services whose instances changed by themselves since the last call
+    /// (indices into [`SimWorld::service_names`]; may repeat), so a driver
+    /// of many services steps only those.
+    pub fn take_dirty(&mut self) -> Vec<usize> {
+        let mut d = std::mem::take(&mut self.dirty);
+        d.sort_unstable();
+        d.dedup();
+        d
     }
 
     /// Every service name, in creation order.
@@ -685,4 +715,230 @@ pub fn counts(
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name() -> ServiceName {
+        ServiceName::parse("web").unwrap()
+    }
+
+    fn gpu_template() -> InstanceTemplate {
+        let mut t = InstanceTemplate::command(["serve"]);
+        t.resources.gpu = Some(crate::manifest::GpuRequest {
+            count: 1,
+            product: None,
+            memory_mib: None,
+            sharing: crate::manifest::GpuSharing::Exclusive,
+            allow_in_place: true,
+        });
+        t
+    }
+
+    #[test]
+    fn terminating_instances_hold_gpus_until_gone() {
+        let inv = [GpuInventory {
+            product: "A100".into(),
+            memory_mib: None,
+            count: 2,
+            time_sliced_replicas: None,
+            mig: Default::default(),
+        }];
+        let mut w = SimWorld::new(&inv, 1);
+        let (a, b) = (Revision::from("a"), Revision::from("b"));
+        w.set_default_behaviour(Behaviour {
+            startup_seconds: 1.0,
+            stop_seconds: 5.0,
+            ..Behaviour::default()
+        });
+        w.seed_revision(&name(), &a, &gpu_template(), 2);
+        assert_eq!(w.gpu_usage(), (2, 2));
+        let create_b = Action::CreateRevision {
+            revision: b.clone(),
+            template: gpu_template(),
+        };
+        w.apply(
+            &name(),
+            &[
+                create_b,
+                Action::Scale {
+                    revision: a.clone(),
+                    replicas: 1,
+                },
+                Action::Scale {
+                    revision: b.clone(),
+                    replicas: 1,
+                },
+            ],
+        )
+        .unwrap();
+        // The new instance cannot be created: the stopping one still holds its GPU.
+        let o = w.observe(&name(), None);
+        assert_eq!(o.revision(&a).unwrap().terminating(), 1);
+        assert_eq!(o.revision(&b).unwrap().instances.len(), 0);
+        assert_eq!(w.next_event(), Some(Time::from_secs(5)));
+        w.advance_to(Time::from_secs(5));
+        let o = w.observe(&name(), None);
+        assert_eq!(o.revision(&a).unwrap().instances.len(), 1);
+        assert_eq!(
+            o.revision(&b).unwrap().instances.len(),
+            1,
+            "created once the GPU was free"
+        );
+        assert_eq!(w.take_dirty(), vec![0]);
+        w.advance_to(Time::from_secs(6));
+        assert_eq!(w.observe(&name(), None).revision(&b).unwrap().ready(), 1);
+    }
+
+    #[test]
+    fn crash_loop_backs_off_and_reports_why() {
+        let mut w = SimWorld::new(&[], 1);
+        let a = Revision::from("a");
+        w.set_behaviour(
+            &name(),
+            &a,
+            Behaviour {
+                startup_seconds: 2.0,
+                crash_after_seconds: Some(3.0),
+                crash_loop: true,
+                ..Behaviour::default()
+            },
+        );
+        w.apply(
+            &name(),
+            &[
+                Action::CreateRevision {
+                    revision: a.clone(),
+                    template: InstanceTemplate::command(["x"]),
+                },
+                Action::Scale {
+                    revision: a.clone(),
+                    replicas: 1,
+                },
+            ],
+        )
+        .unwrap();
+        // ready at 2, crash at 5, back-off 10 s + start-up 2 → ready at 17, crash at 20, back-off 20 s…
+        let ready = |w: &SimWorld| w.observe(&name(), None).revisions[0].instances[0].ready_since;
+        w.advance_to(Time::from_secs(2));
+        assert_eq!(ready(&w), Some(Time::from_secs(2)));
+        w.advance_to(Time::from_secs(5));
+        let o = w.observe(&name(), None);
+        let i = &o.revisions[0].instances[0];
+        assert_eq!((i.ready_since, i.restarts), (None, 1));
+        assert!(
+            i.reason
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("CrashLoopBackOff")
+        );
+        w.advance_to(Time::from_secs(17));
+        assert_eq!(ready(&w), Some(Time::from_secs(17)));
+        w.advance_to(Time::from_secs(20));
+        assert_eq!(ready(&w), None);
+        w.advance_to(Time::from_secs(41));
+        assert_eq!(ready(&w), None);
+        w.advance_to(Time::from_secs(42));
+        assert_eq!(ready(&w), Some(Time::from_secs(42)));
+    }
+
+    #[test]
+    fn same_seed_same_world() {
+        let run = |seed| {
+            let mut w = SimWorld::new(&[], seed);
+            w.set_default_behaviour(Behaviour {
+                startup_seconds: 1.0,
+                startup_jitter_seconds: 10.0,
+                ..Behaviour::default()
+            });
+            let a = Revision::from("a");
+            w.apply(
+                &name(),
+                &[
+                    Action::CreateRevision {
+                        revision: a.clone(),
+                        template: InstanceTemplate::command(["x"]),
+                    },
+                    Action::Scale {
+                        revision: a,
+                        replicas: 5,
+                    },
+                ],
+            )
+            .unwrap();
+            w.advance_to(Time::from_secs(100));
+            w.observe(&name(), None)
+        };
+        assert_eq!(run(3), run(3));
+        assert_ne!(run(3), run(4));
+    }
+
+    #[tokio::test]
+    async fn runtime_trait_advances_the_virtual_clock() {
+        let rt = SimRuntime::new(SimWorld::new(&[], 0));
+        rt.with_world(|w| {
+            w.set_default_behaviour(Behaviour {
+                startup_seconds: 3.0,
+                ..Behaviour::default()
+            })
+        })
+        .unwrap();
+        let spec = ServiceSpec::with_defaults(2, InstanceTemplate::command(["x"]));
+        let a = Revision::from("a");
+        let err = rt
+            .apply(
+                &name(),
+                &spec,
+                &[Action::Scale {
+                    revision: a.clone(),
+                    replicas: 1,
+                }],
+            )
+            .await;
+        assert!(matches!(err, Err(Error::NoSuchRevision { .. })));
+        rt.apply(
+            &name(),
+            &spec,
+            &[
+                Action::CreateRevision {
+                    revision: a.clone(),
+                    template: spec.template.clone(),
+                },
+                Action::Scale {
+                    revision: a.clone(),
+                    replicas: 2,
+                },
+                Action::SetTraffic {
+                    active: Some(a.clone()),
+                    preview: None,
+                },
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!(rt.services().await.unwrap(), vec![name()]);
+        let o = rt
+            .observe(&name(), Some(&spec), Time::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!((o.revisions[0].live(), o.revisions[0].ready()), (2, 0));
+        assert_eq!(o.active, Some(a.clone()));
+        let o = rt
+            .observe(&name(), Some(&spec), Time::from_secs(3))
+            .await
+            .unwrap();
+        assert_eq!(o.revisions[0].ready(), 2);
+        rt.delete_service(&name()).await.unwrap();
+        assert!(rt.services().await.unwrap().is_empty());
+        assert_eq!(
+            rt.observe(&name(), None, Time::from_secs(4))
+                .await
+                .unwrap()
+                .revisions
+                .len(),
+            0
+        );
+    }
 }

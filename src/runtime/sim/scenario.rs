@@ -248,6 +248,18 @@ impl Simulation {
         world.advance_to(origin);
         let mut events = scenario.events.clone();
         events.sort_by(|a, b| a.at.total_cmp(&b.at));
+        // Name the later revisions up front, so every line of the timeline can.
+        let mut template = spec.template.clone();
+        for (i, e) in events.iter().enumerate() {
+            if let Some(change) = &e.new_revision {
+                template = change.apply(&template);
+                let label = change
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("rev{}", i + 1));
+                labels.entry(revision_of(&template)).or_insert(label);
+            }
+        }
         let state = RolloutState::start(target, stable, origin);
         let max = origin.plus(std::time::Duration::from_millis(ms(scenario
             .max_seconds
