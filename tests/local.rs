@@ -838,6 +838,39 @@ async fn logs_rotate_and_floyd_logs_prints_them() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("[{id} k1] GET / -> 200")), "{text}");
+    // -f follows: lines written after it started show up.
+    let mut follow = std::process::Command::new(FLOYD)
+        .args(["logs", "chatty", "-f", "--revision", "k1", "--state-dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while rx.try_recv().is_ok() {}
+    c.get(format!("http://127.0.0.1:{lb}/"))
+        .send()
+        .await
+        .unwrap();
+    let line = rx.recv_timeout(Duration::from_secs(5));
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(
+        line.as_ref().is_ok_and(|l| l.contains("GET / -> 200")),
+        "{line:?}"
+    );
     let out = std::process::Command::new(FLOYD)
         .args(["logs", "nosuch", "--state-dir"])
         .arg(dir.path())
@@ -991,4 +1024,40 @@ async fn kill_9_of_the_controller_mid_rollout_then_adoption() {
     assert_eq!(pids.len(), 3);
     rt.shutdown().await;
     assert!(instance_processes(dir.path()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_counted_per_revision_for_the_success_rate_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+    let svc = name("flaky");
+    let lb = free_port();
+    let good = sample(&["--version", "good"]);
+    let bad = sample(&["--version", "bad", "--error-ratio", "0.5"]);
+    let spec = web_spec(1, good.clone(), lb);
+    let mut acts = create("good", &good, 1);
+    acts.extend(create("bad", &bad, 1));
+    rt.apply(&svc, &spec, &acts).await.unwrap();
+    wait_for(&rt, &svc, 20, "both ready", |o| {
+        ready(o, "good") == 1 && ready(o, "bad") == 1
+    })
+    .await;
+    let c = client();
+    for _ in 0..40 {
+        c.get(format!("http://127.0.0.1:{lb}/"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let o = observe(&rt, &svc).await;
+    let t = |r: &str| {
+        o.traffic
+            .iter()
+            .find(|t| t.revision == rev(r))
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!((t("good").requests, t("good").errors), (20, 0));
+    assert_eq!((t("bad").requests, t("bad").errors), (20, 10));
+    rt.shutdown().await;
 }

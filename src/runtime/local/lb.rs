@@ -373,3 +373,47 @@ async fn proxy(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(id: &str, inflight: usize) -> Backend {
+        Backend {
+            instance: id.into(),
+            revision: Revision("r".into()),
+            ports: BTreeMap::new(),
+            inflight: Arc::new(AtomicUsize::new(inflight)),
+            counters: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn round_robin_cycles_and_skips_tried() {
+        let lb = Lb::new("s", LbPolicy::RoundRobin);
+        let set = vec![backend("a", 0), backend("b", 0), backend("c", 0)];
+        let picks: Vec<String> = (0..6)
+            .map(|_| lb.pick(&set, &[]).unwrap().instance)
+            .collect();
+        assert_eq!(picks, ["a", "b", "c", "a", "b", "c"]);
+        let skip = vec!["a".to_string(), "b".to_string()];
+        assert_eq!(lb.pick(&set, &skip).unwrap().instance, "c");
+        let all: Vec<String> = set.iter().map(|b| b.instance.clone()).collect();
+        assert!(lb.pick(&set, &all).is_none());
+        assert!(lb.pick(&[], &[]).is_none());
+    }
+
+    #[test]
+    fn least_connections_prefers_idle_instances() {
+        let lb = Lb::new("s", LbPolicy::LeastConnections);
+        let set = vec![backend("busy", 5), backend("idle", 0), backend("some", 2)];
+        for _ in 0..5 {
+            assert_eq!(lb.pick(&set, &[]).unwrap().instance, "idle");
+        }
+        let tie = vec![backend("a", 1), backend("b", 1)];
+        let picks: std::collections::BTreeSet<String> = (0..4)
+            .map(|_| lb.pick(&tie, &[]).unwrap().instance)
+            .collect();
+        assert_eq!(picks.len(), 2, "ties spread");
+    }
+}

@@ -344,11 +344,10 @@ fn adopt(st: &mut State) -> Vec<(ServiceName, String, i32, u64)> {
                 }
                 (pid, _) => {
                     // Dead: whatever is left of its process group goes too.
-                    if let Some(pid) = pid {
-                        for m in process::group_members(pid) {
-                            let _ = m;
-                            process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
-                        }
+                    if let Some(pid) = pid
+                        && !process::group_members(pid).is_empty()
+                    {
+                        process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
                     }
                     dead.push(id.clone());
                 }
@@ -464,7 +463,7 @@ impl Inner {
             used_ports.extend(
                 st.services
                     .values()
-                    .flat_map(|s| s.ports.iter().map(|p| p.port)),
+                    .flat_map(|s| s.ports.iter().map(|p| p.port).chain(s.preview_port)),
             );
             let mut gone_services = Vec::new();
             for (name, svc) in st.services.iter_mut() {
