@@ -281,6 +281,12 @@ impl LocalRuntime {
         self.inner.lock().gpus.devices().to_vec()
     }
 
+    /// GPU usage per product: (devices, units held). Feeds the
+    /// `floyd_gpu_capacity` / `floyd_gpu_allocated` metrics.
+    pub fn gpu_usage(&self) -> BTreeMap<String, (u32, u32)> {
+        self.inner.lock().gpus.usage()
+    }
+
     /// Pids of all instance processes (for tests and diagnostics).
     pub fn pids(&self) -> Vec<i32> {
         self.inner
