@@ -1061,3 +1061,117 @@ async fn errors_are_counted_per_revision_for_the_success_rate_gate() {
     assert_eq!((t("bad").requests, t("bad").errors), (20, 10));
     rt.shutdown().await;
 }
+
+/// Runs the real engine against the runtime until the rollout settles, or
+/// until `pause_when` holds (then returns early, mid-rollout).
+async fn drive(
+    rt: &floyd::runtime::local::LocalRuntime,
+    svc: &floyd::manifest::ServiceName,
+    spec: &floyd::manifest::ServiceSpec,
+    mut state: floyd::engine::RolloutState,
+    secs: u64,
+    pause_when: impl Fn(&floyd::runtime::Observed) -> bool,
+) -> floyd::engine::RolloutState {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let now = floyd::time::Time::now_wall();
+        let observed = rt.observe(svc, Some(spec), now).await.unwrap();
+        if pause_when(&observed) {
+            return state;
+        }
+        let d = floyd::engine::step(spec, &observed, &state, now);
+        if !d.actions.is_empty() {
+            rt.apply(svc, spec, &d.actions).await.unwrap();
+        }
+        state = d.state;
+        if state.phase.is_terminal() {
+            return state;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rollout did not settle in {secs} s: {:?} {}; observed {observed:#?}",
+            state.phase,
+            state.reason
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn examples_repo_web_rolls_with_the_real_engine_under_load_and_survives_a_controller_kill() {
+    use floyd::engine::{Phase, RolloutState, next_rollout};
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples-repo");
+    let release = floyd::manifest::load_release(&repo, None).expect("examples-repo loads");
+    let web = release.service("web").expect("web service").clone();
+    let mut spec = web.spec.clone();
+    // The example's port may be in use by another test run: same spec, free port.
+    let lb = free_port();
+    spec.ports[0].port = lb;
+    let svc = web.name.clone();
+    let r1 = web.revision.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{lb}/");
+
+    let rt = runtime(dir.path()).await;
+    let now = floyd::time::Time::now_wall();
+    let state = drive(
+        &rt,
+        &svc,
+        &spec,
+        RolloutState::start(r1.clone(), None, now),
+        60,
+        |_| false,
+    )
+    .await;
+    assert_eq!(state.phase, Phase::Complete, "{}", state.reason);
+    assert_eq!(version_at(&url).await.as_deref(), Some("1.4.2"));
+
+    // A new version under load: zero failed requests.
+    let mut spec2 = spec.clone();
+    spec2.template.command[3] = "1.4.3".into();
+    let r2 = floyd::manifest::revision_of(&spec2.template);
+    assert_ne!(r1, r2);
+    let load = Load::start(url.clone(), 6, 50_000);
+    let state = next_rollout(Some(&state), r2.clone(), floyd::time::Time::now_wall());
+    // Mid-rollout: the first new instance is ready.
+    let state = drive(&rt, &svc, &spec2, state, 60, |o| {
+        o.revision(&r2).is_some_and(|r| r.ready() >= 1)
+    })
+    .await;
+    assert_eq!(state.phase, Phase::Progressing);
+    let (done, failed, errors, _) = load.finish().await;
+    assert_eq!(failed, 0, "{errors:?}");
+    assert!(done > 20);
+    let pids_before = {
+        let mut p = rt.pids();
+        p.sort();
+        p
+    };
+    drop(rt); // as if the controller were killed
+
+    let rt = runtime(dir.path()).await;
+    let mut pids = rt.pids();
+    pids.sort();
+    assert_eq!(pids, pids_before, "adopted, not restarted");
+    wait_for(&rt, &svc, 10, "adopted LB serving", |o| {
+        o.revision(&r1).is_some_and(|r| r.ready() >= 2)
+    })
+    .await;
+    let load = Load::start(url.clone(), 6, 50_000);
+    let state = drive(&rt, &svc, &spec2, state, 90, |_| false).await;
+    assert_eq!(state.phase, Phase::Complete, "{}", state.reason);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (done, failed, errors, versions) = load.finish().await;
+    assert_eq!(failed, 0, "{errors:?}");
+    assert!(done > 50 && versions.contains_key("1.4.3"), "{versions:?}");
+    assert_eq!(version_at(&url).await.as_deref(), Some("1.4.3"));
+    let o = observe(&rt, &svc).await;
+    assert_eq!(o.revision(&r2).unwrap().ready(), 3);
+    assert_eq!(o.revision(&r1).map(|r| r.instances.len()).unwrap_or(0), 0);
+    let mut procs = instance_processes(dir.path());
+    procs.sort();
+    let mut pids = rt.pids();
+    pids.sort();
+    assert_eq!(procs, pids, "no orphans");
+    rt.shutdown().await;
+}
