@@ -1175,3 +1175,73 @@ async fn examples_repo_web_rolls_with_the_real_engine_under_load_and_survives_a_
     assert_eq!(procs, pids, "no orphans");
     rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpu_service_rolled_by_the_real_engine_with_no_spare_gpu_completes_within_4_gpus() {
+    use floyd::engine::{Phase, RolloutState, next_rollout};
+    use floyd::manifest::{IntOrPercent, RollingUpdateParams, Strategy};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.gpus = floyd::runtime::local::parse_gpus_flag("NVIDIA-A100-SXM4-80GB:4").unwrap();
+    let rt = floyd::runtime::local::LocalRuntime::start(cfg)
+        .await
+        .unwrap();
+    let mk = |v: &str| {
+        let mut t = sample(&["--version", v]);
+        t.resources.gpu = Some(floyd::manifest::GpuRequest {
+            count: 1,
+            product: Some("NVIDIA-A100-SXM4-80GB".into()),
+            memory_mib: None,
+            sharing: floyd::manifest::GpuSharing::Exclusive,
+            allow_in_place: true,
+        });
+        t
+    };
+    let svc = name("inference");
+    let lb = free_port();
+    let mut spec = web_spec(4, mk("a"), lb);
+    spec.strategy = Strategy::RollingUpdate {
+        rolling_update: RollingUpdateParams {
+            max_surge: IntOrPercent::Int(1),
+            max_unavailable: IntOrPercent::Int(0),
+        },
+    };
+    let r1 = floyd::manifest::revision_of(&spec.template);
+    let st = drive(
+        &rt,
+        &svc,
+        &spec,
+        RolloutState::start(r1, None, floyd::time::Time::now_wall()),
+        60,
+        |_| false,
+    )
+    .await;
+    assert_eq!(st.phase, Phase::Complete, "{}", st.reason);
+    let mut spec2 = spec.clone();
+    spec2.template = mk("b");
+    let r2 = floyd::manifest::revision_of(&spec2.template);
+    let st = next_rollout(Some(&st), r2.clone(), floyd::time::Time::now_wall());
+    // Never more than 4 units held, checked at every step of the engine.
+    let max_held = std::sync::atomic::AtomicU32::new(0);
+    let st = drive(&rt, &svc, &spec2, st, 120, |o| {
+        let held: u32 = o
+            .revisions
+            .iter()
+            .flat_map(|r| &r.instances)
+            .map(|i| i.gpus.len() as u32)
+            .sum();
+        max_held.fetch_max(held, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            o.gpu
+                .as_ref()
+                .is_some_and(|g| g.held_by_service <= 4 && g.exist == 4)
+        );
+        false
+    })
+    .await;
+    assert_eq!(st.phase, Phase::Complete, "{}", st.reason);
+    assert!(max_held.load(std::sync::atomic::Ordering::Relaxed) <= 4);
+    let o = observe(&rt, &svc).await;
+    assert_eq!(o.revision(&r2).unwrap().ready(), 4);
+    rt.shutdown().await;
+}
