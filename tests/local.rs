@@ -895,6 +895,10 @@ async fn delete_service_stops_everything_and_frees_the_port() {
     assert!(rt.services().await.unwrap().is_empty());
     wait_for(&rt, &svc, 20, "deleted", |o| o.revisions.is_empty()).await;
     assert!(pids.iter().all(|p| !pid_alive(*p)));
+    assert!(
+        !dir.path().join("local/logs/gone").exists(),
+        "logs go with the service"
+    );
     // The LB port is free again.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(std::net::TcpListener::bind(("127.0.0.1", lb)).is_ok());
@@ -1243,5 +1247,55 @@ async fn gpu_service_rolled_by_the_real_engine_with_no_spare_gpu_completes_withi
     assert!(max_held.load(std::sync::atomic::Ordering::Relaxed) <= 4);
     let o = observe(&rt, &svc).await;
     assert_eq!(o.revision(&r2).unwrap().ready(), 4);
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_probe_gates_readiness_and_its_failure_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+    // Slow start: the startup probe holds readiness back until the port opens.
+    let slow = name("slowstart");
+    let t = sample(&["--startup-delay", "1.2"]);
+    let mut spec = web_spec(1, t.clone(), free_port());
+    let mut sp = http_probe("/healthz");
+    sp.failure_threshold = 10;
+    spec.health.startup = Some(sp);
+    rt.apply(&slow, &spec, &create("s1", &t, 1)).await.unwrap();
+    let o = wait_for(&rt, &slow, 10, "startup probe reason", |o| {
+        o.revisions[0]
+            .instances
+            .first()
+            .and_then(|i| i.reason.clone())
+            .is_some_and(|r| r.starts_with("startup probe"))
+    })
+    .await;
+    assert_eq!(ready(&o, "s1"), 0);
+    let o = wait_for(&rt, &slow, 15, "ready after startup", |o| {
+        ready(o, "s1") == 1
+    })
+    .await;
+    assert_eq!(o.revisions[0].instances[0].restarts, 0);
+
+    // Never starts within the threshold: restarted, with the reason.
+    let never = name("neverstarts");
+    let t = sample(&["--startup-delay", "30"]);
+    let mut spec = web_spec(1, t.clone(), free_port());
+    let mut sp = http_probe("/healthz");
+    sp.failure_threshold = 2;
+    spec.health.startup = Some(sp);
+    rt.apply(&never, &spec, &create("n1", &t, 1)).await.unwrap();
+    let o = wait_for(&rt, &never, 15, "restart after startup failures", |o| {
+        o.revisions[0]
+            .instances
+            .first()
+            .is_some_and(|i| i.restarts >= 1)
+    })
+    .await;
+    let reason = o.revisions[0].instances[0]
+        .reason
+        .clone()
+        .unwrap_or_default();
+    assert!(reason.contains("startup probe"), "{reason}");
     rt.shutdown().await;
 }
