@@ -51,6 +51,36 @@ async fn instances_start_get_ready_and_serve_through_the_lb() {
         .find(|t| t.revision == rev("aaaaaaaaaa"))
         .unwrap();
     assert!(traffic.requests >= 6 && traffic.errors == 0, "{traffic:?}");
+    // The instance environment: what Floyd sets plus a short pass-through
+    // list, nothing else of the controller's (the test runner's CARGO_* vars).
+    let pid = rt.pids()[0];
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let keys: Vec<String> = environ
+        .split(|b| *b == 0)
+        .filter_map(|kv| {
+            std::str::from_utf8(kv)
+                .ok()?
+                .split_once('=')
+                .map(|(k, _)| k.to_string())
+        })
+        .collect();
+    for want in [
+        "PORT",
+        "PORT_HTTP",
+        "FLOYD_BIN",
+        "FLOYD_SERVICE",
+        "FLOYD_REVISION",
+        "FLOYD_INSTANCE",
+    ] {
+        assert!(
+            keys.iter().any(|k| k == want),
+            "{want} missing from {keys:?}"
+        );
+    }
+    assert!(
+        !keys.iter().any(|k| k.starts_with("CARGO")),
+        "controller env leaked: {keys:?}"
+    );
     // Logs land in per-instance files.
     let id = &o.revisions[0].instances[0].id;
     let log = floyd::runtime::local::log_path(dir.path(), "web", "aaaaaaaaaa", id);
