@@ -320,37 +320,41 @@ async fn main() {
             .unwrap_or_default();
         let id = o.revisions[0].instances[0].id.clone();
         let direct_port = rt.instance_port(&svc, &id).unwrap_or(0);
-        let direct_url = format!("http://127.0.0.1:{direct_port}/");
-        let lb_url = format!("http://127.0.0.1:{lb}/");
-        // Warm up both paths.
-        let _ = load(&direct_url, 1).await;
-        let _ = load(&lb_url, 1).await;
-        let (mut d_rps, mut l_rps, mut d_p99, mut l_p99, mut d_p50, mut l_p50) =
-            (vec![], vec![], vec![], vec![], vec![], vec![]);
-        for i in 0..rounds {
-            let d = load(&direct_url, secs).await;
-            let l = load(&lb_url, secs).await;
+        // "/" is CPU-bound on both sides (the worst case for a proxy on a
+        // small machine); "/slow?ms=5" is a backend that takes 5 ms.
+        for path in ["/", "/slow?ms=5"] {
+            let direct_url = format!("http://127.0.0.1:{direct_port}{path}");
+            let lb_url = format!("http://127.0.0.1:{lb}{path}");
+            // Warm up both paths.
+            let _ = load(&direct_url, 1).await;
+            let _ = load(&lb_url, 1).await;
+            let (mut d_rps, mut l_rps, mut d_p99, mut l_p99, mut d_p50, mut l_p50) =
+                (vec![], vec![], vec![], vec![], vec![], vec![]);
+            for i in 0..rounds {
+                let d = load(&direct_url, secs).await;
+                let l = load(&lb_url, secs).await;
+                println!(
+                    "GET {path} round {i}: direct {:.0} req/s p50 {} us p99 {} us errors {} | lb {:.0} req/s p50 {} us p99 {} us errors {}",
+                    d.rps, d.p50_us, d.p99_us, d.errors, l.rps, l.p50_us, l.p99_us, l.errors
+                );
+                d_rps.push(d.rps);
+                l_rps.push(l.rps);
+                d_p99.push(d.p99_us as f64);
+                l_p99.push(l.p99_us as f64);
+                d_p50.push(d.p50_us as f64);
+                l_p50.push(l.p50_us as f64);
+            }
+            let (dr, lr) = (median(d_rps), median(l_rps));
             println!(
-                "round {i}: direct {:.0} req/s p50 {} us p99 {} us errors {} | lb {:.0} req/s p50 {} us p99 {} us errors {}",
-                d.rps, d.p50_us, d.p99_us, d.errors, l.rps, l.p50_us, l.p99_us, l.errors
+                "lb GET {path}: {CONNECTIONS} connections, median of {rounds} x {secs} s: direct {dr:.0} req/s, through LB {lr:.0} req/s = {:.0}% of direct; p50 {:.0} -> {:.0} us; p99 {:.0} -> {:.0} us (added {:.0} us)",
+                100.0 * lr / dr,
+                median(d_p50.clone()),
+                median(l_p50.clone()),
+                median(d_p99.clone()),
+                median(l_p99.clone()),
+                median(l_p99) - median(d_p99)
             );
-            d_rps.push(d.rps);
-            l_rps.push(l.rps);
-            d_p99.push(d.p99_us as f64);
-            l_p99.push(l.p99_us as f64);
-            d_p50.push(d.p50_us as f64);
-            l_p50.push(l.p50_us as f64);
         }
-        let (dr, lr) = (median(d_rps), median(l_rps));
-        println!(
-            "lb: {CONNECTIONS} connections, median of {rounds} x {secs} s: direct {dr:.0} req/s, through LB {lr:.0} req/s = {:.0}% of direct; p50 {:.0} -> {:.0} us; p99 {:.0} -> {:.0} us (added {:.0} us)",
-            100.0 * lr / dr,
-            median(d_p50.clone()),
-            median(l_p50.clone()),
-            median(d_p99.clone()),
-            median(l_p99.clone()),
-            median(l_p99) - median(d_p99)
-        );
         rt.shutdown().await;
     }
 }

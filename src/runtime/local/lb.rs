@@ -197,6 +197,10 @@ impl Lb {
                 })
                 .into_make_service_with_connect_info::<SocketAddr>();
             let s = stop.clone();
+            // Small request/response exchanges: no Nagle delay.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             tokio::spawn(async move {
                 let _ = axum::serve(listener, app)
                     .with_graceful_shutdown(async move { s.cancelled().await })
