@@ -1,2 +1,360 @@
 //! Benchmark: local. Results and the command to reproduce them are in docs/benchmarks.md.
-fn main() {}
+//!
+//! `cargo bench --bench local [-- --seconds 5 --rounds 3 --instances 100]`
+//!
+//! 1. Controller RSS managing N `floyd sample-app` instances (first, so the
+//!    load generator's memory does not count).
+//! 2. Readiness detection latency: time from an instance's port opening
+//!    (polled every 1 ms) to the runtime reporting it ready (HTTP probe,
+//!    period 1 s).
+//! 3. Load balancer vs direct: requests/s and latency percentiles at 64
+//!    concurrent connections, alternating direct and LB rounds, loopback only,
+//!    bounded by time.
+
+use bytes::Bytes;
+use floyd::manifest::{
+    HealthSpec, InstanceTemplate, PortRef, PortSpec, Probe, ProbeAction, Revision, ServiceName,
+    ServiceSpec,
+};
+use floyd::runtime::local::{LocalConfig, LocalRuntime};
+use floyd::runtime::{Action, Runtime};
+use floyd::time::Time;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+const CONNECTIONS: usize = 64;
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn spec(replicas: u32, lb_port: u16, period: u32) -> ServiceSpec {
+    let t = InstanceTemplate::command([
+        "${FLOYD_BIN}".to_string(),
+        "sample-app".into(),
+        "--version".into(),
+        "bench".into(),
+    ]);
+    let mut s = ServiceSpec::with_defaults(replicas, t);
+    s.ports = vec![PortSpec {
+        name: "http".into(),
+        port: lb_port,
+    }];
+    s.health = HealthSpec {
+        readiness: Some(Probe {
+            action: ProbeAction::Http {
+                path: "/healthz".into(),
+                port: PortRef::Name("http".into()),
+            },
+            initial_delay_seconds: 0,
+            period_seconds: period,
+            timeout_seconds: 1,
+            success_threshold: 1,
+            failure_threshold: 3,
+        }),
+        ..HealthSpec::default()
+    };
+    s
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn start(dir: &std::path::Path) -> LocalRuntime {
+    let mut cfg = LocalConfig::new(dir);
+    cfg.floyd_bin = Some(env!("CARGO_BIN_EXE_floyd").into());
+    cfg.nvidia_smi = None;
+    LocalRuntime::start(cfg).await.expect("runtime starts")
+}
+
+async fn bring_up(
+    rt: &LocalRuntime,
+    svc: &ServiceName,
+    s: &ServiceSpec,
+    n: u32,
+    limit: Duration,
+) -> bool {
+    let r = Revision("bench00000".into());
+    let acts = vec![
+        Action::CreateRevision {
+            revision: r.clone(),
+            template: s.template.clone(),
+        },
+        Action::Scale {
+            revision: r.clone(),
+            replicas: n,
+        },
+    ];
+    if let Err(e) = rt.apply(svc, s, &acts).await {
+        eprintln!("apply: {e}");
+    }
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        let o = rt
+            .observe(svc, None, Time::now_wall())
+            .await
+            .unwrap_or_default();
+        if o.revision(&r).is_some_and(|x| x.ready() == n) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+struct Round {
+    rps: f64,
+    p50_us: u64,
+    p99_us: u64,
+    errors: u64,
+}
+
+async fn load(url: &str, secs: u64) -> Round {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(CONNECTIONS)
+        .build(http);
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let (client, stop, url) = (client.clone(), stop.clone(), url.to_string());
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(65536);
+                let mut errors = 0u64;
+                let uri: hyper::Uri = url.parse().expect("uri");
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let req = hyper::Request::get(uri.clone())
+                        .body(Empty::new())
+                        .expect("request");
+                    match client.request(req).await {
+                        Ok(r) => {
+                            let ok = r.status().is_success();
+                            let _ = r.into_body().collect().await;
+                            if ok {
+                                lat.push(t.elapsed().as_micros() as u64);
+                            } else {
+                                errors += 1;
+                            }
+                        }
+                        Err(_) => errors += 1,
+                    }
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((l, e)) = t.await {
+            all.extend(l);
+            errors += e;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    Round {
+        rps: all.len() as f64 / elapsed,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        errors,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let secs = arg("--seconds", 5);
+    let rounds = arg("--rounds", 3);
+    let instances = arg("--instances", 100) as u32;
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // 1. RSS with N instances.
+    let base = rss_kib();
+    {
+        let rt = start(&dir.path().join("rss")).await;
+        let svc = ServiceName::parse("many").expect("name");
+        let ok = bring_up(
+            &rt,
+            &svc,
+            &spec(instances, free_port(), 2),
+            instances,
+            Duration::from_secs(180),
+        )
+        .await;
+        // Let probes run a few periods at steady state.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let rss = rss_kib();
+        println!(
+            "rss: {instances} instances ready={ok}: controller RSS {:.1} MiB (before starting the runtime {:.1} MiB)",
+            rss as f64 / 1024.0,
+            base as f64 / 1024.0
+        );
+        rt.shutdown().await;
+    }
+
+    // 2. Readiness detection latency.
+    {
+        let rt = start(&dir.path().join("ready")).await;
+        let mut lats = Vec::new();
+        for k in 0..5 {
+            let svc = ServiceName::parse(&format!("ready{k}")).expect("name");
+            let mut s = spec(1, free_port(), 1);
+            // The port opens 1.3 s after start: between two probe periods.
+            s.template.command.extend([
+                "--startup-delay".into(),
+                format!("{}", 1.3 + 0.17 * k as f64),
+            ]);
+            let r = Revision("ready00000".into());
+            let acts = vec![
+                Action::CreateRevision {
+                    revision: r.clone(),
+                    template: s.template.clone(),
+                },
+                Action::Scale {
+                    revision: r.clone(),
+                    replicas: 1,
+                },
+            ];
+            if rt.apply(&svc, &s, &acts).await.is_err() {
+                continue;
+            }
+            let mut port = None;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while port.is_none() && Instant::now() < deadline {
+                let o = rt
+                    .observe(&svc, None, Time::now_wall())
+                    .await
+                    .unwrap_or_default();
+                port = o
+                    .revision(&r)
+                    .and_then(|x| x.instances.first())
+                    .and_then(|i| rt.instance_port(&svc, &i.id));
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let Some(port) = port else { continue };
+            let mut opened = None;
+            let mut detected = None;
+            while detected.is_none() && Instant::now() < deadline {
+                if opened.is_none()
+                    && tokio::net::TcpStream::connect(("127.0.0.1", port))
+                        .await
+                        .is_ok()
+                {
+                    opened = Some(Instant::now());
+                }
+                let o = rt
+                    .observe(&svc, None, Time::now_wall())
+                    .await
+                    .unwrap_or_default();
+                if o.revision(&r).is_some_and(|x| x.ready() == 1) {
+                    detected = Some(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            if let (Some(o), Some(d)) = (opened, detected) {
+                lats.push(d.saturating_duration_since(o).as_secs_f64() * 1000.0);
+            }
+        }
+        lats.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "readiness: period 1 s, detection after the port opened (ms): {:?}; max {:.0} ms (target <= 1050 ms)",
+            lats.iter().map(|l| l.round() as u64).collect::<Vec<_>>(),
+            lats.last().copied().unwrap_or(f64::NAN)
+        );
+        rt.shutdown().await;
+    }
+
+    // 3. LB vs direct, side by side.
+    {
+        let rt = start(&dir.path().join("lb")).await;
+        let svc = ServiceName::parse("lb").expect("name");
+        let lb = free_port();
+        if !bring_up(&rt, &svc, &spec(1, lb, 1), 1, Duration::from_secs(30)).await {
+            eprintln!("instance did not become ready");
+            return;
+        }
+        let o = rt
+            .observe(&svc, None, Time::now_wall())
+            .await
+            .unwrap_or_default();
+        let id = o.revisions[0].instances[0].id.clone();
+        let direct_port = rt.instance_port(&svc, &id).unwrap_or(0);
+        // "/" is CPU-bound on both sides (the worst case for a proxy on a
+        // small machine); "/slow?ms=5" is a backend that takes 5 ms.
+        for path in ["/", "/slow?ms=5"] {
+            let direct_url = format!("http://127.0.0.1:{direct_port}{path}");
+            let lb_url = format!("http://127.0.0.1:{lb}{path}");
+            // Warm up both paths.
+            let _ = load(&direct_url, 1).await;
+            let _ = load(&lb_url, 1).await;
+            let (mut d_rps, mut l_rps, mut d_p99, mut l_p99, mut d_p50, mut l_p50) =
+                (vec![], vec![], vec![], vec![], vec![], vec![]);
+            for i in 0..rounds {
+                let d = load(&direct_url, secs).await;
+                let l = load(&lb_url, secs).await;
+                println!(
+                    "GET {path} round {i}: direct {:.0} req/s p50 {} us p99 {} us errors {} | lb {:.0} req/s p50 {} us p99 {} us errors {}",
+                    d.rps, d.p50_us, d.p99_us, d.errors, l.rps, l.p50_us, l.p99_us, l.errors
+                );
+                d_rps.push(d.rps);
+                l_rps.push(l.rps);
+                d_p99.push(d.p99_us as f64);
+                l_p99.push(l.p99_us as f64);
+                d_p50.push(d.p50_us as f64);
+                l_p50.push(l.p50_us as f64);
+            }
+            let (dr, lr) = (median(d_rps), median(l_rps));
+            println!(
+                "lb GET {path}: {CONNECTIONS} connections, median of {rounds} x {secs} s: direct {dr:.0} req/s, through LB {lr:.0} req/s = {:.0}% of direct; p50 {:.0} -> {:.0} us; p99 {:.0} -> {:.0} us (added {:.0} us)",
+                100.0 * lr / dr,
+                median(d_p50.clone()),
+                median(l_p50.clone()),
+                median(d_p99.clone()),
+                median(l_p99.clone()),
+                median(l_p99) - median(d_p99)
+            );
+        }
+        rt.shutdown().await;
+    }
+}

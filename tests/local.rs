@@ -51,6 +51,36 @@ async fn instances_start_get_ready_and_serve_through_the_lb() {
         .find(|t| t.revision == rev("aaaaaaaaaa"))
         .unwrap();
     assert!(traffic.requests >= 6 && traffic.errors == 0, "{traffic:?}");
+    // The instance environment: what Floyd sets plus a short pass-through
+    // list, nothing else of the controller's (the test runner's CARGO_* vars).
+    let pid = rt.pids()[0];
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let keys: Vec<String> = environ
+        .split(|b| *b == 0)
+        .filter_map(|kv| {
+            std::str::from_utf8(kv)
+                .ok()?
+                .split_once('=')
+                .map(|(k, _)| k.to_string())
+        })
+        .collect();
+    for want in [
+        "PORT",
+        "PORT_HTTP",
+        "FLOYD_BIN",
+        "FLOYD_SERVICE",
+        "FLOYD_REVISION",
+        "FLOYD_INSTANCE",
+    ] {
+        assert!(
+            keys.iter().any(|k| k == want),
+            "{want} missing from {keys:?}"
+        );
+    }
+    assert!(
+        !keys.iter().any(|k| k.starts_with("CARGO")),
+        "controller env leaked: {keys:?}"
+    );
     // Logs land in per-instance files.
     let id = &o.revisions[0].instances[0].id;
     let log = floyd::runtime::local::log_path(dir.path(), "web", "aaaaaaaaaa", id);
@@ -838,6 +868,39 @@ async fn logs_rotate_and_floyd_logs_prints_them() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("[{id} k1] GET / -> 200")), "{text}");
+    // -f follows: lines written after it started show up.
+    let mut follow = std::process::Command::new(FLOYD)
+        .args(["logs", "chatty", "-f", "--revision", "k1", "--state-dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while rx.try_recv().is_ok() {}
+    c.get(format!("http://127.0.0.1:{lb}/"))
+        .send()
+        .await
+        .unwrap();
+    let line = rx.recv_timeout(Duration::from_secs(5));
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(
+        line.as_ref().is_ok_and(|l| l.contains("GET / -> 200")),
+        "{line:?}"
+    );
     let out = std::process::Command::new(FLOYD)
         .args(["logs", "nosuch", "--state-dir"])
         .arg(dir.path())
@@ -862,6 +925,10 @@ async fn delete_service_stops_everything_and_frees_the_port() {
     assert!(rt.services().await.unwrap().is_empty());
     wait_for(&rt, &svc, 20, "deleted", |o| o.revisions.is_empty()).await;
     assert!(pids.iter().all(|p| !pid_alive(*p)));
+    assert!(
+        !dir.path().join("local/logs/gone").exists(),
+        "logs go with the service"
+    );
     // The LB port is free again.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(std::net::TcpListener::bind(("127.0.0.1", lb)).is_ok());
@@ -991,4 +1058,274 @@ async fn kill_9_of_the_controller_mid_rollout_then_adoption() {
     assert_eq!(pids.len(), 3);
     rt.shutdown().await;
     assert!(instance_processes(dir.path()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_counted_per_revision_for_the_success_rate_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+    let svc = name("flaky");
+    let lb = free_port();
+    let good = sample(&["--version", "good"]);
+    let bad = sample(&["--version", "bad", "--error-ratio", "0.5"]);
+    let spec = web_spec(1, good.clone(), lb);
+    let mut acts = create("good", &good, 1);
+    acts.extend(create("bad", &bad, 1));
+    rt.apply(&svc, &spec, &acts).await.unwrap();
+    wait_for(&rt, &svc, 20, "both ready", |o| {
+        ready(o, "good") == 1 && ready(o, "bad") == 1
+    })
+    .await;
+    let c = client();
+    for _ in 0..40 {
+        c.get(format!("http://127.0.0.1:{lb}/"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let o = observe(&rt, &svc).await;
+    let t = |r: &str| {
+        o.traffic
+            .iter()
+            .find(|t| t.revision == rev(r))
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!((t("good").requests, t("good").errors), (20, 0));
+    assert_eq!((t("bad").requests, t("bad").errors), (20, 10));
+    rt.shutdown().await;
+}
+
+/// Runs the real engine against the runtime until the rollout settles, or
+/// until `pause_when` holds (then returns early, mid-rollout).
+async fn drive(
+    rt: &floyd::runtime::local::LocalRuntime,
+    svc: &floyd::manifest::ServiceName,
+    spec: &floyd::manifest::ServiceSpec,
+    mut state: floyd::engine::RolloutState,
+    secs: u64,
+    pause_when: impl Fn(&floyd::runtime::Observed) -> bool,
+) -> floyd::engine::RolloutState {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let now = floyd::time::Time::now_wall();
+        let observed = rt.observe(svc, Some(spec), now).await.unwrap();
+        if pause_when(&observed) {
+            return state;
+        }
+        let d = floyd::engine::step(spec, &observed, &state, now);
+        if !d.actions.is_empty() {
+            rt.apply(svc, spec, &d.actions).await.unwrap();
+        }
+        state = d.state;
+        if state.phase.is_terminal() {
+            return state;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rollout did not settle in {secs} s: {:?} {}; observed {observed:#?}",
+            state.phase,
+            state.reason
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn examples_repo_web_rolls_with_the_real_engine_under_load_and_survives_a_controller_kill() {
+    use floyd::engine::{Phase, RolloutState, next_rollout};
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples-repo");
+    let release = floyd::manifest::load_release(&repo, None).expect("examples-repo loads");
+    let web = release.service("web").expect("web service").clone();
+    let mut spec = web.spec.clone();
+    // The example's port may be in use by another test run: same spec, free port.
+    let lb = free_port();
+    spec.ports[0].port = lb;
+    let svc = web.name.clone();
+    let r1 = web.revision.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{lb}/");
+
+    let rt = runtime(dir.path()).await;
+    let now = floyd::time::Time::now_wall();
+    let state = drive(
+        &rt,
+        &svc,
+        &spec,
+        RolloutState::start(r1.clone(), None, now),
+        60,
+        |_| false,
+    )
+    .await;
+    assert_eq!(state.phase, Phase::Complete, "{}", state.reason);
+    assert_eq!(version_at(&url).await.as_deref(), Some("1.4.2"));
+
+    // A new version under load: zero failed requests.
+    let mut spec2 = spec.clone();
+    spec2.template.command[3] = "1.4.3".into();
+    let r2 = floyd::manifest::revision_of(&spec2.template);
+    assert_ne!(r1, r2);
+    let load = Load::start(url.clone(), 6, 50_000);
+    let state = next_rollout(Some(&state), r2.clone(), floyd::time::Time::now_wall());
+    // Mid-rollout: the first new instance is ready.
+    let state = drive(&rt, &svc, &spec2, state, 60, |o| {
+        o.revision(&r2).is_some_and(|r| r.ready() >= 1)
+    })
+    .await;
+    assert_eq!(state.phase, Phase::Progressing);
+    let (done, failed, errors, _) = load.finish().await;
+    assert_eq!(failed, 0, "{errors:?}");
+    assert!(done > 20);
+    let pids_before = {
+        let mut p = rt.pids();
+        p.sort();
+        p
+    };
+    drop(rt); // as if the controller were killed
+
+    let rt = runtime(dir.path()).await;
+    let mut pids = rt.pids();
+    pids.sort();
+    assert_eq!(pids, pids_before, "adopted, not restarted");
+    wait_for(&rt, &svc, 10, "adopted LB serving", |o| {
+        o.revision(&r1).is_some_and(|r| r.ready() >= 2)
+    })
+    .await;
+    let load = Load::start(url.clone(), 6, 50_000);
+    let state = drive(&rt, &svc, &spec2, state, 90, |_| false).await;
+    assert_eq!(state.phase, Phase::Complete, "{}", state.reason);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (done, failed, errors, versions) = load.finish().await;
+    assert_eq!(failed, 0, "{errors:?}");
+    assert!(done > 50 && versions.contains_key("1.4.3"), "{versions:?}");
+    assert_eq!(version_at(&url).await.as_deref(), Some("1.4.3"));
+    let o = observe(&rt, &svc).await;
+    assert_eq!(o.revision(&r2).unwrap().ready(), 3);
+    assert_eq!(o.revision(&r1).map(|r| r.instances.len()).unwrap_or(0), 0);
+    let mut procs = instance_processes(dir.path());
+    procs.sort();
+    let mut pids = rt.pids();
+    pids.sort();
+    assert_eq!(procs, pids, "no orphans");
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpu_service_rolled_by_the_real_engine_with_no_spare_gpu_completes_within_4_gpus() {
+    use floyd::engine::{Phase, RolloutState, next_rollout};
+    use floyd::manifest::{IntOrPercent, RollingUpdateParams, Strategy};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.gpus = floyd::runtime::local::parse_gpus_flag("NVIDIA-A100-SXM4-80GB:4").unwrap();
+    let rt = floyd::runtime::local::LocalRuntime::start(cfg)
+        .await
+        .unwrap();
+    let mk = |v: &str| {
+        let mut t = sample(&["--version", v]);
+        t.resources.gpu = Some(floyd::manifest::GpuRequest {
+            count: 1,
+            product: Some("NVIDIA-A100-SXM4-80GB".into()),
+            memory_mib: None,
+            sharing: floyd::manifest::GpuSharing::Exclusive,
+            allow_in_place: true,
+        });
+        t
+    };
+    let svc = name("inference");
+    let lb = free_port();
+    let mut spec = web_spec(4, mk("a"), lb);
+    spec.strategy = Strategy::RollingUpdate {
+        rolling_update: RollingUpdateParams {
+            max_surge: IntOrPercent::Int(1),
+            max_unavailable: IntOrPercent::Int(0),
+        },
+    };
+    let r1 = floyd::manifest::revision_of(&spec.template);
+    let st = drive(
+        &rt,
+        &svc,
+        &spec,
+        RolloutState::start(r1, None, floyd::time::Time::now_wall()),
+        60,
+        |_| false,
+    )
+    .await;
+    assert_eq!(st.phase, Phase::Complete, "{}", st.reason);
+    let mut spec2 = spec.clone();
+    spec2.template = mk("b");
+    let r2 = floyd::manifest::revision_of(&spec2.template);
+    let st = next_rollout(Some(&st), r2.clone(), floyd::time::Time::now_wall());
+    // Never more than 4 units held, checked at every step of the engine.
+    let max_held = std::sync::atomic::AtomicU32::new(0);
+    let st = drive(&rt, &svc, &spec2, st, 120, |o| {
+        let held: u32 = o
+            .revisions
+            .iter()
+            .flat_map(|r| &r.instances)
+            .map(|i| i.gpus.len() as u32)
+            .sum();
+        max_held.fetch_max(held, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            o.gpu
+                .as_ref()
+                .is_some_and(|g| g.held_by_service <= 4 && g.exist == 4)
+        );
+        false
+    })
+    .await;
+    assert_eq!(st.phase, Phase::Complete, "{}", st.reason);
+    assert!(max_held.load(std::sync::atomic::Ordering::Relaxed) <= 4);
+    let o = observe(&rt, &svc).await;
+    assert_eq!(o.revision(&r2).unwrap().ready(), 4);
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_probe_gates_readiness_and_its_failure_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+    // Slow start: the startup probe holds readiness back until the port opens.
+    let slow = name("slowstart");
+    let t = sample(&["--startup-delay", "1.2"]);
+    let mut spec = web_spec(1, t.clone(), free_port());
+    let mut sp = http_probe("/healthz");
+    sp.failure_threshold = 10;
+    spec.health.startup = Some(sp);
+    rt.apply(&slow, &spec, &create("s1", &t, 1)).await.unwrap();
+    let o = wait_for(&rt, &slow, 10, "startup probe reason", |o| {
+        o.revisions[0]
+            .instances
+            .first()
+            .and_then(|i| i.reason.clone())
+            .is_some_and(|r| r.starts_with("startup probe"))
+    })
+    .await;
+    assert_eq!(ready(&o, "s1"), 0);
+    let o = wait_for(&rt, &slow, 15, "ready after startup", |o| {
+        ready(o, "s1") == 1
+    })
+    .await;
+    assert_eq!(o.revisions[0].instances[0].restarts, 0);
+
+    // Never starts within the threshold: restarted, with the reason.
+    let never = name("neverstarts");
+    let t = sample(&["--startup-delay", "30"]);
+    let mut spec = web_spec(1, t.clone(), free_port());
+    let mut sp = http_probe("/healthz");
+    sp.failure_threshold = 2;
+    spec.health.startup = Some(sp);
+    rt.apply(&never, &spec, &create("n1", &t, 1)).await.unwrap();
+    let o = wait_for(&rt, &never, 15, "restart after startup failures", |o| {
+        o.revisions[0]
+            .instances
+            .first()
+            .is_some_and(|i| i.restarts >= 1)
+    })
+    .await;
+    let reason = o.revisions[0].instances[0]
+        .reason
+        .clone()
+        .unwrap_or_default();
+    assert!(reason.contains("startup probe"), "{reason}");
+    rt.shutdown().await;
 }

@@ -174,6 +174,9 @@ async fn serve(args: Args) -> anyhow::Result<u8> {
             }
         }
     };
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await?;

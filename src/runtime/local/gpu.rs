@@ -370,9 +370,27 @@ impl GpuPool {
         self.held.retain(|_, h| h != holder);
     }
 
-    /// Units held per product (for metrics), and units that exist.
+    /// Every held unit id.
     pub fn held_units(&self) -> BTreeSet<String> {
         self.held.keys().cloned().collect()
+    }
+
+    /// Per product: (devices, units held), for the `floyd_gpu_capacity` and
+    /// `floyd_gpu_allocated` metrics.
+    pub fn usage(&self) -> BTreeMap<String, (u32, u32)> {
+        let mut out: BTreeMap<String, (u32, u32)> = BTreeMap::new();
+        for d in &self.devices {
+            let e = out.entry(d.product.clone()).or_default();
+            e.0 += 1;
+            let whole = Self::device_prefix(d);
+            let sub = format!("{whole}/");
+            e.1 += self
+                .held
+                .keys()
+                .filter(|k| **k == whole || k.starts_with(&sub))
+                .count() as u32;
+        }
+        out
     }
 }
 
@@ -497,6 +515,8 @@ mod tests {
         assert!(e.contains("0 of 2 free"), "{e}");
         let cap = pool.capacity(&r, "svc");
         assert_eq!((cap.exist, cap.free, cap.held_by_service), (2, 0, 2));
+        assert_eq!(pool.usage()["A100"], (2, 2));
+        assert_eq!(pool.usage()["L4"], (1, 0));
         pool.release(&holder("a"));
         assert_eq!(pool.capacity(&r, "svc").free, 1);
         // All or nothing: two GPUs when only one is free fails and takes nothing.

@@ -197,6 +197,10 @@ impl Lb {
                 })
                 .into_make_service_with_connect_info::<SocketAddr>();
             let s = stop.clone();
+            // Small request/response exchanges: no Nagle delay.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             tokio::spawn(async move {
                 let _ = axum::serve(listener, app)
                     .with_graceful_shutdown(async move { s.cancelled().await })
@@ -225,24 +229,23 @@ impl Lb {
         ls.clear();
     }
 
-    fn pick(&self, set: &[Backend], skip: &[String]) -> Option<Backend> {
-        let candidates: Vec<&Backend> =
-            set.iter().filter(|b| !skip.contains(&b.instance)).collect();
-        if candidates.is_empty() {
+    /// Picks a backend not in `skip`. No allocation: this runs per request.
+    fn pick<'a>(&self, set: &'a [Backend], skip: &[String]) -> Option<&'a Backend> {
+        let n = set.len();
+        if n == 0 {
             return None;
         }
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let b = match self.policy {
-            LbPolicy::RoundRobin => candidates[n % candidates.len()],
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        // Rotating the start spreads ties (least-connections) round-robin.
+        let candidates = (0..n)
+            .map(|i| &set[(start + i) % n])
+            .filter(|b| !skip.contains(&b.instance));
+        match self.policy {
+            LbPolicy::RoundRobin => candidates.into_iter().next(),
             LbPolicy::LeastConnections => {
-                let start = n % candidates.len();
-                // Rotate the start so ties spread round-robin.
-                (0..candidates.len())
-                    .map(|i| candidates[(start + i) % candidates.len()])
-                    .min_by_key(|b| b.inflight.load(Ordering::Relaxed))?
+                candidates.min_by_key(|b| b.inflight.load(Ordering::Relaxed))
             }
-        };
-        Some(b.clone())
+        }
     }
 }
 
@@ -329,7 +332,13 @@ async fn proxy(
             Some(b) => b,
             None => Body::empty(),
         };
-        let mut up = Request::from_parts(parts.clone(), b);
+        let up_parts = if replayable {
+            parts.clone()
+        } else {
+            // Sent once at most: no copy needed.
+            std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+        };
+        let mut up = Request::from_parts(up_parts, b);
         *up.uri_mut() = uri;
         backend.inflight.fetch_add(1, Ordering::AcqRel);
         let guard = InflightGuard(backend.inflight.clone());
@@ -371,5 +380,49 @@ async fn proxy(
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(id: &str, inflight: usize) -> Backend {
+        Backend {
+            instance: id.into(),
+            revision: Revision("r".into()),
+            ports: BTreeMap::new(),
+            inflight: Arc::new(AtomicUsize::new(inflight)),
+            counters: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn round_robin_cycles_and_skips_tried() {
+        let lb = Lb::new("s", LbPolicy::RoundRobin);
+        let set = vec![backend("a", 0), backend("b", 0), backend("c", 0)];
+        let picks: Vec<String> = (0..6)
+            .map(|_| lb.pick(&set, &[]).unwrap().instance.clone())
+            .collect();
+        assert_eq!(picks, ["a", "b", "c", "a", "b", "c"]);
+        let skip = vec!["a".to_string(), "b".to_string()];
+        assert_eq!(lb.pick(&set, &skip).unwrap().instance.clone(), "c");
+        let all: Vec<String> = set.iter().map(|b| b.instance.clone()).collect();
+        assert!(lb.pick(&set, &all).is_none());
+        assert!(lb.pick(&[], &[]).is_none());
+    }
+
+    #[test]
+    fn least_connections_prefers_idle_instances() {
+        let lb = Lb::new("s", LbPolicy::LeastConnections);
+        let set = vec![backend("busy", 5), backend("idle", 0), backend("some", 2)];
+        for _ in 0..5 {
+            assert_eq!(lb.pick(&set, &[]).unwrap().instance.clone(), "idle");
+        }
+        let tie = vec![backend("a", 1), backend("b", 1)];
+        let picks: std::collections::BTreeSet<String> = (0..4)
+            .map(|_| lb.pick(&tie, &[]).unwrap().instance.clone())
+            .collect();
+        assert_eq!(picks.len(), 2, "ties spread");
     }
 }

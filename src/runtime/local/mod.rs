@@ -281,6 +281,12 @@ impl LocalRuntime {
         self.inner.lock().gpus.devices().to_vec()
     }
 
+    /// GPU usage per product: (devices, units held). Feeds the
+    /// `floyd_gpu_capacity` / `floyd_gpu_allocated` metrics.
+    pub fn gpu_usage(&self) -> BTreeMap<String, (u32, u32)> {
+        self.inner.lock().gpus.usage()
+    }
+
     /// Pids of all instance processes (for tests and diagnostics).
     pub fn pids(&self) -> Vec<i32> {
         self.inner
@@ -344,11 +350,10 @@ fn adopt(st: &mut State) -> Vec<(ServiceName, String, i32, u64)> {
                 }
                 (pid, _) => {
                     // Dead: whatever is left of its process group goes too.
-                    if let Some(pid) = pid {
-                        for m in process::group_members(pid) {
-                            let _ = m;
-                            process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
-                        }
+                    if let Some(pid) = pid
+                        && !process::group_members(pid).is_empty()
+                    {
+                        process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
                     }
                     dead.push(id.clone());
                 }
@@ -427,6 +432,14 @@ impl Inner {
         }
     }
 
+    fn logs_dir(&self, service: &ServiceName) -> PathBuf {
+        self.cfg
+            .state_dir
+            .join("local")
+            .join("logs")
+            .join(service.as_str())
+    }
+
     fn rotate_logs(&self) {
         let paths: Vec<PathBuf> = {
             let st = self.lock();
@@ -453,6 +466,8 @@ impl Inner {
         let mut created: Vec<(ServiceName, String)> = Vec::new();
         let mut changed_routes: Vec<ServiceName> = Vec::new();
         let mut dirty = false;
+        // Logs of forgotten revisions and deleted services go with them.
+        let mut forgotten_logs: Vec<PathBuf> = Vec::new();
         {
             let mut guard = self.lock();
             let st = &mut *guard;
@@ -464,7 +479,7 @@ impl Inner {
             used_ports.extend(
                 st.services
                     .values()
-                    .flat_map(|s| s.ports.iter().map(|p| p.port)),
+                    .flat_map(|s| s.ports.iter().map(|p| p.port).chain(s.preview_port)),
             );
             let mut gone_services = Vec::new();
             for (name, svc) in st.services.iter_mut() {
@@ -511,17 +526,25 @@ impl Inner {
                         }
                     }
                 }
-                let before = svc.revisions.len();
                 let instances = &svc.instances;
-                svc.revisions
-                    .retain(|r| !r.forget || instances.values().any(|i| i.revision == r.revision));
-                dirty |= before != svc.revisions.len();
+                let (keep, forgotten): (Vec<Rev>, Vec<Rev>) = std::mem::take(&mut svc.revisions)
+                    .into_iter()
+                    .partition(|r| {
+                        !r.forget || instances.values().any(|i| i.revision == r.revision)
+                    });
+                svc.revisions = keep;
+                for r in forgotten {
+                    dirty = true;
+                    svc.counters.remove(&r.revision);
+                    forgotten_logs.push(self.logs_dir(name).join(r.revision.as_str()));
+                }
                 if svc.deleting && svc.instances.is_empty() {
                     gone_services.push(name.clone());
                 }
             }
             for n in &gone_services {
                 st.services.remove(n);
+                forgotten_logs.push(self.logs_dir(n));
                 dirty = true;
             }
             if dirty {
@@ -535,6 +558,9 @@ impl Inner {
                     }
                 }
             }
+        }
+        for d in forgotten_logs {
+            let _ = std::fs::remove_dir_all(d);
         }
         changed_routes.dedup();
         for n in changed_routes {
@@ -882,6 +908,9 @@ impl Runtime for LocalRuntime {
                         } else {
                             svc.revisions.retain(|r| &r.revision != revision);
                             svc.counters.remove(revision);
+                            let _ = std::fs::remove_dir_all(
+                                inner.logs_dir(service).join(revision.as_str()),
+                            );
                         }
                     }
                 }

@@ -118,7 +118,10 @@ pub async fn run(
                     return Err("exec probe has an empty command".into());
                 };
                 let mut cmd = tokio::process::Command::new(prog);
+                // The instance's environment, not the controller's (no tokens leak).
                 cmd.args(&argv[1..])
+                    .env_clear()
+                    .envs(super::process::pass_through_env())
                     .envs(target.env)
                     .stdin(std::process::Stdio::null())
                     .stdout(std::process::Stdio::null())

@@ -29,6 +29,14 @@ const PASS_THROUGH_ENV: &[&str] = &[
     "RUST_BACKTRACE",
 ];
 
+/// The controller's variables instances inherit (see [`PASS_THROUGH_ENV`]).
+pub fn pass_through_env() -> Vec<(&'static str, String)> {
+    PASS_THROUGH_ENV
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v)))
+        .collect()
+}
+
 /// Expands `${VAR}` from `env`; unknown references stay as written (like
 /// Kubernetes' `$(VAR)`), `$$` is a literal `$`.
 pub fn expand(s: &str, env: &BTreeMap<String, String>) -> String {
@@ -170,11 +178,7 @@ pub fn start(spec: &StartSpec<'_>) -> Result<tokio::process::Child, StartError> 
         .stderr(err)
         .process_group(0)
         .kill_on_drop(false);
-    for k in PASS_THROUGH_ENV {
-        if let Ok(v) = std::env::var(k) {
-            cmd.env(k, v);
-        }
-    }
+    cmd.envs(pass_through_env());
     cmd.envs(spec.env);
     if let Some(dir) = spec.working_dir {
         cmd.current_dir(dir);

@@ -153,7 +153,13 @@ impl Inner {
         let (r, routes) = {
             let mut st = self.lock();
             let inst = st.services.get_mut(service)?.instances.get_mut(id)?;
-            f(inst)
+            let out = f(inst);
+            if out.1 {
+                // Readiness is persisted too: adopted instances keep serving
+                // after a controller restart without waiting for a probe.
+                self.persist_locked(&st);
+            }
+            out
         };
         if routes {
             self.refresh_routes(service);
