@@ -16,6 +16,8 @@ mod cli;
 mod dashboard;
 #[path = "observe/hooks.rs"]
 mod hooks;
+#[path = "observe/logs.rs"]
+mod logs;
 #[path = "observe/metrics.rs"]
 mod metrics;
 #[path = "observe/notify.rs"]

@@ -147,6 +147,16 @@ fn router_with(state: AppState) -> Router {
         .route("/api/v1/events", get(sse::events))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Request spans at debug level: method, path, status, latency.
+        // Headers (Authorization, signatures) are never recorded.
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(
+                |req: &axum::http::Request<axum::body::Body>| {
+                    // The path only: a query string may carry a pasted token.
+                    tracing::debug_span!("request", method = %req.method(), path = %req.uri().path())
+                },
+            ),
+        )
         .with_state(state)
 }
 
