@@ -54,7 +54,14 @@ async fn bench_api() {
     fill(&s.hub, 1000);
     let c = reqwest::Client::new();
     let url = s.at("/api/v1/services");
-    let body = c.get(&url).send().await.expect("get").bytes().await.expect("body");
+    let body = c
+        .get(&url)
+        .send()
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("body");
     println!(
         "api: GET /api/v1/services with 1,000 services: {} KiB",
         body.len() / 1024
@@ -73,7 +80,14 @@ async fn bench_api() {
                 let mut lat = Vec::with_capacity(n);
                 for _ in 0..n {
                     let t = Instant::now();
-                    let b = c.get(&url).send().await.expect("get").bytes().await.expect("body");
+                    let b = c
+                        .get(&url)
+                        .send()
+                        .await
+                        .expect("get")
+                        .bytes()
+                        .await
+                        .expect("body");
                     assert!(b.len() > 100_000);
                     lat.push(t.elapsed());
                 }
@@ -197,7 +211,10 @@ async fn bench_dashboard() {
         )
         .await;
         let burst = t.elapsed();
-        println!("dashboard: 1,000 live updates on screen after {}", ms(burst));
+        println!(
+            "dashboard: 1,000 live updates on screen after {}",
+            ms(burst)
+        );
         page.call("Page.close", serde_json::json!({})).await;
         fill(&s.hub, 1000);
     }
