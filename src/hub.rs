@@ -11,7 +11,7 @@ use crate::telemetry::Metrics;
 use crate::time::Time;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 
@@ -134,6 +134,8 @@ pub struct Hub {
     synced_once: AtomicBool,
     git_reachable: AtomicBool,
     leader: AtomicBool,
+    /// Bumped on every change of the service views (cache key for readers).
+    version: AtomicU64,
     pub metrics: Metrics,
 }
 
@@ -161,6 +163,7 @@ impl Hub {
             synced_once: AtomicBool::new(false),
             git_reachable: AtomicBool::new(true),
             leader: AtomicBool::new(true),
+            version: AtomicU64::new(0),
             metrics: Metrics::new(),
         }
     }
@@ -189,6 +192,11 @@ impl Hub {
     }
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+    /// Changes whenever a service view is set (with a change) or removed:
+    /// readers may cache what they derive from [`Hub::services`] under it.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
     }
     /// How many event subscribers (SSE clients, notifier) are attached now.
     pub fn subscriber_count(&self) -> usize {
@@ -262,6 +270,9 @@ impl Hub {
                 None => true,
             };
             s.insert(view.name.clone(), view.clone());
+            // Bumped under the write lock, so a reader that saw this version
+            // reads at least this state.
+            self.version.fetch_add(1, Ordering::AcqRel);
             changed
         };
         if changed {
@@ -270,7 +281,9 @@ impl Hub {
         }
     }
     pub fn remove_service(&self, name: &str) {
-        self.services.write().expect("hub lock").remove(name);
+        let mut s = self.services.write().expect("hub lock");
+        s.remove(name);
+        self.version.fetch_add(1, Ordering::AcqRel);
     }
     /// Add or update (same service + started_at + to_revision) a history entry.
     pub fn record_history(&self, entry: HistoryEntry) {

@@ -14,8 +14,12 @@ mod api;
 mod cli;
 #[path = "observe/dashboard.rs"]
 mod dashboard;
+#[path = "observe/e2e.rs"]
+mod e2e;
 #[path = "observe/hooks.rs"]
 mod hooks;
+#[path = "observe/logs.rs"]
+mod logs;
 #[path = "observe/metrics.rs"]
 mod metrics;
 #[path = "observe/notify.rs"]

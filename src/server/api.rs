@@ -44,14 +44,36 @@ pub(crate) struct ServiceList {
 }
 
 pub(crate) async fn services(State(st): State<AppState>) -> Response {
-    // Serialise outside the hub lock (services() clones under a read lock).
-    let list = ServiceList {
-        services: st.hub.services(),
+    // Read the version before the snapshot: the snapshot is at least that
+    // new, so a cached body is never older than its key says.
+    let version = st.hub.version();
+    let cached = st.services_json.lock().ok().and_then(|c| {
+        c.as_ref()
+            .filter(|(v, _)| *v == version)
+            .map(|(_, b)| b.clone())
+    });
+    let body = match cached {
+        Some(b) => b,
+        None => {
+            let list = ServiceList {
+                services: st.hub.services(),
+            };
+            match serde_json::to_vec(&list) {
+                Ok(b) => {
+                    let b = bytes::Bytes::from(b);
+                    if let Ok(mut c) = st.services_json.lock() {
+                        *c = Some((version, b.clone()));
+                    }
+                    b
+                }
+                Err(e) => {
+                    return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                        .into_response();
+                }
+            }
+        }
     };
-    match serde_json::to_vec(&list) {
-        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 pub(crate) async fn service(

@@ -120,6 +120,10 @@ pub(crate) struct AppState {
     /// Cancelled on shutdown so that endless SSE streams end and the
     /// graceful shutdown does not wait for them forever.
     pub shutdown: CancellationToken,
+    /// `/api/v1/services` serialised, under the hub version it was made at:
+    /// polling clients (dashboards, `floyd status`, scrapers) between two
+    /// changes cost a clone of the bytes, not a serialisation.
+    pub services_json: Arc<std::sync::Mutex<Option<(u64, bytes::Bytes)>>>,
 }
 
 /// The router with every route; for tests and embedding. SSE streams of this
@@ -129,6 +133,7 @@ pub fn router(hub: Arc<Hub>, config: Config) -> Router {
         hub,
         config: Arc::new(config),
         shutdown: CancellationToken::new(),
+        services_json: Arc::default(),
     })
 }
 
@@ -147,6 +152,16 @@ fn router_with(state: AppState) -> Router {
         .route("/api/v1/events", get(sse::events))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Request spans at debug level: method, path, status, latency.
+        // Headers (Authorization, signatures) are never recorded.
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(
+                |req: &axum::http::Request<axum::body::Body>| {
+                    // The path only: a query string may carry a pasted token.
+                    tracing::debug_span!("request", method = %req.method(), path = %req.uri().path())
+                },
+            ),
+        )
         .with_state(state)
 }
 
@@ -163,6 +178,7 @@ pub async fn serve(
         hub,
         config: Arc::new(config),
         shutdown: token.clone(),
+        services_json: Arc::default(),
     });
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "HTTP server listening (dashboard, API, metrics, webhooks)");

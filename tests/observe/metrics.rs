@@ -144,3 +144,54 @@ async fn every_contract_metric_is_scraped() {
     let _ = Phase::Complete;
     s.shutdown().await;
 }
+
+/// docs/operations.md's alert table is the canonical list; the chart's
+/// PrometheusRule must ship exactly the same alerts and expressions.
+#[test]
+fn alerts_match_the_chart() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/operations.md")).expect("operations.md");
+    let chart = std::fs::read_to_string(root.join("charts/floyd/templates/prometheusrule.yaml"))
+        .expect("prometheusrule.yaml");
+    let mut from_doc = std::collections::BTreeMap::new();
+    for line in doc.lines().filter(|l| l.starts_with("| `Floyd")) {
+        // | `Name` | `expr` | for | severity | what to do |
+        let cells: Vec<&str> = line.split(" | ").collect();
+        let name = cells[0]
+            .trim_start_matches("| ")
+            .trim_matches('`')
+            .to_string();
+        let expr = cells[1].trim_matches('`').replace("\\|", "|");
+        from_doc.insert(name, expr);
+    }
+    let mut from_chart = std::collections::BTreeMap::new();
+    let mut name = None;
+    for line in chart.lines().map(str::trim) {
+        if let Some(n) = line.strip_prefix("- alert: ") {
+            name = Some(n.to_string());
+        } else if let Some(e) = line.strip_prefix("expr: ")
+            && let Some(n) = name.take()
+        {
+            from_chart.insert(n, e.to_string());
+        }
+    }
+    assert!(from_doc.len() >= 10, "alert table not found: {from_doc:?}");
+    pretty_assertions::assert_eq!(from_doc, from_chart);
+    // Every metric an expression names is a contract metric.
+    for (n, e) in &from_doc {
+        for (i, _) in e.match_indices("floyd_") {
+            let ident: String = e[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let base = ident
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count");
+            assert!(
+                CONTRACT.contains(&base),
+                "{n}: {ident} is not a contract metric"
+            );
+        }
+    }
+}

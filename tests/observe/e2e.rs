@@ -1,0 +1,384 @@
+//! End to end with the real parts: a bare Git remote, the real controller,
+//! the local runtime running `floyd sample-app` processes, and the server.
+//! One good rollout (triggered by a signed GitHub webhook) and one broken
+//! one (rolled back and reverted), watched through the API, SSE, `/metrics`
+//! and the `floyd` binary.
+
+use crate::fixture::{HOOK_SECRET, TOKEN, WAIT};
+use crate::metrics::{CONTRACT, parse};
+use crate::sse::SseReader;
+use floyd::controller::{Config as CtlConfig, Controller};
+use floyd::hub::Hub;
+use floyd::manifest::GpuInventory;
+use floyd::runtime::local::{LocalConfig, LocalRuntime};
+use floyd::server::{self, Config, Secret};
+use floyd::source::{Credentials, GitSource, SourceConfig};
+use floyd::store::Store;
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Rollouts of real processes take seconds; this bounds every wait here.
+const LONG: Duration = Duration::from_secs(90);
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Ada")
+        .env("GIT_AUTHOR_EMAIL", "ada@example.com")
+        .env("GIT_COMMITTER_NAME", "Ada")
+        .env("GIT_COMMITTER_EMAIL", "ada@example.com")
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
+}
+
+fn web_yaml(version: &str, broken: bool, port: u16) -> String {
+    let extra = if broken { ", \"--never-ready\"" } else { "" };
+    format!(
+        "apiVersion: floyd.dev/v1
+kind: Service
+metadata:
+  name: web
+spec:
+  replicas: 2
+  template:
+    command: [\"${{FLOYD_BIN}}\", \"sample-app\", \"--version\", \"{version}\"{extra}]
+    terminationGracePeriodSeconds: 2
+  ports:
+    - {{ name: http, port: {port} }}
+  health:
+    readiness: {{ http: {{ path: /healthz, port: http }}, periodSeconds: 1, failureThreshold: 1 }}
+  progressDeadlineSeconds: 4
+  strategy:
+    type: RollingUpdate
+    rollingUpdate: {{ maxSurge: 1, maxUnavailable: 0 }}
+  onFailure: {{ rollback: true, revert: true }}
+"
+    )
+}
+
+fn llm_yaml(port: u16) -> String {
+    format!(
+        "apiVersion: floyd.dev/v1
+kind: Service
+metadata:
+  name: llm
+spec:
+  replicas: 1
+  template:
+    command: [\"${{FLOYD_BIN}}\", \"sample-app\", \"--version\", \"m1\", \"--gpu-echo\"]
+    terminationGracePeriodSeconds: 2
+    resources:
+      gpu: {{ count: 1, product: NVIDIA-A100-SXM4-80GB, sharing: exclusive }}
+  ports:
+    - {{ name: http, port: {port} }}
+  health:
+    readiness: {{ http: {{ path: /healthz, port: http }}, periodSeconds: 1 }}
+"
+    )
+}
+
+fn sign(body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(HOOK_SECRET.as_bytes()).expect("hmac key");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+async fn get(c: &reqwest::Client, url: &str) -> Value {
+    c.get(url)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json")
+}
+
+async fn wait_phase(
+    c: &reqwest::Client,
+    base: &str,
+    svc: &str,
+    rev: Option<&str>,
+    phase: &str,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let r = c.get(format!("{base}/api/v1/services/{svc}")).send().await;
+        if let Ok(r) = r
+            && r.status().is_success()
+            && let Ok(v) = r.json::<Value>().await
+            && v["phase"] == phase
+            && rev.is_none_or(|rev| v["target_revision"] == rev)
+        {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {svc} {phase} {rev:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rollout_rollback_revert_seen_through_every_window() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let remote = tmp.path().join("remote.git");
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&remote).expect("mkdir");
+    git(&remote, &["init", "--bare", "-q", "-b", "main"]);
+    git(
+        tmp.path(),
+        &["clone", "-q", remote.to_str().expect("utf-8"), "work"],
+    );
+    std::fs::create_dir_all(work.join("services")).expect("mkdir");
+    let (web_port, llm_port) = (free_port(), free_port());
+    std::fs::write(
+        work.join("services/web.yaml"),
+        web_yaml("v1", false, web_port),
+    )
+    .expect("write");
+    std::fs::write(work.join("services/llm.yaml"), llm_yaml(llm_port)).expect("write");
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "web v1 and llm"]);
+    git(&work, &["push", "-q", "origin", "HEAD:main"]);
+
+    // The controller, the local runtime and the server, wired like `floyd run`.
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    let mut lc = LocalConfig::new(&state);
+    lc.floyd_bin = Some(env!("CARGO_BIN_EXE_floyd").into());
+    lc.nvidia_smi = None;
+    lc.tick = Duration::from_millis(50);
+    lc.gpus = vec![GpuInventory {
+        product: "NVIDIA-A100-SXM4-80GB".into(),
+        memory_mib: Some(81920),
+        count: 2,
+        time_sliced_replicas: None,
+        mig: Default::default(),
+    }];
+    let runtime = Arc::new(LocalRuntime::start(lc).await.expect("local runtime"));
+    let hub = Arc::new(Hub::new());
+    let src = Arc::new(
+        GitSource::open(SourceConfig {
+            url: remote.to_str().expect("utf-8").to_string(),
+            branch: "main".into(),
+            mirror: state.join("repo.git"),
+            credentials: Credentials::default(),
+        })
+        .expect("git source"),
+    );
+    let store = Arc::new(Store::open(&state).expect("store"));
+    let mut cfg = CtlConfig::new(state.join("work"));
+    // Long poll: the second commit must arrive through the webhook.
+    cfg.poll_interval = Duration::from_secs(3600);
+    cfg.resync_interval = Duration::from_millis(500);
+    let stop = CancellationToken::new();
+    let ctl = Controller::new(hub.clone(), runtime.clone(), src, store, cfg);
+    let controller = {
+        let stop = stop.clone();
+        tokio::spawn(async move { ctl.run(async move { stop.cancelled().await }).await })
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = {
+        let stop = stop.clone();
+        tokio::spawn(server::serve(
+            listener,
+            hub.clone(),
+            Config {
+                webhook_secret: Some(Secret::new(HOOK_SECRET)),
+                api_token: Some(Secret::new(TOKEN)),
+                ..Config::default()
+            },
+            async move { stop.cancelled().await },
+        ))
+    };
+    let c = reqwest::Client::builder()
+        .timeout(WAIT)
+        .build()
+        .expect("client");
+
+    // First sync: both services Complete.
+    let v1 = wait_phase(&c, &base, "web", None, "Complete").await;
+    let llm = wait_phase(&c, &base, "llm", None, "Complete").await;
+    assert_eq!(llm["gpu"]["kind"], "NVIDIA-A100-SXM4-80GB");
+    assert_eq!(llm["gpu"]["held_by_service"], 1);
+    let rev1 = v1["target_revision"].as_str().expect("rev").to_string();
+    assert_eq!(v1["commit"]["summary"], "web v1 and llm");
+    let ready = c
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200);
+
+    // A good change, announced by a signed GitHub webhook.
+    let mut sse = SseReader::open(&format!("{base}/api/v1/events?service=web")).await;
+    std::fs::write(
+        work.join("services/web.yaml"),
+        web_yaml("v2", false, web_port),
+    )
+    .expect("write");
+    git(&work, &["commit", "-q", "-am", "web v2"]);
+    git(&work, &["push", "-q", "origin", "HEAD:main"]);
+    let sha2 = git(&work, &["rev-parse", "HEAD"]);
+    let body = serde_json::json!({"ref": "refs/heads/main", "after": sha2}).to_string();
+    for expect in ["accepted", "duplicate"] {
+        let res = c
+            .post(format!("{base}/hooks/github"))
+            .header("x-github-event", "push")
+            .header("x-github-delivery", "delivery-1")
+            .header("x-hub-signature-256", sign(body.as_bytes()))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .expect("webhook");
+        assert_eq!(res.status(), 202);
+        let b: Value = res.json().await.expect("json");
+        assert_eq!(b["result"], expect);
+    }
+    // A push to another branch is accepted and ignored.
+    let other = serde_json::json!({"ref": "refs/heads/feature", "after": sha2}).to_string();
+    let res = c
+        .post(format!("{base}/hooks/github"))
+        .header("x-github-event", "push")
+        .header("x-github-delivery", "delivery-2")
+        .header("x-hub-signature-256", sign(other.as_bytes()))
+        .body(other)
+        .send()
+        .await
+        .expect("webhook");
+    let b: Value = res.json().await.expect("json");
+    assert_eq!(b["result"], "ignored");
+
+    // SSE shows the rollout moving: Progressing with two revisions, then Complete.
+    let mut saw_two_revisions = false;
+    let rev2 = loop {
+        let ev = tokio::time::timeout(LONG, sse.next_named("service"))
+            .await
+            .expect("service events");
+        let s = &ev["service"];
+        if s["phase"] == "Progressing" && s["revisions"].as_array().is_some_and(|r| r.len() == 2) {
+            saw_two_revisions = true;
+        }
+        if s["phase"] == "Complete" && s["target_revision"] != rev1.as_str() {
+            assert_eq!(s["commit"]["sha"], sha2.as_str());
+            break s["target_revision"].as_str().expect("rev").to_string();
+        }
+    };
+    assert!(
+        saw_two_revisions,
+        "never saw old and new revision side by side"
+    );
+
+    // `floyd status` with the real binary.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_floyd"))
+        .args(["status", "--server", &base])
+        .output()
+        .await
+        .expect("floyd status");
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "{table}");
+    assert!(
+        table.lines().any(|l| l.starts_with("web ")
+            && l.contains("Complete")
+            && l.contains("2/2")
+            && l.contains("web v2")),
+        "{table}"
+    );
+
+    // A broken change: fails, rolls back, Floyd pushes a revert commit.
+    std::fs::write(
+        work.join("services/web.yaml"),
+        web_yaml("v3", true, web_port),
+    )
+    .expect("write");
+    git(&work, &["commit", "-q", "-am", "web v3 (broken)"]);
+    git(&work, &["push", "-q", "origin", "HEAD:main"]);
+    let body =
+        serde_json::json!({"ref": "refs/heads/main", "after": git(&work, &["rev-parse", "HEAD"])})
+            .to_string();
+    let res = c
+        .post(format!("{base}/hooks/github"))
+        .header("x-github-event", "push")
+        .header("x-github-delivery", "delivery-3")
+        .header("x-hub-signature-256", sign(body.as_bytes()))
+        .body(body)
+        .send()
+        .await
+        .expect("webhook");
+    assert_eq!(res.status(), 202);
+    let revert = tokio::time::timeout(LONG, sse.next_named("revert"))
+        .await
+        .expect("revert event");
+    assert_eq!(revert["ok"], true, "{revert}");
+    let back = wait_phase(&c, &base, "web", Some(&rev2), "Complete").await;
+    assert_eq!(back["current_revision"], rev2.as_str());
+
+    let h = get(&c, &format!("{base}/api/v1/services/web/history")).await;
+    let h = h["history"].as_array().expect("history").clone();
+    assert!(
+        h.iter()
+            .any(|e| e["result"] == "Failed" || e["result"] == "RolledBack"),
+        "{h:?}"
+    );
+    assert!(
+        h.iter().any(|e| e["revert_commit"].is_string()),
+        "no history entry names the revert commit: {h:?}"
+    );
+
+    // Every contract metric, read back with a real parser.
+    let text = c
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    let scrape = parse(&text);
+    let missing: Vec<&str> = CONTRACT
+        .iter()
+        .copied()
+        .filter(|m| !scrape.samples.iter().any(|s| s.metric == *m))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "missing after the story: {missing:?}\n{text}"
+    );
+
+    stop.cancel();
+    tokio::time::timeout(WAIT, server)
+        .await
+        .expect("server stops")
+        .expect("server task")
+        .expect("serve");
+    tokio::time::timeout(WAIT, controller)
+        .await
+        .expect("controller stops")
+        .expect("controller task")
+        .expect("controller");
+    runtime.shutdown().await;
+}
