@@ -120,6 +120,20 @@ impl From<Error> for runtime::Error {
             Error::Api { code, .. } if code >= 500 || code == 429 => {
                 runtime::Error::Unavailable(e.to_string())
             }
+            Error::Spec {
+                ref service,
+                ref message,
+            }
+            | Error::InvalidName {
+                ref service,
+                ref message,
+            } => match ServiceName::parse(service) {
+                Ok(service) => runtime::Error::Apply {
+                    service,
+                    message: message.clone(),
+                },
+                Err(_) => runtime::Error::Other(e.to_string()),
+            },
             other => runtime::Error::Other(other.to_string()),
         }
     }
@@ -681,6 +695,7 @@ impl KubeRuntime {
         spec: &ServiceSpec,
         action: &Action,
     ) -> Result<(), Error> {
+        tracing::debug!(%service, namespace = %self.namespace(), action = %describe(action), "kube apply");
         match action {
             Action::CreateRevision { revision, template } => {
                 self.create_revision(service, spec, revision, template)
@@ -718,6 +733,23 @@ impl KubeRuntime {
                 .await
             }
         }
+    }
+}
+
+/// A one-line description of an action for logs (no templates, no env values).
+fn describe(action: &Action) -> String {
+    match action {
+        Action::CreateRevision { revision, .. } => format!("create revision {revision}"),
+        Action::Scale { revision, replicas } => format!("scale {revision} to {replicas}"),
+        Action::DeleteInstance { revision, instance } => {
+            format!("delete instance {instance} of {revision}")
+        }
+        Action::SetTraffic { active, preview } => format!(
+            "traffic active={} preview={}",
+            active.as_ref().map_or("all", |r| r.as_str()),
+            preview.as_ref().map_or("none", |r| r.as_str())
+        ),
+        Action::DeleteRevision { revision } => format!("delete revision {revision}"),
     }
 }
 
