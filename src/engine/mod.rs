@@ -1,12 +1,59 @@
 //! The rollout engine: a pure, deterministic state machine deciding each step
 //! of a rollout. `step(spec, observed, state, now) -> Decision`.
 //!
-//! Owns: RollingUpdate (Kubernetes Deployment arithmetic), Recreate,
-//! BlueGreen, health gates, the progress deadline, GPU-aware surge, supersede
-//! and pause, the rollback plan.
+//! Owns: RollingUpdate (Kubernetes Deployment arithmetic, [`rolling`]),
+//! Recreate, BlueGreen, health gates ([`gates`]), the progress deadline,
+//! GPU-aware surge ([`gpu`]), supersede and pause, the rollback plan.
 //! Must not: read a clock, do I/O, use randomness. Time is an argument.
-
+//!
+//! # Contract for the controller
+//!
+//! Per service the controller keeps one [`RolloutState`] (persisted) and, on
+//! every event (new commit, instance change, command, `wake_at` reached):
+//!
+//! 1. **Start / supersede.** When Git gives a revision `rev` for the service,
+//!    `state = engine::next_rollout(previous.as_ref(), rev, now)`. With no
+//!    previous state this starts a rollout with no stable revision (an
+//!    existing, fully available `rev` completes at the first step). When a
+//!    rollout is in flight (Progressing, Paused, AwaitingPromotion) the same
+//!    state continues with `target = rev`: the half-rolled revision becomes
+//!    an old one and drains like any other (rollover); `stable` is kept. A
+//!    finished rollout (Complete, RolledBack, Failed, Degraded) is followed
+//!    by a fresh one whose `stable` is the last revision that completed. The
+//!    same `rev` again returns the previous state unchanged.
+//! 2. **Commands.** Push `Command`s onto `state.pending_commands`; the next
+//!    `step` consumes them (Pause/Resume at any phase, Promote for
+//!    blue-green, Abort fails the rollout with `progress.aborted` set).
+//! 3. **Step.** `d = engine::step(&spec, &observed, &state, now)` with the
+//!    *current* spec (from Git) and `observed.gates` filled in spec order for
+//!    `state.target`. Apply `d.actions` in order, persist `d.state`, publish
+//!    `d.status` / `d.events`, and call `step` again at `d.wake_at` at the
+//!    latest. With nothing changed a settled rollout returns no actions; it
+//!    corrects drift (desired counts, traffic) when something did change.
+//! 4. **Rollback.** When `d.state.phase == Phase::Failed` and
+//!    [`should_roll_back`]`(&spec, &d.state)` is true, call
+//!    [`rollback`]`(&d.state, &observed, now)`: it returns a fresh
+//!    `RolloutState` with `target = stable`, `is_rollback = true`. Keep
+//!    stepping it with the same current spec: the engine takes the rollback
+//!    target's template from `observed.revisions[..].template` (the runtime
+//!    keeps old revisions, scaled to 0, up to `revisionHistoryLimit`, and the
+//!    engine never prunes the stable revision); every other setting (replicas,
+//!    strategy, limits, deadline) is the current spec's. Rolling: the failed
+//!    revision is an old one, instances of the stable revision still up count
+//!    at once. Blue-green: the failing step already switched active traffic
+//!    back; the rollback promotes at once and skips the scale-down delay.
+//!    Configured gates are skipped for a rollback (the target passed them when
+//!    it completed). The rollback ends `Phase::RolledBack` (success: record
+//!    the failed rollout as rolled back, revert in Git) or `Phase::Failed`
+//!    with `is_rollback` set (mark the service Degraded; `should_roll_back`
+//!    is false for it, so there is no loop).
+//! 5. **Revert.** Independent of the engine: `spec.on_failure.revert`.
+pub mod fleet;
+pub mod gates;
+pub mod gpu;
 pub mod instances;
+pub mod rolling;
+mod rollout;
 
 use crate::manifest::{Revision, ServiceSpec};
 use crate::runtime::{Action, GateResult, Observed};
@@ -97,6 +144,23 @@ pub struct ProgressMarks {
     pub promoted_at: Option<Time>,
     /// Paused by a person.
     pub paused: bool,
+    /// Blue-green: a person asked to promote (`floyd promote`).
+    #[serde(default)]
+    pub promote_requested: bool,
+    /// Blue-green: when the old revision was scaled to 0 after promotion.
+    #[serde(default)]
+    pub scaled_down_at: Option<Time>,
+    /// The rollout was aborted by a person (`floyd abort`): roll back even
+    /// when `onFailure.rollback` is false.
+    #[serde(default)]
+    pub aborted: bool,
+    /// `replicas` at the previous step, to detect a scaling event mid-rollout
+    /// (Kubernetes keeps this in the `desired-replicas` annotation).
+    #[serde(default)]
+    pub last_replicas: Option<u32>,
+    /// GPU in-place replacement is in use (recorded once as an event).
+    #[serde(default)]
+    pub gpu_in_place: bool,
 }
 
 impl RolloutState {
@@ -152,19 +216,124 @@ pub struct Decision {
 }
 
 /// Decide the next step of the rollout of `state.target` (whose spec is
-/// `spec`) given what the runtime observed at `now`.
+/// `spec`) given what the runtime observed at `now`. Pure: the same
+/// arguments give the same decision.
 pub fn step(spec: &ServiceSpec, observed: &Observed, state: &RolloutState, now: Time) -> Decision {
-    let _ = (spec, observed, now);
-    Decision {
-        actions: Vec::new(),
-        state: state.clone(),
-        status: Status {
-            phase: state.phase,
-            reason: "engine not built yet".into(),
-            revisions: Vec::new(),
-            gates: Vec::new(),
-        },
-        events: Vec::new(),
-        wake_at: None,
+    let mut cx = rollout::Cx::new(spec, observed, state, now);
+    cx.commands();
+    if cx.phase().is_terminal() {
+        cx.settled();
+    } else if cx.is_paused() {
+        cx.paused();
+    } else {
+        cx.progressing();
+    }
+    cx.finish()
+}
+
+/// Whether the controller should start a rollback for this (failed) state:
+/// the rollout failed, it is not itself a rollback, a revision completed
+/// before, and the spec asks for it (`onFailure.rollback`) or a person aborted.
+pub fn should_roll_back(spec: &ServiceSpec, state: &RolloutState) -> bool {
+    state.phase == Phase::Failed
+        && !state.is_rollback
+        && state.stable.as_ref().is_some_and(|s| *s != state.target)
+        && (spec.on_failure.rollback || state.progress.aborted)
+}
+
+/// Why a rollback cannot be planned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RollbackError {
+    #[error("rollout of {target} is {phase}, not Failed: nothing to roll back")]
+    NotFailed {
+        target: Revision,
+        phase: &'static str,
+    },
+    #[error(
+        "no revision completed before {target}: nothing to roll back to (fix the commit or revert it in Git)"
+    )]
+    NoStableRevision { target: Revision },
+    #[error(
+        "the last good revision {stable} is no longer kept by the runtime (revision history): roll forward with a fix in Git"
+    )]
+    StableGone { stable: Revision },
+}
+
+/// The rollback rollout for a failed `state`: target = the last revision
+/// that completed, as its own rollout (`is_rollback`), obeying the same
+/// limits. See the module doc for the contract.
+pub fn rollback(
+    state: &RolloutState,
+    observed: &Observed,
+    now: Time,
+) -> Result<RolloutState, RollbackError> {
+    if state.phase != Phase::Failed {
+        return Err(RollbackError::NotFailed {
+            target: state.target.clone(),
+            phase: state.phase.as_str(),
+        });
+    }
+    let stable = match &state.stable {
+        Some(s) if *s != state.target => s.clone(),
+        _ => {
+            return Err(RollbackError::NoStableRevision {
+                target: state.target.clone(),
+            });
+        }
+    };
+    if observed.revision(&stable).is_none() {
+        return Err(RollbackError::StableGone { stable });
+    }
+    let mut next = RolloutState::start(stable.clone(), Some(stable), now);
+    next.is_rollback = true;
+    next.reason = format!("rolling back from {}: {}", state.target, state.reason);
+    next.progress.last_replicas = state.progress.last_replicas;
+    Ok(next)
+}
+
+/// The rollout state for Git's revision `target`, given the previous state
+/// (supersede, or a fresh rollout after a finished one). See the module doc.
+pub fn next_rollout(previous: Option<&RolloutState>, target: Revision, now: Time) -> RolloutState {
+    let Some(prev) = previous else {
+        return RolloutState::start(target, None, now);
+    };
+    if prev.target == target && !prev.is_rollback {
+        return prev.clone();
+    }
+    match prev.phase {
+        Phase::Progressing | Phase::Paused | Phase::AwaitingPromotion => {
+            // Supersede: the half-rolled revision drains as an old one.
+            let mut s = prev.clone();
+            s.target = target;
+            s.phase = if prev.progress.paused {
+                Phase::Paused
+            } else {
+                Phase::Progressing
+            };
+            s.reason = format!("superseded {}", prev.target);
+            s.started_at = now;
+            s.last_progress_at = now;
+            s.is_rollback = false;
+            s.progress = ProgressMarks {
+                paused: prev.progress.paused,
+                last_replicas: prev.progress.last_replicas,
+                ..ProgressMarks::default()
+            };
+            s
+        }
+        Phase::Complete | Phase::RolledBack => {
+            let stable = prev.stable.clone().or_else(|| Some(prev.target.clone()));
+            let mut s = RolloutState::start(target, stable, now);
+            s.progress.last_replicas = prev.progress.last_replicas;
+            s
+        }
+        Phase::Failed | Phase::Degraded => {
+            let mut s = RolloutState::start(target, prev.stable.clone(), now);
+            s.progress.last_replicas = prev.progress.last_replicas;
+            s
+        }
     }
 }
+
+#[cfg(test)]
+mod tests;

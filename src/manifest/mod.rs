@@ -4,8 +4,14 @@
 //!
 //! Reads files only; never talks to Git, runtimes or the network.
 
+mod decode;
+mod load;
 pub mod model;
 mod revision;
+mod template;
+mod yaml;
+
+pub use load::{CONFIG_FILE, ConfigRepo, MAX_FILE_BYTES, SERVICES_DIR};
 
 pub use model::*;
 pub use revision::revision_of;
@@ -64,34 +70,99 @@ pub enum Error {
 /// Loads, renders and validates the config repo at `dir` for `environment`
 /// (none: the base values only).
 pub fn load_release(dir: &Path, environment: Option<&str>) -> Result<Release, Error> {
-    let _ = (dir, environment);
-    Err(Error::Invalid(vec![Diagnostic {
-        file: dir.to_path_buf(),
-        line: 0,
-        column: 0,
-        path: String::new(),
-        message: "manifest loading is not built yet".into(),
-        hint: None,
-    }]))
+    ConfigRepo::read(dir)?.release(environment)
 }
 
 /// The environments `floyd.yaml` at `dir` defines (empty when it has none).
 pub fn environments(dir: &Path) -> Result<Vec<String>, Error> {
-    let _ = dir;
-    Ok(Vec::new())
+    Ok(ConfigRepo::read(dir)?.environments())
 }
 
 /// Parses, defaults and validates one `kind: Service` YAML document (no
-/// templating; `{{ }}` is an error here). `file` names it in diagnostics.
-/// Used by `floyd simulate` files and tests.
+/// templating; `{{ values.* }}` and `{% %}` are errors here). `file` names it
+/// in diagnostics. Used by `floyd simulate` files and tests.
 pub fn parse_service(text: &str, file: &Path) -> Result<Service, Error> {
-    let _ = text;
-    Err(Error::Invalid(vec![Diagnostic {
-        file: file.to_path_buf(),
-        line: 0,
-        column: 0,
-        path: String::new(),
-        message: "manifest parsing is not built yet".into(),
-        hint: None,
-    }]))
+    let mut diags = Vec::new();
+    let service = parse_service_into(text, file, &mut diags);
+    match service {
+        Some(s) if diags.is_empty() => Ok(s),
+        _ => {
+            sort_diagnostics(&mut diags);
+            Err(Error::Invalid(diags))
+        }
+    }
 }
+
+fn parse_service_into(text: &str, file: &Path, diags: &mut Vec<Diagnostic>) -> Option<Service> {
+    let file_diag = |line, column, message: String, hint: Option<String>| Diagnostic {
+        file: file.to_path_buf(),
+        line,
+        column,
+        path: String::new(),
+        message,
+        hint,
+    };
+    if let Some((line, col)) = find_template_syntax(text) {
+        diags.push(file_diag(
+            line,
+            col,
+            "template syntax is not rendered here".into(),
+            Some("only files under services/ of a config repo are rendered with values".into()),
+        ));
+        return None;
+    }
+    let docs = match yaml::parse_documents(text) {
+        Ok(d) => d,
+        Err(e) => {
+            diags.push(file_diag(e.pos.line, e.pos.col, e.message, None));
+            return None;
+        }
+    };
+    let doc = match docs.as_slice() {
+        [] => {
+            diags.push(file_diag(1, 1, "no YAML document in the file".into(), None));
+            return None;
+        }
+        [doc] => doc,
+        [_, second, ..] => {
+            diags.push(file_diag(
+                second.pos.line,
+                second.pos.col,
+                format!("expected one document, found {}", docs.len()),
+                None,
+            ));
+            return None;
+        }
+    };
+    let mut cx = decode::Ctx {
+        file,
+        map: &decode::Identity,
+        diags,
+    };
+    let d = decode::service(&mut cx, doc)?;
+    Some(Service {
+        revision: revision_of(&d.spec.template),
+        name: d.name,
+        spec: d.spec,
+        file: Some(file.to_path_buf()),
+    })
+}
+
+/// File order, then position: the order a person reads the files in.
+fn sort_diagnostics(diags: &mut [Diagnostic]) {
+    diags.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+}
+
+/// Where `{{ values.` or `{%` first occurs (1-based line and column), if anywhere.
+fn find_template_syntax(text: &str) -> Option<(usize, usize)> {
+    text.lines().enumerate().find_map(|(i, l)| {
+        let at = [l.find("{{ values."), l.find("{{values."), l.find("{%")]
+            .into_iter()
+            .flatten()
+            .min()?;
+        Some((i + 1, l[..at].chars().count() + 1))
+    })
+}
+
+#[cfg(test)]
+mod tests;

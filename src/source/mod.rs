@@ -1,5 +1,938 @@
 //! Git: clone/fetch (git2), the cheap "did the branch move" check, webhook
 //! signature verification, local directory watch, and revert commit + push
 //! with retry on non-fast-forward (never force-push).
+//!
+//! Owns the mirror clone in the state directory (`<state-dir>/repo.git`, a
+//! bare repository with full history: shallow clones make reverts delete
+//! files, so they are refused). Everything here is blocking (libgit2); the
+//! controller calls it from `spawn_blocking`.
+//!
+//! Must not: decide what to revert (the controller says which service, which
+//! commits are good) or print a URL's userinfo ([`redact_url`] everywhere).
 
+pub mod watch;
 pub mod webhook;
+
+use crate::hub::CommitInfo;
+use backon::{BlockingRetryable, ExponentialBuilder};
+use git2::{
+    CertificateCheckStatus, Cred, CredentialType, Direction, FetchOptions, Oid, PushOptions,
+    RemoteCallbacks, Repository,
+};
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Errors of the Git source. Every message names the remote by its redacted URL.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("git remote {remote}: {message}")]
+    Remote { remote: String, message: String },
+    #[error("git remote {remote}: branch {branch:?} does not exist")]
+    NoBranch { remote: String, branch: String },
+    #[error("mirror {path}: {message}")]
+    Mirror { path: PathBuf, message: String },
+    #[error(
+        "mirror {path} is a shallow clone; Floyd needs full history to revert safely (delete the directory and restart)"
+    )]
+    Shallow { path: PathBuf },
+    #[error("export of commit {commit} to {path}: {message}")]
+    Export {
+        commit: String,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("push to {remote} rejected for refs/heads/{branch}: {message}")]
+    PushRejected {
+        remote: String,
+        branch: String,
+        message: String,
+        /// The remote moved (non-fast-forward): fetch, redo, retry.
+        retryable: bool,
+    },
+    #[error("revert of {service}: {message}")]
+    Revert { service: String, message: String },
+    #[error("git: {0}")]
+    Git(String),
+}
+
+impl Error {
+    fn retryable_push(&self) -> bool {
+        matches!(
+            self,
+            Error::PushRejected {
+                retryable: true,
+                ..
+            }
+        )
+    }
+}
+
+/// Removes userinfo (user, password, token) from a URL for logs, errors and the API.
+/// `https://tok@host/x` → `https://***@host/x`; `ssh://git@host/x` keeps the
+/// plain user name (not a secret); scp-like `git@host:x` is left as is.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let Some(at) = authority.rfind('@') else {
+        return url.to_string();
+    };
+    let userinfo = &authority[..at];
+    let host = &authority[at + 1..];
+    let keep_user = scheme.starts_with("ssh") && !userinfo.contains(':');
+    if keep_user {
+        format!("{scheme}://{userinfo}@{host}{path}")
+    } else {
+        format!("{scheme}://***@{host}{path}")
+    }
+}
+
+/// Credentials for the remote. Never printed (Debug shows only what is set).
+#[derive(Clone, Default)]
+pub struct Credentials {
+    /// HTTPS token (GitHub/GitLab/Gitea personal access token), sent as the password.
+    pub token: Option<String>,
+    /// User name for the token (default `x-access-token`, which GitHub, GitLab and Gitea accept).
+    pub token_user: Option<String>,
+    /// SSH private key file.
+    pub ssh_key: Option<PathBuf>,
+    /// known_hosts file; when set, SSH host keys must match an entry.
+    pub known_hosts: Option<PathBuf>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ssh_key", &self.ssh_key)
+            .field("known_hosts", &self.known_hosts)
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// From the environment: `FLOYD_GIT_TOKEN` or `FLOYD_GIT_TOKEN_FILE`,
+    /// `FLOYD_GIT_USER`, `FLOYD_GIT_SSH_KEY`, `FLOYD_GIT_KNOWN_HOSTS`.
+    pub fn from_env() -> Result<Credentials, String> {
+        let token = match (
+            std::env::var("FLOYD_GIT_TOKEN").ok(),
+            std::env::var_os("FLOYD_GIT_TOKEN_FILE"),
+        ) {
+            (Some(t), _) if !t.trim().is_empty() => Some(t.trim().to_string()),
+            (_, Some(f)) => Some(
+                std::fs::read_to_string(&f)
+                    .map_err(|e| {
+                        format!(
+                            "FLOYD_GIT_TOKEN_FILE {}: cannot read: {e}",
+                            Path::new(&f).display()
+                        )
+                    })?
+                    .trim()
+                    .to_string(),
+            ),
+            _ => None,
+        };
+        Ok(Credentials {
+            token,
+            token_user: std::env::var("FLOYD_GIT_USER").ok(),
+            ssh_key: std::env::var_os("FLOYD_GIT_SSH_KEY").map(PathBuf::from),
+            known_hosts: std::env::var_os("FLOYD_GIT_KNOWN_HOSTS").map(PathBuf::from),
+        })
+    }
+}
+
+/// Where the config repo comes from.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// URL (https, ssh, scp-like, git, file) or a local path.
+    pub url: String,
+    pub branch: String,
+    /// The bare mirror (created when missing).
+    pub mirror: PathBuf,
+    pub credentials: Credentials,
+}
+
+/// A new tip found by [`GitSource::poll`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tip {
+    pub commit: String,
+}
+
+/// What a revert should undo.
+#[derive(Debug, Clone)]
+pub struct RevertRequest {
+    pub service: String,
+    /// The commit whose rollout failed.
+    pub failed_commit: String,
+    /// The last commit whose rollout of the service completed.
+    pub last_good: String,
+    /// Repo-relative files that define the service.
+    pub files: Vec<String>,
+    /// Revision that failed and revision rolled back to (for the message).
+    pub failed_revision: String,
+    pub rolled_back_to: String,
+    pub reason: String,
+    pub author_name: String,
+    pub author_email: String,
+}
+
+/// What happened to a revert request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevertOutcome {
+    /// Pushed: the new commit and the commits it reverts, newest first.
+    Pushed {
+        commit: String,
+        reverted: Vec<String>,
+        attempts: u32,
+    },
+    /// No commit in `last_good..failed` touched the service's files.
+    NothingToRevert,
+    /// The branch changed the service's files again after the failed
+    /// commit: a person is on it; do not fight them.
+    ChangedSince { commits: Vec<String> },
+}
+
+/// The Git source: one remote, one branch, one bare mirror.
+pub struct GitSource {
+    cfg: SourceConfig,
+    redacted: String,
+}
+
+impl fmt::Debug for GitSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GitSource")
+            .field("remote", &self.redacted)
+            .field("branch", &self.cfg.branch)
+            .finish()
+    }
+}
+
+const TRACKING_PREFIX: &str = "refs/remotes/origin/";
+const REVERT_REF: &str = "refs/floyd/revert";
+
+impl GitSource {
+    /// Opens the mirror, creating it (empty, bare) when missing. Plain local
+    /// paths are turned into absolute paths so libgit2 treats them as local remotes.
+    pub fn open(mut cfg: SourceConfig) -> Result<GitSource, Error> {
+        if !cfg.url.contains("://") && !is_scp_like(&cfg.url) {
+            let p = Path::new(&cfg.url);
+            if let Ok(abs) = std::fs::canonicalize(p) {
+                cfg.url = abs.to_string_lossy().into_owned();
+            }
+        }
+        let redacted = redact_url(&cfg.url);
+        let src = GitSource { cfg, redacted };
+        let repo = match Repository::open_bare(&src.cfg.mirror) {
+            Ok(r) => r,
+            Err(_) => {
+                std::fs::create_dir_all(&src.cfg.mirror).map_err(|e| src.mirror_err(e))?;
+                Repository::init_bare(&src.cfg.mirror).map_err(|e| src.mirror_err(e))?
+            }
+        };
+        if repo.is_shallow() {
+            return Err(Error::Shallow {
+                path: src.cfg.mirror.clone(),
+            });
+        }
+        Ok(src)
+    }
+
+    pub fn remote(&self) -> &str {
+        &self.redacted
+    }
+    pub fn branch(&self) -> &str {
+        &self.cfg.branch
+    }
+    /// The URL as given (may hold credentials: never log it).
+    pub fn url(&self) -> &str {
+        &self.cfg.url
+    }
+    /// A plain local path remote (watchable with notify).
+    pub fn local_path(&self) -> Option<PathBuf> {
+        if self.cfg.url.contains("://") && !self.cfg.url.starts_with("file://") {
+            return None;
+        }
+        if is_scp_like(&self.cfg.url) {
+            return None;
+        }
+        Some(PathBuf::from(
+            self.cfg
+                .url
+                .strip_prefix("file://")
+                .unwrap_or(&self.cfg.url),
+        ))
+    }
+
+    fn mirror_err(&self, e: impl fmt::Display) -> Error {
+        Error::Mirror {
+            path: self.cfg.mirror.clone(),
+            message: e.to_string(),
+        }
+    }
+    fn remote_err(&self, e: impl fmt::Display) -> Error {
+        // libgit2 messages may quote the URL; strip userinfo from them too.
+        let msg = e.to_string().replace(&self.cfg.url, &self.redacted);
+        Error::Remote {
+            remote: self.redacted.clone(),
+            message: msg,
+        }
+    }
+    fn repo(&self) -> Result<Repository, Error> {
+        Repository::open_bare(&self.cfg.mirror).map_err(|e| self.mirror_err(e))
+    }
+    fn tracking_ref(&self) -> String {
+        format!("{TRACKING_PREFIX}{}", self.cfg.branch)
+    }
+
+    fn callbacks(&self) -> RemoteCallbacks<'_> {
+        let mut cb = RemoteCallbacks::new();
+        let creds = self.cfg.credentials.clone();
+        let tries = Cell::new(0u32);
+        cb.credentials(move |_url, user, allowed| {
+            // libgit2 calls again after a rejected credential; stop instead of looping.
+            tries.set(tries.get() + 1);
+            if tries.get() > 4 {
+                return Err(git2::Error::from_str(
+                    "authentication failed (check FLOYD_GIT_TOKEN / FLOYD_GIT_SSH_KEY)",
+                ));
+            }
+            if allowed.contains(CredentialType::USER_PASS_PLAINTEXT)
+                && let Some(t) = &creds.token
+            {
+                let u = creds.token_user.as_deref().unwrap_or("x-access-token");
+                return Cred::userpass_plaintext(u, t);
+            }
+            if allowed.contains(CredentialType::USERNAME) {
+                return Cred::username(user.unwrap_or("git"));
+            }
+            if allowed.contains(CredentialType::SSH_KEY) {
+                let user = user.unwrap_or("git");
+                if let Some(k) = &creds.ssh_key {
+                    return Cred::ssh_key(user, None, k, None);
+                }
+                return Cred::ssh_key_from_agent(user);
+            }
+            Cred::default()
+        });
+        let known = self.cfg.credentials.known_hosts.clone();
+        cb.certificate_check(move |cert, host| {
+            let (Some(kh), Some(hk)) = (&known, cert.as_hostkey()) else {
+                // TLS: libgit2's own verification stands.
+                return Ok(CertificateCheckStatus::CertificatePassthrough);
+            };
+            let (Some(key), Some(kind)) = (hk.hostkey(), hk.hostkey_type()) else {
+                return Err(git2::Error::from_str("SSH server sent no host key"));
+            };
+            match known_hosts_match(kh, host, kind.name(), key) {
+                Ok(true) => Ok(CertificateCheckStatus::CertificateOk),
+                Ok(false) => Err(git2::Error::from_str(&format!(
+                    "SSH host key of {host} ({}) is not in {}",
+                    kind.name(),
+                    kh.display()
+                ))),
+                Err(e) => Err(git2::Error::from_str(&e)),
+            }
+        });
+        cb
+    }
+
+    /// The remote's tip of the branch, at the cost of `git ls-remote`
+    /// (connect + advertised refs; no objects transferred).
+    pub fn remote_tip(&self) -> Result<String, Error> {
+        let repo = self.repo()?;
+        let mut remote = repo
+            .remote_anonymous(&self.cfg.url)
+            .map_err(|e| self.remote_err(e))?;
+        let conn = remote
+            .connect_auth(Direction::Fetch, Some(self.callbacks()), None)
+            .map_err(|e| self.remote_err(e))?;
+        let want = format!("refs/heads/{}", self.cfg.branch);
+        let tip = conn
+            .list()
+            .map_err(|e| self.remote_err(e))?
+            .iter()
+            .find(|h| h.name() == want)
+            .map(|h| h.oid().to_string());
+        tip.ok_or_else(|| Error::NoBranch {
+            remote: self.redacted.clone(),
+            branch: self.cfg.branch.clone(),
+        })
+    }
+
+    /// The mirror's copy of the branch tip, if fetched at least once.
+    pub fn local_tip(&self) -> Result<Option<String>, Error> {
+        let repo = self.repo()?;
+        Ok(repo
+            .refname_to_id(&self.tracking_ref())
+            .ok()
+            .map(|o| o.to_string()))
+    }
+
+    /// Fetches the branch (full history) into the mirror; returns the new tip.
+    pub fn fetch(&self) -> Result<String, Error> {
+        let repo = self.repo()?;
+        let mut remote = repo
+            .remote_anonymous(&self.cfg.url)
+            .map_err(|e| self.remote_err(e))?;
+        let mut fo = FetchOptions::new();
+        fo.remote_callbacks(self.callbacks());
+        fo.download_tags(git2::AutotagOption::None);
+        let spec = format!("+refs/heads/{0}:{TRACKING_PREFIX}{0}", self.cfg.branch);
+        remote
+            .fetch(&[spec.as_str()], Some(&mut fo), None)
+            .map_err(|e| self.remote_err(e))?;
+        if repo.is_shallow() {
+            return Err(Error::Shallow {
+                path: self.cfg.mirror.clone(),
+            });
+        }
+        self.local_tip()?.ok_or_else(|| Error::NoBranch {
+            remote: self.redacted.clone(),
+            branch: self.cfg.branch.clone(),
+        })
+    }
+
+    /// One poll: ask for the remote tip; fetch only when it differs from the
+    /// mirror's. Returns the new tip when it moved (or on the first poll).
+    pub fn poll(&self) -> Result<Option<String>, Error> {
+        let remote = self.remote_tip()?;
+        let local = self.local_tip()?;
+        if local.as_deref() == Some(remote.as_str()) {
+            return Ok(None);
+        }
+        let tip = self.fetch()?;
+        Ok(Some(tip))
+    }
+
+    /// Commit metadata for people.
+    pub fn commit_info(&self, sha: &str) -> Result<CommitInfo, Error> {
+        let repo = self.repo()?;
+        let c = find_commit(&repo, sha)?;
+        Ok(commit_info(&c))
+    }
+
+    /// The full message of a commit.
+    pub fn commit_message(&self, sha: &str) -> Result<String, Error> {
+        let repo = self.repo()?;
+        let c = find_commit(&repo, sha)?;
+        Ok(String::from_utf8_lossy(c.message_bytes()).into_owned())
+    }
+
+    /// Writes the tree of `sha` (only `subdir`, when given) into `dest`, which
+    /// must not exist yet. The files of a commit, without a checkout.
+    pub fn export(&self, sha: &str, subdir: Option<&Path>, dest: &Path) -> Result<(), Error> {
+        let repo = self.repo()?;
+        let err = |m: String| Error::Export {
+            commit: sha.to_string(),
+            path: dest.to_path_buf(),
+            message: m,
+        };
+        let commit = find_commit(&repo, sha)?;
+        let mut tree = commit.tree().map_err(|e| err(e.to_string()))?;
+        if let Some(sub) = subdir.filter(|s| !s.as_os_str().is_empty() && *s != Path::new(".")) {
+            let entry = tree.get_path(sub).map_err(|_| {
+                err(format!(
+                    "the commit has no directory {} (check --path)",
+                    sub.display()
+                ))
+            })?;
+            tree = repo
+                .find_tree(entry.id())
+                .map_err(|_| err(format!("{} is not a directory", sub.display())))?;
+        }
+        std::fs::create_dir_all(dest).map_err(|e| err(e.to_string()))?;
+        let mut failure: Option<String> = None;
+        tree.walk(git2::TreeWalkMode::PreOrder, |root, entry| {
+            let Ok(name) = entry.name() else {
+                return git2::TreeWalkResult::Skip;
+            };
+            // Tree paths from git cannot contain "..", but a hostile repo could
+            // try; stay inside dest.
+            if name == ".." || root.split('/').any(|c| c == "..") {
+                return git2::TreeWalkResult::Skip;
+            }
+            let path = dest.join(root).join(name);
+            let r = match entry.kind() {
+                Some(git2::ObjectType::Tree) => {
+                    std::fs::create_dir_all(&path).map_err(|e| e.to_string())
+                }
+                Some(git2::ObjectType::Blob) => repo
+                    .find_blob(entry.id())
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| std::fs::write(&path, b.content()).map_err(|e| e.to_string())),
+                _ => Ok(()), // submodules and others: not config
+            };
+            match r {
+                Ok(()) => git2::TreeWalkResult::Ok,
+                Err(e) => {
+                    failure = Some(format!("{}: {e}", path.display()));
+                    git2::TreeWalkResult::Abort
+                }
+            }
+        })
+        .map_err(|e| err(failure.clone().unwrap_or_else(|| e.to_string())))?;
+        match failure {
+            Some(f) => Err(err(f)),
+            None => Ok(()),
+        }
+    }
+
+    /// Commits in `from..to` (newest first) that changed any of `files`.
+    pub fn commits_touching(
+        &self,
+        from: Option<&str>,
+        to: &str,
+        files: &[String],
+    ) -> Result<Vec<String>, Error> {
+        let repo = self.repo()?;
+        commits_touching(&repo, from, to, files)
+    }
+
+    /// Reverts, in one commit on the branch tip, every commit since
+    /// `req.last_good` up to `req.failed_commit` that touched the service's
+    /// files (newest first), and pushes it as a fast-forward. On a
+    /// non-fast-forward rejection it fetches, redoes the revert on the new tip
+    /// and retries with backoff; it never force-pushes.
+    pub fn revert(&self, req: &RevertRequest) -> Result<RevertOutcome, Error> {
+        let attempts = Cell::new(0u32);
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(2))
+            .with_max_times(6)
+            .with_jitter();
+        let once = || {
+            attempts.set(attempts.get() + 1);
+            self.revert_once(req)
+        };
+        let out = once
+            .retry(backoff)
+            .sleep(std::thread::sleep)
+            .when(Error::retryable_push)
+            .notify(|e, d| {
+                tracing::info!(service = %req.service, error = %e, retry_in = ?d, "revert push raced another push; fetching and redoing")
+            })
+            .call()?;
+        Ok(match out {
+            RevertOutcome::Pushed {
+                commit, reverted, ..
+            } => RevertOutcome::Pushed {
+                commit,
+                reverted,
+                attempts: attempts.get(),
+            },
+            other => other,
+        })
+    }
+
+    fn revert_once(&self, req: &RevertRequest) -> Result<RevertOutcome, Error> {
+        let tip = self.fetch()?;
+        let repo = self.repo()?;
+        let rerr = |m: String| Error::Revert {
+            service: req.service.clone(),
+            message: m,
+        };
+        let tip_oid = Oid::from_str(&tip).map_err(|e| rerr(e.to_string()))?;
+        let failed_oid = Oid::from_str(&req.failed_commit).map_err(|e| rerr(e.to_string()))?;
+        if tip_oid != failed_oid
+            && !repo
+                .graph_descendant_of(tip_oid, failed_oid)
+                .map_err(|e| rerr(e.to_string()))?
+        {
+            return Err(rerr(format!(
+                "commit {} is no longer on branch {} (history was rewritten); not reverting",
+                req.failed_commit, self.cfg.branch
+            )));
+        }
+        let since = commits_touching(&repo, Some(&req.failed_commit), &tip, &req.files)?;
+        if !since.is_empty() {
+            return Ok(RevertOutcome::ChangedSince { commits: since });
+        }
+        let bad = commits_touching(&repo, Some(&req.last_good), &req.failed_commit, &req.files)?;
+        if bad.is_empty() {
+            return Ok(RevertOutcome::NothingToRevert);
+        }
+        // Apply the reverts newest first, each on top of the previous result,
+        // through throwaway commit objects (never referenced, so gc drops them).
+        let sig = git2::Signature::now(&req.author_name, &req.author_email)
+            .map_err(|e| rerr(format!("--git-author: {e}")))?;
+        let mut ours = repo.find_commit(tip_oid).map_err(|e| rerr(e.to_string()))?;
+        let mut tree_oid = ours.tree_id();
+        for sha in &bad {
+            let c = find_commit(&repo, sha)?;
+            let mainline = if c.parent_count() > 1 { 1 } else { 0 };
+            let mut index = repo
+                .revert_commit(&c, &ours, mainline, None)
+                .map_err(|e| rerr(format!("reverting {sha}: {e}")))?;
+            if index.has_conflicts() {
+                let paths: Vec<String> = index
+                    .conflicts()
+                    .map(|it| {
+                        it.filter_map(Result::ok)
+                            .filter_map(|c| c.our.or(c.their).or(c.ancestor))
+                            .map(|e| String::from_utf8_lossy(&e.path).into_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                return Err(rerr(format!(
+                    "reverting {sha} conflicts with the branch tip in {}",
+                    paths.join(", ")
+                )));
+            }
+            tree_oid = index
+                .write_tree_to(&repo)
+                .map_err(|e| rerr(e.to_string()))?;
+            let tree = repo.find_tree(tree_oid).map_err(|e| rerr(e.to_string()))?;
+            let tmp = repo
+                .commit(
+                    None,
+                    &sig,
+                    &sig,
+                    "floyd: intermediate revert",
+                    &tree,
+                    &[&ours],
+                )
+                .map_err(|e| rerr(e.to_string()))?;
+            ours = repo.find_commit(tmp).map_err(|e| rerr(e.to_string()))?;
+        }
+        let summaries: Vec<String> = bad
+            .iter()
+            .map(|s| {
+                find_commit(&repo, s)
+                    .map(|c| summary_of(&c))
+                    .unwrap_or_default()
+            })
+            .collect();
+        let message = revert_message(
+            &req.service,
+            &bad,
+            &summaries,
+            &req.failed_revision,
+            &req.rolled_back_to,
+            &req.reason,
+        );
+        let tree = repo.find_tree(tree_oid).map_err(|e| rerr(e.to_string()))?;
+        let tip_commit = repo.find_commit(tip_oid).map_err(|e| rerr(e.to_string()))?;
+        let new = repo
+            .commit(None, &sig, &sig, &message, &tree, &[&tip_commit])
+            .map_err(|e| rerr(e.to_string()))?;
+        // A local ref to push from (a previous attempt's value is replaced).
+        repo.reference(REVERT_REF, new, true, "floyd: revert")
+            .map_err(|e| self.mirror_err(e))?;
+        self.push(&repo, REVERT_REF)?;
+        // The remote now has it; move the tracking ref so the next poll sees no change.
+        repo.reference(&self.tracking_ref(), new, true, "floyd: revert pushed")
+            .map_err(|e| self.mirror_err(e))?;
+        Ok(RevertOutcome::Pushed {
+            commit: new.to_string(),
+            reverted: bad,
+            attempts: 0,
+        })
+    }
+
+    /// Pushes `local_ref` to the branch (no `+`: never forced) and checks the
+    /// server's per-ref status, which `push` alone does not report.
+    fn push(&self, repo: &Repository, local_ref: &str) -> Result<(), Error> {
+        let mut remote = repo
+            .remote_anonymous(&self.cfg.url)
+            .map_err(|e| self.remote_err(e))?;
+        let rejected: RefCell<Option<String>> = RefCell::new(None);
+        let mut cb = self.callbacks();
+        cb.push_update_reference(|_refname, status| {
+            if let Some(s) = status {
+                *rejected.borrow_mut() = Some(s.to_string());
+            }
+            Ok(())
+        });
+        let mut po = PushOptions::new();
+        po.remote_callbacks(cb);
+        let spec = format!("{local_ref}:refs/heads/{}", self.cfg.branch);
+        let rej = |message: String| {
+            let m = message.to_lowercase();
+            let retryable = m.contains("non-fast")
+                || m.contains("fetch first")
+                || m.contains("not present locally")
+                || m.contains("stale")
+                || m.contains("failed to update ref")
+                || m.contains("failed to lock");
+            Error::PushRejected {
+                remote: self.redacted.clone(),
+                branch: self.cfg.branch.clone(),
+                message,
+                retryable,
+            }
+        };
+        match remote.push(&[spec.as_str()], Some(&mut po)) {
+            Ok(()) => {}
+            Err(e) if e.code() == git2::ErrorCode::NotFastForward => {
+                return Err(rej(format!("non-fast-forward: {}", e.message())));
+            }
+            Err(e) => {
+                let msg = e.message().replace(&self.cfg.url, &self.redacted);
+                let m = msg.to_lowercase();
+                if m.contains("non-fast") || m.contains("not present locally") {
+                    return Err(rej(msg));
+                }
+                return Err(self.remote_err(msg));
+            }
+        }
+        drop(po);
+        if let Some(msg) = rejected.into_inner() {
+            return Err(rej(msg));
+        }
+        Ok(())
+    }
+}
+
+fn is_scp_like(url: &str) -> bool {
+    // user@host:path (no scheme, a colon before any slash, not a Windows drive).
+    match (url.find(':'), url.find('/')) {
+        (Some(c), s) => c > 1 && s.is_none_or(|s| c < s) && !url.contains("://"),
+        _ => false,
+    }
+}
+
+fn find_commit<'r>(repo: &'r Repository, sha: &str) -> Result<git2::Commit<'r>, Error> {
+    let oid = Oid::from_str(sha).map_err(|e| Error::Git(format!("{sha:?}: {e}")))?;
+    repo.find_commit(oid)
+        .map_err(|e| Error::Git(format!("commit {sha}: {}", e.message())))
+}
+
+fn summary_of(c: &git2::Commit<'_>) -> String {
+    c.summary_bytes()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default()
+}
+
+fn commit_info(c: &git2::Commit<'_>) -> CommitInfo {
+    let a = c.author();
+    CommitInfo {
+        sha: c.id().to_string(),
+        summary: summary_of(c),
+        author: format!("{} <{}>", a.name().unwrap_or(""), a.email().unwrap_or("")),
+        time: c.time().seconds(),
+    }
+}
+
+fn commits_touching(
+    repo: &Repository,
+    from: Option<&str>,
+    to: &str,
+    files: &[String],
+) -> Result<Vec<String>, Error> {
+    let g = |e: git2::Error| Error::Git(e.message().to_string());
+    let mut walk = repo.revwalk().map_err(g)?;
+    walk.set_sorting(git2::Sort::TOPOLOGICAL | git2::Sort::TIME)
+        .map_err(g)?;
+    walk.push(Oid::from_str(to).map_err(g)?).map_err(g)?;
+    if let Some(f) = from {
+        walk.hide(Oid::from_str(f).map_err(g)?).map_err(g)?;
+    }
+    let mut out = Vec::new();
+    for oid in walk {
+        let oid = oid.map_err(g)?;
+        let c = repo.find_commit(oid).map_err(g)?;
+        let tree = c.tree().map_err(g)?;
+        // Merges are compared with their first parent (what a revert with
+        // mainline 1 undoes).
+        let parent_tree = match c.parent(0) {
+            Ok(p) => Some(p.tree().map_err(g)?),
+            Err(_) => None,
+        };
+        if files
+            .iter()
+            .any(|f| blob_at(&tree, f) != parent_tree.as_ref().and_then(|t| blob_at(t, f)))
+        {
+            out.push(oid.to_string());
+        }
+    }
+    Ok(out)
+}
+
+fn blob_at(tree: &git2::Tree<'_>, path: &str) -> Option<Oid> {
+    tree.get_path(Path::new(path)).ok().map(|e| e.id())
+}
+
+/// The revert commit message of CONTRACT.md ("Revert commits").
+pub fn revert_message(
+    service: &str,
+    reverted: &[String],
+    summaries: &[String],
+    failed_revision: &str,
+    rolled_back_to: &str,
+    reason: &str,
+) -> String {
+    let one_line: String = reason.split_whitespace().collect::<Vec<_>>().join(" ");
+    let title = if reverted.len() == 1 {
+        format!(
+            "Revert \"{}\"",
+            summaries.first().map(String::as_str).unwrap_or("")
+        )
+    } else {
+        format!("Revert {} commits that broke {service}", reverted.len())
+    };
+    let mut m = format!("{title}\n\n");
+    for sha in reverted {
+        m.push_str(&format!("This reverts commit {sha}.\n"));
+    }
+    let sentence_end = if one_line.ends_with('.') { "" } else { "." };
+    m.push_str(&format!(
+        "\nFloyd rolled back {service} from revision {failed_revision} to {rolled_back_to}: {one_line}{sentence_end}\n\n"
+    ));
+    for sha in reverted {
+        m.push_str(&format!("Floyd-Revert-Of: {sha}\n"));
+    }
+    m.push_str(&format!(
+        "Floyd-Service: {service}\nFloyd-Reason: {one_line}\n"
+    ));
+    m
+}
+
+/// The shas named by `Floyd-Revert-Of:` trailers: non-empty for Floyd's own reverts.
+pub fn revert_of(message: &str) -> Vec<String> {
+    message
+        .lines()
+        .filter_map(|l| l.strip_prefix("Floyd-Revert-Of:"))
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Poll interval with ±10% jitter, so many controllers do not poll in step.
+pub fn jittered(interval: Duration) -> Duration {
+    use rand::Rng;
+    let ms = interval.as_millis() as u64;
+    let spread = ms / 10;
+    if spread == 0 {
+        return interval;
+    }
+    let j = rand::rng().random_range(0..=2 * spread);
+    Duration::from_millis(ms - spread + j)
+}
+
+fn known_hosts_match(file: &Path, host: &str, kind: &str, key: &[u8]) -> Result<bool, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("known_hosts {}: cannot read: {e}", file.display()))?;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut parts = line.split_whitespace();
+        let (Some(hosts), Some(k), Some(b64)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        // Hashed entries (|1|...) need HMAC-SHA1; write plain host names
+        // (`ssh-keyscan host`, without -H) for Floyd.
+        let host_ok = hosts.split(',').any(|h| {
+            h == host
+                || h.strip_prefix('[')
+                    .and_then(|h| h.split_once("]:"))
+                    .is_some_and(|(h, _)| h == host)
+        });
+        if host_ok && k == kind && base64_decode(b64).as_deref() == Some(key) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let mut buf = 0u32;
+    let mut bits = 0;
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' => break,
+            _ => return None,
+        };
+        buf = (buf << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits) as u8);
+            buf &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_table() {
+        for (input, want) in [
+            (
+                "https://github.com/acme/cfg.git",
+                "https://github.com/acme/cfg.git",
+            ),
+            (
+                "https://tok3n@github.com/acme/cfg.git",
+                "https://***@github.com/acme/cfg.git",
+            ),
+            ("https://user:pa55@host:8443/x", "https://***@host:8443/x"),
+            ("ssh://git@host/x.git", "ssh://git@host/x.git"),
+            ("ssh://git:secret@host/x.git", "ssh://***@host/x.git"),
+            ("git@github.com:acme/cfg.git", "git@github.com:acme/cfg.git"),
+            ("/srv/git/cfg", "/srv/git/cfg"),
+            ("http://a@b@host/p@q", "http://***@host/p@q"),
+        ] {
+            assert_eq!(redact_url(input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn scp_like_detection() {
+        assert!(is_scp_like("git@github.com:acme/cfg.git"));
+        assert!(is_scp_like("host:cfg"));
+        assert!(!is_scp_like("/abs/path"));
+        assert!(!is_scp_like("./rel:odd/x"));
+        assert!(!is_scp_like("https://h/x"));
+        assert!(!is_scp_like("C:/repo"));
+    }
+
+    #[test]
+    fn message_single_and_many() {
+        let one = revert_message(
+            "web",
+            &["aaa".into()],
+            &["web: v2".into()],
+            "r2",
+            "r1",
+            "progress deadline exceeded:\n0 of 2 ready",
+        );
+        assert_eq!(
+            one,
+            "Revert \"web: v2\"\n\nThis reverts commit aaa.\n\nFloyd rolled back web from revision r2 to r1: progress deadline exceeded: 0 of 2 ready.\n\nFloyd-Revert-Of: aaa\nFloyd-Service: web\nFloyd-Reason: progress deadline exceeded: 0 of 2 ready\n"
+        );
+        let many = revert_message("web", &["bbb".into(), "aaa".into()], &[], "r3", "r1", "x.");
+        assert!(many.starts_with("Revert 2 commits that broke web\n\nThis reverts commit bbb.\nThis reverts commit aaa.\n\n"));
+        assert!(many.contains("to r1: x.\n"));
+        assert_eq!(revert_of(&many), vec!["bbb".to_string(), "aaa".to_string()]);
+        assert!(revert_of("Revert \"x\"\n\nThis reverts commit a.").is_empty());
+    }
+
+    #[test]
+    fn base64_and_jitter() {
+        assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
+        assert_eq!(base64_decode("AAEC").unwrap(), vec![0, 1, 2]);
+        assert!(base64_decode("a*b").is_none());
+        for _ in 0..100 {
+            let d = jittered(Duration::from_secs(30));
+            assert!(
+                d >= Duration::from_secs(27) && d <= Duration::from_secs(33),
+                "{d:?}"
+            );
+        }
+    }
+}

@@ -3,3 +3,924 @@
 //! built-in load balancer per service routes to ready instances, GPUs come
 //! from `nvidia-smi` or a declared inventory. Restart-safe: what it runs is
 //! persisted in the state directory and adopted again after a restart.
+//!
+//! Files: [`process`] (start, watch, stop, log rotation), [`probe`] (kubelet
+//! probes), [`lb`] (reverse proxy), [`gpu`] (inventory, placement), [`state`]
+//! (records and the state file), `supervisor` (one task per instance: start,
+//! probe, restart with backoff, drain and stop).
+//!
+//! # Wiring it into a controller
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), floyd::runtime::Error> {
+//! use floyd::runtime::local::{LocalConfig, LocalRuntime, parse_gpus_flag};
+//! let mut cfg = LocalConfig::new(".floyd");          // the controller's --state-dir
+//! cfg.gpus = parse_gpus_flag("NVIDIA-L4:2").unwrap(); // --gpus, or floyd.yaml runtime.local.gpus
+//! cfg.leave_running = false;                          // --leave-running
+//! let rt = LocalRuntime::start(cfg).await?;           // adopts what a previous run left
+//! // ... use it as Arc<dyn Runtime>: observe / apply / delete_service ...
+//! rt.shutdown().await;                                // on SIGINT/SIGTERM
+//! # Ok(()) }
+//! ```
+//!
+//! `start` adopts instances of a previous run (pid alive and start time
+//! matching), cleans up dead ones and kills unrecorded leftovers. Dropping a
+//! `LocalRuntime` without `shutdown` abandons its instances (they keep
+//! running, as after `kill -9`), which is what the adoption tests rely on.
+//!
+//! Within a revision this runtime is the instance manager: it keeps the live
+//! count at the desired count (slow-start creation, unready-first deletion),
+//! restarts crashed instances with exponential backoff, and drains an
+//! instance (out of the load balancer, in-flight requests finish) before
+//! stopping it. It never decides a rollout step.
+//!
+//! Layout of `<state-dir>/local/`: `state.json`, `logs/<service>/<revision>/<instance>.log[.N]`.
+
+pub mod gpu;
+pub mod lb;
+pub mod probe;
+pub mod process;
+pub mod state;
+mod supervisor;
+
+pub use gpu::{GpuDevice, GpuError, parse_gpus_flag, parse_nvidia_smi};
+pub use lb::LbPolicy;
+
+use crate::engine::instances::{pick_for_deletion, slow_start_batches};
+use crate::manifest::{GpuInventory, Revision, ServiceName, ServiceSpec, Strategy};
+use crate::runtime::{
+    Action, Error, Instance, InstancePhase, Observed, ObservedRevision, RevisionTraffic, Runtime,
+};
+use crate::time::Time;
+use lb::{Backend, Lb, ListenerKind, Routes};
+use state::{Inst, Rev, State, Svc};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How the local runtime is set up. [`LocalConfig::new`] gives the defaults.
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    /// The controller's state directory; the runtime uses `<state_dir>/local`.
+    pub state_dir: PathBuf,
+    /// Where load balancers listen (default 127.0.0.1).
+    pub bind: IpAddr,
+    /// Declared GPU inventory, used when `nvidia-smi` is absent.
+    pub gpus: Vec<GpuInventory>,
+    /// The `nvidia-smi` to run (default `nvidia-smi` on PATH); `None` skips detection.
+    pub nvidia_smi: Option<PathBuf>,
+    /// Leave instances running on [`LocalRuntime::shutdown`].
+    pub leave_running: bool,
+    /// `FLOYD_BIN` for instances (default: this executable).
+    pub floyd_bin: Option<PathBuf>,
+    pub lb_policy: LbPolicy,
+    /// Rotate an instance log above this size (default 10 MiB).
+    pub log_max_bytes: u64,
+    /// Rotated files kept (default 3).
+    pub log_keep: u32,
+    /// First restart delay (default 1 s); doubles up to `restart_backoff_max`.
+    pub restart_backoff_min: Duration,
+    /// Longest restart delay (default 5 min, like the kubelet).
+    pub restart_backoff_max: Duration,
+    /// How often the instance manager reconciles (default 100 ms).
+    pub tick: Duration,
+}
+
+impl LocalConfig {
+    pub fn new(state_dir: impl Into<PathBuf>) -> LocalConfig {
+        LocalConfig {
+            state_dir: state_dir.into(),
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            gpus: Vec::new(),
+            nvidia_smi: Some(PathBuf::from("nvidia-smi")),
+            leave_running: false,
+            floyd_bin: None,
+            lb_policy: LbPolicy::RoundRobin,
+            log_max_bytes: 10 * 1024 * 1024,
+            log_keep: 3,
+            restart_backoff_min: Duration::from_secs(1),
+            restart_backoff_max: Duration::from_secs(300),
+            tick: Duration::from_millis(100),
+        }
+    }
+
+    /// `<state_dir>/local`.
+    pub fn dir(&self) -> PathBuf {
+        self.state_dir.join("local")
+    }
+}
+
+/// The log file of an instance.
+pub fn log_path(state_dir: &Path, service: &str, revision: &str, instance: &str) -> PathBuf {
+    state_dir
+        .join("local")
+        .join("logs")
+        .join(service)
+        .join(revision)
+        .join(format!("{instance}.log"))
+}
+
+/// The local runtime. See the module docs.
+pub struct LocalRuntime {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    cfg: LocalConfig,
+    dir: PathBuf,
+    state_file: PathBuf,
+    floyd_bin: String,
+    /// `FLOYD_LOCAL_STATE` value given to instances: finds our leftovers.
+    marker: String,
+    state: Mutex<State>,
+    /// Lock order: `state` before `lbs`.
+    lbs: Mutex<BTreeMap<ServiceName, Arc<Lb>>>,
+    probe_client: probe::ProbeClient,
+    /// Cancelled when the runtime goes away: tasks stop, processes stay.
+    abandon: CancellationToken,
+    /// Set during shutdown: no new instances.
+    stopping: std::sync::atomic::AtomicBool,
+    wake: tokio::sync::Notify,
+    tasks: tokio_util::task::TaskTracker,
+}
+
+impl Drop for LocalRuntime {
+    fn drop(&mut self) {
+        // Like `kill -9` of the controller: instances keep running, listeners close.
+        self.inner.abandon.cancel();
+        for lb in self.inner.lbs().values() {
+            lb.close();
+        }
+    }
+}
+
+impl LocalRuntime {
+    /// Loads the state directory, adopts live instances, cleans up dead ones,
+    /// opens the load balancers and starts the instance manager.
+    pub async fn start(cfg: LocalConfig) -> Result<LocalRuntime, Error> {
+        let dir = cfg.dir();
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            Error::Unavailable(format!(
+                "cannot create state directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let dir = dir.canonicalize().unwrap_or(dir);
+        let state_file = dir.join("state.json");
+        let mut st = State::load(&state_file).map_err(|e| Error::Unavailable(e.to_string()))?;
+        let (devices, source) = gpu::detect(cfg.nvidia_smi.as_deref(), &cfg.gpus);
+        if !devices.is_empty() {
+            tracing::info!(gpus = devices.len(), ?source, "local runtime GPU inventory");
+        }
+        st.gpus = gpu::GpuPool::new(devices);
+        let floyd_bin = cfg
+            .floyd_bin
+            .clone()
+            .or_else(|| std::env::current_exe().ok())
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "floyd".into());
+        let inner = Arc::new(Inner {
+            marker: dir.to_string_lossy().into_owned(),
+            floyd_bin,
+            state_file,
+            dir,
+            cfg,
+            state: Mutex::new(State::default()),
+            lbs: Mutex::new(BTreeMap::new()),
+            probe_client: probe::client(),
+            abandon: CancellationToken::new(),
+            stopping: false.into(),
+            wake: tokio::sync::Notify::new(),
+            tasks: tokio_util::task::TaskTracker::new(),
+        });
+        let adopted = adopt(&mut st);
+        let known: BTreeSet<i32> = adopted.iter().map(|a| a.2).collect();
+        // Leftovers: started by a runtime on this state dir but not recorded
+        // (killed between spawn and the state write). Nobody owns them: stop them.
+        for pid in process::processes_with_marker(&inner.marker) {
+            let pgid = process::proc_stat(pid).map(|s| s.2).unwrap_or(pid);
+            if !known.contains(&pgid) && pid != std::process::id() as i32 {
+                tracing::warn!(
+                    pid,
+                    "stopping unrecorded instance process left by a previous run"
+                );
+                process::signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        *inner.lock() = st;
+        inner.persist();
+        for (service, id, pid, start_time) in adopted {
+            tracing::info!(%service, instance = %id, pid, "adopted instance");
+            inner.spawn_supervisor(service, id, Some((pid, start_time)));
+        }
+        let services: Vec<ServiceName> = inner.lock().services.keys().cloned().collect();
+        let mut errors = Vec::new();
+        for s in &services {
+            errors.extend(inner.sync_listeners(s).await);
+            inner.refresh_routes(s);
+        }
+        for e in errors {
+            tracing::warn!("{e}");
+        }
+        let ticker = inner.clone();
+        inner.tasks.spawn(async move { ticker.run_manager().await });
+        Ok(LocalRuntime { inner })
+    }
+
+    /// Stops every instance (drain, SIGTERM, grace, SIGKILL) unless
+    /// `leave_running`, closes the load balancers and saves the state.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        inner.stopping.store(true, Ordering::SeqCst);
+        if !inner.cfg.leave_running {
+            {
+                let mut st = inner.lock();
+                for svc in st.services.values_mut() {
+                    for i in svc.instances.values_mut() {
+                        i.terminating = true;
+                        i.stop.cancel();
+                    }
+                }
+            }
+            let names: Vec<ServiceName> = inner.lock().services.keys().cloned().collect();
+            for n in &names {
+                inner.refresh_routes(n);
+            }
+            // Supervisors remove instances as they stop; wait for all of them.
+            let deadline = tokio::time::Instant::now() + inner.max_grace() + Duration::from_secs(5);
+            while inner
+                .lock()
+                .services
+                .values()
+                .any(|s| !s.instances.is_empty())
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        inner.persist();
+        inner.abandon.cancel();
+        for lb in inner.lbs().values() {
+            lb.close();
+        }
+        inner.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), inner.tasks.wait()).await;
+    }
+
+    /// The state directory of this runtime (`<state-dir>/local`).
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// GPU devices known to the runtime.
+    pub fn gpu_devices(&self) -> Vec<GpuDevice> {
+        self.inner.lock().gpus.devices().to_vec()
+    }
+
+    /// Pids of all instance processes (for tests and diagnostics).
+    pub fn pids(&self) -> Vec<i32> {
+        self.inner
+            .lock()
+            .services
+            .values()
+            .flat_map(|s| s.instances.values().filter_map(|i| i.pid))
+            .collect()
+    }
+
+    /// Ports the load balancer of `service` listens on.
+    pub fn lb_ports(&self, service: &ServiceName) -> Vec<u16> {
+        self.inner
+            .lbs()
+            .get(service)
+            .map(|l| l.ports())
+            .unwrap_or_default()
+    }
+
+    /// The assigned `PORT` of an instance.
+    pub fn instance_port(&self, service: &ServiceName, instance: &str) -> Option<u16> {
+        self.inner
+            .lock()
+            .services
+            .get(service)?
+            .instances
+            .get(instance)?
+            .ports
+            .get("")
+            .copied()
+    }
+}
+
+/// Splits the loaded state into adoptable instances (returned) and dead ones (removed).
+fn adopt(st: &mut State) -> Vec<(ServiceName, String, i32, u64)> {
+    let mut adopted = Vec::new();
+    let State { services, gpus } = st;
+    for (name, svc) in services.iter_mut() {
+        let mut dead = Vec::new();
+        for (id, inst) in svc.instances.iter_mut() {
+            match (inst.pid, inst.start_time) {
+                (Some(pid), Some(start)) if process::alive(pid, start) => {
+                    let holder = gpu::Holder {
+                        service: name.to_string(),
+                        instance: id.clone(),
+                    };
+                    let units = inst
+                        .gpu
+                        .as_ref()
+                        .map(|g| g.units.clone())
+                        .unwrap_or_default();
+                    let conflicts = gpus.claim(&units, &holder);
+                    if !conflicts.is_empty() {
+                        tracing::warn!(instance = %id, ?conflicts, "adopted instance holds GPU units that are held twice");
+                    }
+                    inst.phase = InstancePhase::Running;
+                    if inst.terminating {
+                        inst.stop.cancel();
+                    }
+                    adopted.push((name.clone(), id.clone(), pid, start));
+                }
+                (pid, _) => {
+                    // Dead: whatever is left of its process group goes too.
+                    if let Some(pid) = pid {
+                        for m in process::group_members(pid) {
+                            let _ = m;
+                            process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+                        }
+                    }
+                    dead.push(id.clone());
+                }
+            }
+        }
+        for id in dead {
+            tracing::info!(service = %name, instance = %id, "instance of a previous run is gone; it will be replaced");
+            svc.instances.remove(&id);
+        }
+    }
+    adopted
+}
+
+impl Inner {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lbs(&self) -> MutexGuard<'_, BTreeMap<ServiceName, Arc<Lb>>> {
+        self.lbs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn max_grace(&self) -> Duration {
+        let st = self.lock();
+        let secs = st
+            .services
+            .values()
+            .flat_map(|s| s.revisions.iter())
+            .map(|r| r.template.termination_grace_period_seconds)
+            .max()
+            .unwrap_or(30);
+        Duration::from_secs(u64::from(secs) + 1)
+    }
+
+    /// Saves the state file; a failure is logged (the next change retries).
+    pub(crate) fn persist(&self) {
+        let st = self.lock();
+        self.persist_locked(&st);
+    }
+
+    pub(crate) fn persist_locked(&self, st: &State) {
+        if let Err(e) = st.save(&self.state_file) {
+            tracing::error!("{e}");
+        }
+    }
+
+    fn spawn_supervisor(
+        self: &Arc<Self>,
+        service: ServiceName,
+        id: String,
+        adopt: Option<(i32, u64)>,
+    ) {
+        let inner = self.clone();
+        self.tasks
+            .spawn(async move { supervisor::supervise(inner, service, id, adopt).await });
+    }
+
+    /// Wakes the instance manager now.
+    pub(crate) fn poke(&self) {
+        self.wake.notify_one();
+    }
+
+    async fn run_manager(self: Arc<Self>) {
+        let mut last_rotation = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = self.abandon.cancelled() => return,
+                _ = tokio::time::sleep(self.cfg.tick) => {}
+                _ = self.wake.notified() => {}
+            }
+            self.reconcile();
+            if last_rotation.elapsed() >= Duration::from_secs(1) {
+                last_rotation = tokio::time::Instant::now();
+                self.rotate_logs();
+            }
+        }
+    }
+
+    fn rotate_logs(&self) {
+        let paths: Vec<PathBuf> = {
+            let st = self.lock();
+            st.services
+                .iter()
+                .flat_map(|(n, s)| {
+                    s.instances.values().map(move |i| {
+                        log_path(&self.cfg.state_dir, n.as_str(), i.revision.as_str(), &i.id)
+                    })
+                })
+                .collect()
+        };
+        for p in paths {
+            if let Err(e) = process::rotate_if_needed(&p, self.cfg.log_max_bytes, self.cfg.log_keep)
+            {
+                tracing::warn!(log = %p.display(), error = %e, "log rotation failed");
+            }
+        }
+    }
+
+    /// The instance manager: make each revision's live count match its desired count.
+    fn reconcile(self: &Arc<Self>) {
+        let creating = !self.stopping.load(Ordering::SeqCst);
+        let mut created: Vec<(ServiceName, String)> = Vec::new();
+        let mut changed_routes: Vec<ServiceName> = Vec::new();
+        let mut dirty = false;
+        {
+            let mut guard = self.lock();
+            let st = &mut *guard;
+            let mut used_ports: BTreeSet<u16> = st
+                .services
+                .values()
+                .flat_map(|s| s.instances.values().flat_map(|i| i.ports.values().copied()))
+                .collect();
+            used_ports.extend(
+                st.services
+                    .values()
+                    .flat_map(|s| s.ports.iter().map(|p| p.port)),
+            );
+            let mut gone_services = Vec::new();
+            for (name, svc) in st.services.iter_mut() {
+                let mut stops = Vec::new();
+                let mut to_create: Vec<(Revision, u32)> = Vec::new();
+                for rev in &svc.revisions {
+                    let insts: Vec<Instance> = svc
+                        .instances
+                        .values()
+                        .filter(|i| i.revision == rev.revision)
+                        .map(observed_instance)
+                        .collect();
+                    let live = insts
+                        .iter()
+                        .filter(|i| i.phase != InstancePhase::Terminating)
+                        .count() as u32;
+                    if live > rev.desired {
+                        stops.extend(pick_for_deletion(&insts, rev.desired));
+                    } else if live < rev.desired && creating && !svc.deleting {
+                        to_create.push((rev.revision.clone(), rev.desired - live));
+                    }
+                }
+                for id in stops {
+                    if let Some(i) = svc.instances.get_mut(&id) {
+                        i.terminating = true;
+                        i.stop.cancel();
+                        dirty = true;
+                        changed_routes.push(name.clone());
+                    }
+                }
+                for (revision, missing) in to_create {
+                    'batches: for batch in slow_start_batches(missing) {
+                        for _ in 0..batch {
+                            match new_instance(name, svc, &revision, &mut used_ports) {
+                                Ok(id) => {
+                                    created.push((name.clone(), id));
+                                    dirty = true;
+                                }
+                                Err(e) => {
+                                    tracing::warn!(service = %name, %revision, "cannot create instance: {e}");
+                                    break 'batches;
+                                }
+                            }
+                        }
+                    }
+                }
+                let before = svc.revisions.len();
+                let instances = &svc.instances;
+                svc.revisions
+                    .retain(|r| !r.forget || instances.values().any(|i| i.revision == r.revision));
+                dirty |= before != svc.revisions.len();
+                if svc.deleting && svc.instances.is_empty() {
+                    gone_services.push(name.clone());
+                }
+            }
+            for n in &gone_services {
+                st.services.remove(n);
+                dirty = true;
+            }
+            if dirty {
+                self.persist_locked(st);
+            }
+            if !gone_services.is_empty() {
+                let mut lbs = self.lbs();
+                for n in gone_services {
+                    if let Some(lb) = lbs.remove(&n) {
+                        lb.close();
+                    }
+                }
+            }
+        }
+        changed_routes.dedup();
+        for n in changed_routes {
+            self.refresh_routes(&n);
+        }
+        for (service, id) in created {
+            self.spawn_supervisor(service, id, None);
+        }
+    }
+
+    /// Recomputes the route table of a service and swaps it in.
+    pub(crate) fn refresh_routes(&self, service: &ServiceName) {
+        let mut st = self.lock();
+        let Some(svc) = st.services.get_mut(service) else {
+            return;
+        };
+        let mut routes = Routes::default();
+        let ready: Vec<(String, Revision)> = svc
+            .instances
+            .values()
+            .filter(|i| {
+                !i.terminating && i.phase == InstancePhase::Running && i.ready_since.is_some()
+            })
+            .map(|i| (i.id.clone(), i.revision.clone()))
+            .collect();
+        for (id, rev) in ready {
+            let counters = svc.counters(&rev);
+            let Some(i) = svc.instances.get(&id) else {
+                continue;
+            };
+            let b = Backend {
+                instance: id.clone(),
+                revision: rev.clone(),
+                ports: i.ports.clone(),
+                inflight: i.inflight.clone(),
+                counters,
+            };
+            if svc.active.as_ref().is_none_or(|a| a == &rev) {
+                routes.active.push(b.clone());
+            }
+            if svc.preview.as_ref() == Some(&rev) {
+                routes.preview.push(b);
+            }
+        }
+        let lbs = self.lbs();
+        if let Some(lb) = lbs.get(service) {
+            lb.set_routes(routes);
+        }
+    }
+
+    /// Opens / closes the service's listeners to match its ports and preview port.
+    async fn sync_listeners(&self, service: &ServiceName) -> Vec<String> {
+        let want: BTreeMap<u16, ListenerKind> = {
+            let st = self.lock();
+            let Some(svc) = st.services.get(service) else {
+                return Vec::new();
+            };
+            let mut want: BTreeMap<u16, ListenerKind> = svc
+                .ports
+                .iter()
+                .map(|p| {
+                    (
+                        p.port,
+                        ListenerKind {
+                            port_name: p.name.clone(),
+                            preview: false,
+                        },
+                    )
+                })
+                .collect();
+            if let Some(pp) = svc.preview_port {
+                want.insert(
+                    pp,
+                    ListenerKind {
+                        port_name: svc
+                            .ports
+                            .first()
+                            .map(|p| p.name.clone())
+                            .unwrap_or_default(),
+                        preview: true,
+                    },
+                );
+            }
+            want
+        };
+        let lb = {
+            let mut lbs = self.lbs();
+            lbs.entry(service.clone())
+                .or_insert_with(|| Lb::new(service.as_str(), self.cfg.lb_policy))
+                .clone()
+        };
+        let errors = lb.set_listeners(self.cfg.bind, &want).await;
+        errors
+            .into_iter()
+            .map(|e| format!("service {service}: {e}"))
+            .collect()
+    }
+
+    fn observe_locked(
+        &self,
+        st: &State,
+        service: &ServiceName,
+        spec: Option<&ServiceSpec>,
+    ) -> Observed {
+        let Some(svc) = st.services.get(service) else {
+            return Observed::default();
+        };
+        let mut revisions: Vec<ObservedRevision> = svc
+            .revisions
+            .iter()
+            .map(|r| ObservedRevision {
+                revision: r.revision.clone(),
+                created_at: r.created_at,
+                desired: r.desired,
+                instances: svc
+                    .instances
+                    .values()
+                    .filter(|i| i.revision == r.revision)
+                    .map(observed_instance)
+                    .collect(),
+                template: r.template.clone(),
+            })
+            .collect();
+        revisions.sort_by_key(|r| r.created_at);
+        let gpu_req = spec.and_then(|s| s.gpu().cloned()).or_else(|| {
+            svc.revisions
+                .last()
+                .and_then(|r| r.template.resources.gpu.clone())
+        });
+        let gpu = gpu_req.map(|req| st.gpus.capacity(&req, service.as_str()));
+        let traffic = svc
+            .counters
+            .iter()
+            .map(|(rev, c)| RevisionTraffic {
+                revision: rev.clone(),
+                requests: c.requests.load(Ordering::Relaxed),
+                errors: c.errors.load(Ordering::Relaxed),
+            })
+            .collect();
+        Observed {
+            revisions,
+            active: svc.active.clone(),
+            preview: svc.preview.clone(),
+            gpu,
+            gates: Vec::new(),
+            traffic,
+        }
+    }
+}
+
+/// The trait view of an instance record.
+fn observed_instance(i: &Inst) -> Instance {
+    Instance {
+        id: i.id.clone(),
+        phase: if i.terminating {
+            InstancePhase::Terminating
+        } else {
+            i.phase
+        },
+        created_at: i.created_at,
+        ready_since: if i.phase == InstancePhase::Running {
+            i.ready_since
+        } else {
+            None
+        },
+        restarts: i.restarts,
+        reason: i.reason.clone(),
+        gpus: i.gpu.as_ref().map(|g| g.units.clone()).unwrap_or_default(),
+    }
+}
+
+/// A free loopback port not used by any instance or load balancer.
+fn free_port(used: &BTreeSet<u16>) -> std::io::Result<u16> {
+    for _ in 0..64 {
+        let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let p = l.local_addr()?.port();
+        if !used.contains(&p) {
+            return Ok(p);
+        }
+    }
+    Err(std::io::Error::other("no free port found after 64 tries"))
+}
+
+/// `web-3f2a9-x7k2q`: service, revision prefix, random suffix (like a Pod name).
+fn instance_id(
+    service: &ServiceName,
+    revision: &Revision,
+    taken: &BTreeMap<String, Inst>,
+) -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let rev: String = revision.as_str().chars().take(5).collect();
+    let mut rng = rand::rng();
+    loop {
+        let suffix: String = (0..5)
+            .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+            .collect();
+        let id = format!("{service}-{rev}-{suffix}");
+        if !taken.contains_key(&id) {
+            return id;
+        }
+    }
+}
+
+/// Creates the record of a new instance (ports assigned; GPUs and the
+/// process come from its supervisor).
+fn new_instance(
+    name: &ServiceName,
+    svc: &mut Svc,
+    revision: &Revision,
+    used_ports: &mut BTreeSet<u16>,
+) -> Result<String, String> {
+    let mut ports = BTreeMap::new();
+    let primary = free_port(used_ports).map_err(|e| format!("no free port: {e}"))?;
+    used_ports.insert(primary);
+    ports.insert(String::new(), primary);
+    for (k, p) in svc.ports.iter().enumerate() {
+        let port = if k == 0 {
+            primary
+        } else {
+            let q = free_port(used_ports).map_err(|e| format!("no free port: {e}"))?;
+            used_ports.insert(q);
+            q
+        };
+        ports.insert(p.name.clone(), port);
+    }
+    let id = instance_id(name, revision, &svc.instances);
+    svc.instances.insert(
+        id.clone(),
+        Inst {
+            id: id.clone(),
+            revision: revision.clone(),
+            created_at: Time::now_wall(),
+            ports,
+            gpu: None,
+            pid: None,
+            start_time: None,
+            restarts: 0,
+            terminating: false,
+            ready_since: None,
+            last_exit: None,
+            phase: InstancePhase::Pending,
+            reason: Some("starting".into()),
+            inflight: Default::default(),
+            stop: CancellationToken::new(),
+        },
+    );
+    Ok(id)
+}
+
+fn preview_port(spec: &ServiceSpec) -> Option<u16> {
+    match &spec.strategy {
+        Strategy::BlueGreen { blue_green } => blue_green.preview_port,
+        _ => None,
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for LocalRuntime {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn services(&self) -> Result<Vec<ServiceName>, Error> {
+        Ok(self
+            .inner
+            .lock()
+            .services
+            .iter()
+            .filter(|(_, s)| !s.deleting)
+            .map(|(n, _)| n.clone())
+            .collect())
+    }
+
+    async fn observe(
+        &self,
+        service: &ServiceName,
+        spec: Option<&ServiceSpec>,
+        _now: Time,
+    ) -> Result<Observed, Error> {
+        let st = self.inner.lock();
+        Ok(self.inner.observe_locked(&st, service, spec))
+    }
+
+    async fn apply(
+        &self,
+        service: &ServiceName,
+        spec: &ServiceSpec,
+        actions: &[Action],
+    ) -> Result<(), Error> {
+        let inner = &self.inner;
+        let mut errors: Vec<String> = Vec::new();
+        {
+            let mut st = inner.lock();
+            let svc = st.services.entry(service.clone()).or_default();
+            svc.deleting = false;
+            svc.ports = spec.ports.clone();
+            svc.preview_port = preview_port(spec);
+            svc.health = spec.health.clone();
+            for a in actions {
+                match a {
+                    Action::CreateRevision { revision, template } => match svc.rev_mut(revision) {
+                        Some(r) => r.forget = false,
+                        None => svc.revisions.push(Rev {
+                            revision: revision.clone(),
+                            created_at: Time::now_wall(),
+                            desired: 0,
+                            template: template.clone(),
+                            forget: false,
+                        }),
+                    },
+                    Action::Scale { revision, replicas } => match svc.rev_mut(revision) {
+                        Some(r) => {
+                            r.desired = *replicas;
+                            r.forget = false;
+                        }
+                        None => errors.push(format!(
+                            "cannot scale revision {revision}: it does not exist (create it first)"
+                        )),
+                    },
+                    Action::DeleteInstance { revision, instance } => {
+                        let Some(i) = svc.instances.get_mut(instance) else {
+                            errors.push(format!("instance {instance} does not exist"));
+                            continue;
+                        };
+                        if !i.terminating {
+                            i.terminating = true;
+                            i.stop.cancel();
+                            if let Some(r) = svc.rev_mut(revision) {
+                                r.desired = r.desired.saturating_sub(1);
+                            }
+                        }
+                    }
+                    Action::SetTraffic { active, preview } => {
+                        svc.active = active.clone();
+                        svc.preview = preview.clone();
+                    }
+                    Action::DeleteRevision { revision } => {
+                        let has_instances = svc.instances.values().any(|i| &i.revision == revision);
+                        if has_instances {
+                            if let Some(r) = svc.rev_mut(revision) {
+                                r.desired = 0;
+                                r.forget = true;
+                            }
+                        } else {
+                            svc.revisions.retain(|r| &r.revision != revision);
+                            svc.counters.remove(revision);
+                        }
+                    }
+                }
+            }
+            inner.persist_locked(&st);
+        }
+        errors.extend(inner.sync_listeners(service).await);
+        inner.refresh_routes(service);
+        inner.reconcile();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Apply {
+                service: service.clone(),
+                message: errors.join("; "),
+            })
+        }
+    }
+
+    async fn delete_service(&self, service: &ServiceName) -> Result<(), Error> {
+        {
+            let mut st = self.inner.lock();
+            let Some(svc) = st.services.get_mut(service) else {
+                return Ok(());
+            };
+            svc.deleting = true;
+            for r in &mut svc.revisions {
+                r.desired = 0;
+                r.forget = true;
+            }
+            svc.active = None;
+            svc.preview = None;
+            self.inner.persist_locked(&st);
+        }
+        self.inner.refresh_routes(service);
+        if let Some(lb) = self.inner.lbs().get(service) {
+            lb.close();
+        }
+        self.inner.reconcile();
+        Ok(())
+    }
+}

@@ -1,0 +1,667 @@
+//! Reading a config repository: `floyd.yaml` (values, environments, repo
+//! settings) and every `*.yaml`/`*.yml` under `services/`, then rendering a
+//! [`Release`] for one environment. Files are read once; each environment
+//! renders from the texts in memory.
+
+use super::decode::{self, Ctx, Identity, PosMap};
+use super::template::{Renderer, SourceMap, line_col};
+use super::yaml::{self, Node, Pos, Value};
+use super::{Diagnostic, Error, revision_of, sort_diagnostics};
+use crate::manifest::model::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Files larger than this are refused: a manifest is hand-written text.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+/// `services/` nesting deeper than this is refused (and stops symlink loops).
+const MAX_DEPTH: usize = 16;
+/// The repo-wide settings file.
+pub const CONFIG_FILE: &str = "floyd.yaml";
+/// The directory holding `kind: Service` manifests.
+pub const SERVICES_DIR: &str = "services";
+
+/// A config repository read into memory: render it for any environment.
+#[derive(Debug, Clone)]
+pub struct ConfigRepo {
+    /// Problems found while reading (unreadable, empty, not UTF-8, too big,
+    /// a broken `floyd.yaml`): part of every environment's result.
+    read_diags: Vec<Diagnostic>,
+    config: Config,
+    /// `services/` files that could be read, relative to the repo root.
+    files: Vec<(PathBuf, String)>,
+}
+
+#[derive(Debug, Clone)]
+struct Config {
+    values: Node,
+    environments: BTreeMap<String, Node>,
+    prune: bool,
+    gpus: Vec<GpuInventory>,
+    notifications: Vec<NotificationTarget>,
+}
+
+fn empty_map() -> Node {
+    Node {
+        value: Value::Map(Vec::new()),
+        pos: Pos { line: 1, col: 1 },
+    }
+}
+
+impl ConfigRepo {
+    /// Reads `floyd.yaml` (optional) and every manifest under `services/`.
+    /// Fails only when `dir` itself cannot be read; problems in files are
+    /// reported by [`ConfigRepo::release`].
+    pub fn read(dir: &Path) -> Result<ConfigRepo, Error> {
+        let meta = std::fs::metadata(dir).map_err(|source| Error::Read {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        if !meta.is_dir() {
+            return Err(Error::Read {
+                path: dir.to_path_buf(),
+                source: std::io::Error::other("not a directory"),
+            });
+        }
+        let mut diags = Vec::new();
+        let config_path = Path::new(CONFIG_FILE);
+        let config = match read_text(dir, config_path, &mut diags, true) {
+            Some(text) => parse_config(&text, config_path, &mut diags),
+            None => Config {
+                values: empty_map(),
+                environments: BTreeMap::new(),
+                prune: true,
+                gpus: Vec::new(),
+                notifications: Vec::new(),
+            },
+        };
+        let services = dir.join(SERVICES_DIR);
+        let mut rels = Vec::new();
+        if services.is_dir() {
+            walk(dir, Path::new(SERVICES_DIR), 0, &mut rels, &mut diags);
+        } else {
+            diags.push(file_diag(
+                Path::new(SERVICES_DIR),
+                0,
+                0,
+                "no services/ directory".into(),
+                Some(format!(
+                    "put kind: Service manifests in {}/services/*.yaml",
+                    dir.display()
+                )),
+            ));
+        }
+        rels.sort();
+        let files = rels
+            .into_iter()
+            .filter_map(|rel| read_text(dir, &rel, &mut diags, false).map(|t| (rel, t)))
+            .collect();
+        Ok(ConfigRepo {
+            read_diags: diags,
+            config,
+            files,
+        })
+    }
+
+    /// The environments `floyd.yaml` defines, sorted.
+    pub fn environments(&self) -> Vec<String> {
+        self.config.environments.keys().cloned().collect()
+    }
+
+    /// Renders and validates the release for `environment` (none: base values only).
+    pub fn release(&self, environment: Option<&str>) -> Result<Release, Error> {
+        let mut values = self.config.values.clone();
+        if let Some(name) = environment {
+            let Some(env_values) = self.config.environments.get(name) else {
+                let known = self.environments();
+                return Err(Error::UnknownEnvironment {
+                    name: name.to_string(),
+                    known: if known.is_empty() {
+                        "(none)".into()
+                    } else {
+                        known.join(", ")
+                    },
+                });
+            };
+            values.merge(env_values);
+        }
+        let renderer = Renderer::new(&values, environment);
+        let mut diags = self.read_diags.clone();
+        let mut services: Vec<Service> = Vec::new();
+        // name → (file, mapped position) of its first definition.
+        let mut seen: BTreeMap<ServiceName, (PathBuf, Pos)> = BTreeMap::new();
+        for (rel, text) in &self.files {
+            load_file(rel, text, &renderer, &mut diags, &mut services, &mut seen);
+        }
+        if !diags.is_empty() {
+            sort_diagnostics(&mut diags);
+            return Err(Error::Invalid(diags));
+        }
+        services.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Release {
+            services,
+            prune: self.config.prune,
+            gpus: self.config.gpus.clone(),
+            notifications: self.config.notifications.clone(),
+        })
+    }
+}
+
+fn load_file(
+    rel: &Path,
+    text: &str,
+    renderer: &Renderer,
+    diags: &mut Vec<Diagnostic>,
+    services: &mut Vec<Service>,
+    seen: &mut BTreeMap<ServiceName, (PathBuf, Pos)>,
+) {
+    let rendered;
+    let source_map;
+    let (yaml_text, map): (&str, &dyn PosMap) = if Renderer::needs_rendering(text) {
+        match renderer.render(text, rel) {
+            Ok(r) => rendered = r,
+            Err(d) => {
+                diags.push(d);
+                return;
+            }
+        }
+        source_map = SourceMap::new(text, &rendered);
+        (&rendered, &source_map)
+    } else {
+        (text, &Identity)
+    };
+    let docs = match yaml::parse_documents(yaml_text) {
+        Ok(d) => d,
+        Err(e) => {
+            let p = map.map(e.pos);
+            diags.push(file_diag(rel, p.line, p.col, e.message, None));
+            return;
+        }
+    };
+    if docs.is_empty() {
+        diags.push(file_diag(
+            rel,
+            1,
+            1,
+            "no YAML document in the file".into(),
+            Some("add a kind: Service manifest, or delete the file".into()),
+        ));
+        return;
+    }
+    for doc in &docs {
+        let mut cx = Ctx {
+            file: rel,
+            map,
+            diags,
+        };
+        let Some(d) = decode::service(&mut cx, doc) else {
+            continue;
+        };
+        let name_pos = map.map(d.name_pos);
+        if let Some((first_file, first_pos)) = seen.get(&d.name) {
+            diags.push(Diagnostic {
+                file: rel.to_path_buf(),
+                line: name_pos.line,
+                column: name_pos.col,
+                path: "metadata.name".into(),
+                message: format!(
+                    "duplicate service name {:?}: also defined at {}:{}:{}",
+                    d.name.as_str(),
+                    first_file.display(),
+                    first_pos.line,
+                    first_pos.col
+                ),
+                hint: Some("each service is defined by exactly one manifest".into()),
+            });
+            continue;
+        }
+        seen.insert(d.name.clone(), (rel.to_path_buf(), name_pos));
+        services.push(Service {
+            revision: revision_of(&d.spec.template),
+            name: d.name,
+            spec: d.spec,
+            file: Some(rel.to_path_buf()),
+        });
+    }
+}
+
+fn file_diag(
+    file: &Path,
+    line: usize,
+    column: usize,
+    message: String,
+    hint: Option<String>,
+) -> Diagnostic {
+    Diagnostic {
+        file: file.to_path_buf(),
+        line,
+        column,
+        path: String::new(),
+        message,
+        hint,
+    }
+}
+
+fn walk(
+    root: &Path,
+    rel: &Path,
+    depth: usize,
+    out: &mut Vec<PathBuf>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    if depth > MAX_DEPTH {
+        diags.push(file_diag(
+            rel,
+            0,
+            0,
+            format!("directories nested deeper than {MAX_DEPTH} levels are not read"),
+            None,
+        ));
+        return;
+    }
+    let entries = match std::fs::read_dir(root.join(rel)) {
+        Ok(e) => e,
+        Err(e) => {
+            diags.push(file_diag(
+                rel,
+                0,
+                0,
+                format!("cannot read directory: {e}"),
+                None,
+            ));
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        // Editor backups, `.git`, `.DS_Store`...
+        if name.starts_with('.') {
+            continue;
+        }
+        let child = rel.join(&*name);
+        let path = root.join(&child);
+        if path.is_dir() {
+            walk(root, &child, depth + 1, out, diags);
+        } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+            out.push(child);
+        }
+    }
+}
+
+/// Reads one file as text, reporting what makes it unusable. `optional`:
+/// a missing file is not a problem.
+fn read_text(
+    root: &Path,
+    rel: &Path,
+    diags: &mut Vec<Diagnostic>,
+    optional: bool,
+) -> Option<String> {
+    let path = root.join(rel);
+    let size = match std::fs::metadata(&path) {
+        Ok(m) => m.len(),
+        Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            diags.push(file_diag(rel, 0, 0, format!("cannot read: {e}"), None));
+            return None;
+        }
+    };
+    if size > MAX_FILE_BYTES {
+        diags.push(file_diag(
+            rel,
+            0,
+            0,
+            format!("file is {size} bytes; the limit is {MAX_FILE_BYTES} (1 MiB)"),
+            Some("split it into several files".into()),
+        ));
+        return None;
+    }
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) => {
+            diags.push(file_diag(rel, 0, 0, format!("cannot read: {e}"), None));
+            return None;
+        }
+    };
+    let text = check_text(&bytes, rel, diags)?;
+    Some(text)
+}
+
+/// UTF-8 (a BOM is dropped), not empty, within the size limit.
+pub(crate) fn check_text(bytes: &[u8], rel: &Path, diags: &mut Vec<Diagnostic>) -> Option<String> {
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        diags.push(file_diag(
+            rel,
+            0,
+            0,
+            format!(
+                "file is {} bytes; the limit is {MAX_FILE_BYTES} (1 MiB)",
+                bytes.len()
+            ),
+            Some("split it into several files".into()),
+        ));
+        return None;
+    }
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let valid = std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or("");
+            let (line, col) = line_col(valid, valid.len());
+            diags.push(file_diag(
+                rel,
+                line,
+                col,
+                format!(
+                    "not UTF-8 text (invalid byte 0x{:02x})",
+                    bytes[e.valid_up_to()]
+                ),
+                Some("save the file as UTF-8".into()),
+            ));
+            return None;
+        }
+    };
+    if text.trim().is_empty() {
+        diags.push(file_diag(
+            rel,
+            1,
+            1,
+            "file is empty".into(),
+            Some("add a manifest, or delete the file".into()),
+        ));
+        return None;
+    }
+    Some(text.to_string())
+}
+
+const CONFIG_FIELDS: &[&str] = &[
+    "values",
+    "environments",
+    "prune",
+    "runtime",
+    "notifications",
+];
+
+/// Parses `floyd.yaml`; problems go to `diags`, and whatever is valid is kept
+/// so service files can still be checked.
+fn parse_config(text: &str, file: &Path, diags: &mut Vec<Diagnostic>) -> Config {
+    let mut config = Config {
+        values: empty_map(),
+        environments: BTreeMap::new(),
+        prune: true,
+        gpus: Vec::new(),
+        notifications: Vec::new(),
+    };
+    let docs = match yaml::parse_documents(text) {
+        Ok(d) => d,
+        Err(e) => {
+            diags.push(file_diag(file, e.pos.line, e.pos.col, e.message, None));
+            return config;
+        }
+    };
+    let doc = match docs.as_slice() {
+        [doc] => doc,
+        [] => return config,
+        [_, second, ..] => {
+            diags.push(file_diag(
+                file,
+                second.pos.line,
+                second.pos.col,
+                format!("expected one document, found {}", docs.len()),
+                None,
+            ));
+            return config;
+        }
+    };
+    let mut cx = Ctx {
+        file,
+        map: &Identity,
+        diags,
+    };
+    let Some(o) = cx.obj(doc, "", CONFIG_FIELDS) else {
+        return config;
+    };
+    if let Some(n) = o.get("values") {
+        if matches!(n.value, Value::Map(_)) {
+            config.values = n.clone();
+        } else {
+            cx.err(
+                n.pos,
+                "values",
+                format!("expected a mapping, found {}", n.value.kind()),
+            );
+        }
+    }
+    if let Some(n) = o.get("environments") {
+        config.environments = environments(&mut cx, n);
+    }
+    if let Some(n) = o.get("prune")
+        && let Some(b) = cx.boolean(n, "prune")
+    {
+        config.prune = b;
+    }
+    if let Some(n) = o.get("runtime")
+        && let Some(ro) = cx.obj(n, "runtime", &["local"])
+        && let Some(l) = ro.get("local")
+        && let Some(lo) = cx.obj(l, "runtime.local", &["gpus"])
+        && let Some(g) = lo.get("gpus")
+    {
+        config.gpus = gpus(&mut cx, g, "runtime.local.gpus");
+    }
+    if let Some(n) = o.get("notifications") {
+        config.notifications = notifications(&mut cx, n, "notifications");
+    }
+    config
+}
+
+fn environments(cx: &mut Ctx<'_>, n: &Node) -> BTreeMap<String, Node> {
+    let mut out = BTreeMap::new();
+    let Value::Map(entries) = &n.value else {
+        cx.err(
+            n.pos,
+            "environments",
+            format!(
+                "expected a mapping of name: {{ values: ... }}, found {}",
+                n.value.kind()
+            ),
+        );
+        return out;
+    };
+    for (k, v) in entries {
+        let Some(name) = k.key_text() else {
+            cx.err(k.pos, "environments", "environment names must be strings");
+            continue;
+        };
+        let path = format!("environments.{name}");
+        if let Err(e) = ServiceName::parse(&name) {
+            cx.err_hint(
+                k.pos,
+                &path,
+                format!("invalid environment name {name:?}: {e}"),
+                "use a DNS-1123 label such as `staging` or `prod`",
+            );
+            continue;
+        }
+        let values = if v.value == Value::Null {
+            empty_map()
+        } else {
+            match cx.obj(v, &path, &["values"]) {
+                Some(eo) => match eo.get("values") {
+                    Some(vals) if matches!(vals.value, Value::Map(_)) => vals.clone(),
+                    Some(vals) => {
+                        cx.err(
+                            vals.pos,
+                            &eo.at("values"),
+                            format!("expected a mapping, found {}", vals.value.kind()),
+                        );
+                        empty_map()
+                    }
+                    None => empty_map(),
+                },
+                None => empty_map(),
+            }
+        };
+        out.insert(name, values);
+    }
+    out
+}
+
+fn gpus(cx: &mut Ctx<'_>, n: &Node, path: &str) -> Vec<GpuInventory> {
+    let mut out: Vec<GpuInventory> = Vec::new();
+    let Some(items) = cx.list(n, path) else {
+        return out;
+    };
+    for (i, item) in items.iter().enumerate() {
+        let ip = format!("{path}[{i}]");
+        let Some(o) = cx.obj(
+            item,
+            &ip,
+            &["product", "memoryMiB", "count", "timeSlicedReplicas", "mig"],
+        ) else {
+            continue;
+        };
+        let before = cx.diags.len();
+        let product = cx
+            .required(&o, "product")
+            .and_then(|p| cx.nonempty_string(p, &o.at("product")));
+        let count = cx
+            .required(&o, "count")
+            .and_then(|c| cx.u32_in(c, &o.at("count"), 1, 1024));
+        let memory_mib = o
+            .get("memoryMiB")
+            .and_then(|m| cx.int(m, &o.at("memoryMiB"), 1, u32::MAX.into()))
+            .and_then(|m| u64::try_from(m).ok());
+        let time_sliced = o
+            .get("timeSlicedReplicas")
+            .and_then(|t| cx.u32_in(t, &o.at("timeSlicedReplicas"), 1, 64));
+        let mut mig = BTreeMap::new();
+        if let Some(m) = o.get("mig") {
+            mig = mig_slices(cx, m, &o.at("mig"));
+        }
+        if time_sliced.is_some() && !mig.is_empty() {
+            let pos = o.get("mig").map_or(o.pos, |m| m.pos);
+            cx.err(
+                pos,
+                &o.at("mig"),
+                "a GPU is either MIG-partitioned or time-sliced, not both",
+            );
+        }
+        if let Some(p) = &product
+            && out.iter().any(|g| &g.product == p)
+        {
+            let pos = o.get("product").map_or(o.pos, |m| m.pos);
+            cx.err_hint(
+                pos,
+                &o.at("product"),
+                format!("{p} is listed twice"),
+                "give one line per product with the total count",
+            );
+        }
+        if cx.diags.len() > before {
+            continue;
+        }
+        if let (Some(product), Some(count)) = (product, count) {
+            out.push(GpuInventory {
+                product,
+                memory_mib,
+                count,
+                time_sliced_replicas: time_sliced,
+                mig,
+            });
+        }
+    }
+    out
+}
+
+fn mig_slices(cx: &mut Ctx<'_>, n: &Node, path: &str) -> BTreeMap<String, u32> {
+    let mut out = BTreeMap::new();
+    let Value::Map(entries) = &n.value else {
+        cx.err_hint(
+            n.pos,
+            path,
+            format!("expected a mapping, found {}", n.value.kind()),
+            "e.g. mig: { 1g.10gb: 7 }",
+        );
+        return out;
+    };
+    for (k, v) in entries {
+        let Some(profile) = k.key_text() else {
+            cx.err(k.pos, path, "profile names must be strings");
+            continue;
+        };
+        let p = decode::join(path, &profile);
+        if !decode::is_mig_profile(&profile) {
+            cx.err_hint(
+                k.pos,
+                &p,
+                format!("invalid MIG profile {profile:?}"),
+                "use an NVIDIA profile name such as 1g.10gb or 3g.40gb",
+            );
+            continue;
+        }
+        if let Some(c) = cx.u32_in(v, &p, 1, 7) {
+            out.insert(profile, c);
+        }
+    }
+    out
+}
+
+fn notifications(cx: &mut Ctx<'_>, n: &Node, path: &str) -> Vec<NotificationTarget> {
+    let mut out = Vec::new();
+    let Some(items) = cx.list(n, path) else {
+        return out;
+    };
+    for (i, item) in items.iter().enumerate() {
+        let ip = format!("{path}[{i}]");
+        let Some(o) = cx.obj(item, &ip, &["url", "format", "events"]) else {
+            continue;
+        };
+        let url = cx
+            .required(&o, "url")
+            .and_then(|u| notification_url(cx, u, &o.at("url")));
+        let format = match o.get("format") {
+            None => Some(NotificationFormat::Generic),
+            Some(f) => cx
+                .string(f, &o.at("format"))
+                .and_then(|s| match s.as_str() {
+                    "slack" => Some(NotificationFormat::Slack),
+                    "generic" => Some(NotificationFormat::Generic),
+                    _ => {
+                        cx.err_hint(
+                            f.pos,
+                            &o.at("format"),
+                            format!("unknown format {s:?}"),
+                            "use slack or generic",
+                        );
+                        None
+                    }
+                }),
+        };
+        let events = o
+            .get("events")
+            .and_then(|e| cx.string_list(e, &o.at("events")))
+            .unwrap_or_default();
+        if let (Some(url), Some(format)) = (url, format) {
+            out.push(NotificationTarget {
+                url,
+                format,
+                events,
+            });
+        }
+    }
+    out
+}
+
+fn notification_url(cx: &mut Ctx<'_>, n: &Node, path: &str) -> Option<String> {
+    let s = cx.nonempty_string(n, path)?;
+    if !(s.starts_with("http://") || s.starts_with("https://")) {
+        // Not echoed: webhook URLs often embed a token.
+        cx.err_hint(
+            n.pos,
+            path,
+            "must be an http:// or https:// URL",
+            "e.g. https://hooks.slack.com/services/...",
+        );
+        return None;
+    }
+    Some(s)
+}

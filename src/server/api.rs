@@ -1,0 +1,201 @@
+//! `/api/v1/...`: JSON state and manual controls.
+
+use super::{ApiError, AppState};
+use crate::engine::Command;
+use crate::hub::{HistoryEntry, ServiceView};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// How long a manual command waits for the controller's answer.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Info {
+    version: &'static str,
+    /// Manual controls need `Authorization: Bearer <token>`.
+    controls_require_token: bool,
+    webhooks_enabled: bool,
+    branch: String,
+    ready: bool,
+    leader: bool,
+    git_reachable: bool,
+}
+
+pub(crate) async fn info(State(st): State<AppState>) -> Json<Info> {
+    Json(Info {
+        version: env!("CARGO_PKG_VERSION"),
+        controls_require_token: st.config.api_token.is_some(),
+        webhooks_enabled: st.config.webhook_secret.is_some(),
+        branch: st.config.branch.clone(),
+        ready: st.hub.is_ready(),
+        leader: st.hub.is_leader(),
+        git_reachable: st.hub.git_reachable(),
+    })
+}
+
+#[derive(Serialize)]
+pub(crate) struct ServiceList {
+    services: Vec<ServiceView>,
+}
+
+pub(crate) async fn services(State(st): State<AppState>) -> Response {
+    // Serialise outside the hub lock (services() clones under a read lock).
+    let list = ServiceList {
+        services: st.hub.services(),
+    };
+    match serde_json::to_vec(&list) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+pub(crate) async fn service(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<ServiceView>, ApiError> {
+    st.hub
+        .service(&name)
+        .map(Json)
+        .ok_or_else(|| unknown_service(&name))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct HistoryQuery {
+    limit: Option<String>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct History {
+    service: String,
+    /// Newest first.
+    history: Vec<HistoryEntry>,
+}
+
+pub(crate) async fn history(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Json<History>, ApiError> {
+    let limit = match q.limit.as_deref() {
+        None => usize::MAX,
+        Some(s) => s.parse::<usize>().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("query parameter limit={s:?} is not a non-negative integer"),
+            )
+        })?,
+    };
+    let mut history = st.hub.history(&name);
+    // A deleted (pruned) service keeps its history; only a name never seen is unknown.
+    if history.is_empty() && st.hub.service(&name).is_none() {
+        return Err(unknown_service(&name));
+    }
+    history.truncate(limit);
+    Ok(Json(History {
+        service: name,
+        history,
+    }))
+}
+
+#[derive(Serialize)]
+pub(crate) struct ControlAccepted {
+    service: String,
+    command: &'static str,
+    accepted: bool,
+}
+
+pub(crate) fn parse_command(s: &str) -> Option<(Command, &'static str)> {
+    match s {
+        "promote" => Some((Command::Promote, "promote")),
+        "abort" => Some((Command::Abort, "abort")),
+        "pause" => Some((Command::Pause, "pause")),
+        "resume" => Some((Command::Resume, "resume")),
+        _ => None,
+    }
+}
+
+/// `POST /api/v1/services/{name}/{promote,abort,pause,resume}`.
+/// Order of checks: token (401), command (400), service (404), then the
+/// controller's answer (409 refused, 503 not running, 504 no answer).
+pub(crate) async fn control(
+    State(st): State<AppState>,
+    Path((name, command)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<(StatusCode, Json<ControlAccepted>), ApiError> {
+    if let Some(token) = &st.config.api_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        match given {
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "manual controls need `Authorization: Bearer <token>` (the token of --api-token-file)",
+                ));
+            }
+            Some(t) if !token.matches(t) => {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "the bearer token does not match --api-token-file",
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    let Some((cmd, cmd_name)) = parse_command(&command) else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("unknown command {command:?}: use promote, abort, pause or resume"),
+        ));
+    };
+    if st.hub.service(&name).is_none() {
+        return Err(unknown_service(&name));
+    }
+    match tokio::time::timeout(CONTROL_TIMEOUT, st.hub.control(&name, cmd)).await {
+        Ok(Ok(())) => {
+            tracing::info!(service = %name, command = cmd_name, "manual command accepted");
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(ControlAccepted {
+                    service: name,
+                    command: cmd_name,
+                    accepted: true,
+                }),
+            ))
+        }
+        Ok(Err(reason))
+            if reason == "the controller is not running"
+                || reason == "the controller did not answer" =>
+        {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason))
+        }
+        Ok(Err(reason)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("{cmd_name} {name}: {reason}"),
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "the controller did not answer {cmd_name} {name} within {}s",
+                CONTROL_TIMEOUT.as_secs()
+            ),
+        )),
+    }
+}
+
+fn unknown_service(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no service named {name:?}; GET /api/v1/services lists them"),
+    )
+}

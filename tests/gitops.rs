@@ -1,0 +1,333 @@
+//! GitOps loop tests against real Git servers on 127.0.0.1: `git daemon`
+//! with receive-pack and `git http-backend` behind an in-test HTTP bridge.
+
+#[path = "gitops/support.rs"]
+mod support;
+
+#[path = "gitops/fake.rs"]
+mod fake;
+
+#[path = "gitops/e2e.rs"]
+mod e2e;
+
+use floyd::source::{Credentials, GitSource, RevertOutcome, RevertRequest, SourceConfig};
+use support::{GitServer, Work};
+
+const WEB_V1: &str = "web: v1\n";
+const WEB_V2: &str = "web: v2\n";
+const WEB_BAD: &str = "web: broken\n";
+
+fn source(server: &GitServer, state: &std::path::Path) -> GitSource {
+    GitSource::open(SourceConfig {
+        url: server.url.clone(),
+        branch: "main".into(),
+        mirror: state.join("repo.git"),
+        credentials: Credentials::default(),
+    })
+    .expect("mirror opens")
+}
+
+fn revert_req(service: &str, failed: &str, good: &str, files: &[&str]) -> RevertRequest {
+    RevertRequest {
+        service: service.into(),
+        failed_commit: failed.into(),
+        last_good: good.into(),
+        files: files.iter().map(|s| s.to_string()).collect(),
+        failed_revision: "bbbbbbbbbb".into(),
+        rolled_back_to: "aaaaaaaaaa".into(),
+        reason: "progress deadline exceeded: 0 of 2 instances of bbbbbbbbbb became ready".into(),
+        author_name: "Floyd".into(),
+        author_email: "floyd@localhost".into(),
+    }
+}
+
+/// Seeds: c0 (web v1 + api), returns (work, c0).
+fn seed(server: &GitServer) -> (Work, String) {
+    let w = Work::clone(&server.url);
+    w.write("services/web.yaml", WEB_V1)
+        .write("services/api.yaml", "api: v1\n");
+    let c0 = w.commit("initial");
+    w.push();
+    (w, c0)
+}
+
+fn check_poll_fetch_export(server: GitServer) {
+    let (w, c0) = seed(&server);
+    let state = tempfile::tempdir().unwrap();
+    let src = source(&server, state.path());
+    assert_eq!(src.local_tip().unwrap(), None);
+    assert_eq!(src.remote_tip().unwrap(), c0);
+    assert_eq!(src.poll().unwrap(), Some(c0.clone()), "first poll fetches");
+    assert_eq!(src.poll().unwrap(), None, "nothing moved");
+    w.write("services/web.yaml", WEB_V2);
+    let c1 = w.commit("web: v2");
+    w.push();
+    assert_eq!(src.poll().unwrap(), Some(c1.clone()));
+    assert_eq!(src.local_tip().unwrap(), Some(c1.clone()));
+    let out = state.path().join("export");
+    src.export(&c1, None, &out).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(out.join("services/web.yaml")).unwrap(),
+        WEB_V2
+    );
+    let sub = state.path().join("sub");
+    src.export(&c0, Some(std::path::Path::new("services")), &sub)
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(sub.join("web.yaml")).unwrap(),
+        WEB_V1
+    );
+    let err = src
+        .export(
+            &c0,
+            Some(std::path::Path::new("nope")),
+            &state.path().join("x"),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("no directory nope"), "{err}");
+    let info = src.commit_info(&c1).unwrap();
+    assert_eq!(info.summary, "web: v2");
+    assert_eq!(info.author, "Dev <dev@example.com>");
+}
+
+#[test]
+fn daemon_poll_fetch_export() {
+    check_poll_fetch_export(GitServer::daemon());
+}
+
+#[test]
+fn http_backend_poll_fetch_export() {
+    check_poll_fetch_export(GitServer::http());
+}
+
+fn check_revert_pushes_exact_commit(server: GitServer) {
+    let (w, _c0) = seed(&server);
+    w.write("services/web.yaml", WEB_V2);
+    let good = w.commit("web: v2");
+    w.write("services/api.yaml", "api: v2\n");
+    let _unrelated = w.commit("api: v2");
+    w.write("services/web.yaml", WEB_BAD);
+    let bad = w.commit("web: break it");
+    w.push();
+    let state = tempfile::tempdir().unwrap();
+    let src = source(&server, state.path());
+    src.poll().unwrap();
+    let out = src
+        .revert(&revert_req("web", &bad, &good, &["services/web.yaml"]))
+        .unwrap();
+    let RevertOutcome::Pushed {
+        commit,
+        reverted,
+        attempts,
+    } = out
+    else {
+        panic!("expected a pushed revert, got {out:?}");
+    };
+    assert_eq!(reverted, vec![bad.clone()]);
+    assert_eq!(attempts, 1);
+    assert_eq!(
+        server.tip(),
+        commit,
+        "the remote branch moved to the revert"
+    );
+    assert_eq!(
+        server.message(&commit),
+        format!(
+            "Revert \"web: break it\"\n\nThis reverts commit {bad}.\n\nFloyd rolled back web from revision bbbbbbbbbb to aaaaaaaaaa: progress deadline exceeded: 0 of 2 instances of bbbbbbbbbb became ready.\n\nFloyd-Revert-Of: {bad}\nFloyd-Service: web\nFloyd-Reason: progress deadline exceeded: 0 of 2 instances of bbbbbbbbbb became ready\n"
+        )
+    );
+    assert_eq!(
+        server.show(&format!("{commit}:services/web.yaml")) + "\n",
+        WEB_V2
+    );
+    assert_eq!(
+        server.show(&format!("{commit}:services/api.yaml")) + "\n",
+        "api: v2\n",
+        "unrelated change kept"
+    );
+    let author = support::git(
+        &server.bare(),
+        &["log", "-1", "--format=%an <%ae>|%cn <%ce>", &commit],
+    );
+    assert_eq!(author, "Floyd <floyd@localhost>|Floyd <floyd@localhost>");
+    // The mirror already knows the revert: the next poll sees no change.
+    assert_eq!(src.poll().unwrap(), None);
+}
+
+#[test]
+fn daemon_revert_pushes_exact_commit() {
+    check_revert_pushes_exact_commit(GitServer::daemon());
+}
+
+#[test]
+fn http_backend_revert_pushes_exact_commit() {
+    check_revert_pushes_exact_commit(GitServer::http());
+}
+
+#[test]
+fn revert_of_several_commits_is_one_commit_newest_first() {
+    let server = GitServer::daemon();
+    let (w, good) = seed(&server);
+    w.write("services/web.yaml", "web: v2\nreplicas: 3\n");
+    let b1 = w.commit("web: v2");
+    w.write("services/api.yaml", "api: v2\n");
+    w.commit("api: v2");
+    w.write("services/web.yaml", "web: v3\nreplicas: 3\n");
+    let b2 = w.commit("web: v3");
+    w.push();
+    let state = tempfile::tempdir().unwrap();
+    let src = source(&server, state.path());
+    src.poll().unwrap();
+    let out = src
+        .revert(&revert_req("web", &b2, &good, &["services/web.yaml"]))
+        .unwrap();
+    let RevertOutcome::Pushed {
+        commit, reverted, ..
+    } = out
+    else {
+        panic!("{out:?}");
+    };
+    assert_eq!(reverted, vec![b2.clone(), b1.clone()]);
+    let msg = server.message(&commit);
+    assert!(
+        msg.starts_with(&format!(
+            "Revert 2 commits that broke web\n\nThis reverts commit {b2}.\nThis reverts commit {b1}.\n\nFloyd rolled back web"
+        )),
+        "{msg}"
+    );
+    assert!(msg.ends_with(&format!(
+        "Floyd-Revert-Of: {b2}\nFloyd-Revert-Of: {b1}\nFloyd-Service: web\nFloyd-Reason: progress deadline exceeded: 0 of 2 instances of bbbbbbbbbb became ready\n"
+    )));
+    assert_eq!(
+        server.show(&format!("{commit}:services/web.yaml")) + "\n",
+        WEB_V1
+    );
+    assert_eq!(
+        server.show(&format!("{commit}:services/api.yaml")) + "\n",
+        "api: v2\n"
+    );
+}
+
+#[test]
+fn racing_push_is_redone_on_the_new_tip() {
+    let server = GitServer::daemon();
+    let (w, _) = seed(&server);
+    w.write("services/web.yaml", WEB_V2);
+    let good = w.commit("web: v2");
+    w.write("services/web.yaml", WEB_BAD);
+    let bad = w.commit("web: break it");
+    w.push();
+    // Someone else's commit, on top of main, touching another service.
+    w.write("services/api.yaml", "api: v3\n");
+    let racer = w.commit("api: v3");
+    w.push_to("racer");
+    server.race_once_with("racer");
+
+    let state = tempfile::tempdir().unwrap();
+    let src = source(&server, state.path());
+    src.poll().unwrap();
+    let out = src
+        .revert(&revert_req("web", &bad, &good, &["services/web.yaml"]))
+        .unwrap();
+    let RevertOutcome::Pushed {
+        commit, attempts, ..
+    } = out
+    else {
+        panic!("{out:?}");
+    };
+    assert_eq!(attempts, 2, "first push rejected, redone on the new tip");
+    let log = server.log();
+    assert!(log[0].starts_with(&commit));
+    assert!(
+        log[1].starts_with(&racer),
+        "the racing commit is kept, not overwritten: {log:?}"
+    );
+    assert_eq!(
+        server.show(&format!("{commit}:services/web.yaml")) + "\n",
+        WEB_V2
+    );
+    assert_eq!(
+        server.show(&format!("{commit}:services/api.yaml")) + "\n",
+        "api: v3\n"
+    );
+}
+
+#[test]
+fn racing_push_changing_the_same_service_means_no_revert() {
+    let server = GitServer::daemon();
+    let (w, _) = seed(&server);
+    w.write("services/web.yaml", WEB_V2);
+    let good = w.commit("web: v2");
+    w.write("services/web.yaml", WEB_BAD);
+    let bad = w.commit("web: break it");
+    w.push();
+    w.write("services/web.yaml", "web: fixed by a person\n");
+    let fix = w.commit("web: fix");
+    w.push_to("racer");
+    server.race_once_with("racer");
+
+    let state = tempfile::tempdir().unwrap();
+    let src = source(&server, state.path());
+    src.poll().unwrap();
+    let out = src
+        .revert(&revert_req("web", &bad, &good, &["services/web.yaml"]))
+        .unwrap();
+    assert_eq!(
+        out,
+        RevertOutcome::ChangedSince {
+            commits: vec![fix.clone()]
+        }
+    );
+    assert_eq!(server.tip(), fix, "nothing pushed over the person's fix");
+}
+
+#[test]
+fn nothing_to_revert_when_the_service_files_did_not_change() {
+    let server = GitServer::daemon();
+    let (w, good) = seed(&server);
+    w.write("services/api.yaml", "api: v2\n");
+    let other = w.commit("api: v2");
+    w.push();
+    let state = tempfile::tempdir().unwrap();
+    let src = source(&server, state.path());
+    src.poll().unwrap();
+    let out = src
+        .revert(&revert_req("web", &other, &good, &["services/web.yaml"]))
+        .unwrap();
+    assert_eq!(out, RevertOutcome::NothingToRevert);
+    assert_eq!(server.tip(), other);
+}
+
+#[test]
+fn server_down_is_an_error_and_recovers() {
+    let mut server = GitServer::daemon();
+    let (w, c0) = seed(&server);
+    let state = tempfile::tempdir().unwrap();
+    let src = source(&server, state.path());
+    assert_eq!(src.poll().unwrap(), Some(c0));
+    server.stop();
+    let err = src.poll().unwrap_err();
+    assert!(err.to_string().contains("git://127.0.0.1"), "{err}");
+    server.start();
+    w.write("services/web.yaml", WEB_V2);
+    let c1 = w.commit("web: v2");
+    w.push();
+    assert_eq!(src.poll().unwrap(), Some(c1));
+}
+
+#[test]
+fn credentials_never_appear_in_errors() {
+    let state = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let src = GitSource::open(SourceConfig {
+        url: format!("http://user:s3cr3t-token@127.0.0.1:{port}/cfg.git"),
+        branch: "main".into(),
+        mirror: state.path().join("repo.git"),
+        credentials: Credentials::default(),
+    })
+    .unwrap();
+    assert!(!format!("{src:?}").contains("s3cr3t"));
+    let err = src.poll().unwrap_err().to_string();
+    assert!(!err.contains("s3cr3t"), "{err}");
+    assert!(err.contains("***@127.0.0.1"), "{err}");
+}

@@ -1,0 +1,433 @@
+//! The controller end to end: a real Git server, the real manifest loader
+//! and engine, and a wall-clock in-memory runtime ([`super::fake`]).
+
+use super::fake::FakeRuntime;
+use super::support::{GitServer, Work};
+use floyd::controller::{Config, Controller};
+use floyd::engine::Phase;
+use floyd::hub::{Event, FetchTrigger, Hub, ServiceView};
+use floyd::source::{Credentials, GitSource, SourceConfig};
+use floyd::store::Store;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+pub fn service_yaml(name: &str, version: &str, never_ready: bool) -> String {
+    let extra = if never_ready {
+        ", \"--never-ready\""
+    } else {
+        ""
+    };
+    format!(
+        "apiVersion: floyd.dev/v1
+kind: Service
+metadata:
+  name: {name}
+spec:
+  replicas: 2
+  template:
+    command: [\"sample-app\", \"--version\", \"{version}\"{extra}]
+  progressDeadlineSeconds: 2
+  strategy:
+    type: RollingUpdate
+    rollingUpdate:
+      maxSurge: 1
+      maxUnavailable: 0
+"
+    )
+}
+
+pub struct Harness {
+    pub server: GitServer,
+    pub work: Work,
+    pub state: tempfile::TempDir,
+    pub hub: Arc<Hub>,
+    pub runtime: Arc<FakeRuntime>,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub struct Opts {
+    pub poll: Duration,
+    pub no_revert: bool,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            poll: Duration::from_millis(200),
+            no_revert: false,
+        }
+    }
+}
+
+impl Harness {
+    /// A server seeded with `web` v1 and `api` v1, and a running controller.
+    pub async fn new(opts: Opts) -> Harness {
+        let server = GitServer::daemon();
+        let work = Work::clone(&server.url);
+        work.write("services/web.yaml", &service_yaml("web", "v1", false))
+            .write("services/api.yaml", &service_yaml("api", "v1", false));
+        work.commit("initial: web and api v1");
+        work.push();
+        let state = tempfile::tempdir().unwrap();
+        let runtime = Arc::new(FakeRuntime::new(Duration::from_millis(100)));
+        let mut h = Harness {
+            server,
+            work,
+            state,
+            hub: Arc::new(Hub::new()),
+            runtime,
+            stop: CancellationToken::new(),
+            task: None,
+        };
+        h.start(opts);
+        h
+    }
+
+    pub fn start(&mut self, opts: Opts) {
+        self.hub = Arc::new(Hub::new());
+        self.stop = CancellationToken::new();
+        let src = Arc::new(
+            GitSource::open(SourceConfig {
+                url: self.server.url.clone(),
+                branch: "main".into(),
+                mirror: self.state.path().join("repo.git"),
+                credentials: Credentials::default(),
+            })
+            .unwrap(),
+        );
+        let store = Arc::new(Store::open(self.state.path()).unwrap());
+        let mut cfg = Config::new(self.state.path().join("work"));
+        cfg.poll_interval = opts.poll;
+        cfg.resync_interval = Duration::from_millis(500);
+        cfg.no_revert = opts.no_revert;
+        let ctl = Controller::new(self.hub.clone(), self.runtime.clone(), src, store, cfg);
+        let stop = self.stop.clone();
+        self.task = Some(tokio::spawn(async move {
+            ctl.run(async move { stop.cancelled().await })
+                .await
+                .expect("controller runs");
+        }));
+    }
+
+    pub async fn stop(&mut self) {
+        self.stop.cancel();
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .expect("controller stops within 10 s")
+                .unwrap();
+        }
+    }
+
+    pub async fn wait_view(
+        &self,
+        what: &str,
+        service: &str,
+        timeout: Duration,
+        cond: impl Fn(&ServiceView) -> bool,
+    ) -> ServiceView {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = self.hub.service(service)
+                && cond(&v)
+            {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {service}: {what}; last view: {:#?}",
+                    self.hub.service(service)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until `service` is Complete on the revision rendered from `commit`.
+    pub async fn wait_complete_at(&self, service: &str, commit: &str) -> ServiceView {
+        self.wait_view(
+            &format!("Complete at commit {commit}"),
+            service,
+            Duration::from_secs(30),
+            |v| v.phase == Phase::Complete && v.commit.as_ref().is_some_and(|c| c.sha == commit),
+        )
+        .await
+    }
+
+    pub fn push_web(&self, version: &str, never_ready: bool, msg: &str) -> String {
+        self.work.write(
+            "services/web.yaml",
+            &service_yaml("web", version, never_ready),
+        );
+        let c = self.work.commit(msg);
+        self.work.push();
+        c
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn good_commit_completes_then_broken_commit_is_rolled_back_and_reverted() {
+    let h = Harness::new(Opts::default()).await;
+    let c0 = h.server.tip();
+    let v1 = h.wait_complete_at("web", &c0).await;
+    h.wait_complete_at("api", &c0).await;
+    assert!(h.hub.is_ready());
+    let r1 = v1.target_revision.clone().unwrap();
+
+    let good = h.push_web("v2", false, "web: v2");
+    let v2 = h.wait_complete_at("web", &good).await;
+    let r2 = v2.target_revision.clone().unwrap();
+    assert_ne!(r1, r2, "a template change is a new revision");
+    assert_eq!(h.runtime.summary("web"), vec![(r2.to_string(), 2, 2)]);
+
+    let mut events = h.hub.subscribe();
+    let bad = h.push_web("v3", true, "web: v3 (never ready)");
+    // Rolled back, reverted, and converged on the revert commit.
+    let converged = h
+        .wait_view(
+            "Complete on the revert commit",
+            "web",
+            Duration::from_secs(40),
+            |v| {
+                v.phase == Phase::Complete
+                    && v.commit
+                        .as_ref()
+                        .is_some_and(|c| c.sha != bad && c.sha != good)
+            },
+        )
+        .await;
+    assert_eq!(
+        converged.target_revision.as_ref(),
+        Some(&r2),
+        "back on the last good revision"
+    );
+    let revert = converged.commit.clone().unwrap();
+    assert_eq!(
+        h.server.tip(),
+        revert.sha,
+        "the revert is on the remote branch"
+    );
+    let msg = h.server.message(&revert.sha);
+    assert!(
+        msg.starts_with("Revert \"web: v3 (never ready)\"\n\nThis reverts commit "),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("This reverts commit {bad}.\n")),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!(
+            "\nFloyd-Revert-Of: {bad}\nFloyd-Service: web\nFloyd-Reason: "
+        )),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("Floyd rolled back web from revision ")
+            && msg.contains(&format!(" to {r2}: ")),
+        "{msg}"
+    );
+    assert_eq!(
+        h.server.show(&format!("{}:services/web.yaml", revert.sha)) + "\n",
+        service_yaml("web", "v2", false)
+    );
+    assert_eq!(h.runtime.summary("web"), vec![(r2.to_string(), 2, 2)]);
+
+    // History: the failed rollout names the revert; a rollback was recorded.
+    let hist = h.hub.history("web");
+    assert!(
+        hist.iter().any(|e| e.result == Phase::Failed
+            && e.commit.as_ref().is_some_and(|c| c.sha == bad)
+            && e.revert_commit.as_deref() == Some(revert.sha.as_str())),
+        "{hist:#?}"
+    );
+    assert!(
+        hist.iter().any(|e| e.rollback && e.to_revision == r2),
+        "{hist:#?}"
+    );
+    // The event stream saw the revert.
+    let mut saw_revert = false;
+    while let Ok(ev) = events.try_recv() {
+        if let Event::Revert {
+            ok: true,
+            commit: Some(c),
+            ..
+        } = ev
+        {
+            saw_revert |= c == revert.sha;
+        }
+    }
+    assert!(saw_revert, "a revert event was emitted");
+    // api was never touched.
+    let api = h.hub.service("api").unwrap();
+    assert_eq!(api.phase, Phase::Complete);
+    assert_eq!(api.commit.unwrap().sha, c0);
+    let metrics = h.hub.metrics.encode();
+    assert!(
+        metrics.contains("floyd_revert_commits_total{result=\"pushed\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_service_changed_again_during_revert_is_degraded_not_reverted() {
+    let h = Harness::new(Opts::default()).await;
+    let c0 = h.server.tip();
+    h.wait_complete_at("web", &c0).await;
+    let mut events = h.hub.subscribe();
+    let _bad = h.push_web("v2", true, "web: v2 (never ready)");
+    // A person's fix of web lands just before Floyd pushes its revert.
+    h.work
+        .write("services/web.yaml", &service_yaml("web", "v2-fixed", false));
+    let fix = h.work.commit("web: my own fix");
+    h.work.push_to("racer");
+    h.server.race_once_with("racer");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let message = loop {
+        match tokio::time::timeout_at(deadline.into(), events.recv()).await {
+            Ok(Ok(Event::Revert {
+                ok: false,
+                message,
+                service,
+                ..
+            })) if service == "web" => {
+                break message;
+            }
+            Ok(Ok(Event::Revert {
+                ok: true, commit, ..
+            })) => {
+                panic!("reverted over a person's fix: {commit:?}")
+            }
+            Ok(_) => continue,
+            Err(_) => panic!("no revert decision within 30 s"),
+        }
+    };
+    assert!(message.contains("changed again"), "{message}");
+    assert!(message.contains(&fix), "{message}");
+    // Floyd then follows Git: the person's fix rolls out.
+    h.wait_complete_at("web", &fix).await;
+    assert!(
+        h.server.log().iter().all(|l| !l.contains("Revert")),
+        "{:?}",
+        h.server.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_revert_commit_is_not_reverted_again() {
+    let h = Harness::new(Opts::default()).await;
+    let c0 = h.server.tip();
+    h.wait_complete_at("web", &c0).await;
+    // A commit that looks like Floyd's revert but breaks web.
+    h.work
+        .write("services/web.yaml", &service_yaml("web", "v9", true));
+    let c = h.work.commit(
+        "Revert \"something\"\n\nThis reverts commit 1111111111111111111111111111111111111111.\n\nFloyd-Revert-Of: 1111111111111111111111111111111111111111\nFloyd-Service: web\nFloyd-Reason: test\n",
+    );
+    h.work.push();
+    let v = h
+        .wait_view("Degraded", "web", Duration::from_secs(30), |v| {
+            v.phase == Phase::Degraded
+        })
+        .await;
+    assert!(v.reason.contains("not reverting again"), "{}", v.reason);
+    assert_eq!(h.server.tip(), c, "nothing pushed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_revert_flag_rolls_back_only() {
+    let h = Harness::new(Opts {
+        no_revert: true,
+        ..Opts::default()
+    })
+    .await;
+    let c0 = h.server.tip();
+    let v1 = h.wait_complete_at("web", &c0).await;
+    let bad = h.push_web("v2", true, "web: v2 (never ready)");
+    let v = h
+        .wait_view("RolledBack", "web", Duration::from_secs(30), |v| {
+            v.phase == Phase::RolledBack
+        })
+        .await;
+    assert_eq!(v.target_revision, v1.target_revision);
+    assert_eq!(h.server.tip(), bad, "--no-revert pushes nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_trigger_fetches_without_waiting_for_the_poll() {
+    let h = Harness::new(Opts {
+        poll: Duration::from_secs(3600),
+        ..Opts::default()
+    })
+    .await;
+    let c0 = h.server.tip();
+    h.wait_complete_at("web", &c0).await;
+    let c1 = h.push_web("v2", false, "web: v2");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        h.hub.service("web").unwrap().commit.unwrap().sha,
+        c0,
+        "an hour-long poll has not seen it yet"
+    );
+    h.hub.trigger_fetch(FetchTrigger {
+        source: "github".into(),
+        after: Some(c1.clone()),
+    });
+    h.wait_complete_at("web", &c1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_server_down_keeps_serving_and_recovers() {
+    let mut h = Harness::new(Opts::default()).await;
+    let c0 = h.server.tip();
+    h.wait_complete_at("web", &c0).await;
+    h.server.stop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.hub.git_reachable() {
+        assert!(Instant::now() < deadline, "git_reachable never went false");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        h.hub.is_ready(),
+        "still ready: it serves the last synced commit"
+    );
+    assert_eq!(h.hub.service("web").unwrap().phase, Phase::Complete);
+    h.server.start();
+    let c1 = h.push_web("v2", false, "web: v2");
+    h.wait_complete_at("web", &c1).await;
+    assert!(h.hub.git_reachable());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_resumes_and_prune_deletes_removed_services() {
+    let mut h = Harness::new(Opts::default()).await;
+    let c0 = h.server.tip();
+    h.wait_complete_at("web", &c0).await;
+    h.wait_complete_at("api", &c0).await;
+    let history_before = h.hub.history("web").len();
+    h.stop().await;
+    h.start(Opts::default());
+    let v = h.wait_complete_at("web", &c0).await;
+    assert_eq!(v.phase, Phase::Complete);
+    assert_eq!(
+        h.hub.history("web").len(),
+        history_before,
+        "a restarted controller resumes; it does not roll out again"
+    );
+    h.work.remove("services/api.yaml");
+    h.work.commit("remove api");
+    h.work.push();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !h.runtime.summary("api").is_empty() || h.hub.service("api").is_some() {
+        assert!(Instant::now() < deadline, "api was not pruned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,186 @@
+//! A wall-clock in-memory runtime for controller tests: instances become
+//! ready `ready_after` after creation, except when the template's command
+//! contains `--never-ready`. It manages instance counts like the real
+//! instance manager (create the difference, delete the least useful first).
+
+#![allow(dead_code)]
+
+use floyd::engine::instances::pick_for_deletion;
+use floyd::manifest::{InstanceTemplate, Revision, ServiceName, ServiceSpec};
+use floyd::runtime::{Action, Error, Instance, InstancePhase, Observed, ObservedRevision, Runtime};
+use floyd::time::Time;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+#[derive(Default)]
+struct FakeService {
+    revisions: Vec<ObservedRevision>,
+    active: Option<Revision>,
+    preview: Option<Revision>,
+}
+
+pub struct FakeRuntime {
+    services: Mutex<BTreeMap<ServiceName, FakeService>>,
+    ready_after: Duration,
+    next_id: AtomicU64,
+    /// `apply` calls seen (to tell "nothing happened" from "converged").
+    pub applies: AtomicUsize,
+}
+
+impl FakeRuntime {
+    pub fn new(ready_after: Duration) -> FakeRuntime {
+        FakeRuntime {
+            services: Mutex::new(BTreeMap::new()),
+            ready_after,
+            next_id: AtomicU64::new(1),
+            applies: AtomicUsize::new(0),
+        }
+    }
+
+    fn never_ready(t: &InstanceTemplate) -> bool {
+        t.command.iter().any(|a| a == "--never-ready")
+    }
+
+    fn refresh(&self, rev: &mut ObservedRevision, now: Time) {
+        let never = Self::never_ready(&rev.template);
+        for i in &mut rev.instances {
+            if i.phase == InstancePhase::Pending || i.phase == InstancePhase::Running {
+                i.phase = InstancePhase::Running;
+                let ready_at = i.created_at.plus(self.ready_after);
+                if !never && now >= ready_at {
+                    i.ready_since.get_or_insert(ready_at);
+                } else if never {
+                    i.reason = Some("readiness probe GET /healthz returned 503".into());
+                }
+            }
+        }
+    }
+
+    fn scale(&self, rev: &mut ObservedRevision, replicas: u32, now: Time) {
+        rev.desired = replicas;
+        let live = rev.live();
+        if live < replicas {
+            for _ in live..replicas {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                rev.instances.push(Instance {
+                    id: format!("{}-{id}", rev.revision),
+                    phase: InstancePhase::Pending,
+                    created_at: now,
+                    ready_since: None,
+                    restarts: 0,
+                    reason: None,
+                    gpus: vec![],
+                });
+            }
+        } else if live > replicas {
+            let gone = pick_for_deletion(&rev.instances, replicas);
+            rev.instances.retain(|i| !gone.contains(&i.id));
+        }
+    }
+
+    /// Revisions with live instances, for assertions: (revision, live, ready).
+    pub fn summary(&self, service: &str) -> Vec<(String, u32, u32)> {
+        let s = self.services.lock().unwrap();
+        let Some(svc) = s.get(&ServiceName::parse(service).unwrap()) else {
+            return vec![];
+        };
+        svc.revisions
+            .iter()
+            .filter(|r| r.live() > 0)
+            .map(|r| (r.revision.to_string(), r.live(), r.ready()))
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for FakeRuntime {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+
+    async fn services(&self) -> Result<Vec<ServiceName>, Error> {
+        Ok(self.services.lock().unwrap().keys().cloned().collect())
+    }
+
+    async fn observe(
+        &self,
+        service: &ServiceName,
+        _spec: Option<&ServiceSpec>,
+        now: Time,
+    ) -> Result<Observed, Error> {
+        let mut s = self.services.lock().unwrap();
+        let Some(svc) = s.get_mut(service) else {
+            return Ok(Observed::default());
+        };
+        for r in &mut svc.revisions {
+            self.refresh(r, now);
+        }
+        Ok(Observed {
+            revisions: svc.revisions.clone(),
+            active: svc.active.clone(),
+            preview: svc.preview.clone(),
+            ..Observed::default()
+        })
+    }
+
+    async fn apply(
+        &self,
+        service: &ServiceName,
+        _spec: &ServiceSpec,
+        actions: &[Action],
+    ) -> Result<(), Error> {
+        self.applies.fetch_add(1, Ordering::Relaxed);
+        let now = Time::now_wall();
+        let mut s = self.services.lock().unwrap();
+        let svc = s.entry(service.clone()).or_default();
+        for a in actions {
+            match a {
+                Action::CreateRevision { revision, template } => {
+                    if svc.revisions.iter().all(|r| &r.revision != revision) {
+                        svc.revisions.push(ObservedRevision {
+                            revision: revision.clone(),
+                            created_at: now,
+                            desired: 0,
+                            instances: vec![],
+                            template: template.clone(),
+                        });
+                    }
+                }
+                Action::Scale { revision, replicas } => {
+                    let Some(r) = svc.revisions.iter_mut().find(|r| &r.revision == revision) else {
+                        return Err(Error::NoSuchRevision {
+                            service: service.clone(),
+                            revision: revision.clone(),
+                        });
+                    };
+                    self.scale(r, *replicas, now);
+                }
+                Action::DeleteInstance { revision, instance } => {
+                    if let Some(r) = svc.revisions.iter_mut().find(|r| &r.revision == revision) {
+                        r.instances.retain(|i| &i.id != instance);
+                        r.desired = r.desired.saturating_sub(1);
+                    }
+                }
+                Action::SetTraffic { active, preview } => {
+                    svc.active = active.clone();
+                    svc.preview = preview.clone();
+                }
+                Action::DeleteRevision { revision } => {
+                    svc.revisions.retain(|r| &r.revision != revision);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_service(&self, service: &ServiceName) -> Result<(), Error> {
+        self.services.lock().unwrap().remove(service);
+        Ok(())
+    }
+}
+
+pub fn wait_secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}

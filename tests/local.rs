@@ -1,0 +1,994 @@
+//! The local runtime with real processes (`floyd sample-app`) and real
+//! sockets on 127.0.0.1, driven through the `Runtime` trait.
+
+#[path = "local/support.rs"]
+mod support;
+
+use floyd::manifest::{HealthSpec, PortRef, ProbeAction};
+use floyd::runtime::{Action, InstancePhase, Runtime};
+use std::time::Duration;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_start_get_ready_and_serve_through_the_lb() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+    let svc = name("web");
+    let lb = free_port();
+    let t = sample(&["--version", "v1"]);
+    let spec = web_spec(2, t.clone(), lb);
+    rt.apply(&svc, &spec, &create("aaaaaaaaaa", &t, 2))
+        .await
+        .unwrap();
+    let o = wait_for(&rt, &svc, 20, "2 ready", |o| ready(o, "aaaaaaaaaa") == 2).await;
+    assert_eq!(rt.services().await.unwrap(), vec![svc.clone()]);
+    let r = o.revision(&rev("aaaaaaaaaa")).unwrap();
+    assert_eq!(r.desired, 2);
+    assert!(
+        r.instances
+            .iter()
+            .all(|i| i.phase == InstancePhase::Running && i.reason.is_none())
+    );
+    // Through the LB: answers JSON with the version and which instance served.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let (st, body) = get(&format!("http://127.0.0.1:{lb}/")).await.unwrap();
+        assert_eq!(st, 200);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["version"], "v1");
+        assert_eq!(v["service"], "web");
+        seen.insert(v["instance"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "round-robin reaches both instances: {seen:?}"
+    );
+    let o = observe(&rt, &svc).await;
+    let traffic = o
+        .traffic
+        .iter()
+        .find(|t| t.revision == rev("aaaaaaaaaa"))
+        .unwrap();
+    assert!(traffic.requests >= 6 && traffic.errors == 0, "{traffic:?}");
+    // Logs land in per-instance files.
+    let id = &o.revisions[0].instances[0].id;
+    let log = floyd::runtime::local::log_path(dir.path(), "web", "aaaaaaaaaa", id);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("listening on"), "{text}");
+    rt.shutdown().await;
+    assert!(instance_processes(dir.path()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_and_exec_probes_gate_readiness() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+    // TCP: the port opens after a 1.5 s start-up delay.
+    let tcp = name("tcp");
+    let t = sample(&["--startup-delay", "1.5"]);
+    let mut spec = web_spec(1, t.clone(), free_port());
+    spec.health = HealthSpec {
+        readiness: Some(probe(ProbeAction::Tcp {
+            port: PortRef::Name("http".into()),
+        })),
+        ..HealthSpec::default()
+    };
+    rt.apply(&tcp, &spec, &create("t1", &t, 1)).await.unwrap();
+    let o = wait_for(&rt, &tcp, 10, "tcp probe failing first", |o| {
+        o.revisions[0]
+            .instances
+            .first()
+            .and_then(|i| i.reason.clone())
+            .is_some_and(|r| r.contains("readiness probe TCP"))
+    })
+    .await;
+    assert_eq!(ready(&o, "t1"), 0);
+    wait_for(&rt, &tcp, 15, "tcp ready", |o| ready(o, "t1") == 1).await;
+
+    // Exec: ready once a file exists (argv, no shell; ${VAR} expanded from the instance env).
+    let exec = name("exec");
+    let flag = dir.path().join("ready-flag");
+    let t = sample(&[]);
+    let mut spec = web_spec(1, t.clone(), free_port());
+    spec.health = HealthSpec {
+        readiness: Some(probe(ProbeAction::Exec {
+            command: vec![
+                "test".into(),
+                "-e".into(),
+                flag.to_string_lossy().into_owned(),
+            ],
+        })),
+        ..HealthSpec::default()
+    };
+    rt.apply(&exec, &spec, &create("e1", &t, 1)).await.unwrap();
+    let o = wait_for(&rt, &exec, 10, "exec probe failing", |o| {
+        o.revisions[0]
+            .instances
+            .first()
+            .and_then(|i| i.reason.clone())
+            .is_some_and(|r| r.contains("exited with status 1"))
+    })
+    .await;
+    assert_eq!(ready(&o, "e1"), 0);
+    std::fs::write(&flag, b"").unwrap();
+    wait_for(&rt, &exec, 10, "exec ready", |o| ready(o, "e1") == 1).await;
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashing_instance_restarts_with_backoff_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+    let svc = name("crash");
+    let t = sample(&["--crash-after", "0.2", "--exit-code", "3"]);
+    let spec = web_spec(1, t.clone(), free_port());
+    rt.apply(&svc, &spec, &create("c1", &t, 1)).await.unwrap();
+    let o = wait_for(&rt, &svc, 20, "3 restarts", |o| {
+        o.revisions[0]
+            .instances
+            .first()
+            .is_some_and(|i| i.restarts >= 3)
+    })
+    .await;
+    let i = &o.revisions[0].instances[0];
+    let reason = i.reason.clone().unwrap_or_default();
+    // Either backing off (reason says so) or just restarted (not ready yet).
+    if i.phase == InstancePhase::Pending {
+        assert!(
+            reason.starts_with("CrashLoopBackOff: exited with status 3 (restart"),
+            "{reason}"
+        );
+        assert!(reason.contains("next in"), "{reason}");
+    }
+    assert_eq!(o.revisions[0].ready(), 0);
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_failure_restarts_the_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+    let svc = name("live");
+    let t = sample(&["--unready-after", "1"]);
+    let mut spec = web_spec(1, t.clone(), free_port());
+    spec.health.readiness = None;
+    spec.health.liveness = Some(http_probe("/healthz"));
+    rt.apply(&svc, &spec, &create("l1", &t, 1)).await.unwrap();
+    let o = wait_for(&rt, &svc, 20, "a liveness restart", |o| {
+        o.revisions[0]
+            .instances
+            .first()
+            .is_some_and(|i| i.restarts >= 1)
+    })
+    .await;
+    let i = &o.revisions[0].instances[0];
+    if let Some(r) = &i.reason {
+        assert!(
+            r.contains("liveness probe failed") || r == "not ready yet",
+            "{r}"
+        );
+    }
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_ignoring_sigterm_is_killed_after_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+    let svc = name("stubborn");
+    let mut t = sample(&["--ignore-sigterm"]);
+    t.termination_grace_period_seconds = 1;
+    let spec = web_spec(1, t.clone(), free_port());
+    rt.apply(&svc, &spec, &create("s1", &t, 1)).await.unwrap();
+    wait_for(&rt, &svc, 15, "ready", |o| ready(o, "s1") == 1).await;
+    let pid = rt.pids()[0];
+    let started = std::time::Instant::now();
+    rt.apply(&svc, &spec, &[scale("s1", 0)]).await.unwrap();
+    let o = wait_for(&rt, &svc, 10, "terminating", |o| {
+        total(o, "s1") == 0 || o.revisions[0].terminating() == 1
+    })
+    .await;
+    let _ = o;
+    wait_for(&rt, &svc, 10, "gone", |o| total(o, "s1") == 0).await;
+    // Killed after about the grace period, not the 5 s default of the fixture, and really gone.
+    assert!(started.elapsed() < Duration::from_secs(8));
+    assert!(!pid_alive(pid), "pid {pid} still alive");
+    let log = std::fs::read_dir(dir.path().join("local/logs/stubborn/s1"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(
+        std::fs::read_to_string(log)
+            .unwrap()
+            .contains("ignoring SIGTERM")
+    );
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_update_by_hand_under_load_has_zero_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+    let svc = name("web");
+    let lb = free_port();
+    let v1 = sample(&["--version", "v1"]);
+    let v2 = sample(&["--version", "v2"]);
+    let spec = web_spec(3, v1.clone(), lb);
+    rt.apply(&svc, &spec, &create("r1", &v1, 3)).await.unwrap();
+    wait_for(&rt, &svc, 20, "v1 ready", |o| ready(o, "r1") == 3).await;
+    let load = Load::start(format!("http://127.0.0.1:{lb}/"), 8, 20_000);
+    let spec2 = web_spec(3, v2.clone(), lb);
+    rt.apply(
+        &svc,
+        &spec2,
+        &[Action::CreateRevision {
+            revision: rev("r2"),
+            template: v2.clone(),
+        }],
+    )
+    .await
+    .unwrap();
+    // maxSurge 1, maxUnavailable 0, by hand.
+    for step in 1..=3u32 {
+        rt.apply(&svc, &spec2, &[scale("r2", step)]).await.unwrap();
+        wait_for(&rt, &svc, 20, "new instance ready", |o| {
+            ready(o, "r2") == step
+        })
+        .await;
+        rt.apply(&svc, &spec2, &[scale("r1", 3 - step)])
+            .await
+            .unwrap();
+        wait_for(&rt, &svc, 20, "old instance gone", |o| {
+            total(o, "r1") == (3 - step) as usize
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (done, failed, errors, versions) = load.finish().await;
+    assert_eq!(failed, 0, "failed requests: {errors:?}");
+    assert!(done > 200, "load generator ran: {done}");
+    assert!(
+        versions.get("v1").copied().unwrap_or(0) > 0
+            && versions.get("v2").copied().unwrap_or(0) > 0,
+        "{versions:?}"
+    );
+    rt.apply(
+        &svc,
+        &spec2,
+        &[Action::DeleteRevision {
+            revision: rev("r1"),
+        }],
+    )
+    .await
+    .unwrap();
+    let o = observe(&rt, &svc).await;
+    assert_eq!(o.revisions.len(), 1);
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_preview_then_atomic_switch_and_broken_revision_gets_no_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+    let svc = name("bg");
+    let (lb, preview) = (free_port(), free_port());
+    let blue = sample(&["--version", "blue"]);
+    let green = sample(&["--version", "green"]);
+    let broken = sample(&["--version", "broken", "--never-ready"]);
+    let spec = blue_green(web_spec(2, blue.clone(), lb), preview);
+    let mut acts = create("blue", &blue, 2);
+    acts.push(Action::SetTraffic {
+        active: Some(rev("blue")),
+        preview: None,
+    });
+    rt.apply(&svc, &spec, &acts).await.unwrap();
+    wait_for(&rt, &svc, 20, "blue ready", |o| ready(o, "blue") == 2).await;
+    let active_url = format!("http://127.0.0.1:{lb}/");
+    let preview_url = format!("http://127.0.0.1:{preview}/");
+    assert_eq!(version_at(&active_url).await.as_deref(), Some("blue"));
+    // No preview revision yet: 503 with a reason.
+    let (st, body) = get(&preview_url).await.unwrap();
+    assert_eq!(st, 503);
+    assert!(body.contains("no ready instance"), "{body}");
+
+    let load = Load::start(active_url.clone(), 6, 20_000);
+    // A broken revision beside it: never ready, never routed.
+    let mut acts = create("broken", &broken, 2);
+    acts.push(Action::SetTraffic {
+        active: Some(rev("blue")),
+        preview: Some(rev("broken")),
+    });
+    rt.apply(&svc, &spec, &acts).await.unwrap();
+    let o = wait_for(&rt, &svc, 20, "broken reason", |o| {
+        o.revision(&rev("broken")).is_some_and(|r| {
+            r.instances.iter().all(|i| {
+                i.reason
+                    .as_deref()
+                    .is_some_and(|x| x.contains("returned 503"))
+            }) && r.instances.len() == 2
+        })
+    })
+    .await;
+    assert!(
+        o.revision(&rev("broken")).unwrap().instances[0]
+            .reason
+            .as_ref()
+            .unwrap()
+            .contains("readiness probe GET /healthz returned 503")
+    );
+    assert_eq!(get(&preview_url).await.unwrap().0, 503);
+    rt.apply(
+        &svc,
+        &spec,
+        &[
+            scale("broken", 0),
+            Action::SetTraffic {
+                active: Some(rev("blue")),
+                preview: None,
+            },
+        ],
+    )
+    .await
+    .unwrap();
+
+    // Green: preview first, then an atomic switch.
+    let mut acts = create("green", &green, 2);
+    acts.push(Action::SetTraffic {
+        active: Some(rev("blue")),
+        preview: Some(rev("green")),
+    });
+    rt.apply(&svc, &spec, &acts).await.unwrap();
+    wait_for(&rt, &svc, 20, "green ready", |o| ready(o, "green") == 2).await;
+    assert_eq!(version_at(&preview_url).await.as_deref(), Some("green"));
+    assert_eq!(version_at(&active_url).await.as_deref(), Some("blue"));
+    rt.apply(
+        &svc,
+        &spec,
+        &[Action::SetTraffic {
+            active: Some(rev("green")),
+            preview: None,
+        }],
+    )
+    .await
+    .unwrap();
+    // Switched: every request from now on is green.
+    for _ in 0..10 {
+        assert_eq!(version_at(&active_url).await.as_deref(), Some("green"));
+    }
+    rt.apply(&svc, &spec, &[scale("blue", 0)]).await.unwrap();
+    wait_for(&rt, &svc, 20, "blue gone", |o| total(o, "blue") == 0).await;
+    let (done, failed, errors, versions) = load.finish().await;
+    assert_eq!(failed, 0, "{errors:?}");
+    assert!(done > 100);
+    assert!(!versions.contains_key("broken"), "{versions:?}");
+    assert!(
+        versions.contains_key("green") && versions.contains_key("blue"),
+        "{versions:?}"
+    );
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_scale_down_with_slow_requests_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+    let svc = name("drain");
+    let lb = free_port();
+    let t = sample(&[]);
+    let spec = web_spec(3, t.clone(), lb);
+    rt.apply(&svc, &spec, &create("d1", &t, 3)).await.unwrap();
+    wait_for(&rt, &svc, 20, "ready", |o| ready(o, "d1") == 3).await;
+    // Requests that take 800 ms are in flight while two instances are removed.
+    let load = Load::start(format!("http://127.0.0.1:{lb}/slow?ms=800"), 12, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rt.apply(&svc, &spec, &[scale("d1", 1)]).await.unwrap();
+    wait_for(&rt, &svc, 20, "scaled down", |o| total(o, "d1") == 1).await;
+    let (done, failed, errors, _) = load.finish().await;
+    assert_eq!(failed, 0, "{errors:?}");
+    assert!(done >= 12);
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adoption_after_the_runtime_is_dropped_keeps_the_same_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = name("adopt");
+    let lb = free_port();
+    let t = sample(&["--version", "v1"]);
+    let spec = web_spec(2, t.clone(), lb);
+    let pids_before = {
+        let rt = runtime(dir.path()).await;
+        rt.apply(&svc, &spec, &create("a1", &t, 2)).await.unwrap();
+        wait_for(&rt, &svc, 20, "ready", |o| ready(o, "a1") == 2).await;
+        let mut p = rt.pids();
+        p.sort();
+        p
+        // Dropped without shutdown: like kill -9 of the controller.
+    };
+    assert!(pids_before.iter().all(|p| pid_alive(*p)));
+    let rt = runtime(dir.path()).await;
+    let mut pids_after = rt.pids();
+    pids_after.sort();
+    assert_eq!(
+        pids_before, pids_after,
+        "same processes adopted, none restarted"
+    );
+    let o = observe(&rt, &svc).await;
+    assert_eq!(o.revision(&rev("a1")).unwrap().desired, 2);
+    // Adopted instances keep serving through the re-opened LB.
+    wait_for(&rt, &svc, 10, "ready after adoption", |o| {
+        ready(o, "a1") == 2
+    })
+    .await;
+    assert_eq!(
+        version_at(&format!("http://127.0.0.1:{lb}/"))
+            .await
+            .as_deref(),
+        Some("v1")
+    );
+    // An adopted instance that dies is noticed (polling /proc) and replaced.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids_after[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_for(&rt, &svc, 20, "dead adopted instance restarted", |o| {
+        o.revision(&rev("a1"))
+            .is_some_and(|r| r.instances.iter().any(|i| i.restarts >= 1) && r.ready() == 2)
+    })
+    .await;
+    let mut procs = instance_processes(dir.path());
+    procs.sort();
+    let mut pids = rt.pids();
+    pids.sort();
+    assert_eq!(
+        procs, pids,
+        "no orphans: every instance process is a known instance"
+    );
+    rt.shutdown().await;
+    assert!(
+        instance_processes(dir.path()).is_empty(),
+        "shutdown stops everything"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_instances_of_a_previous_run_are_replaced_not_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = name("dead");
+    let t = sample(&[]);
+    let spec = web_spec(1, t.clone(), free_port());
+    let old = {
+        let rt = runtime(dir.path()).await;
+        rt.apply(&svc, &spec, &create("x1", &t, 1)).await.unwrap();
+        wait_for(&rt, &svc, 20, "ready", |o| ready(o, "x1") == 1).await;
+        rt.pids()[0]
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    for _ in 0..100 {
+        if !pid_alive(old) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rt = runtime(dir.path()).await;
+    wait_for(&rt, &svc, 20, "replacement ready", |o| ready(o, "x1") == 1).await;
+    assert!(!rt.pids().contains(&old));
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gives_clear_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+    // Command not found.
+    let svc = name("nocmd");
+    let t = floyd::manifest::InstanceTemplate::command(["/nonexistent/floyd-test-binary"]);
+    let spec = web_spec(1, t.clone(), free_port());
+    rt.apply(&svc, &spec, &create("n1", &t, 1)).await.unwrap();
+    let o = wait_for(&rt, &svc, 10, "start failure reason", |o| {
+        o.revisions[0]
+            .instances
+            .first()
+            .and_then(|i| i.reason.clone())
+            .is_some_and(|r| r.contains("CrashLoopBackOff"))
+    })
+    .await;
+    let r = o.revisions[0].instances[0].reason.clone().unwrap();
+    assert!(
+        r.contains("cannot start") && r.contains("/nonexistent/floyd-test-binary"),
+        "{r}"
+    );
+
+    // LB port in use: apply says which port and why; the instances still run.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let svc2 = name("busy");
+    let t2 = sample(&[]);
+    let spec2 = web_spec(1, t2.clone(), port);
+    let e = rt
+        .apply(&svc2, &spec2, &create("b1", &t2, 1))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("127.0.0.1:{port}")) && e.contains("cannot listen"),
+        "{e}"
+    );
+    wait_for(&rt, &svc2, 15, "instance ready anyway", |o| {
+        ready(o, "b1") == 1
+    })
+    .await;
+
+    // Instance port in use: the app cannot listen and crash-loops with its exit status.
+    let svc3 = name("portclash");
+    let mut t3 = sample(&["--port", &port.to_string()]);
+    t3.env.insert("X".into(), "1".into());
+    let spec3 = web_spec(1, t3.clone(), free_port());
+    rt.apply(&svc3, &spec3, &create("p1", &t3, 1))
+        .await
+        .unwrap();
+    wait_for(&rt, &svc3, 15, "crash loop", |o| {
+        o.revisions[0]
+            .instances
+            .first()
+            .and_then(|i| i.reason.clone())
+            .is_some_and(|r| r.contains("exited with status 1"))
+    })
+    .await;
+
+    // Probe to a closed port.
+    let svc4 = name("closed");
+    let t4 = sample(&[]);
+    let mut spec4 = web_spec(1, t4.clone(), free_port());
+    let closed = free_port();
+    spec4.health.readiness = Some(probe(ProbeAction::Http {
+        path: "/healthz".into(),
+        port: PortRef::Number(closed),
+    }));
+    rt.apply(&svc4, &spec4, &create("c1", &t4, 1))
+        .await
+        .unwrap();
+    let o = wait_for(&rt, &svc4, 10, "closed port reason", |o| {
+        o.revisions[0]
+            .instances
+            .first()
+            .and_then(|i| i.reason.clone())
+            .is_some_and(|r| r.contains("refused"))
+    })
+    .await;
+    assert!(
+        o.revisions[0].instances[0]
+            .reason
+            .as_ref()
+            .unwrap()
+            .contains(&format!("port {closed}"))
+    );
+    // Scaling a revision that does not exist is an error, not a panic.
+    assert!(rt.apply(&svc4, &spec4, &[scale("zzz", 1)]).await.is_err());
+    drop(busy);
+    rt.shutdown().await;
+    assert!(instance_processes(dir.path()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpu_rolling_update_never_holds_more_than_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.gpus = floyd::runtime::local::parse_gpus_flag("NVIDIA-A100-SXM4-80GB:4:81920").unwrap();
+    let rt = floyd::runtime::local::LocalRuntime::start(cfg)
+        .await
+        .unwrap();
+    let svc = name("gpu");
+    let mk = |v: &str| {
+        let mut t = sample(&["--version", v, "--gpu-echo"]);
+        t.resources.gpu = Some(floyd::manifest::GpuRequest {
+            count: 1,
+            product: Some("NVIDIA-A100-SXM4-80GB".into()),
+            memory_mib: Some(40000),
+            sharing: floyd::manifest::GpuSharing::Exclusive,
+            allow_in_place: true,
+        });
+        t
+    };
+    let (g1, g2) = (mk("g1"), mk("g2"));
+    let lb = free_port();
+    let spec = web_spec(4, g1.clone(), lb);
+    rt.apply(&svc, &spec, &create("g1", &g1, 4)).await.unwrap();
+    let o = wait_for(&rt, &svc, 25, "4 ready", |o| ready(o, "g1") == 4).await;
+    let gpu = o.gpu.clone().unwrap();
+    assert_eq!((gpu.exist, gpu.free, gpu.held_by_service), (4, 0, 4));
+    let mut units: Vec<String> = o.revisions[0]
+        .instances
+        .iter()
+        .flat_map(|i| i.gpus.clone())
+        .collect();
+    units.sort();
+    units.dedup();
+    assert_eq!(units.len(), 4, "each instance its own GPU");
+    let (_, body) = get(&format!("http://127.0.0.1:{lb}/")).await.unwrap();
+    assert!(body.contains("cuda_visible_devices"), "{body}");
+
+    // Surge with no free GPU: the new instance waits (Pending, reason) instead of over-allocating.
+    let spec2 = web_spec(4, g2.clone(), lb);
+    rt.apply(&svc, &spec2, &create("g2", &g2, 1)).await.unwrap();
+    let o = wait_for(&rt, &svc, 10, "pending for GPU", |o| {
+        o.revision(&rev("g2")).is_some_and(|r| {
+            r.instances
+                .first()
+                .and_then(|i| i.reason.clone())
+                .is_some_and(|x| x.contains("waiting for GPU"))
+        })
+    })
+    .await;
+    assert_eq!(
+        o.revision(&rev("g2")).unwrap().instances[0].phase,
+        InstancePhase::Pending
+    );
+    // In place: remove one old, then the new one gets its GPU, and so on.
+    let watcher = {
+        let max_held = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let m = max_held.clone();
+        let dir = dir.path().to_path_buf();
+        let h = tokio::spawn(async move {
+            // Watch the persisted state: GPU units held never exceed 4 and never repeat.
+            for _ in 0..400 {
+                if let Ok(s) = std::fs::read_to_string(dir.join("local/state.json"))
+                    && let Ok(v) = serde_json::from_str::<serde_json::Value>(&s)
+                {
+                    let mut held = Vec::new();
+                    for svc in v["services"]
+                        .as_object()
+                        .into_iter()
+                        .flat_map(|o| o.values())
+                    {
+                        for i in svc["instances"]
+                            .as_object()
+                            .into_iter()
+                            .flat_map(|o| o.values())
+                        {
+                            for u in i["gpu"]["units"].as_array().into_iter().flatten() {
+                                held.push(u.as_str().unwrap_or("").to_string());
+                            }
+                        }
+                    }
+                    let n = held.len();
+                    held.sort();
+                    held.dedup();
+                    assert_eq!(held.len(), n, "a GPU unit held twice: {held:?}");
+                    m.fetch_max(n as u32, std::sync::atomic::Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        });
+        (max_held, h)
+    };
+    for step in 1..=4u32 {
+        rt.apply(&svc, &spec2, &[scale("g1", 4 - step)])
+            .await
+            .unwrap();
+        wait_for(&rt, &svc, 25, "new GPU instance ready", |o| {
+            ready(o, "g2") == step
+        })
+        .await;
+        if step < 4 {
+            rt.apply(&svc, &spec2, &[scale("g2", step + 1)])
+                .await
+                .unwrap();
+        }
+    }
+    let o = wait_for(&rt, &svc, 10, "old gone", |o| total(o, "g1") == 0).await;
+    assert_eq!(o.gpu.clone().unwrap().held_by_service, 4);
+    watcher.1.abort();
+    assert!(watcher.0.load(std::sync::atomic::Ordering::Relaxed) <= 4);
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_sliced_and_mig_placement_and_fake_nvidia_smi() {
+    let dir = tempfile::tempdir().unwrap();
+    // A fake nvidia-smi printing recorded output.
+    let smi = dir.path().join("nvidia-smi");
+    std::fs::write(
+        &smi,
+        "#!/bin/sh\ncat <<'EOF'\n0, GPU-6f5c2a31-0b8e-4f1e-9a52-1d3c5e7f9b20, NVIDIA L4, 23034 MiB\n1, GPU-0d8e7c6b-5a49-4382-b1c0-fedcba987654, NVIDIA L4, 23034 MiB\nEOF\n",
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&smi, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut cfg = config(dir.path());
+    cfg.nvidia_smi = Some(smi);
+    cfg.gpus = vec![floyd::manifest::GpuInventory {
+        product: "NVIDIA-L4".into(),
+        memory_mib: None,
+        count: 1,
+        time_sliced_replicas: Some(2),
+        mig: Default::default(),
+    }];
+    let rt = floyd::runtime::local::LocalRuntime::start(cfg)
+        .await
+        .unwrap();
+    let devs = rt.gpu_devices();
+    assert_eq!(devs.len(), 2, "from nvidia-smi, not the declared 1");
+    assert_eq!(
+        devs[1].uuid.as_deref(),
+        Some("GPU-0d8e7c6b-5a49-4382-b1c0-fedcba987654")
+    );
+    let svc = name("ts");
+    let mut t = sample(&["--gpu-echo"]);
+    t.resources.gpu = Some(floyd::manifest::GpuRequest {
+        count: 1,
+        product: Some("NVIDIA L4".into()),
+        memory_mib: None,
+        sharing: floyd::manifest::GpuSharing::TimeSliced,
+        allow_in_place: true,
+    });
+    let spec = web_spec(5, t.clone(), free_port());
+    rt.apply(&svc, &spec, &create("ts1", &t, 5)).await.unwrap();
+    let o = wait_for(&rt, &svc, 25, "4 of 5 ready (4 slots)", |o| {
+        ready(o, "ts1") == 4
+    })
+    .await;
+    let cap = o.gpu.clone().unwrap();
+    assert_eq!((cap.exist, cap.free, cap.held_by_service), (4, 0, 4));
+    let waiting = o.revisions[0]
+        .instances
+        .iter()
+        .filter(|i| {
+            i.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("waiting for GPU"))
+        })
+        .count();
+    assert_eq!(waiting, 1);
+    let log_dir = dir.path().join("local/logs/ts/ts1");
+    let mut nvidia_devices = String::new();
+    for f in std::fs::read_dir(log_dir).unwrap() {
+        nvidia_devices.push_str(&std::fs::read_to_string(f.unwrap().path()).unwrap());
+    }
+    assert!(nvidia_devices.contains("GPU-0d8e7c6b"), "{nvidia_devices}");
+    rt.shutdown().await;
+
+    // MIG from a declared inventory.
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir2.path());
+    let mut mig = std::collections::BTreeMap::new();
+    mig.insert("1g.10gb".to_string(), 3);
+    cfg.gpus = vec![floyd::manifest::GpuInventory {
+        product: "NVIDIA-A100-SXM4-80GB".into(),
+        memory_mib: Some(81920),
+        count: 1,
+        time_sliced_replicas: None,
+        mig,
+    }];
+    let rt = floyd::runtime::local::LocalRuntime::start(cfg)
+        .await
+        .unwrap();
+    let svc = name("mig");
+    let mut t = sample(&[]);
+    t.resources.gpu = Some(floyd::manifest::GpuRequest {
+        count: 1,
+        product: None,
+        memory_mib: None,
+        sharing: floyd::manifest::GpuSharing::Mig {
+            profile: "1g.10gb".into(),
+        },
+        allow_in_place: true,
+    });
+    let spec = web_spec(3, t.clone(), free_port());
+    rt.apply(&svc, &spec, &create("m1", &t, 3)).await.unwrap();
+    let o = wait_for(&rt, &svc, 25, "3 MIG instances", |o| ready(o, "m1") == 3).await;
+    let cap = o.gpu.clone().unwrap();
+    assert_eq!(cap.kind, "mig-1g.10gb");
+    assert_eq!((cap.exist, cap.free), (3, 0));
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_rotate_and_floyd_logs_prints_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.log_max_bytes = 2000;
+    cfg.log_keep = 2;
+    let rt = floyd::runtime::local::LocalRuntime::start(cfg)
+        .await
+        .unwrap();
+    let svc = name("chatty");
+    let lb = free_port();
+    let t = sample(&["--log-requests"]);
+    let spec = web_spec(1, t.clone(), lb);
+    rt.apply(&svc, &spec, &create("k1", &t, 1)).await.unwrap();
+    wait_for(&rt, &svc, 20, "ready", |o| ready(o, "k1") == 1).await;
+    let c = client();
+    for _ in 0..400 {
+        c.get(format!("http://127.0.0.1:{lb}/"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let o = observe(&rt, &svc).await;
+    let id = o.revisions[0].instances[0].id.clone();
+    let log = floyd::runtime::local::log_path(dir.path(), "chatty", "k1", &id);
+    let rotated = std::path::PathBuf::from(format!("{}.1", log.display()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !rotated.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(rotated.exists(), "rotated file exists");
+    assert!(!std::path::PathBuf::from(format!("{}.3", log.display())).exists());
+    assert!(std::fs::metadata(&log).unwrap().len() < 20_000);
+    let out = std::process::Command::new(FLOYD)
+        .args(["logs", "chatty", "--state-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("[{id} k1] GET / -> 200")), "{text}");
+    let out = std::process::Command::new(FLOYD)
+        .args(["logs", "nosuch", "--state-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_service_stops_everything_and_frees_the_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+    let svc = name("gone");
+    let lb = free_port();
+    let t = sample(&[]);
+    let spec = web_spec(2, t.clone(), lb);
+    rt.apply(&svc, &spec, &create("z1", &t, 2)).await.unwrap();
+    wait_for(&rt, &svc, 20, "ready", |o| ready(o, "z1") == 2).await;
+    let pids = rt.pids();
+    rt.delete_service(&svc).await.unwrap();
+    assert!(rt.services().await.unwrap().is_empty());
+    wait_for(&rt, &svc, 20, "deleted", |o| o.revisions.is_empty()).await;
+    assert!(pids.iter().all(|p| !pid_alive(*p)));
+    // The LB port is free again.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(std::net::TcpListener::bind(("127.0.0.1", lb)).is_ok());
+    rt.shutdown().await;
+}
+
+/// Not a test on its own: the "controller" process of
+/// `kill_9_of_the_controller_mid_rollout_then_adoption`. It runs a runtime on
+/// `FLOYD_TEST_CHILD_DIR`, starts a rollout and waits to be killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "helper process for the kill -9 test"]
+async fn controller_child() {
+    let Ok(dir) = std::env::var("FLOYD_TEST_CHILD_DIR") else {
+        return;
+    };
+    let lb: u16 = std::env::var("FLOYD_TEST_CHILD_LB")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let rt = runtime(std::path::Path::new(&dir)).await;
+    let svc = name("web");
+    let v1 = sample(&["--version", "v1"]);
+    let v2 = sample(&["--version", "v2"]);
+    rt.apply(&svc, &web_spec(3, v1.clone(), lb), &create("r1", &v1, 3))
+        .await
+        .unwrap();
+    wait_for(&rt, &svc, 30, "v1 ready", |o| ready(o, "r1") == 3).await;
+    let spec2 = web_spec(3, v2.clone(), lb);
+    rt.apply(&svc, &spec2, &create("r2", &v2, 1)).await.unwrap();
+    wait_for(&rt, &svc, 30, "first v2 ready", |o| ready(o, "r2") == 1).await;
+    rt.apply(&svc, &spec2, &[scale("r1", 2)]).await.unwrap();
+    wait_for(&rt, &svc, 30, "one v1 gone", |o| total(o, "r1") == 2).await;
+    println!("MID-ROLLOUT");
+    tokio::time::sleep(Duration::from_secs(120)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_controller_mid_rollout_then_adoption() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let lb = free_port();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "controller_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("FLOYD_TEST_CHILD_DIR", dir.path())
+        .env("FLOYD_TEST_CHILD_LB", lb.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("MID-ROLLOUT") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let reached = rx.recv_timeout(Duration::from_secs(60));
+    if reached.is_err() {
+        let _ = child.kill();
+        panic!("the controller child did not reach the middle of its rollout");
+    }
+    // Under load through the child's LB, then kill -9 the controller.
+    let before = instance_processes(dir.path());
+    assert_eq!(
+        before.len(),
+        3,
+        "2 old + 1 new instance processes: {before:?}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    // The instances outlive the controller.
+    assert!(before.iter().all(|p| pid_alive(*p)));
+
+    let rt = runtime(dir.path()).await;
+    let mut adopted = rt.pids();
+    adopted.sort();
+    let mut b = before.clone();
+    b.sort();
+    assert_eq!(adopted, b, "the same pids are adopted, nothing restarted");
+    let svc = name("web");
+    wait_for(&rt, &svc, 10, "adopted instances ready", |o| {
+        ready(o, "r1") == 2 && ready(o, "r2") == 1
+    })
+    .await;
+    // Resume the rollout under load: zero errors.
+    let load = Load::start(format!("http://127.0.0.1:{lb}/"), 6, 20_000);
+    let v2 = sample(&["--version", "v2"]);
+    let spec2 = web_spec(3, v2, lb);
+    for step in 2..=3u32 {
+        rt.apply(&svc, &spec2, &[scale("r2", step)]).await.unwrap();
+        wait_for(&rt, &svc, 20, "new ready", |o| ready(o, "r2") == step).await;
+        rt.apply(&svc, &spec2, &[scale("r1", 3 - step)])
+            .await
+            .unwrap();
+        wait_for(&rt, &svc, 20, "old gone", |o| {
+            total(o, "r1") == (3 - step) as usize
+        })
+        .await;
+    }
+    let (done, failed, errors, versions) = load.finish().await;
+    assert_eq!(failed, 0, "{errors:?}");
+    assert!(
+        done > 50 && versions.contains_key("v2"),
+        "{done} {versions:?}"
+    );
+    // Nothing orphaned: the process table holds exactly the 3 known instances.
+    let mut procs = instance_processes(dir.path());
+    procs.sort();
+    let mut pids = rt.pids();
+    pids.sort();
+    assert_eq!(procs, pids);
+    assert_eq!(pids.len(), 3);
+    rt.shutdown().await;
+    assert!(instance_processes(dir.path()).is_empty());
+}
