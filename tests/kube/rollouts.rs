@@ -442,9 +442,25 @@ async fn rolling_update_on_the_fake_cluster() {
 #[tokio::test]
 async fn blue_green_switch_on_the_fake_cluster() {
     let fake = FakeApi::start(vec![FakeNode::cpu("node-1")]).await;
-    let rt = fake_rt(&fake);
+    let rt = fake_rt(&fake).with_action_events(true);
     let ctx = Ctx::fake();
     blue_green_switch(&rt, &ctx).await;
+    // Each action was announced, in order, as the Deployment controller does.
+    let notes: Vec<String> = fake
+        .list("events")
+        .iter()
+        .filter(|e| e["reason"] == "TrafficSwitched" || e["reason"] == "ScalingReplicaSet")
+        .map(|e| e["note"].as_str().unwrap_or("").to_string())
+        .collect();
+    let (r1, r2) = (rev(&ctx.v1), rev(&ctx.v2));
+    for want in [
+        format!("Service web routes to revision {r1}; preview: revision {r2}"),
+        format!("Service web routes to revision {r2}; preview: none"),
+        format!("Scaled replica set web-{r1} to 0"),
+    ] {
+        assert!(notes.contains(&want), "{want:?} not in {notes:#?}");
+    }
+    assert!(fake.list("events").iter().all(|e| e["type"] == "Normal"));
     let svc = fake.get("services", "apps", "web").expect("active Service");
     assert_eq!(
         svc["spec"]["selector"]["floyd.dev/revision"],
