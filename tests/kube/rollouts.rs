@@ -359,10 +359,12 @@ pub async fn failing_then_rollback(rt: &KubeRuntime, ctx: &Ctx) -> KubeRuntime {
                        "lastGood": r1, "reverts": [{"commit": "abc", "revertCommit": "def"}]})
     .to_string();
     rt.save_state(&web, &state).await.expect("save state");
-    // A restarted controller (a new runtime on the same cluster) resumes from it.
+    // A restarted controller (a new runtime on the same cluster) resumes from
+    // it, through the Runtime trait as the controller holds it.
     let restarted = KubeRuntime::new(rt.client().clone(), rt.namespace());
+    let as_runtime: &dyn Runtime = &restarted;
     assert_eq!(
-        restarted.load_state(&web).await.unwrap().as_deref(),
+        as_runtime.load_state(&web).await.unwrap().as_deref(),
         Some(state.as_str())
     );
     assert_eq!(restarted.load_state(&name("other")).await.unwrap(), None);

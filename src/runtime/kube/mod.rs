@@ -968,6 +968,23 @@ impl runtime::Runtime for KubeRuntime {
         Ok(())
     }
 
+    async fn load_state(&self, service: &ServiceName) -> Result<Option<String>, runtime::Error> {
+        Ok(KubeRuntime::load_state(self, service).await?)
+    }
+
+    async fn save_state(&self, service: &ServiceName, json: &str) -> Result<(), runtime::Error> {
+        Ok(KubeRuntime::save_state(self, service, json).await?)
+    }
+
+    async fn record_event(
+        &self,
+        service: &ServiceName,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), runtime::Error> {
+        Ok(KubeRuntime::record_event(self, service, reason, message).await?)
+    }
+
     async fn delete_service(&self, service: &ServiceName) -> Result<(), runtime::Error> {
         let ns = self.namespace();
         let sel = objects::service_selector(service);
