@@ -7,6 +7,7 @@
 //! revision rolled back.
 
 use super::fake_api::{Behavior, FakeApi, FakeNode};
+use super::rollouts::validate_sent;
 use super::support::*;
 use floyd::engine::{self, Phase, RolloutState};
 use floyd::manifest::{IntOrPercent, RollingUpdateParams, ServiceName, ServiceSpec, Strategy};
@@ -143,6 +144,10 @@ async fn engine_rolling_update_keeps_surge_and_availability_bounds() {
     let saved: RolloutState =
         serde_json::from_str(&rt.load_state(&web).await.unwrap().unwrap()).unwrap();
     assert_eq!(saved.target, r2);
+    validate_sent(
+        &fake,
+        "engine_rolling_update_keeps_surge_and_availability_bounds",
+    );
 }
 
 #[tokio::test]
@@ -169,6 +174,10 @@ async fn engine_blue_green_switches_only_to_a_fully_ready_revision() {
     }
     let svc = fake.get("services", "apps", "web").expect("active Service");
     assert_eq!(svc["spec"]["selector"]["floyd.dev/revision"], r2.0.as_str());
+    validate_sent(
+        &fake,
+        "engine_blue_green_switches_only_to_a_fully_ready_revision",
+    );
 }
 
 #[tokio::test]
@@ -201,6 +210,7 @@ async fn engine_gpu_rollout_never_exceeds_capacity() {
         last.revision(&rev(&s2.template)).map(|r| r.ready()),
         Some(2)
     );
+    validate_sent(&fake, "engine_gpu_rollout_never_exceeds_capacity");
 }
 
 #[tokio::test]
@@ -243,4 +253,5 @@ async fn engine_failing_rollout_rolls_back_on_the_cluster() {
             .iter()
             .any(|e| e["reason"] == "RolloutFailed")
     );
+    validate_sent(&fake, "engine_failing_rollout_rolls_back_on_the_cluster");
 }

@@ -384,7 +384,7 @@ fn fake_rt(fake: &FakeApi) -> KubeRuntime {
 }
 
 /// Every body Floyd sent, validated; plus the Service shapes on the fake cluster.
-fn validate_sent(fake: &FakeApi, label: &str) {
+pub fn validate_sent(fake: &FakeApi, label: &str) {
     let sent = fake.sent();
     for s in &sent {
         // The API server rejects a body whose name differs from the URL's.
