@@ -24,7 +24,7 @@ COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src benches \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
- && for b in manifest engine local gitops api; do echo 'fn main() {}' > benches/$b.rs; done \
+ && for b in $(grep -A1 '^\[\[bench\]\]' Cargo.toml | sed -n 's/^name = "\(.*\)"/\1/p'); do echo 'fn main() {}' > "benches/$b.rs"; done \
  && cargo build --release --locked --bin floyd \
  && rm -rf src benches
 COPY src ./src

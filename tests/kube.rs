@@ -4,6 +4,8 @@
 //! - `rollouts`: whole rollouts through `kube::Client` against a fake API
 //!   server with a simulated controller-manager/scheduler/kubelet; every
 //!   object sent is checked with `kubernetes-validate --strict`.
+//! - `engine_loop`: the real `engine::step` loop driving the runtime against
+//!   the fake API server (rolling, blue-green, GPU, failing → rollback).
 //! - `cluster`: the same scenarios against a real cluster (`KUBECONFIG`),
 //!   ignored by default.
 //! - `chart`: `helm lint`, `helm template | kubernetes-validate`, RBAC scope.
@@ -12,6 +14,8 @@
 mod chart;
 #[path = "kube/cluster.rs"]
 mod cluster;
+#[path = "kube/engine_loop.rs"]
+mod engine_loop;
 #[path = "kube/fake_api.rs"]
 mod fake_api;
 #[path = "kube/rollouts.rs"]

@@ -247,4 +247,31 @@ pub trait Runtime: Send + Sync {
 
     /// Remove everything of a service (prune).
     async fn delete_service(&self, service: &ServiceName) -> Result<(), Error>;
+
+    /// Durable per-service controller state kept where the service runs
+    /// (kube: ConfigMap `floyd-state-<service>`), so a restarted or
+    /// failed-over controller resumes from there. Default: the runtime keeps
+    /// none (`None`); the controller's own store is the record.
+    async fn load_state(&self, service: &ServiceName) -> Result<Option<String>, Error> {
+        let _ = service;
+        Ok(None)
+    }
+
+    /// Saves what [`Runtime::load_state`] returns. Default: does nothing.
+    async fn save_state(&self, service: &ServiceName, json: &str) -> Result<(), Error> {
+        let _ = (service, json);
+        Ok(())
+    }
+
+    /// Announces a rollout event where the runtime's operators look (kube:
+    /// a Kubernetes Event regarding the service). Default: does nothing.
+    async fn record_event(
+        &self,
+        service: &ServiceName,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), Error> {
+        let _ = (service, reason, message);
+        Ok(())
+    }
 }

@@ -254,12 +254,17 @@ fn full_values_render_ha_ingress_and_monitoring_that_validate() {
             "floyd-webhook",
         ),
         ("FLOYD_API_TOKEN_FILE", "/etc/floyd/api", "floyd-api"),
-        ("FLOYD_GIT_CREDENTIALS_DIR", "/etc/floyd/git", "floyd-git"),
+        ("FLOYD_GIT_SSH_KEY", "/etc/floyd/git", "floyd-git"),
+        ("FLOYD_GIT_KNOWN_HOSTS", "/etc/floyd/git", "floyd-git"),
     ] {
         let path = env[var].as_str().unwrap_or_else(|| panic!("{var}"));
         assert!(path.starts_with(dir), "{var}={path}");
         assert_eq!(volume(d, &mounts[dir])["secret"]["secretName"], secret);
     }
+    assert!(
+        !env.contains_key("FLOYD_GIT_TOKEN_FILE"),
+        "ssh credentials only"
+    );
     assert_eq!(env["FLOYD_NAMESPACE"], "apps");
     assert_eq!(env["FLOYD_PATH"], "clusters/eu-1");
     assert_eq!(env["FLOYD_ENVIRONMENT"], "prod");
@@ -488,6 +493,30 @@ fn missing_repo_and_misspelled_values_fail_with_a_message() {
     ])
     .unwrap();
     assert!(!ok && text.contains("logFormat"), "{text}");
+}
+
+#[test]
+fn https_credentials_come_from_the_secret_as_files() {
+    let Some(objs) = render(
+        "default-values.yaml",
+        &["--set", "git.credentialsSecret=floyd-git"],
+    ) else {
+        return;
+    };
+    let d = one(&objs, "Deployment");
+    let env = env_of(d);
+    assert_eq!(env["FLOYD_GIT_TOKEN_FILE"], "/etc/floyd/git/password");
+    let user = &env["FLOYD_GIT_USER"]["secretKeyRef"];
+    assert_eq!(
+        (user["name"].as_str(), user["key"].as_str()),
+        (Some("floyd-git"), Some("username"))
+    );
+    assert!(!env.contains_key("FLOYD_GIT_SSH_KEY"));
+    assert_eq!(
+        volume(d, &mounts_of(d)["/etc/floyd/git"])["secret"]["secretName"],
+        "floyd-git"
+    );
+    validate_rendered("https credentials", &objs);
 }
 
 #[test]

@@ -359,10 +359,12 @@ pub async fn failing_then_rollback(rt: &KubeRuntime, ctx: &Ctx) -> KubeRuntime {
                        "lastGood": r1, "reverts": [{"commit": "abc", "revertCommit": "def"}]})
     .to_string();
     rt.save_state(&web, &state).await.expect("save state");
-    // A restarted controller (a new runtime on the same cluster) resumes from it.
+    // A restarted controller (a new runtime on the same cluster) resumes from
+    // it, through the Runtime trait as the controller holds it.
     let restarted = KubeRuntime::new(rt.client().clone(), rt.namespace());
+    let as_runtime: &dyn Runtime = &restarted;
     assert_eq!(
-        restarted.load_state(&web).await.unwrap().as_deref(),
+        as_runtime.load_state(&web).await.unwrap().as_deref(),
         Some(state.as_str())
     );
     assert_eq!(restarted.load_state(&name("other")).await.unwrap(), None);
@@ -382,7 +384,7 @@ fn fake_rt(fake: &FakeApi) -> KubeRuntime {
 }
 
 /// Every body Floyd sent, validated; plus the Service shapes on the fake cluster.
-fn validate_sent(fake: &FakeApi, label: &str) {
+pub fn validate_sent(fake: &FakeApi, label: &str) {
     let sent = fake.sent();
     for s in &sent {
         // The API server rejects a body whose name differs from the URL's.
@@ -442,9 +444,25 @@ async fn rolling_update_on_the_fake_cluster() {
 #[tokio::test]
 async fn blue_green_switch_on_the_fake_cluster() {
     let fake = FakeApi::start(vec![FakeNode::cpu("node-1")]).await;
-    let rt = fake_rt(&fake);
+    let rt = fake_rt(&fake).with_action_events(true);
     let ctx = Ctx::fake();
     blue_green_switch(&rt, &ctx).await;
+    // Each action was announced, in order, as the Deployment controller does.
+    let notes: Vec<String> = fake
+        .list("events")
+        .iter()
+        .filter(|e| e["reason"] == "TrafficSwitched" || e["reason"] == "ScalingReplicaSet")
+        .map(|e| e["note"].as_str().unwrap_or("").to_string())
+        .collect();
+    let (r1, r2) = (rev(&ctx.v1), rev(&ctx.v2));
+    for want in [
+        format!("Service web routes to revision {r1}; preview: revision {r2}"),
+        format!("Service web routes to revision {r2}; preview: none"),
+        format!("Scaled replica set web-{r1} to 0"),
+    ] {
+        assert!(notes.contains(&want), "{want:?} not in {notes:#?}");
+    }
+    assert!(fake.list("events").iter().all(|e| e["type"] == "Normal"));
     let svc = fake.get("services", "apps", "web").expect("active Service");
     assert_eq!(
         svc["spec"]["selector"]["floyd.dev/revision"],

@@ -66,8 +66,10 @@ fn runtime() -> (KubeRuntime, Handle) {
     (rt, handle)
 }
 
-/// Answers `script` in order, asserting each request; returns the bodies.
+/// Answers `script` in order, asserting each request; then checks every
+/// object sent with `kubernetes-validate --strict`.
 async fn serve(mut handle: Handle, script: Vec<Expect>) {
+    let mut objects = Vec::new();
     for (i, e) in script.into_iter().enumerate() {
         let (req, send) = tokio::time::timeout(Duration::from_secs(10), handle.next_request())
             .await
@@ -95,6 +97,9 @@ async fn serve(mut handle: Handle, script: Vec<Expect>) {
                 e.uri
             );
         }
+        if let Some(b) = body.as_ref().filter(|b| b.get("kind").is_some()) {
+            objects.push(b.clone());
+        }
         let reply =
             e.response.clone().or(body).unwrap_or_else(
                 || json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
@@ -107,6 +112,12 @@ async fn serve(mut handle: Handle, script: Vec<Expect>) {
                 .unwrap(),
         );
     }
+    // Blocking, but every request of the scenario is answered by now.
+    tokio::task::spawn_blocking(move || {
+        super::validate::validate_objects("tower scenario", &objects)
+    })
+    .await
+    .expect("validation ran");
 }
 
 const RS: &str = "/apis/apps/v1/namespaces/apps/replicasets";

@@ -19,6 +19,39 @@
 //! GPU capacity lists Nodes and unfinished Pods on each observe of a GPU
 //! service (they change outside Floyd, and a watch on every pod of the cluster
 //! would cost more than it saves).
+//!
+//! # For the controller
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use floyd::manifest::{Revision, ServiceName};
+//! use floyd::runtime::kube::KubeRuntime;
+//! use tokio_util::sync::CancellationToken;
+//!
+//! // `floyd run --runtime kube --namespace apps` (FLOYD_NAMESPACE).
+//! let rt = KubeRuntime::from_env(Some("apps")).await?;
+//!
+//! // Leader election: only the leader steps rollouts; standbys serve /healthz.
+//! let elector = std::sync::Arc::new(rt.leader_elector("floyd")); // FLOYD_LEASE_NAME
+//! let stop = CancellationToken::new();
+//! tokio::spawn({
+//!     let (e, stop) = (elector.clone(), stop.clone());
+//!     async move { e.run(stop).await } // releases the Lease when `stop` fires
+//! });
+//! let mut leading = elector.subscribe();
+//! leading.wait_for(|l| *l).await?;
+//!
+//! // Before a revision's first CreateRevision: its commit, for the annotation.
+//! let web = ServiceName::parse("web")?;
+//! rt.set_commit(&web, &Revision::from("0123456789"), "9f1c2e...");
+//!
+//! // Durable state lives in the cluster (ConfigMap floyd-state-web).
+//! if let Some(json) = rt.load_state(&web).await? { /* resume from it */ }
+//! rt.save_state(&web, r#"{"rollout": null}"#).await?;
+//! rt.record_event(&web, "RolloutFailed", "progress deadline exceeded").await?;
+//! stop.cancel();
+//! # Ok(()) }
+//! ```
 
 pub mod lease;
 pub mod objects;
@@ -120,6 +153,20 @@ impl From<Error> for runtime::Error {
             Error::Api { code, .. } if code >= 500 || code == 429 => {
                 runtime::Error::Unavailable(e.to_string())
             }
+            Error::Spec {
+                ref service,
+                ref message,
+            }
+            | Error::InvalidName {
+                ref service,
+                ref message,
+            } => match ServiceName::parse(service) {
+                Ok(service) => runtime::Error::Apply {
+                    service,
+                    message: message.clone(),
+                },
+                Err(_) => runtime::Error::Other(e.to_string()),
+            },
             other => runtime::Error::Other(other.to_string()),
         }
     }
@@ -176,6 +223,9 @@ struct Inner {
     commits: Mutex<HashMap<(ServiceName, Revision), String>>,
     clock: fn() -> Time,
     event_seq: AtomicU64,
+    /// Publish an Event per applied action (like the Deployment controller's
+    /// "Scaled up replica set" events).
+    action_events: bool,
 }
 
 struct PodCache {
@@ -204,6 +254,7 @@ impl KubeRuntime {
                 commits: Mutex::new(HashMap::new()),
                 clock: Time::now_wall,
                 event_seq: AtomicU64::new(0),
+                action_events: false,
             }),
         }
     }
@@ -220,7 +271,9 @@ impl KubeRuntime {
             .filter(|n| !n.is_empty())
             .map(str::to_string)
             .unwrap_or_else(|| client.default_namespace().to_string());
-        Ok(KubeRuntime::new(client, ns).with_pod_watch(Duration::from_secs(300)))
+        Ok(KubeRuntime::new(client, ns)
+            .with_action_events(true)
+            .with_pod_watch(Duration::from_secs(300)))
     }
 
     fn inner_mut(&mut self) -> &mut Inner {
@@ -238,6 +291,7 @@ impl KubeRuntime {
                 commits: Mutex::new(HashMap::new()),
                 clock: i.clock,
                 event_seq: AtomicU64::new(0),
+                action_events: i.action_events,
             });
         }
         Arc::get_mut(&mut self.inner).expect("just made unique")
@@ -262,6 +316,16 @@ impl KubeRuntime {
     #[must_use]
     pub fn with_cluster_gpu_view(mut self, on: bool) -> Self {
         self.inner_mut().cluster_gpu_view = on;
+        self
+    }
+
+    /// Publish a Kubernetes Event for every action applied (`RevisionCreated`,
+    /// `ScalingReplicaSet`, `InstanceDeleted`, `TrafficSwitched`,
+    /// `RevisionDeleted`), best effort: a failed Event is logged, never fails
+    /// the action. On in [`KubeRuntime::from_env`].
+    #[must_use]
+    pub fn with_action_events(mut self, on: bool) -> Self {
+        self.inner_mut().action_events = on;
         self
     }
 
@@ -681,6 +745,7 @@ impl KubeRuntime {
         spec: &ServiceSpec,
         action: &Action,
     ) -> Result<(), Error> {
+        tracing::debug!(%service, namespace = %self.namespace(), action = %describe(action), "kube apply");
         match action {
             Action::CreateRevision { revision, template } => {
                 self.create_revision(service, spec, revision, template)
@@ -718,6 +783,68 @@ impl KubeRuntime {
                 .await
             }
         }
+    }
+}
+
+/// A one-line description of an action for logs (no templates, no env values).
+fn describe(action: &Action) -> String {
+    match action {
+        Action::CreateRevision { revision, .. } => format!("create revision {revision}"),
+        Action::Scale { revision, replicas } => format!("scale {revision} to {replicas}"),
+        Action::DeleteInstance { revision, instance } => {
+            format!("delete instance {instance} of {revision}")
+        }
+        Action::SetTraffic { active, preview } => format!(
+            "traffic active={} preview={}",
+            active.as_ref().map_or("all", |r| r.as_str()),
+            preview.as_ref().map_or("none", |r| r.as_str())
+        ),
+        Action::DeleteRevision { revision } => format!("delete revision {revision}"),
+    }
+}
+
+/// The Event an applied action is announced with (reason, note).
+fn action_event(service: &ServiceName, action: &Action) -> (&'static str, String) {
+    match action {
+        Action::CreateRevision { revision, .. } => (
+            "RevisionCreated",
+            format!(
+                "Created revision {revision} (ReplicaSet {})",
+                objects::replica_set_name(service, revision)
+            ),
+        ),
+        Action::Scale { revision, replicas } => (
+            "ScalingReplicaSet",
+            format!(
+                "Scaled replica set {} to {replicas}",
+                objects::replica_set_name(service, revision)
+            ),
+        ),
+        Action::DeleteInstance { revision, instance } => (
+            "InstanceDeleted",
+            format!("Deleted pod {instance} of revision {revision}"),
+        ),
+        Action::SetTraffic { active, preview } => (
+            "TrafficSwitched",
+            format!(
+                "Service {service} routes to {}; preview: {}",
+                active
+                    .as_ref()
+                    .map_or("every ready revision".to_string(), |r| format!(
+                        "revision {r}"
+                    )),
+                preview
+                    .as_ref()
+                    .map_or("none".to_string(), |r| format!("revision {r}"))
+            ),
+        ),
+        Action::DeleteRevision { revision } => (
+            "RevisionDeleted",
+            format!(
+                "Deleted ReplicaSet {} (revision history limit)",
+                objects::replica_set_name(service, revision)
+            ),
+        ),
     }
 }
 
@@ -831,8 +958,31 @@ impl runtime::Runtime for KubeRuntime {
         objects::check_service_name(service)?;
         for action in actions {
             self.apply_one(service, spec, action).await?;
+            if self.inner.action_events {
+                let (reason, message) = action_event(service, action);
+                if let Err(e) = self.record_event(service, reason, &message).await {
+                    tracing::warn!(%service, error = %e, "could not record an Event");
+                }
+            }
         }
         Ok(())
+    }
+
+    async fn load_state(&self, service: &ServiceName) -> Result<Option<String>, runtime::Error> {
+        Ok(KubeRuntime::load_state(self, service).await?)
+    }
+
+    async fn save_state(&self, service: &ServiceName, json: &str) -> Result<(), runtime::Error> {
+        Ok(KubeRuntime::save_state(self, service, json).await?)
+    }
+
+    async fn record_event(
+        &self,
+        service: &ServiceName,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), runtime::Error> {
+        Ok(KubeRuntime::record_event(self, service, reason, message).await?)
     }
 
     async fn delete_service(&self, service: &ServiceName) -> Result<(), runtime::Error> {
