@@ -107,7 +107,9 @@ impl Scratch {
     fn create(dir: &Path, examples: &Path) -> anyhow::Result<Scratch> {
         if dir.exists() {
             let looks_like_demo = dir.join("remote.git").exists()
-                || std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
+                || std::fs::read_dir(dir)
+                    .map(|mut d| d.next().is_none())
+                    .unwrap_or(false);
             if !looks_like_demo {
                 return Err(super::CliError::usage(format!(
                     "--dir {}: exists and is not a Floyd demo directory; choose another --dir",
@@ -209,15 +211,30 @@ fn spawn_printer(hub: &Arc<Hub>) -> tokio::task::JoinHandle<()> {
                     println!("  sync      {} {:?}", short(&commit.sha), commit.summary);
                 }
                 Ok(Event::Rollout { entry }) => {
-                    let key = format!("{}/{}/{}", entry.service, entry.to_revision, entry.started_at.0);
+                    let key = format!(
+                        "{}/{}/{}",
+                        entry.service, entry.to_revision, entry.started_at.0
+                    );
                     let state = (entry.result, entry.reason.clone());
                     if last.get(&key) == Some(&state) {
                         continue;
                     }
                     last.insert(key, state);
-                    let kind = if entry.rollback { "rollback" } else { "rollout " };
-                    let from = entry.from_revision.as_ref().map(|r| r.to_string()).unwrap_or_else(|| "-".into());
-                    let reason = if entry.reason.is_empty() { String::new() } else { format!(": {}", entry.reason) };
+                    let kind = if entry.rollback {
+                        "rollback"
+                    } else {
+                        "rollout "
+                    };
+                    let from = entry
+                        .from_revision
+                        .as_ref()
+                        .map(|r| r.to_string())
+                        .unwrap_or_else(|| "-".into());
+                    let reason = if entry.reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", entry.reason)
+                    };
                     println!(
                         "  {kind}  {:<9} {from} → {}  {}{reason}",
                         entry.service,
@@ -225,9 +242,18 @@ fn spawn_printer(hub: &Arc<Hub>) -> tokio::task::JoinHandle<()> {
                         entry.result.as_str()
                     );
                 }
-                Ok(Event::Revert { service, commit, ok, message, .. }) => {
+                Ok(Event::Revert {
+                    service,
+                    commit,
+                    ok,
+                    message,
+                    ..
+                }) => {
                     if ok {
-                        println!("  revert    {service}: pushed {} ({message})", commit.as_deref().map(short).unwrap_or("?"));
+                        println!(
+                            "  revert    {service}: pushed {} ({message})",
+                            commit.as_deref().map(short).unwrap_or("?")
+                        );
                     } else {
                         println!("  revert    {service}: not reverted: {message}");
                     }
@@ -258,7 +284,10 @@ async fn wait_view(
                 .service(SERVICE)
                 .map(|v| format!("{} ({})", v.phase.as_str(), v.reason))
                 .unwrap_or_else(|| "not seen yet".into());
-            bail!("timed out after {}s waiting for {SERVICE}: {what}; it is {now}", timeout.as_secs());
+            bail!(
+                "timed out after {}s waiting for {SERVICE}: {what}; it is {now}",
+                timeout.as_secs()
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -267,7 +296,11 @@ async fn wait_view(
 async fn demo(args: Args) -> anyhow::Result<u8> {
     let examples = find_examples(args.examples.as_deref())?;
     let scratch = Scratch::create(&args.dir, &examples)?;
-    let dir = scratch.remote.parent().map(Path::to_path_buf).unwrap_or_default();
+    let dir = scratch
+        .remote
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let mut run_args = RunArgs::new(scratch.remote.to_string_lossy(), dir.join("state"));
     run_args.listen = args.listen;
     run_args.poll_interval = Duration::from_secs(2);
@@ -279,7 +312,11 @@ async fn demo(args: Args) -> anyhow::Result<u8> {
     let running = run::start(&run_args).await?;
     let url = format!("http://{}", running.addr);
     println!("Floyd demo");
-    println!("  config remote  {}  (seeded from {})", scratch.remote.display(), examples.display());
+    println!(
+        "  config remote  {}  (seeded from {})",
+        scratch.remote.display(),
+        examples.display()
+    );
     println!("  dashboard      {url}/");
     println!("  API            {url}/api/v1/services");
     if let Some(e) = &run_args.environment {
@@ -287,7 +324,10 @@ async fn demo(args: Args) -> anyhow::Result<u8> {
     }
     println!();
     println!("Push a change and watch it roll out:");
-    println!("  git clone {} floyd-config && cd floyd-config", scratch.remote.display());
+    println!(
+        "  git clone {} floyd-config && cd floyd-config",
+        scratch.remote.display()
+    );
     println!("  sed -i 's/webVersion: \"1.4.2\"/webVersion: \"1.4.3\"/' floyd.yaml");
     println!("  git commit -am \"web: 1.4.3\" && git push");
     println!("  floyd watch web --server {url}");
@@ -325,18 +365,24 @@ async fn scenario(running: &Running, scratch: &Scratch) -> anyhow::Result<()> {
         .map(|(s, _)| s.clone())
         .ok_or_else(|| anyhow!("the scratch remote has no commit"))?;
     println!("1. Initial sync of examples-repo ({})", short(&initial));
-    let v0 = wait_view(hub, "the initial rollout to complete", Duration::from_secs(120), |v| {
-        v.phase == Phase::Complete && v.commit.as_ref().is_some_and(|c| c.sha == initial)
-    })
+    let v0 = wait_view(
+        hub,
+        "the initial rollout to complete",
+        Duration::from_secs(120),
+        |v| v.phase == Phase::Complete && v.commit.as_ref().is_some_and(|c| c.sha == initial),
+    )
     .await?;
     let r0 = v0.target_revision.clone().unwrap_or_else(|| "?".into());
 
     println!("\n2. A healthy change: web 1.4.3");
     scratch.edit(FILE, "\"{{ values.webVersion }}\"", "\"1.4.3\"")?;
     let good = scratch.commit_and_push("web: 1.4.3")?;
-    let v1 = wait_view(hub, "the healthy rollout to complete", Duration::from_secs(120), |v| {
-        v.phase == Phase::Complete && v.commit.as_ref().is_some_and(|c| c.sha == good)
-    })
+    let v1 = wait_view(
+        hub,
+        "the healthy rollout to complete",
+        Duration::from_secs(120),
+        |v| v.phase == Phase::Complete && v.commit.as_ref().is_some_and(|c| c.sha == good),
+    )
     .await?;
     let r1 = v1.target_revision.clone().unwrap_or_else(|| "?".into());
     if r1 == r0 {
@@ -348,14 +394,23 @@ async fn scenario(running: &Running, scratch: &Scratch) -> anyhow::Result<()> {
     let mut events = hub.subscribe();
     scratch.edit(FILE, "\"1.4.3\"]", "\"1.5.0\", \"--never-ready\"]")?;
     let bad = scratch.commit_and_push("web: 1.5.0")?;
-    wait_view(hub, "the broken rollout to start", Duration::from_secs(60), |v| {
-        v.commit.as_ref().is_some_and(|c| c.sha == bad)
-    })
+    wait_view(
+        hub,
+        "the broken rollout to start",
+        Duration::from_secs(60),
+        |v| v.commit.as_ref().is_some_and(|c| c.sha == bad),
+    )
     .await?;
     let revert = tokio::time::timeout(Duration::from_secs(180), async {
         loop {
             match events.recv().await {
-                Ok(Event::Revert { service, commit, ok, message, .. }) if service == SERVICE => {
+                Ok(Event::Revert {
+                    service,
+                    commit,
+                    ok,
+                    message,
+                    ..
+                }) if service == SERVICE => {
                     return if ok {
                         commit.ok_or_else(|| anyhow!("revert event without a commit"))
                     } else {
@@ -374,18 +429,31 @@ async fn scenario(running: &Running, scratch: &Scratch) -> anyhow::Result<()> {
         .iter()
         .find(|e| e.result == Phase::Failed && e.commit.as_ref().is_some_and(|c| c.sha == bad))
         .ok_or_else(|| anyhow!("the broken rollout was not recorded as Failed"))?;
-    println!("   ✓ rollout of {} failed: {}", failed.to_revision, failed.reason);
+    println!(
+        "   ✓ rollout of {} failed: {}",
+        failed.to_revision, failed.reason
+    );
     if !history.iter().any(|e| e.rollback && e.to_revision == r1) {
         bail!("no rollback to {r1} was recorded");
     }
     println!("   ✓ rolled back to {r1}");
-    let v2 = wait_view(hub, "to converge on the revert commit", Duration::from_secs(120), |v| {
-        v.phase == Phase::Complete
-            && v.commit.as_ref().is_some_and(|c| c.sha == revert)
-            && v.target_revision.as_ref() == Some(&r1)
-    })
+    let v2 = wait_view(
+        hub,
+        "to converge on the revert commit",
+        Duration::from_secs(120),
+        |v| {
+            v.phase == Phase::Complete
+                && v.commit.as_ref().is_some_and(|c| c.sha == revert)
+                && v.target_revision.as_ref() == Some(&r1)
+        },
+    )
     .await?;
-    println!("   ✓ revert {} pushed; web is {} on {}", short(&revert), v2.phase.as_str(), r1);
+    println!(
+        "   ✓ revert {} pushed; web is {} on {}",
+        short(&revert),
+        v2.phase.as_str(),
+        r1
+    );
 
     println!("\n4. The remote's history (git log):");
     let log = scratch.remote_log(4)?;
@@ -394,7 +462,11 @@ async fn scenario(running: &Running, scratch: &Scratch) -> anyhow::Result<()> {
     }
     let (top, msg) = log.first().ok_or_else(|| anyhow!("empty remote log"))?;
     if *top != revert {
-        bail!("the remote tip is {}, not the revert {}", short(top), short(&revert));
+        bail!(
+            "the remote tip is {}, not the revert {}",
+            short(top),
+            short(&revert)
+        );
     }
     println!("\n   The revert commit:");
     for l in msg.lines() {

@@ -141,7 +141,8 @@ pub async fn make_runtime(args: &Args, gpus: Vec<GpuInventory>) -> anyhow::Resul
         "local" => {
             let mut cfg = LocalConfig::new(&args.state_dir);
             cfg.gpus = match &args.gpus {
-                Some(g) => parse_gpus_flag(g).map_err(|e| super::CliError::usage(format!("--gpus: {e}")))?,
+                Some(g) => parse_gpus_flag(g)
+                    .map_err(|e| super::CliError::usage(format!("--gpus: {e}")))?,
                 None => gpus,
             };
             cfg.leave_running = args.leave_running;
@@ -201,7 +202,14 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
         };
         let (path, env) = (args.path.clone(), args.environment.clone());
         tokio::task::spawn_blocking(move || {
-            declared_gpus(&Args { path, environment: env, ..a }, &s)
+            declared_gpus(
+                &Args {
+                    path,
+                    environment: env,
+                    ..a
+                },
+                &s,
+            )
         })
         .await
         .unwrap_or_default()

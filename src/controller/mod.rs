@@ -427,6 +427,9 @@ impl Controller {
             })
             .collect();
         let plan = diff::plan(&release, &observed, &last_target);
+        sh.hub.emit(Event::Sync {
+            commit: commit.clone(),
+        });
         let base = sh.cfg.path.clone().unwrap_or_default();
         let is_revert_commit = !source::revert_of(&message).is_empty();
 
@@ -615,7 +618,6 @@ impl Controller {
         self.synced = Some(sha.to_string());
         let _ = sh.store.set_synced_commit(sha);
         sh.hub.set_synced();
-        sh.hub.emit(Event::Sync { commit });
         Ok(())
     }
 
@@ -999,11 +1001,27 @@ async fn handle_failure(
         author_email: sh.cfg.author_email.clone(),
     };
     let src = sh.source.clone();
-    let req2 = req.clone();
-    let out = tokio::task::spawn_blocking(move || src.revert(&req2))
-        .await
-        .map_err(|e| source::Error::Git(e.to_string()))
-        .and_then(|r| r);
+    let mut req2 = req.clone();
+    // floyd.yaml's values shape every service: when no commit touched the
+    // service's own files, the change that broke it came from there.
+    let shared = sh
+        .cfg
+        .path
+        .clone()
+        .unwrap_or_default()
+        .join("floyd.yaml")
+        .to_string_lossy()
+        .into_owned();
+    let out = tokio::task::spawn_blocking(move || match src.revert(&req2) {
+        Ok(RevertOutcome::NothingToRevert) => {
+            req2.files = vec![shared];
+            src.revert(&req2)
+        }
+        other => other,
+    })
+    .await
+    .map_err(|e| source::Error::Git(e.to_string()))
+    .and_then(|r| r);
     let result_label = |r: &str| ResultLabel { result: r.into() };
     match out {
         Ok(RevertOutcome::Pushed {
@@ -1053,7 +1071,7 @@ async fn handle_failure(
                 .get_or_create(&result_label("skipped"))
                 .inc();
             rec.degraded = degrade(format!(
-                "no commit since the last good one changed {}; the failure came from elsewhere (shared values?) — not reverting",
+                "no commit since the last good one changed {} or floyd.yaml; not reverting",
                 req.files.join(", ")
             ));
             None
