@@ -190,6 +190,10 @@ impl Hub {
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
     }
+    /// How many event subscribers (SSE clients, notifier) are attached now.
+    pub fn subscriber_count(&self) -> usize {
+        self.events.receiver_count()
+    }
     /// Ask the controller to run a manual command; waits for its answer.
     pub async fn control(&self, service: &str, command: Command) -> Result<(), String> {
         let (reply, rx) = oneshot::channel();

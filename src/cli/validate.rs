@@ -48,6 +48,8 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         println!("ok: {base_services} services, environments: {envs}");
         return Ok(0);
     }
+    problems
+        .sort_by(|(a, _), (b, _)| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
     for (mut d, labels) in problems.iter().cloned() {
         d.file = shown_path(&args.dir, &d.file);
         if labels.len() < targets.len() {

@@ -14,6 +14,9 @@ pub struct GpuLimit {
     /// Most instances (desired over all revisions) the service may have:
     /// `(free + held) / per_instance − terminating instances`.
     pub max_total: u32,
+    /// Instances the service could hold once nothing of it is terminating:
+    /// `(free + held) / per_instance`. Above `replicas` there is room to surge.
+    pub instances: u32,
 }
 
 /// Units needed and units that can be had, for messages.
@@ -79,6 +82,7 @@ pub fn limit(cap: &GpuCapacity, per_instance: u32, terminating: u32) -> GpuLimit
     let max_total = instances.saturating_sub(u64::from(terminating));
     GpuLimit {
         max_total: u32::try_from(max_total).unwrap_or(u32::MAX),
+        instances: u32::try_from(instances).unwrap_or(u32::MAX),
     }
 }
 

@@ -299,11 +299,9 @@ impl<'a> Cx<'a> {
         }
     }
 
-    fn gpu_limit(&self) -> Option<u32> {
+    fn gpu_limit(&self) -> Option<gpu::GpuLimit> {
         match (self.gpu_per_instance(), &self.observed.gpu) {
-            (Some(per), Some(cap)) => {
-                Some(gpu::limit(cap, per, self.fleet.total_terminating()).max_total)
-            }
+            (Some(per), Some(cap)) => Some(gpu::limit(cap, per, self.fleet.total_terminating())),
             _ => None,
         }
     }
@@ -335,14 +333,13 @@ impl<'a> Cx<'a> {
         max_unavailable: crate::manifest::IntOrPercent,
     ) -> bool {
         let r = self.replicas();
-        let surge = rolling::scaled_value(max_surge, r, true);
-        let mut unavailable = rolling::scaled_value(max_unavailable, r, false);
+        let (surge, mut unavailable) = rolling::fenceposts(max_surge, max_unavailable, r);
         let mut max_total = r.saturating_add(surge);
-        let mut eff_surge = surge;
         if let Some(limit) = self.gpu_limit() {
-            eff_surge = surge.min(limit.saturating_sub(r));
-            max_total = r.saturating_add(eff_surge).min(limit);
-            if surge > 0 && eff_surge == 0 && unavailable == 0 {
+            // Terminating instances hold GPUs for a while: that only delays a
+            // surge. No headroom even without them means it can never happen.
+            max_total = max_total.min(limit.max_total);
+            if surge > 0 && limit.instances <= r && unavailable == 0 {
                 let allow = self.spec.gpu().is_none_or(|g| g.allow_in_place);
                 let kind = self
                     .observed
@@ -365,15 +362,13 @@ impl<'a> Cx<'a> {
                 }
             }
         }
-        if eff_surge == 0 && unavailable == 0 {
-            unavailable = 1;
-        }
         let unavailable = rolling::cap_unavailable(unavailable, r);
         self.ensure_traffic(None, None);
         if let Some(prev) = self.state.progress.last_replicas
             && prev != r
         {
             let prev_max = prev.saturating_add(rolling::scaled_value(max_surge, prev, true));
+            let eff_surge = max_total.saturating_sub(r);
             if rolling::proportional_scale(&mut self.fleet, r, eff_surge, prev_max) {
                 self.event(format!(
                     "replicas changed {prev} → {r}: scaled revisions proportionally"

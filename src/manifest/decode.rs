@@ -67,6 +67,7 @@ impl Ctx<'_> {
             return None;
         };
         let mut fields = Vec::with_capacity(entries.len());
+        let mut unknown = 0;
         for (k, v) in entries {
             let Some(key) = k.as_str() else {
                 self.err(
@@ -77,6 +78,7 @@ impl Ctx<'_> {
                 continue;
             };
             if !known.contains(&key) {
+                unknown += 1;
                 let p = join(path, key);
                 match closest(key, known) {
                     Some(c) => {
@@ -95,6 +97,7 @@ impl Ctx<'_> {
         }
         Some(Obj {
             fields,
+            unknown,
             pos: node.pos,
             path: path.to_string(),
         })
@@ -280,6 +283,9 @@ impl Ctx<'_> {
 /// A mapping whose keys were checked against the known ones.
 pub(crate) struct Obj<'n> {
     fields: Vec<(&'n str, &'n Node)>,
+    /// Keys that were reported as unknown (a typo of a required key is
+    /// reported once, as the typo).
+    pub unknown: usize,
     pub pos: Pos,
     pub path: String,
 }
@@ -943,6 +949,7 @@ fn probe(
         .filter(|k| o.get(k).is_some())
         .collect();
     let action = match kinds.as_slice() {
+        [] if o.unknown > 0 => None,
         [] => {
             cx.err_hint(
                 o.pos,
@@ -1279,6 +1286,7 @@ fn gates(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Vec<Gate> {
             .filter(|k| o.get(k).is_some())
             .collect();
         match kinds.as_slice() {
+            [] if o.unknown > 0 => {}
             [] => cx.err_hint(
                 o.pos,
                 &ip,

@@ -24,8 +24,10 @@ use tokio::sync::{Semaphore, mpsc};
 /// Queued notifications beyond this are dropped (with a warning): a dead
 /// target must not grow memory without bound.
 const QUEUE: usize = 1024;
-/// Deliveries in flight at once, over all targets.
-const IN_FLIGHT: usize = 16;
+/// Deliveries in flight at once, over all targets. High enough that a few
+/// dead targets (each holding a slot through its timeouts and retries) do not
+/// hold back the live ones; bounded so a flood cannot spawn without limit.
+const IN_FLIGHT: usize = 256;
 
 /// What happened. The names (`as_str`) are what `notifications[].events` lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -216,7 +218,7 @@ impl Default for DeliveryPolicy {
 
 /// Sends notifications in the background. Cheap to share (`Arc`).
 pub struct Notifier {
-    tx: mpsc::Sender<Notification>,
+    tx: mpsc::Sender<(Notification, Vec<NotificationTarget>)>,
     targets: Arc<RwLock<Vec<NotificationTarget>>>,
 }
 
@@ -229,7 +231,7 @@ impl Notifier {
     pub fn with_policy(targets: Vec<NotificationTarget>, policy: DeliveryPolicy) -> Notifier {
         let (tx, rx) = mpsc::channel(QUEUE);
         let targets = Arc::new(RwLock::new(targets));
-        tokio::spawn(deliver_loop(rx, targets.clone(), policy));
+        tokio::spawn(deliver_loop(rx, policy));
         Notifier { tx, targets }
     }
 
@@ -240,10 +242,17 @@ impl Notifier {
         }
     }
 
-    /// Queue a notification; never waits. Dropped (with a warning) when the
-    /// queue is full.
+    /// Queue a notification for the targets configured now; never waits.
+    /// Dropped (with a warning) when the queue is full.
     pub fn send(&self, n: Notification) {
-        if let Err(e) = self.tx.try_send(n) {
+        let to: Vec<NotificationTarget> = match self.targets.read() {
+            Ok(t) => t.iter().filter(|t| wants(t, n.kind)).cloned().collect(),
+            Err(_) => return,
+        };
+        if to.is_empty() {
+            return;
+        }
+        if let Err(e) = self.tx.try_send((n, to)) {
             tracing::warn!(error = %e, "notification queue full or closed; notification dropped");
         }
     }
@@ -316,8 +325,7 @@ fn wants(target: &NotificationTarget, kind: NotificationKind) -> bool {
 }
 
 async fn deliver_loop(
-    mut rx: mpsc::Receiver<Notification>,
-    targets: Arc<RwLock<Vec<NotificationTarget>>>,
+    mut rx: mpsc::Receiver<(Notification, Vec<NotificationTarget>)>,
     policy: DeliveryPolicy,
 ) {
     let client = match reqwest::Client::builder()
@@ -332,12 +340,8 @@ async fn deliver_loop(
         }
     };
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    while let Some(n) = rx.recv().await {
-        let now: Vec<NotificationTarget> = match targets.read() {
-            Ok(t) => t.iter().filter(|t| wants(t, n.kind)).cloned().collect(),
-            Err(_) => continue,
-        };
-        for target in now {
+    while let Some((n, to)) = rx.recv().await {
+        for target in to {
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 return;
             };

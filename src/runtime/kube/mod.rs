@@ -1,4 +1,865 @@
 //! The `kube` runtime: one ReplicaSet per revision (`<service>-<revision>`),
 //! a Service for active traffic and one for preview, readiness from Pod
 //! conditions, GPU capacity from Nodes, server-side apply with field manager
-//! `floyd`, Lease-based leader election.
+//! `floyd`, Lease-based leader election ([`lease`]), rollout state kept in
+//! the cluster ([`KubeRuntime::load_state`] / [`KubeRuntime::save_state`]).
+//!
+//! Owns: translating the engine's [`Action`]s into API calls and API objects
+//! back into [`Observed`]. Must not: decide rollout steps (the engine does),
+//! create Deployments (Floyd's engine is the rollout controller), or touch
+//! objects without the `app.kubernetes.io/managed-by=floyd` label.
+//!
+//! Reads: pods come from a watch-fed cache ([`KubeRuntime::with_pod_watch`],
+//! a kube-runtime watcher re-listed every resync period) when enabled, from a
+//! list call otherwise. The watch costs one long-lived connection and memory
+//! for Floyd's pods, and makes `observe` free of API round-trips for pods; the
+//! list is simpler and always fresh but costs a request per observe. The
+//! controller re-observes every service on a timer, so either converges.
+//! ReplicaSets and Services are read per observe (few, small objects).
+//! GPU capacity lists Nodes and unfinished Pods on each observe of a GPU
+//! service (they change outside Floyd, and a watch on every pod of the cluster
+//! would cost more than it saves).
+
+pub mod lease;
+pub mod objects;
+pub mod observe;
+
+use crate::manifest::{Revision, ServiceName, ServiceSpec, Strategy};
+use crate::runtime::{self, Action, Observed};
+use crate::time::Time;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, ObjectReference, Pod, Service};
+use k8s_openapi::api::events::v1::Event as KEvent;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use objects::{
+    ANN_COMMIT, ANN_CREATED_AT, ANN_DELETION_COST, LABEL_SERVICE, RevisionMeta, STATE_KEY,
+};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use lease::{LeaderElector, LeaseConfig};
+
+/// The field manager of every server-side apply Floyd sends.
+pub const FIELD_MANAGER: &str = "floyd";
+
+/// Errors of the kube runtime. Each names the object and the verb that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "kube: cannot build a client: {0} (set KUBECONFIG, or run in a pod with a service account)"
+    )]
+    Connect(String),
+    #[error("kube: {verb} {kind} {namespace}/{name}: HTTP {code}: {message}")]
+    Api {
+        verb: &'static str,
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        code: u16,
+        message: String,
+    },
+    #[error("kube: {verb} {kind} {namespace}/{name}: {message}")]
+    Transport {
+        verb: &'static str,
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        message: String,
+    },
+    #[error("kube: service {service}: {message}")]
+    Spec { service: String, message: String },
+    #[error("kube: service {service}: name not usable in Kubernetes: {message}")]
+    InvalidName { service: String, message: String },
+    #[error("kube: service {service}: revision {revision} has no ReplicaSet {name}")]
+    NoSuchRevision {
+        service: String,
+        revision: String,
+        name: String,
+    },
+    #[error("kube: lease {namespace}/{name}: {message}")]
+    Lease {
+        namespace: String,
+        name: String,
+        message: String,
+    },
+}
+
+impl Error {
+    /// HTTP status of a failed API call.
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            Error::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+impl From<Error> for runtime::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::NoSuchRevision {
+                service, revision, ..
+            } => match ServiceName::parse(&service) {
+                Ok(service) => runtime::Error::NoSuchRevision {
+                    service,
+                    revision: Revision(revision),
+                },
+                Err(_) => runtime::Error::Other(format!(
+                    "service {service}: revision {revision} does not exist"
+                )),
+            },
+            Error::Connect(_) | Error::Transport { .. } => {
+                runtime::Error::Unavailable(e.to_string())
+            }
+            Error::Api { code, .. } if code >= 500 || code == 429 => {
+                runtime::Error::Unavailable(e.to_string())
+            }
+            other => runtime::Error::Other(other.to_string()),
+        }
+    }
+}
+
+/// Wraps a kube client error with the verb and object it concerns.
+fn api_err(
+    verb: &'static str,
+    kind: &'static str,
+    namespace: &str,
+    name: &str,
+) -> impl FnOnce(kube::Error) -> Error {
+    let (namespace, name) = (namespace.to_string(), name.to_string());
+    move |e| match e {
+        kube::Error::Api(s) => Error::Api {
+            verb,
+            kind,
+            namespace,
+            name,
+            code: s.code,
+            message: s.message.clone(),
+        },
+        other => Error::Transport {
+            verb,
+            kind,
+            namespace,
+            name,
+            message: other.to_string(),
+        },
+    }
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+/// Floyd on a Kubernetes cluster. Cheap to clone.
+#[derive(Clone)]
+pub struct KubeRuntime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: kube::Client,
+    namespace: String,
+    field_manager: String,
+    /// Who writes events and holds leases: the pod name in a cluster.
+    identity: String,
+    /// List pods of every namespace for GPU accounting (needs a ClusterRole
+    /// that can list pods); otherwise only this namespace's pods count.
+    cluster_gpu_view: bool,
+    pods: Option<PodCache>,
+    /// Commits of revisions not yet created (see [`KubeRuntime::set_commit`]).
+    commits: Mutex<HashMap<(ServiceName, Revision), String>>,
+    clock: fn() -> Time,
+    event_seq: AtomicU64,
+}
+
+struct PodCache {
+    store: Store<Pod>,
+    synced: Arc<AtomicBool>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for PodCache {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl KubeRuntime {
+    /// A runtime for `namespace` over `client`, field manager `floyd`, pods read by list calls.
+    pub fn new(client: kube::Client, namespace: impl Into<String>) -> KubeRuntime {
+        KubeRuntime {
+            inner: Arc::new(Inner {
+                client,
+                namespace: namespace.into(),
+                field_manager: FIELD_MANAGER.to_string(),
+                identity: identity_from_env(),
+                cluster_gpu_view: false,
+                pods: None,
+                commits: Mutex::new(HashMap::new()),
+                clock: Time::now_wall,
+                event_seq: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The controller's constructor: a client from `KUBECONFIG` or the
+    /// in-cluster service account, the given namespace (or the client's
+    /// default: the pod's own namespace in a cluster), and a pod watch
+    /// re-listed every 5 minutes. Must be called inside a tokio runtime.
+    pub async fn from_env(namespace: Option<&str>) -> Result<KubeRuntime, Error> {
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| Error::Connect(e.to_string()))?;
+        let ns = namespace
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .unwrap_or_else(|| client.default_namespace().to_string());
+        Ok(KubeRuntime::new(client, ns).with_pod_watch(Duration::from_secs(300)))
+    }
+
+    fn inner_mut(&mut self) -> &mut Inner {
+        // Builders run before the runtime is shared; if it already is, the
+        // clone keeps the settings of the original.
+        if Arc::get_mut(&mut self.inner).is_none() {
+            let i = &self.inner;
+            self.inner = Arc::new(Inner {
+                client: i.client.clone(),
+                namespace: i.namespace.clone(),
+                field_manager: i.field_manager.clone(),
+                identity: i.identity.clone(),
+                cluster_gpu_view: i.cluster_gpu_view,
+                pods: None,
+                commits: Mutex::new(HashMap::new()),
+                clock: i.clock,
+                event_seq: AtomicU64::new(0),
+            });
+        }
+        Arc::get_mut(&mut self.inner).expect("just made unique")
+    }
+
+    /// Use another field manager name (tests, or two Floyds on one cluster).
+    #[must_use]
+    pub fn with_field_manager(mut self, manager: impl Into<String>) -> Self {
+        self.inner_mut().field_manager = manager.into();
+        self
+    }
+
+    /// Who this controller is in events and leases.
+    #[must_use]
+    pub fn with_identity(mut self, identity: impl Into<String>) -> Self {
+        self.inner_mut().identity = identity.into();
+        self
+    }
+
+    /// Count GPU requests of pods in every namespace (needs `list pods`
+    /// cluster-wide; the chart's `rbac.clusterWideGpuAccounting`).
+    #[must_use]
+    pub fn with_cluster_gpu_view(mut self, on: bool) -> Self {
+        self.inner_mut().cluster_gpu_view = on;
+        self
+    }
+
+    /// The clock for timestamps Floyd writes (created-at annotations, events).
+    #[must_use]
+    pub fn with_clock(mut self, clock: fn() -> Time) -> Self {
+        self.inner_mut().clock = clock;
+        self
+    }
+
+    /// Feed pod reads from a watch of Floyd's pods (kube-runtime watcher),
+    /// re-listed from scratch every `resync`. Until the first list is in,
+    /// `observe` lists pods itself. Needs a tokio runtime.
+    #[must_use]
+    pub fn with_pod_watch(mut self, resync: Duration) -> Self {
+        let api: Api<Pod> = Api::namespaced(self.inner.client.clone(), &self.inner.namespace);
+        let (store, writer) = reflector::store();
+        let synced = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(run_pod_cache(api, writer, synced.clone(), resync)).abort_handle();
+        self.inner_mut().pods = Some(PodCache {
+            store,
+            synced,
+            task,
+        });
+        self
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.inner.namespace
+    }
+    pub fn client(&self) -> &kube::Client {
+        &self.inner.client
+    }
+    pub fn identity(&self) -> &str {
+        &self.inner.identity
+    }
+
+    /// Whether the pod watch has completed its first list.
+    pub fn pod_cache_synced(&self) -> bool {
+        self.inner
+            .pods
+            .as_ref()
+            .is_some_and(|c| c.synced.load(Ordering::Acquire))
+    }
+
+    /// Records the Git commit a revision comes from; written to the
+    /// `floyd.dev/commit` annotation when the revision's ReplicaSet is created
+    /// (the engine's `CreateRevision` carries no commit).
+    pub fn set_commit(&self, service: &ServiceName, revision: &Revision, commit: &str) {
+        if let Ok(mut m) = self.inner.commits.lock() {
+            m.insert((service.clone(), revision.clone()), commit.to_string());
+        }
+    }
+
+    /// The commit recorded on a revision's ReplicaSet, if any.
+    pub async fn revision_commit(
+        &self,
+        service: &ServiceName,
+        revision: &Revision,
+    ) -> Result<Option<String>, Error> {
+        let name = objects::replica_set_name(service, revision);
+        let rs = self.rs_api().get_opt(&name).await.map_err(api_err(
+            "get",
+            "ReplicaSet",
+            self.namespace(),
+            &name,
+        ))?;
+        Ok(rs.and_then(|r| r.metadata.annotations?.get(ANN_COMMIT).cloned()))
+    }
+
+    fn rs_api(&self) -> Api<ReplicaSet> {
+        Api::namespaced(self.inner.client.clone(), &self.inner.namespace)
+    }
+    fn pod_api(&self) -> Api<Pod> {
+        Api::namespaced(self.inner.client.clone(), &self.inner.namespace)
+    }
+    fn svc_api(&self) -> Api<Service> {
+        Api::namespaced(self.inner.client.clone(), &self.inner.namespace)
+    }
+    fn cm_api(&self) -> Api<ConfigMap> {
+        Api::namespaced(self.inner.client.clone(), &self.inner.namespace)
+    }
+    fn apply_params(&self) -> PatchParams {
+        PatchParams::apply(&self.inner.field_manager).force()
+    }
+
+    /// The state JSON saved for `service` (`floyd-state-<service>` ConfigMap,
+    /// key `state.json`), or `None` when none was saved.
+    pub async fn load_state(&self, service: &ServiceName) -> Result<Option<String>, Error> {
+        let name = objects::state_config_map_name(service);
+        let cm = self.cm_api().get_opt(&name).await.map_err(api_err(
+            "get",
+            "ConfigMap",
+            self.namespace(),
+            &name,
+        ))?;
+        Ok(cm.and_then(|c| c.data?.remove(STATE_KEY)))
+    }
+
+    /// Saves `json` as the state of `service` (server-side apply; the
+    /// ConfigMap is created on first save). Only the leader should call it.
+    pub async fn save_state(&self, service: &ServiceName, json: &str) -> Result<(), Error> {
+        let name = objects::state_config_map_name(service);
+        let cm = objects::state_config_map(self.namespace(), service, json);
+        self.cm_api()
+            .patch(&name, &self.apply_params(), &Patch::Apply(&cm))
+            .await
+            .map_err(api_err("apply", "ConfigMap", self.namespace(), &name))?;
+        Ok(())
+    }
+
+    /// Publishes a Kubernetes Event (`events.k8s.io/v1`) about `service`'s
+    /// rollout, regarding its active Service. Reasons with Fail, Degraded,
+    /// RolledBack, Abort or Error in them are Warnings, others Normal.
+    pub async fn record_event(
+        &self,
+        service: &ServiceName,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), Error> {
+        let now = (self.inner.clock)();
+        let seq = self.inner.event_seq.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{service}.{:x}{:04x}", now.as_millis(), seq & 0xffff);
+        let ev = KEvent {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(self.namespace().to_string()),
+                labels: Some(
+                    [
+                        (
+                            objects::LABEL_MANAGED_BY.to_string(),
+                            objects::MANAGED_BY.to_string(),
+                        ),
+                        (LABEL_SERVICE.to_string(), service.to_string()),
+                    ]
+                    .into(),
+                ),
+                ..ObjectMeta::default()
+            },
+            event_time: Some(MicroTime(objects::jiff_time(now))),
+            action: Some("Rollout".into()),
+            reason: Some(objects::truncate(reason, 128)),
+            note: Some(objects::truncate(message, 1024)),
+            type_: Some(
+                if objects::is_warning_reason(reason) {
+                    "Warning"
+                } else {
+                    "Normal"
+                }
+                .into(),
+            ),
+            reporting_controller: Some("floyd.dev/controller".into()),
+            reporting_instance: Some(objects::truncate(&self.inner.identity, 128)),
+            regarding: Some(ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Service".into()),
+                name: Some(objects::active_service_name(service)),
+                namespace: Some(self.namespace().to_string()),
+                ..ObjectReference::default()
+            }),
+            ..KEvent::default()
+        };
+        let api: Api<KEvent> = Api::namespaced(self.inner.client.clone(), self.namespace());
+        api.create(&PostParams::default(), &ev)
+            .await
+            .map_err(api_err("create", "Event", self.namespace(), &name))?;
+        Ok(())
+    }
+
+    /// A leader elector on Lease `lease_name` in this runtime's namespace,
+    /// with this runtime's identity and default timings.
+    pub fn leader_elector(&self, lease_name: &str) -> LeaderElector {
+        LeaderElector::new(
+            self.inner.client.clone(),
+            self.namespace(),
+            LeaseConfig::new(lease_name, &self.inner.identity),
+        )
+    }
+
+    async fn list_pods(&self, service: &ServiceName) -> Result<Vec<Pod>, Error> {
+        let selector = objects::service_selector(service);
+        if let Some(cache) = &self.inner.pods
+            && cache.synced.load(Ordering::Acquire)
+        {
+            // The cache holds only Floyd's pods (its watch selects managed-by).
+            return Ok(cache
+                .store
+                .state_filter(|p| {
+                    p.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(LABEL_SERVICE))
+                        == Some(&service.to_string())
+                })
+                .into_iter()
+                .map(|p| (*p).clone())
+                .collect());
+        }
+        Ok(self
+            .pod_api()
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(api_err("list", "Pod", self.namespace(), &selector))?
+            .items)
+    }
+
+    async fn gpu_capacity(
+        &self,
+        service: &ServiceName,
+        req: &crate::manifest::GpuRequest,
+    ) -> Result<runtime::GpuCapacity, Error> {
+        let nodes: Api<Node> = Api::all(self.inner.client.clone());
+        let nodes = nodes
+            .list(&ListParams::default())
+            .await
+            .map_err(api_err("list", "Node", "", ""))?
+            .items;
+        let pods: Api<Pod> = if self.inner.cluster_gpu_view {
+            Api::all(self.inner.client.clone())
+        } else {
+            self.pod_api()
+        };
+        let scope = if self.inner.cluster_gpu_view {
+            ""
+        } else {
+            self.namespace()
+        };
+        let pods = pods
+            .list(&ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed"))
+            .await
+            .map_err(api_err("list", "Pod", scope, ""))?
+            .items;
+        Ok(observe::gpu_capacity(req, &nodes, &pods, service))
+    }
+
+    async fn get_opt_service(&self, name: &str) -> Result<Option<Service>, Error> {
+        self.svc_api().get_opt(name).await.map_err(api_err(
+            "get",
+            "Service",
+            self.namespace(),
+            name,
+        ))
+    }
+
+    async fn create_revision(
+        &self,
+        service: &ServiceName,
+        spec: &ServiceSpec,
+        revision: &Revision,
+        template: &crate::manifest::InstanceTemplate,
+    ) -> Result<(), Error> {
+        let name = objects::replica_set_name(service, revision);
+        let ns = self.namespace();
+        // Re-applying an existing revision keeps its replica count, creation
+        // time and commit: CreateRevision must never scale anything.
+        let existing =
+            self.rs_api()
+                .get_opt(&name)
+                .await
+                .map_err(api_err("get", "ReplicaSet", ns, &name))?;
+        let ann = existing
+            .as_ref()
+            .and_then(|r| r.metadata.annotations.clone())
+            .unwrap_or_default();
+        let replicas = existing
+            .as_ref()
+            .and_then(|r| r.spec.as_ref()?.replicas)
+            .unwrap_or(0)
+            .max(0) as u32;
+        let noted = self
+            .inner
+            .commits
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&(service.clone(), revision.clone())).cloned());
+        let meta = RevisionMeta {
+            created_at: ann
+                .get(ANN_CREATED_AT)
+                .and_then(|s| objects::parse_time(s))
+                .unwrap_or_else(self.inner.clock),
+            commit: noted.or_else(|| ann.get(ANN_COMMIT).cloned()),
+        };
+        let rs = objects::replica_set(ns, service, revision, spec, template, &meta, replicas)?;
+        self.rs_api()
+            .patch(&name, &self.apply_params(), &Patch::Apply(&rs))
+            .await
+            .map_err(api_err("apply", "ReplicaSet", ns, &name))?;
+        // Rolling and Recreate: the Service selects every revision, so it can
+        // exist from the first revision on. Blue-green waits for SetTraffic:
+        // applying a service-wide selector there would mix revisions.
+        if !matches!(spec.strategy, Strategy::BlueGreen { .. }) && !spec.ports.is_empty() {
+            self.apply_service(service, spec, false, None).await?;
+        }
+        Ok(())
+    }
+
+    async fn apply_service(
+        &self,
+        service: &ServiceName,
+        spec: &ServiceSpec,
+        preview: bool,
+        revision: Option<&Revision>,
+    ) -> Result<(), Error> {
+        let obj = objects::service_object(self.namespace(), service, spec, preview, revision);
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        self.svc_api()
+            .patch(&name, &self.apply_params(), &Patch::Apply(&obj))
+            .await
+            .map_err(api_err("apply", "Service", self.namespace(), &name))?;
+        Ok(())
+    }
+
+    async fn scale(
+        &self,
+        service: &ServiceName,
+        revision: &Revision,
+        replicas: u32,
+    ) -> Result<(), Error> {
+        let name = objects::replica_set_name(service, revision);
+        // Server-side apply on the scale subresource: Floyd owns exactly
+        // spec.replicas and nothing else changes.
+        let scale = serde_json::json!({
+            "apiVersion": "autoscaling/v1",
+            "kind": "Scale",
+            "metadata": {"name": name, "namespace": self.namespace()},
+            "spec": {"replicas": replicas},
+        });
+        match self
+            .rs_api()
+            .patch_scale(&name, &self.apply_params(), &Patch::Apply(&scale))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Err(Error::NoSuchRevision {
+                service: service.to_string(),
+                revision: revision.to_string(),
+                name,
+            }),
+            Err(e) => Err(api_err(
+                "apply",
+                "ReplicaSet/scale",
+                self.namespace(),
+                &name,
+            )(e)),
+        }
+    }
+
+    async fn delete_instance(
+        &self,
+        service: &ServiceName,
+        revision: &Revision,
+        pod: &str,
+    ) -> Result<(), Error> {
+        let ns = self.namespace();
+        let rs_name = objects::replica_set_name(service, revision);
+        let rs = self
+            .rs_api()
+            .get_opt(&rs_name)
+            .await
+            .map_err(api_err("get", "ReplicaSet", ns, &rs_name))?
+            .ok_or_else(|| Error::NoSuchRevision {
+                service: service.to_string(),
+                revision: revision.to_string(),
+                name: rs_name.clone(),
+            })?;
+        let replicas = rs.spec.and_then(|s| s.replicas).unwrap_or(0).max(0) as u32;
+        // 1. The lowest deletion cost makes the ReplicaSet controller pick
+        //    this pod when the scale-down below races with our own delete.
+        let mark = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": pod, "namespace": ns,
+                         "annotations": {ANN_DELETION_COST: i32::MIN.to_string()}},
+        });
+        match self
+            .pod_api()
+            .patch(pod, &self.apply_params(), &Patch::Apply(&mark))
+            .await
+        {
+            Ok(_) => {}
+            // Already gone: only the count needs lowering.
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(api_err("apply", "Pod", ns, pod)(e)),
+        }
+        // 2. Lower the count first, so the ReplicaSet controller never sees a
+        //    missing replica and starts a replacement...
+        self.scale(service, revision, replicas.saturating_sub(1))
+            .await?;
+        // 3. ...then delete the pod itself, in case the controller removed
+        //    another one (a not-ready pod ranks before any deletion cost).
+        match self.pod_api().delete(pod, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(api_err("delete", "Pod", ns, pod)(e)),
+        }
+    }
+
+    async fn delete_optional<K>(
+        &self,
+        api: &Api<K>,
+        kind: &'static str,
+        name: &str,
+    ) -> Result<(), Error>
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        match api.delete(name, &DeleteParams::background()).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(api_err("delete", kind, self.namespace(), name)(e)),
+        }
+    }
+
+    async fn apply_one(
+        &self,
+        service: &ServiceName,
+        spec: &ServiceSpec,
+        action: &Action,
+    ) -> Result<(), Error> {
+        match action {
+            Action::CreateRevision { revision, template } => {
+                self.create_revision(service, spec, revision, template)
+                    .await
+            }
+            Action::Scale { revision, replicas } => self.scale(service, revision, *replicas).await,
+            Action::DeleteInstance { revision, instance } => {
+                self.delete_instance(service, revision, instance).await
+            }
+            Action::SetTraffic { active, preview } => {
+                if spec.ports.is_empty() {
+                    // A Service needs at least one port; nothing to route.
+                    return Ok(());
+                }
+                self.apply_service(service, spec, false, active.as_ref())
+                    .await?;
+                match preview {
+                    Some(p) => self.apply_service(service, spec, true, Some(p)).await,
+                    None => {
+                        self.delete_optional(
+                            &self.svc_api(),
+                            "Service",
+                            &objects::preview_service_name(service),
+                        )
+                        .await
+                    }
+                }
+            }
+            Action::DeleteRevision { revision } => {
+                self.delete_optional(
+                    &self.rs_api(),
+                    "ReplicaSet",
+                    &objects::replica_set_name(service, revision),
+                )
+                .await
+            }
+        }
+    }
+}
+
+/// The pod name (downward API `POD_NAME`), else `HOSTNAME`, else `floyd`.
+pub fn identity_from_env() -> String {
+    ["POD_NAME", "HOSTNAME"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| "floyd".to_string())
+}
+
+async fn run_pod_cache(
+    api: Api<Pod>,
+    mut writer: reflector::store::Writer<Pod>,
+    synced: Arc<AtomicBool>,
+    resync: Duration,
+) {
+    loop {
+        let cfg = watcher::Config::default().labels(&objects::managed_selector());
+        let stream = watcher(api.clone(), cfg).default_backoff();
+        let deadline = tokio::time::sleep(resync);
+        tokio::pin!(stream, deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                ev = stream.next() => match ev {
+                    Some(Ok(ev)) => {
+                        writer.apply_watcher_event(&ev);
+                        if matches!(ev, watcher::Event::InitDone) {
+                            synced.store(true, Ordering::Release);
+                        }
+                    }
+                    // The backoff wrapper retries; the store keeps its last view.
+                    Some(Err(e)) => tracing::warn!(error = %e, "pod watch failed; retrying"),
+                    None => break,
+                },
+            }
+        }
+        // Dropping the stream ends the watch; the next one starts with a full
+        // list (Init ... InitDone), which replaces the store atomically.
+    }
+}
+
+#[async_trait::async_trait]
+impl runtime::Runtime for KubeRuntime {
+    fn name(&self) -> &'static str {
+        "kube"
+    }
+
+    async fn services(&self) -> Result<Vec<ServiceName>, runtime::Error> {
+        let ns = self.namespace();
+        let sel = objects::managed_selector();
+        let rss = self
+            .rs_api()
+            .list(&ListParams::default().labels(&sel))
+            .await
+            .map_err(api_err("list", "ReplicaSet", ns, &sel))?;
+        let names: BTreeSet<ServiceName> = rss
+            .items
+            .iter()
+            .filter_map(|r| r.metadata.labels.as_ref()?.get(LABEL_SERVICE))
+            .filter_map(|s| ServiceName::parse(s).ok())
+            .collect();
+        Ok(names.into_iter().collect())
+    }
+
+    async fn observe(
+        &self,
+        service: &ServiceName,
+        spec: Option<&ServiceSpec>,
+        _now: Time,
+    ) -> Result<Observed, runtime::Error> {
+        let ns = self.namespace();
+        let sel = objects::service_selector(service);
+        let rss = self
+            .rs_api()
+            .list(&ListParams::default().labels(&sel))
+            .await
+            .map_err(api_err("list", "ReplicaSet", ns, &sel))?
+            .items;
+        let pods = self.list_pods(service).await?;
+        let active = self
+            .get_opt_service(&objects::active_service_name(service))
+            .await?;
+        let preview = self
+            .get_opt_service(&objects::preview_service_name(service))
+            .await?;
+        let gpu_req = spec.and_then(|s| s.gpu());
+        let gpu = match gpu_req {
+            Some(req) => Some(self.gpu_capacity(service, req).await?),
+            None => None,
+        };
+        let pod_refs: Vec<&Pod> = pods.iter().collect();
+        Ok(observe::observed(
+            service,
+            &rss,
+            &pod_refs,
+            active.as_ref(),
+            preview.as_ref(),
+            gpu_req,
+            gpu,
+        ))
+    }
+
+    async fn apply(
+        &self,
+        service: &ServiceName,
+        spec: &ServiceSpec,
+        actions: &[Action],
+    ) -> Result<(), runtime::Error> {
+        objects::check_service_name(service)?;
+        for action in actions {
+            self.apply_one(service, spec, action).await?;
+        }
+        Ok(())
+    }
+
+    async fn delete_service(&self, service: &ServiceName) -> Result<(), runtime::Error> {
+        let ns = self.namespace();
+        let sel = objects::service_selector(service);
+        let rss = self
+            .rs_api()
+            .list(&ListParams::default().labels(&sel))
+            .await
+            .map_err(api_err("list", "ReplicaSet", ns, &sel))?;
+        for rs in rss.items {
+            if let Some(name) = rs.metadata.name {
+                self.delete_optional(&self.rs_api(), "ReplicaSet", &name)
+                    .await?;
+            }
+        }
+        let svc = self.svc_api();
+        self.delete_optional(&svc, "Service", &objects::active_service_name(service))
+            .await?;
+        self.delete_optional(&svc, "Service", &objects::preview_service_name(service))
+            .await?;
+        self.delete_optional(
+            &self.cm_api(),
+            "ConfigMap",
+            &objects::state_config_map_name(service),
+        )
+        .await?;
+        Ok(())
+    }
+}

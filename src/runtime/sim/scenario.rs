@@ -380,16 +380,14 @@ impl Simulation {
             self.state = d.state;
             let mut end: Option<(Phase, String)> = None;
             let mut restep = !d.actions.is_empty();
+            let shown_phase = self.state.phase;
+            let shown_reason = self.state.reason.clone();
             if self.state.phase == Phase::Failed {
                 let spec = &self.spec;
                 if engine::should_roll_back(spec, &self.state) {
                     match engine::rollback(&self.state, &observed, now) {
                         Ok(next) => {
-                            events.push(format!(
-                                "rolling back to {} ({})",
-                                self.label(&next.target),
-                                next.target
-                            ));
+                            events.push(format!("rolling back to {}", next.target));
                             self.failure = Some(self.state.reason.clone());
                             self.state = next;
                             restep = true;
@@ -430,11 +428,11 @@ impl Simulation {
                     t: self.rel(now),
                     revisions: c.clone(),
                     events,
-                    phase: self.state.phase,
-                    reason: self.state.reason.clone(),
+                    phase: shown_phase,
+                    reason: shown_reason,
                 };
                 on_tick(&tick, &self.world);
-                last = Some((c, self.state.phase));
+                last = Some((c, shown_phase));
             }
             if let Some((result, reason)) = end {
                 return Outcome {

@@ -1,0 +1,739 @@
+//! Pure builders: Floyd's model → the Kubernetes objects Floyd applies
+//! (ReplicaSet per revision, active and preview Services, the state
+//! ConfigMap, Events). No I/O here: every function takes data and returns
+//! an object, so the exact shape is unit-tested without an API server.
+
+use super::Error;
+use crate::manifest::{
+    GpuRequest, GpuSharing, InstanceTemplate, PortRef, Probe, ProbeAction, Revision, ServiceName,
+    ServiceSpec,
+};
+use crate::time::Time;
+use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetSpec};
+use k8s_openapi::api::core::v1::{
+    Affinity, ConfigMap, Container, ContainerPort, EnvVar, ExecAction, HTTPGetAction, NodeAffinity,
+    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PodSpec, PodTemplateSpec,
+    Probe as KProbe, ResourceRequirements, Service, ServicePort, ServiceSpec as KServiceSpec,
+    TCPSocketAction, Toleration,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::BTreeMap;
+
+/// `app.kubernetes.io/name=<service>` on everything Floyd makes.
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+/// `app.kubernetes.io/managed-by=floyd`: how Floyd finds (and garbage-collects) its objects.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "floyd";
+pub const LABEL_SERVICE: &str = "floyd.dev/service";
+pub const LABEL_REVISION: &str = "floyd.dev/revision";
+/// ReplicaSet annotations: what a restarted controller needs to resume.
+pub const ANN_REVISION: &str = "floyd.dev/revision";
+pub const ANN_COMMIT: &str = "floyd.dev/commit";
+pub const ANN_CREATED_AT: &str = "floyd.dev/created-at";
+/// The instance template as JSON, so an old revision can be scaled up again
+/// exactly as it was (rollback) even after its spec left Git.
+pub const ANN_TEMPLATE: &str = "floyd.dev/template";
+/// Role of a Service Floyd made: `active` or `preview`.
+pub const ANN_ROLE: &str = "floyd.dev/role";
+/// Read by the ReplicaSet controller when it picks pods to remove on a
+/// scale-down: the lowest cost goes first.
+pub const ANN_DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
+/// Toleration key of the NVIDIA device plugin's usual GPU node taint.
+pub const GPU_TAINT: &str = "nvidia.com/gpu";
+/// GPU feature discovery's product label.
+pub const LABEL_GPU_PRODUCT: &str = "nvidia.com/gpu.product";
+/// GPU feature discovery's per-GPU memory label (MiB).
+pub const LABEL_GPU_MEMORY: &str = "nvidia.com/gpu.memory";
+/// The ConfigMap key holding a service's state JSON.
+pub const STATE_KEY: &str = "state.json";
+
+/// `<service>-<revision>`.
+pub fn replica_set_name(service: &ServiceName, revision: &Revision) -> String {
+    format!("{service}-{revision}")
+}
+/// The active-traffic Service: `<service>`.
+pub fn active_service_name(service: &ServiceName) -> String {
+    service.as_str().to_string()
+}
+/// The blue-green preview Service: `<service>-preview`.
+pub fn preview_service_name(service: &ServiceName) -> String {
+    format!("{service}-preview")
+}
+/// `floyd-state-<service>`.
+pub fn state_config_map_name(service: &ServiceName) -> String {
+    format!("floyd-state-{service}")
+}
+/// Label selector for everything of one service.
+pub fn service_selector(service: &ServiceName) -> String {
+    format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_SERVICE}={service}")
+}
+/// Label selector for everything Floyd manages.
+pub fn managed_selector() -> String {
+    format!("{LABEL_MANAGED_BY}={MANAGED_BY}")
+}
+
+/// Checks that a Floyd service name also fits Kubernetes' stricter rules for
+/// Service objects (DNS-1035: starts with a letter; `<name>-preview` at most
+/// 63 characters), so a bad name fails with a message instead of a 422.
+pub fn check_service_name(service: &ServiceName) -> Result<(), Error> {
+    let s = service.as_str();
+    if !s.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return Err(Error::InvalidName {
+            service: s.to_string(),
+            message:
+                "a Kubernetes Service name must start with a letter (DNS-1035); rename the service"
+                    .into(),
+        });
+    }
+    let preview = preview_service_name(service);
+    if preview.len() > 63 {
+        return Err(Error::InvalidName {
+            service: s.to_string(),
+            message: format!(
+                "the preview Service name {preview:?} would be {} characters (max 63); use a service name of at most 55 characters",
+                preview.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn base_labels(service: &ServiceName) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_NAME.to_string(), service.to_string()),
+        (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+        (LABEL_SERVICE.to_string(), service.to_string()),
+    ])
+}
+
+fn revision_labels(service: &ServiceName, revision: &Revision) -> BTreeMap<String, String> {
+    let mut l = base_labels(service);
+    l.insert(LABEL_REVISION.to_string(), revision.to_string());
+    l
+}
+
+/// RFC 3339 with milliseconds, as Kubernetes writes times.
+pub fn format_time(t: Time) -> String {
+    match k8s_openapi::jiff::Timestamp::from_millisecond(t.as_millis() as i64) {
+        Ok(ts) => ts.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        Err(_) => "1970-01-01T00:00:00.000Z".to_string(),
+    }
+}
+
+/// Parses [`format_time`]'s output (or any RFC 3339 time).
+pub fn parse_time(s: &str) -> Option<Time> {
+    let ts: k8s_openapi::jiff::Timestamp = s.parse().ok()?;
+    u64::try_from(ts.as_millisecond()).ok().map(Time)
+}
+
+pub fn jiff_time(t: Time) -> k8s_openapi::jiff::Timestamp {
+    k8s_openapi::jiff::Timestamp::from_millisecond(t.as_millis() as i64)
+        .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
+}
+
+pub fn floyd_time(ts: &k8s_openapi::jiff::Timestamp) -> Time {
+    Time(u64::try_from(ts.as_millisecond()).unwrap_or(0))
+}
+
+/// The extended resource a GPU request asks for.
+pub fn gpu_resource(gpu: &GpuRequest) -> String {
+    match &gpu.sharing {
+        GpuSharing::Exclusive => "nvidia.com/gpu".to_string(),
+        // The device plugin's `renameByDefault` time-slicing advertises the
+        // shared replicas under their own name, so shared and exclusive pods
+        // never land on each other's GPUs.
+        GpuSharing::TimeSliced => "nvidia.com/gpu.shared".to_string(),
+        GpuSharing::Mig { profile } => format!("nvidia.com/mig-{profile}"),
+    }
+}
+
+/// How a GPU kind is named in messages and `GpuCapacity.kind`.
+pub fn gpu_kind(gpu: &GpuRequest) -> String {
+    match (&gpu.sharing, &gpu.product) {
+        (GpuSharing::Mig { profile }, Some(p)) => format!("{p} mig-{profile}"),
+        (GpuSharing::Mig { profile }, None) => format!("mig-{profile}"),
+        (GpuSharing::TimeSliced, Some(p)) => format!("{p} (time-sliced)"),
+        (GpuSharing::TimeSliced, None) => "nvidia.com/gpu.shared".to_string(),
+        (GpuSharing::Exclusive, Some(p)) => p.clone(),
+        (GpuSharing::Exclusive, None) => "nvidia.com/gpu".to_string(),
+    }
+}
+
+/// `${VAR}` (Floyd's syntax, shared with the local runtime) → `$(VAR)`,
+/// which the kubelet expands from the container's env.
+pub fn kube_arg(arg: &str) -> String {
+    let mut out = String::with_capacity(arg.len());
+    let mut rest = arg;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        match after.find('}') {
+            Some(j)
+                if j > 0
+                    && after[..j]
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+            {
+                out.push_str("$(");
+                out.push_str(&after[..j]);
+                out.push(')');
+                rest = &after[j + 1..];
+            }
+            _ => {
+                out.push_str("${");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn port_ref(spec: &ServiceSpec, p: &PortRef) -> IntOrString {
+    match p {
+        PortRef::Number(n) => IntOrString::Int(i32::from(*n)),
+        // A named port resolves against the container's port names, which
+        // carry the declared names (see `container_ports`).
+        PortRef::Name(name) => match spec.ports.iter().find(|d| &d.name == name) {
+            // Names too long for a container port are not on the container:
+            // use the number they stand for.
+            Some(d) if container_port_name(name).is_none() => IntOrString::Int(i32::from(d.port)),
+            _ => IntOrString::String(name.clone()),
+        },
+    }
+}
+
+/// Translates a Floyd probe. `single_success`: liveness and startup probes
+/// must have successThreshold 1 (the API server rejects anything else).
+fn probe(spec: &ServiceSpec, p: &Probe, single_success: bool) -> KProbe {
+    let mut k = KProbe {
+        initial_delay_seconds: Some(p.initial_delay_seconds as i32),
+        period_seconds: Some(p.period_seconds.max(1) as i32),
+        timeout_seconds: Some(p.timeout_seconds.max(1) as i32),
+        success_threshold: Some(if single_success {
+            1
+        } else {
+            p.success_threshold.max(1) as i32
+        }),
+        failure_threshold: Some(p.failure_threshold.max(1) as i32),
+        ..KProbe::default()
+    };
+    match &p.action {
+        ProbeAction::Http { path, port } => {
+            k.http_get = Some(HTTPGetAction {
+                path: Some(path.clone()),
+                port: port_ref(spec, port),
+                ..HTTPGetAction::default()
+            })
+        }
+        ProbeAction::Tcp { port } => {
+            k.tcp_socket = Some(TCPSocketAction {
+                port: port_ref(spec, port),
+                ..TCPSocketAction::default()
+            })
+        }
+        ProbeAction::Exec { command } => {
+            k.exec = Some(ExecAction {
+                command: Some(command.clone()),
+            })
+        }
+    }
+    k
+}
+
+/// Container port names must be IANA service names (at most 15 characters);
+/// longer declared names are dropped from the container port (the Service
+/// still carries them) rather than rejected by the API server.
+fn container_port_name(name: &str) -> Option<String> {
+    (!name.is_empty() && name.len() <= 15).then(|| name.to_string())
+}
+
+/// The pod template of one revision.
+pub fn pod_template(
+    service: &ServiceName,
+    revision: &Revision,
+    spec: &ServiceSpec,
+    template: &InstanceTemplate,
+) -> Result<PodTemplateSpec, Error> {
+    let image = template.image.clone().ok_or_else(|| Error::Spec {
+        service: service.to_string(),
+        message: "spec.template.image is required by the kube runtime (the container image to run)"
+            .into(),
+    })?;
+    let mut env: Vec<EnvVar> = Vec::new();
+    if let Some(first) = spec.ports.first()
+        && !template.env.contains_key("PORT")
+    {
+        env.push(EnvVar {
+            name: "PORT".into(),
+            value: Some(first.port.to_string()),
+            ..EnvVar::default()
+        });
+    }
+    env.extend(template.env.iter().map(|(k, v)| EnvVar {
+        name: k.clone(),
+        value: Some(v.clone()),
+        ..EnvVar::default()
+    }));
+    let ports: Vec<ContainerPort> = spec
+        .ports
+        .iter()
+        .map(|p| ContainerPort {
+            container_port: i32::from(p.port),
+            name: container_port_name(&p.name),
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        })
+        .collect();
+
+    let mut requests = BTreeMap::new();
+    let mut limits = BTreeMap::new();
+    if let Some(cpu) = &template.resources.cpu {
+        // CPU: a request only; a CPU limit throttles latency-sensitive
+        // services without protecting anything the request does not.
+        requests.insert("cpu".to_string(), Quantity(cpu.clone()));
+    }
+    if let Some(mem) = &template.resources.memory {
+        requests.insert("memory".to_string(), Quantity(mem.clone()));
+        limits.insert("memory".to_string(), Quantity(mem.clone()));
+    }
+    let mut node_selector = BTreeMap::new();
+    let mut tolerations = Vec::new();
+    let mut affinity = None;
+    if let Some(gpu) = &template.resources.gpu {
+        // Extended resources go in limits (requests default to them).
+        limits.insert(gpu_resource(gpu), Quantity(gpu.count.to_string()));
+        if let Some(product) = &gpu.product {
+            node_selector.insert(LABEL_GPU_PRODUCT.to_string(), product.clone());
+        }
+        tolerations.push(Toleration {
+            key: Some(GPU_TAINT.into()),
+            operator: Some("Exists".into()),
+            effect: Some("NoSchedule".into()),
+            ..Toleration::default()
+        });
+        if let Some(mib) = gpu.memory_mib {
+            affinity = Some(Affinity {
+                node_affinity: Some(NodeAffinity {
+                    required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                        node_selector_terms: vec![NodeSelectorTerm {
+                            match_expressions: Some(vec![NodeSelectorRequirement {
+                                key: LABEL_GPU_MEMORY.into(),
+                                operator: "Gt".into(),
+                                values: Some(vec![mib.saturating_sub(1).to_string()]),
+                            }]),
+                            ..NodeSelectorTerm::default()
+                        }],
+                    }),
+                    ..NodeAffinity::default()
+                }),
+                ..Affinity::default()
+            });
+        }
+    }
+    let resources = (!requests.is_empty() || !limits.is_empty()).then(|| ResourceRequirements {
+        requests: (!requests.is_empty()).then_some(requests),
+        limits: (!limits.is_empty()).then_some(limits),
+        ..ResourceRequirements::default()
+    });
+
+    let container = Container {
+        name: "app".into(),
+        image: Some(image),
+        command: (!template.command.is_empty())
+            .then(|| template.command.iter().map(|a| kube_arg(a)).collect()),
+        env: (!env.is_empty()).then_some(env),
+        working_dir: template.working_dir.clone(),
+        ports: (!ports.is_empty()).then_some(ports),
+        resources,
+        readiness_probe: spec
+            .health
+            .readiness
+            .as_ref()
+            .map(|p| probe(spec, p, false)),
+        liveness_probe: spec.health.liveness.as_ref().map(|p| probe(spec, p, true)),
+        startup_probe: spec.health.startup.as_ref().map(|p| probe(spec, p, true)),
+        ..Container::default()
+    };
+    Ok(PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(revision_labels(service, revision)),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container],
+            termination_grace_period_seconds: Some(i64::from(
+                template.termination_grace_period_seconds,
+            )),
+            node_selector: (!node_selector.is_empty()).then_some(node_selector),
+            tolerations: (!tolerations.is_empty()).then_some(tolerations),
+            affinity,
+            ..PodSpec::default()
+        }),
+    })
+}
+
+/// What a ReplicaSet records about its revision (annotations).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RevisionMeta {
+    pub created_at: Time,
+    pub commit: Option<String>,
+}
+
+/// The ReplicaSet of one revision with `replicas` pods.
+pub fn replica_set(
+    namespace: &str,
+    service: &ServiceName,
+    revision: &Revision,
+    spec: &ServiceSpec,
+    template: &InstanceTemplate,
+    meta: &RevisionMeta,
+    replicas: u32,
+) -> Result<ReplicaSet, Error> {
+    let template_json = serde_json::to_string(template).map_err(|e| Error::Spec {
+        service: service.to_string(),
+        message: format!("cannot encode the instance template: {e}"),
+    })?;
+    let mut annotations = BTreeMap::from([
+        (ANN_REVISION.to_string(), revision.to_string()),
+        (ANN_CREATED_AT.to_string(), format_time(meta.created_at)),
+        (ANN_TEMPLATE.to_string(), template_json),
+    ]);
+    if let Some(c) = &meta.commit {
+        annotations.insert(ANN_COMMIT.to_string(), c.clone());
+    }
+    let selector = BTreeMap::from([
+        (LABEL_SERVICE.to_string(), service.to_string()),
+        (LABEL_REVISION.to_string(), revision.to_string()),
+    ]);
+    Ok(ReplicaSet {
+        metadata: ObjectMeta {
+            name: Some(replica_set_name(service, revision)),
+            namespace: Some(namespace.to_string()),
+            labels: Some(revision_labels(service, revision)),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ReplicaSetSpec {
+            replicas: Some(replicas.min(i32::MAX as u32) as i32),
+            min_ready_seconds: (spec.min_ready_seconds > 0)
+                .then_some(spec.min_ready_seconds.min(i32::MAX as u32) as i32),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..LabelSelector::default()
+            },
+            template: Some(pod_template(service, revision, spec, template)?),
+        }),
+        status: None,
+    })
+}
+
+/// A Service routing to `revision` (or to every revision of the service when `None`).
+pub fn service_object(
+    namespace: &str,
+    service: &ServiceName,
+    spec: &ServiceSpec,
+    preview: bool,
+    revision: Option<&Revision>,
+) -> Service {
+    let mut selector = BTreeMap::from([(LABEL_SERVICE.to_string(), service.to_string())]);
+    if let Some(r) = revision {
+        selector.insert(LABEL_REVISION.to_string(), r.to_string());
+    }
+    let name = if preview {
+        preview_service_name(service)
+    } else {
+        active_service_name(service)
+    };
+    Service {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(namespace.to_string()),
+            labels: Some(base_labels(service)),
+            annotations: Some(BTreeMap::from([(
+                ANN_ROLE.to_string(),
+                if preview { "preview" } else { "active" }.to_string(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(KServiceSpec {
+            selector: Some(selector),
+            ports: Some(
+                spec.ports
+                    .iter()
+                    .map(|p| ServicePort {
+                        name: Some(p.name.clone()),
+                        port: i32::from(p.port),
+                        target_port: Some(IntOrString::Int(i32::from(p.port))),
+                        protocol: Some("TCP".into()),
+                        ..ServicePort::default()
+                    })
+                    .collect(),
+            ),
+            ..KServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The ConfigMap holding one service's state JSON.
+pub fn state_config_map(namespace: &str, service: &ServiceName, json: &str) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(state_config_map_name(service)),
+            namespace: Some(namespace.to_string()),
+            labels: Some(base_labels(service)),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([(STATE_KEY.to_string(), json.to_string())])),
+        ..ConfigMap::default()
+    }
+}
+
+/// Whether an event reason describes something a person should look at.
+pub fn is_warning_reason(reason: &str) -> bool {
+    [
+        "Fail",
+        "Degraded",
+        "RolledBack",
+        "Rollback",
+        "Abort",
+        "Error",
+    ]
+    .iter()
+    .any(|w| reason.contains(w))
+}
+
+/// Truncates `s` to at most `max` bytes on a character boundary.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{HealthSpec, PortSpec, Resources};
+
+    fn svc(s: &str) -> ServiceName {
+        ServiceName::parse(s).unwrap()
+    }
+
+    #[test]
+    fn kube_arg_translates_floyd_variables() {
+        for (input, want) in [
+            ("--port=${PORT}", "--port=$(PORT)"),
+            ("${A}${B_2}", "$(A)$(B_2)"),
+            ("plain", "plain"),
+            ("${}", "${}"),
+            ("${not closed", "${not closed"),
+            ("${a-b}", "${a-b}"),
+            ("$(ALREADY)", "$(ALREADY)"),
+        ] {
+            assert_eq!(kube_arg(input), want, "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn gpu_resource_names_follow_the_device_plugin() {
+        let mut g = GpuRequest {
+            count: 2,
+            product: None,
+            memory_mib: None,
+            sharing: GpuSharing::Exclusive,
+            allow_in_place: true,
+        };
+        assert_eq!(gpu_resource(&g), "nvidia.com/gpu");
+        g.sharing = GpuSharing::TimeSliced;
+        assert_eq!(gpu_resource(&g), "nvidia.com/gpu.shared");
+        g.sharing = GpuSharing::Mig {
+            profile: "1g.10gb".into(),
+        };
+        assert_eq!(gpu_resource(&g), "nvidia.com/mig-1g.10gb");
+        assert_eq!(gpu_kind(&g), "mig-1g.10gb");
+    }
+
+    #[test]
+    fn times_round_trip_in_rfc3339() {
+        for ms in [0u64, 1, 1_700_000_000_123, 4_102_444_800_000] {
+            let s = format_time(Time(ms));
+            assert!(s.ends_with('Z'), "{s}");
+            assert_eq!(parse_time(&s), Some(Time(ms)), "{s}");
+        }
+        assert_eq!(parse_time("not a time"), None);
+    }
+
+    #[test]
+    fn service_names_that_kubernetes_rejects_are_reported() {
+        assert!(check_service_name(&svc("web")).is_ok());
+        let e = check_service_name(&svc("9web")).unwrap_err().to_string();
+        assert!(e.contains("start with a letter"), "{e}");
+        let long = "a".repeat(56);
+        let e = check_service_name(&svc(&long)).unwrap_err().to_string();
+        assert!(e.contains("at most 55"), "{e}");
+        assert!(check_service_name(&svc(&"a".repeat(55))).is_ok());
+    }
+
+    #[test]
+    fn replica_set_carries_labels_annotations_and_gpu_scheduling() {
+        let mut spec = ServiceSpec::with_defaults(
+            3,
+            InstanceTemplate {
+                image: Some("ghcr.io/acme/web:1".into()),
+                command: vec!["./web".into(), "--port".into(), "${PORT}".into()],
+                resources: Resources {
+                    cpu: Some("500m".into()),
+                    memory: Some("256Mi".into()),
+                    gpu: Some(GpuRequest {
+                        count: 1,
+                        product: Some("NVIDIA-A100-SXM4-80GB".into()),
+                        memory_mib: Some(81920),
+                        sharing: GpuSharing::Exclusive,
+                        allow_in_place: true,
+                    }),
+                },
+                termination_grace_period_seconds: 45,
+                ..InstanceTemplate::default()
+            },
+        );
+        spec.ports = vec![PortSpec {
+            name: "http".into(),
+            port: 8080,
+        }];
+        spec.health = HealthSpec {
+            readiness: Some(Probe {
+                action: ProbeAction::Http {
+                    path: "/healthz".into(),
+                    port: PortRef::Name("http".into()),
+                },
+                initial_delay_seconds: 0,
+                period_seconds: 2,
+                timeout_seconds: 1,
+                success_threshold: 2,
+                failure_threshold: 3,
+            }),
+            liveness: Some(Probe {
+                action: ProbeAction::Tcp {
+                    port: PortRef::Number(8080),
+                },
+                initial_delay_seconds: 5,
+                period_seconds: 10,
+                timeout_seconds: 1,
+                success_threshold: 3,
+                failure_threshold: 3,
+            }),
+            startup: None,
+        };
+        let rev = Revision::from("abcdef0123");
+        let rs = replica_set(
+            "apps",
+            &svc("web"),
+            &rev,
+            &spec,
+            &spec.template,
+            &RevisionMeta {
+                created_at: Time(1_700_000_000_000),
+                commit: Some("c0ffee".into()),
+            },
+            0,
+        )
+        .unwrap();
+        let v = serde_json::to_value(&rs).unwrap();
+        assert_eq!(v["metadata"]["name"], "web-abcdef0123");
+        assert_eq!(
+            v["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "floyd"
+        );
+        assert_eq!(v["metadata"]["labels"]["floyd.dev/revision"], "abcdef0123");
+        assert_eq!(v["metadata"]["annotations"]["floyd.dev/commit"], "c0ffee");
+        assert_eq!(
+            v["metadata"]["annotations"]["floyd.dev/created-at"],
+            "2023-11-14T22:13:20.000Z"
+        );
+        let tpl: InstanceTemplate = serde_json::from_str(
+            v["metadata"]["annotations"]["floyd.dev/template"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(tpl, spec.template);
+        assert_eq!(v["spec"]["replicas"], 0);
+        assert_eq!(
+            v["spec"]["selector"]["matchLabels"],
+            serde_json::json!({"floyd.dev/service": "web", "floyd.dev/revision": "abcdef0123"})
+        );
+        let pod = &v["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        assert_eq!(
+            c["command"],
+            serde_json::json!(["./web", "--port", "$(PORT)"])
+        );
+        assert_eq!(
+            c["env"][0],
+            serde_json::json!({"name": "PORT", "value": "8080"})
+        );
+        assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], "1");
+        assert_eq!(c["resources"]["limits"]["memory"], "256Mi");
+        assert_eq!(c["resources"]["requests"]["cpu"], "500m");
+        assert_eq!(c["readinessProbe"]["httpGet"]["port"], "http");
+        assert_eq!(c["readinessProbe"]["successThreshold"], 2);
+        // The API server only accepts successThreshold 1 on liveness probes.
+        assert_eq!(c["livenessProbe"]["successThreshold"], 1);
+        assert_eq!(c["livenessProbe"]["tcpSocket"]["port"], 8080);
+        assert_eq!(pod["terminationGracePeriodSeconds"], 45);
+        assert_eq!(
+            pod["nodeSelector"]["nvidia.com/gpu.product"],
+            "NVIDIA-A100-SXM4-80GB"
+        );
+        assert_eq!(pod["tolerations"][0]["key"], "nvidia.com/gpu");
+        assert_eq!(
+            pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+                [0]["matchExpressions"][0]["values"][0],
+            "81919"
+        );
+    }
+
+    #[test]
+    fn replica_set_without_image_is_an_error_that_says_what_to_add() {
+        let spec = ServiceSpec::with_defaults(1, InstanceTemplate::command(["./x"]));
+        let e = replica_set(
+            "d",
+            &svc("web"),
+            &Revision::from("r"),
+            &spec,
+            &spec.template,
+            &RevisionMeta {
+                created_at: Time(0),
+                commit: None,
+            },
+            0,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("spec.template.image"), "{e}");
+    }
+
+    #[test]
+    fn services_select_by_revision_only_when_asked() {
+        let spec = ServiceSpec::with_defaults(1, InstanceTemplate::default());
+        let all =
+            serde_json::to_value(service_object("d", &svc("web"), &spec, false, None)).unwrap();
+        assert_eq!(
+            all["spec"]["selector"],
+            serde_json::json!({"floyd.dev/service": "web"})
+        );
+        let rev = Revision::from("r1");
+        let p = serde_json::to_value(service_object("d", &svc("web"), &spec, true, Some(&rev)))
+            .unwrap();
+        assert_eq!(p["metadata"]["name"], "web-preview");
+        assert_eq!(p["spec"]["selector"]["floyd.dev/revision"], "r1");
+    }
+}

@@ -1,0 +1,571 @@
+//! Pure translation of what the API server reports (ReplicaSets, Pods,
+//! Services, Nodes) into Floyd's [`Observed`]. No I/O: the runtime fetches
+//! (or reflects) the objects and hands them here.
+
+use super::objects::{
+    ANN_CREATED_AT, ANN_TEMPLATE, LABEL_GPU_MEMORY, LABEL_GPU_PRODUCT, LABEL_REVISION,
+    LABEL_SERVICE, floyd_time, gpu_kind, gpu_resource, parse_time,
+};
+use crate::manifest::{GpuRequest, InstanceTemplate, Revision, ServiceName};
+use crate::runtime::{GpuCapacity, Instance, InstancePhase, Observed, ObservedRevision};
+use crate::time::Time;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+/// Container waiting reasons that mean "this will not become ready by itself soon".
+const STUCK_REASONS: &[&str] = &[
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+fn label<'a>(
+    meta: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    key: &str,
+) -> Option<&'a str> {
+    meta.labels.as_ref()?.get(key).map(String::as_str)
+}
+
+/// Whether a pod still exists as far as resources are concerned (not
+/// Succeeded/Failed). Terminating pods count: they hold their GPUs until gone.
+pub fn is_unfinished(pod: &Pod) -> bool {
+    !matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded") | Some("Failed")
+    )
+}
+
+/// Units of extended resource `resource` that `pod` asks for (limits, or
+/// requests when only those are set; init containers count at their max,
+/// as the scheduler does).
+pub fn pod_resource_units(pod: &Pod, resource: &str) -> u32 {
+    let Some(spec) = &pod.spec else { return 0 };
+    let units = |r: &Option<k8s_openapi::api::core::v1::ResourceRequirements>| -> u32 {
+        r.as_ref()
+            .and_then(|r| {
+                r.limits
+                    .as_ref()
+                    .and_then(|l| l.get(resource))
+                    .or_else(|| r.requests.as_ref().and_then(|q| q.get(resource)))
+            })
+            .map(quantity_units)
+            .unwrap_or(0)
+    };
+    let main: u32 = spec.containers.iter().map(|c| units(&c.resources)).sum();
+    let init: u32 = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| units(&c.resources))
+        .max()
+        .unwrap_or(0);
+    main.max(init)
+}
+
+/// Extended resources are integers; anything else counts as 0.
+fn quantity_units(q: &Quantity) -> u32 {
+    q.0.trim().parse().unwrap_or(0)
+}
+
+/// One pod as a Floyd instance.
+pub fn instance_from_pod(pod: &Pod, gpu_resource: Option<&str>) -> Instance {
+    let meta = &pod.metadata;
+    let id = meta.name.clone().unwrap_or_default();
+    let created_at = meta
+        .creation_timestamp
+        .as_ref()
+        .map(|t| floyd_time(&t.0))
+        .unwrap_or(Time::ZERO);
+    let status = pod.status.as_ref();
+    let phase_str = status.and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+    let terminating = meta.deletion_timestamp.is_some();
+    let phase = if terminating {
+        InstancePhase::Terminating
+    } else {
+        match phase_str {
+            "Running" => InstancePhase::Running,
+            "Succeeded" | "Failed" => InstancePhase::Failed,
+            _ => InstancePhase::Pending,
+        }
+    };
+    let conditions = status.and_then(|s| s.conditions.as_ref());
+    let ready = conditions
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+        .cloned();
+    let ready_since = match &ready {
+        Some(c) if c.status == "True" && phase == InstancePhase::Running => Some(
+            c.last_transition_time
+                .as_ref()
+                .map(|t| floyd_time(&t.0))
+                .unwrap_or(created_at),
+        ),
+        _ => None,
+    };
+    let statuses = status.and_then(|s| s.container_statuses.as_ref());
+    let restarts: u32 = statuses
+        .map(|cs| cs.iter().map(|c| c.restart_count.max(0) as u32).sum())
+        .unwrap_or(0);
+
+    let mut reason = None;
+    if terminating {
+        reason = Some("terminating".to_string());
+    } else if phase == InstancePhase::Failed {
+        let r = status
+            .and_then(|s| s.reason.clone())
+            .unwrap_or_else(|| phase_str.to_string());
+        let m = status.and_then(|s| s.message.clone()).unwrap_or_default();
+        reason = Some(join(&r, &m));
+    }
+    if reason.is_none()
+        && let Some(cs) = statuses
+    {
+        for c in cs {
+            let waiting = c.state.as_ref().and_then(|s| s.waiting.as_ref());
+            if let Some(w) = waiting
+                && let Some(r) = w.reason.as_deref()
+                && STUCK_REASONS.contains(&r)
+            {
+                let mut text = join(r, w.message.as_deref().unwrap_or(""));
+                if let Some(t) = c.last_state.as_ref().and_then(|s| s.terminated.as_ref()) {
+                    text.push_str(&format!(" (last exit code {})", t.exit_code));
+                }
+                reason = Some(text);
+                break;
+            }
+        }
+    }
+    if reason.is_none()
+        && let Some(c) = conditions.and_then(|cs| {
+            cs.iter()
+                .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+        })
+    {
+        reason = Some(join(
+            c.reason.as_deref().unwrap_or("Unschedulable"),
+            c.message.as_deref().unwrap_or(""),
+        ));
+    }
+    if reason.is_none()
+        && ready_since.is_none()
+        && phase == InstancePhase::Running
+        && let Some(c) = &ready
+    {
+        reason = Some(join(
+            "not ready",
+            c.message.as_deref().unwrap_or("readiness probe failing"),
+        ));
+    }
+
+    let gpus = match (
+        gpu_resource,
+        pod.spec.as_ref().and_then(|s| s.node_name.as_ref()),
+    ) {
+        (Some(r), Some(node)) => (0..pod_resource_units(pod, r))
+            .map(|i| format!("{node}/{r}#{i}"))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Instance {
+        id,
+        phase,
+        created_at,
+        ready_since,
+        restarts,
+        reason,
+        gpus,
+    }
+}
+
+fn join(reason: &str, message: &str) -> String {
+    if message.is_empty() {
+        reason.to_string()
+    } else {
+        format!("{reason}: {message}")
+    }
+}
+
+/// One ReplicaSet and its pods. `None` when the ReplicaSet is not one of
+/// Floyd's (no revision label or unreadable template annotation).
+pub fn observed_revision(
+    rs: &ReplicaSet,
+    pods: &[&Pod],
+    gpu_resource: Option<&str>,
+) -> Option<ObservedRevision> {
+    let revision = Revision(label(&rs.metadata, LABEL_REVISION)?.to_string());
+    let ann = rs.metadata.annotations.as_ref();
+    let created_at = ann
+        .and_then(|a| a.get(ANN_CREATED_AT))
+        .and_then(|s| parse_time(s))
+        .or_else(|| {
+            rs.metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| floyd_time(&t.0))
+        })
+        .unwrap_or(Time::ZERO);
+    let template: InstanceTemplate = ann
+        .and_then(|a| a.get(ANN_TEMPLATE))
+        .and_then(|s| serde_json::from_str(s).ok())?;
+    let desired = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1)
+        .max(0) as u32;
+    let mut instances: Vec<Instance> = pods
+        .iter()
+        .filter(|p| label(&p.metadata, LABEL_REVISION) == Some(revision.as_str()))
+        // Finished pods are not replicas to the ReplicaSet controller (it
+        // replaces them), so they are not instances either.
+        .filter(|p| is_unfinished(p))
+        .map(|p| instance_from_pod(p, gpu_resource))
+        .collect();
+    instances.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+    Some(ObservedRevision {
+        revision,
+        created_at,
+        desired,
+        instances,
+        template,
+    })
+}
+
+/// The revision a Service selects, if it selects one.
+pub fn selected_revision(svc: &Service) -> Option<Revision> {
+    svc.spec
+        .as_ref()?
+        .selector
+        .as_ref()?
+        .get(LABEL_REVISION)
+        .map(|r| Revision(r.clone()))
+}
+
+/// Everything of one service, from the objects carrying its labels.
+pub fn observed(
+    service: &ServiceName,
+    replica_sets: &[ReplicaSet],
+    pods: &[&Pod],
+    active: Option<&Service>,
+    preview: Option<&Service>,
+    gpu_request: Option<&GpuRequest>,
+    gpu: Option<GpuCapacity>,
+) -> Observed {
+    let resource = gpu_request.map(gpu_resource);
+    let mut revisions: Vec<ObservedRevision> = replica_sets
+        .iter()
+        .filter(|rs| label(&rs.metadata, LABEL_SERVICE) == Some(service.as_str()))
+        .filter(|rs| rs.metadata.deletion_timestamp.is_none())
+        .filter_map(|rs| observed_revision(rs, pods, resource.as_deref()))
+        .collect();
+    revisions.sort_by(|a, b| {
+        a.created_at
+            .cmp(&b.created_at)
+            .then(a.revision.cmp(&b.revision))
+    });
+    Observed {
+        revisions,
+        active: active.and_then(selected_revision),
+        preview: preview.and_then(selected_revision),
+        gpu,
+        gates: Vec::new(),
+        traffic: Vec::new(),
+    }
+}
+
+/// Whether `node` offers the GPUs `req` asks for (product and memory labels).
+pub fn node_matches(node: &Node, req: &GpuRequest) -> bool {
+    let labels = node.metadata.labels.as_ref();
+    if let Some(p) = &req.product
+        && labels.and_then(|l| l.get(LABEL_GPU_PRODUCT)) != Some(p)
+    {
+        return false;
+    }
+    if let Some(min) = req.memory_mib {
+        let mem: Option<u64> = labels
+            .and_then(|l| l.get(LABEL_GPU_MEMORY))
+            .and_then(|m| m.parse().ok());
+        if mem.is_none_or(|m| m < min) {
+            return false;
+        }
+    }
+    // Cordoned nodes take no new pods.
+    !node
+        .spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false)
+}
+
+/// GPU capacity for `req`: allocatable of the matching nodes minus what
+/// unfinished pods bound to them request (terminating pods included: they
+/// hold their GPUs until the kubelet has stopped them). `pods` should be
+/// every pod that can run on those nodes; pods of other namespaces that are
+/// not visible make `free` an over-estimate, which the scheduler then
+/// corrects (the pod stays Pending/Unschedulable and Floyd reports it).
+pub fn gpu_capacity(
+    req: &GpuRequest,
+    nodes: &[Node],
+    pods: &[Pod],
+    service: &ServiceName,
+) -> GpuCapacity {
+    let resource = gpu_resource(req);
+    let matching: Vec<&str> = nodes
+        .iter()
+        .filter(|n| node_matches(n, req))
+        .filter_map(|n| n.metadata.name.as_deref())
+        .collect();
+    let exist: u32 = nodes
+        .iter()
+        .filter(|n| node_matches(n, req))
+        .map(|n| {
+            n.status
+                .as_ref()
+                .and_then(|s| s.allocatable.as_ref())
+                .and_then(|a| a.get(&resource))
+                .map(quantity_units)
+                .unwrap_or(0)
+        })
+        .sum();
+    let mut used = 0u32;
+    let mut held = 0u32;
+    for p in pods.iter().filter(|p| is_unfinished(p)) {
+        let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
+            continue;
+        };
+        if !matching.contains(&node) {
+            continue;
+        }
+        let units = pod_resource_units(p, &resource);
+        used = used.saturating_add(units);
+        if label(&p.metadata, LABEL_SERVICE) == Some(service.as_str()) {
+            held = held.saturating_add(units);
+        }
+    }
+    GpuCapacity {
+        kind: gpu_kind(req),
+        exist,
+        free: exist.saturating_sub(used),
+        held_by_service: held,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::GpuSharing;
+    use serde_json::json;
+
+    fn pod(v: serde_json::Value) -> Pod {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn base(name: &str) -> serde_json::Value {
+        json!({
+            "metadata": {"name": name, "creationTimestamp": "2026-01-01T00:00:00Z",
+                          "labels": {"floyd.dev/service": "web", "floyd.dev/revision": "r1"}},
+            "spec": {"containers": [{"name": "app", "image": "x",
+                       "resources": {"limits": {"nvidia.com/gpu": "1"}}}]},
+        })
+    }
+
+    #[test]
+    fn pod_states_become_instances() {
+        let t0 = parse_time("2026-01-01T00:00:00Z").unwrap();
+        let t5 = parse_time("2026-01-01T00:00:05Z").unwrap();
+        // (status, deletion, want phase, want ready_since, reason contains)
+        #[allow(clippy::type_complexity)]
+        let cases: Vec<(
+            serde_json::Value,
+            bool,
+            InstancePhase,
+            Option<Time>,
+            Option<&str>,
+        )> = vec![
+            (
+                json!({"phase": "Pending"}),
+                false,
+                InstancePhase::Pending,
+                None,
+                None,
+            ),
+            (
+                json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                    "reason": "Unschedulable", "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."}]}),
+                false,
+                InstancePhase::Pending,
+                None,
+                Some("Unschedulable: 0/2 nodes"),
+            ),
+            (
+                json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True",
+                    "lastTransitionTime": "2026-01-01T00:00:05Z"}]}),
+                false,
+                InstancePhase::Running,
+                Some(t5),
+                None,
+            ),
+            (
+                json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "False",
+                    "message": "containers with unready status: [app]"}]}),
+                false,
+                InstancePhase::Running,
+                None,
+                Some("not ready: containers with unready status"),
+            ),
+            (
+                json!({"phase": "Running", "containerStatuses": [{"name": "app", "image": "x", "imageID": "",
+                    "ready": false, "restartCount": 4,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+                    "lastState": {"terminated": {"exitCode": 1}}}]}),
+                false,
+                InstancePhase::Running,
+                None,
+                Some("CrashLoopBackOff: back-off 40s (last exit code 1)"),
+            ),
+            (
+                json!({"phase": "Pending", "containerStatuses": [{"name": "app", "image": "x", "imageID": "",
+                    "ready": false, "restartCount": 0,
+                    "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}}]}),
+                false,
+                InstancePhase::Pending,
+                None,
+                Some("ImagePullBackOff"),
+            ),
+            (
+                json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}),
+                true,
+                InstancePhase::Terminating,
+                None,
+                Some("terminating"),
+            ),
+            (
+                json!({"phase": "Failed", "reason": "Evicted", "message": "low on memory"}),
+                false,
+                InstancePhase::Failed,
+                None,
+                Some("Evicted: low on memory"),
+            ),
+            (
+                json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}),
+                false,
+                InstancePhase::Running,
+                Some(t0),
+                None,
+            ),
+        ];
+        for (i, (status, deleting, phase, ready, reason)) in cases.into_iter().enumerate() {
+            let mut v = base("p");
+            v["status"] = status;
+            if deleting {
+                v["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:01:00Z");
+            }
+            let inst = instance_from_pod(&pod(v), None);
+            assert_eq!(inst.phase, phase, "case {i}");
+            assert_eq!(inst.ready_since, ready, "case {i}");
+            match reason {
+                Some(r) => assert!(
+                    inst.reason.as_deref().unwrap_or("").contains(r),
+                    "case {i}: {:?} lacks {r:?}",
+                    inst.reason
+                ),
+                None => assert_eq!(inst.reason, None, "case {i}"),
+            }
+        }
+    }
+
+    #[test]
+    fn restarts_sum_over_containers() {
+        let mut v = base("p");
+        v["status"] = json!({"phase": "Running", "containerStatuses": [
+            {"name": "a", "image": "x", "imageID": "", "ready": true, "restartCount": 2},
+            {"name": "b", "image": "x", "imageID": "", "ready": true, "restartCount": 3}]});
+        assert_eq!(instance_from_pod(&pod(v), None).restarts, 5);
+    }
+
+    fn node(name: &str, product: &str, gpus: u32) -> Node {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"nvidia.com/gpu.product": product, "nvidia.com/gpu.memory": "81920"}},
+            "status": {"allocatable": {"nvidia.com/gpu": gpus.to_string(), "cpu": "8"}},
+        }))
+        .unwrap()
+    }
+
+    fn gpu_pod(name: &str, service: &str, node: Option<&str>, phase: &str, deleting: bool) -> Pod {
+        let mut v = base(name);
+        v["metadata"]["labels"]["floyd.dev/service"] = json!(service);
+        if let Some(n) = node {
+            v["spec"]["nodeName"] = json!(n);
+        }
+        v["status"] = json!({"phase": phase});
+        if deleting {
+            v["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:01:00Z");
+        }
+        pod(v)
+    }
+
+    #[test]
+    fn gpu_capacity_subtracts_unfinished_and_terminating_pods_per_product() {
+        let req = GpuRequest {
+            count: 1,
+            product: Some("A100".into()),
+            memory_mib: None,
+            sharing: GpuSharing::Exclusive,
+            allow_in_place: true,
+        };
+        let nodes = vec![
+            node("a1", "A100", 4),
+            node("a2", "A100", 2),
+            node("h1", "H100", 8),
+        ];
+        let pods = vec![
+            gpu_pod("w1", "web", Some("a1"), "Running", false),
+            gpu_pod("w2", "web", Some("a1"), "Running", true), // terminating: still holds
+            gpu_pod("o1", "other", Some("a2"), "Running", false),
+            gpu_pod("o2", "other", Some("h1"), "Running", false), // other product
+            gpu_pod("done", "other", Some("a2"), "Succeeded", false), // finished: frees
+            gpu_pod("pend", "web", None, "Pending", false),       // unscheduled: holds nothing
+        ];
+        let web = ServiceName::parse("web").unwrap();
+        let c = gpu_capacity(&req, &nodes, &pods, &web);
+        assert_eq!(
+            c,
+            GpuCapacity {
+                kind: "A100".into(),
+                exist: 6,
+                free: 3,
+                held_by_service: 2
+            }
+        );
+        let mut big = req.clone();
+        big.memory_mib = Some(100_000);
+        assert_eq!(gpu_capacity(&big, &nodes, &pods, &web).exist, 0);
+    }
+
+    #[test]
+    fn mig_slices_are_counted_by_their_own_resource() {
+        let req = GpuRequest {
+            count: 1,
+            product: None,
+            memory_mib: None,
+            sharing: GpuSharing::Mig {
+                profile: "1g.10gb".into(),
+            },
+            allow_in_place: true,
+        };
+        let n: Node = serde_json::from_value(json!({"metadata": {"name": "m"},
+            "status": {"allocatable": {"nvidia.com/mig-1g.10gb": "7", "nvidia.com/gpu": "0"}}}))
+        .unwrap();
+        let mut v = base("p");
+        v["spec"]["nodeName"] = json!("m");
+        v["spec"]["containers"][0]["resources"] =
+            json!({"limits": {"nvidia.com/mig-1g.10gb": "2"}});
+        let c = gpu_capacity(&req, &[n], &[pod(v)], &ServiceName::parse("web").unwrap());
+        assert_eq!((c.exist, c.free, c.held_by_service), (7, 5, 2));
+        assert_eq!(c.kind, "mig-1g.10gb");
+    }
+}

@@ -1,0 +1,1163 @@
+//! A fake Kubernetes API server over loopback HTTP, just big enough for
+//! Floyd: get, list (label and field selectors), watch, create, replace,
+//! server-side apply (including the `scale` subresource) and delete for
+//! replicasets, pods, services, configmaps, nodes, leases and events.
+//!
+//! A simulated controller-manager, scheduler and kubelet make it behave like a
+//! cluster: ReplicaSets get pods (removal ranked as the ReplicaSet controller
+//! does: unscheduled, pending, not ready, lowest `pod-deletion-cost`, newest
+//! first), pods are bound to nodes with enough free extended resources (GPUs)
+//! or marked Unschedulable, and become Ready after a delay, never, or crash
+//! loop, by image. Deleted pods terminate after a delay and hold their GPUs
+//! meanwhile.
+//!
+//! Server-side apply is emulated for one manager per object: fields the
+//! manager applied before and left out now are removed, the rest is merged.
+//! Every body a client sends (create, replace, apply) is recorded so tests can
+//! check it with `kubernetes-validate`.
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+/// What a container of a given image does.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Behavior {
+    /// Ready this long after the pod is bound to a node.
+    ReadyAfter(Duration),
+    /// Runs, never passes its readiness probe.
+    NeverReady,
+    /// Exits over and over (CrashLoopBackOff, restarts count up).
+    CrashLoop,
+    /// The image cannot be pulled.
+    ImagePullBackOff,
+}
+
+/// A node of the fake cluster.
+#[derive(Debug, Clone)]
+pub struct FakeNode {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Extended resources, e.g. `nvidia.com/gpu` → 2.
+    pub allocatable: BTreeMap<String, u32>,
+}
+
+impl FakeNode {
+    pub fn cpu(name: &str) -> FakeNode {
+        FakeNode {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            allocatable: BTreeMap::new(),
+        }
+    }
+    pub fn gpu(name: &str, product: &str, gpus: u32) -> FakeNode {
+        FakeNode {
+            name: name.into(),
+            labels: BTreeMap::from([
+                ("nvidia.com/gpu.product".into(), product.into()),
+                ("nvidia.com/gpu.memory".into(), "81920".into()),
+            ]),
+            allocatable: BTreeMap::from([("nvidia.com/gpu".into(), gpus)]),
+        }
+    }
+}
+
+/// One request a client sent with a body.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub body: Value,
+}
+
+type Key = (String, String, String); // (resource, namespace, name)
+
+struct Db {
+    rv: u64,
+    uid: u64,
+    objects: BTreeMap<Key, Value>,
+    /// Last applied configuration per (object, manager, subresource).
+    applied: HashMap<(Key, String, String), Value>,
+    /// (resourceVersion, event type, key, object) for watches.
+    log: Vec<(u64, &'static str, Key, Value)>,
+    sent: Vec<Sent>,
+    requests: Vec<String>,
+    // Kubelet timing, by pod key.
+    bound_at: HashMap<Key, Instant>,
+    deleted_at: HashMap<Key, Instant>,
+    last_crash: HashMap<Key, Instant>,
+    behaviors: HashMap<String, Behavior>,
+    default_behavior: Behavior,
+    terminate_after: Duration,
+    nodes: Vec<FakeNode>,
+}
+
+struct Shared {
+    db: Mutex<Db>,
+    changed: watch::Sender<u64>,
+}
+
+/// A running fake API server. Dropping it stops the server and the simulation.
+pub struct FakeApi {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for FakeApi {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn now_rfc3339() -> String {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64;
+    k8s_openapi::jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
+        .unwrap_or_default()
+}
+
+/// (apiVersion, kind, namespaced) of a resource.
+fn resource_info(group: &str, resource: &str) -> Option<(&'static str, &'static str, bool)> {
+    Some(match (group, resource) {
+        ("apps", "replicasets") => ("apps/v1", "ReplicaSet", true),
+        ("", "pods") => ("v1", "Pod", true),
+        ("", "services") => ("v1", "Service", true),
+        ("", "configmaps") => ("v1", "ConfigMap", true),
+        ("", "events") => ("v1", "Event", true),
+        ("events.k8s.io", "events") => ("events.k8s.io/v1", "Event", true),
+        ("", "nodes") => ("v1", "Node", false),
+        ("coordination.k8s.io", "leases") => ("coordination.k8s.io/v1", "Lease", true),
+        _ => return None,
+    })
+}
+
+fn status(code: u16, reason: &str, message: String) -> Response {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                      "message": message, "reason": reason, "code": code});
+    (
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn ok(code: StatusCode, v: &Value) -> Response {
+    (code, [("content-type", "application/json")], v.to_string()).into_response()
+}
+
+fn get_path<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(v, |v, k| v.get(k))
+}
+
+fn labels_of(v: &Value) -> Map<String, Value> {
+    v["metadata"]["labels"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// `k=v`, `k==v`, `k!=v`, `k`, `!k`, comma-separated (AND).
+fn label_match(selector: &str, labels: &Map<String, Value>) -> bool {
+    selector
+        .split(',')
+        .filter(|t| !t.trim().is_empty())
+        .all(|t| {
+            let t = t.trim();
+            if let Some((k, v)) = t.split_once("!=") {
+                labels.get(k).and_then(Value::as_str) != Some(v)
+            } else if let Some((k, v)) = t.split_once("==").or_else(|| t.split_once('=')) {
+                labels.get(k).and_then(Value::as_str) == Some(v)
+            } else if let Some(k) = t.strip_prefix('!') {
+                !labels.contains_key(k)
+            } else {
+                labels.contains_key(t)
+            }
+        })
+}
+
+fn field_match(selector: &str, obj: &Value) -> bool {
+    selector
+        .split(',')
+        .filter(|t| !t.trim().is_empty())
+        .all(|t| {
+            let t = t.trim();
+            let (path, want, neg) = if let Some((k, v)) = t.split_once("!=") {
+                (k, v, true)
+            } else if let Some((k, v)) = t.split_once("==").or_else(|| t.split_once('=')) {
+                (k, v, false)
+            } else {
+                return true;
+            };
+            let have = get_path(obj, path).and_then(Value::as_str).unwrap_or("");
+            (have == want) != neg
+        })
+}
+
+fn merge(live: &mut Value, patch: &Value) {
+    match (live, patch) {
+        (Value::Object(l), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    l.remove(k);
+                } else {
+                    merge(l.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (l, p) => *l = p.clone(),
+    }
+}
+
+/// Server-side apply for one manager: what it applied before and leaves out
+/// now is removed.
+fn remove_stale(live: &mut Value, prev: &Value, now: &Value) {
+    if let (Value::Object(l), Value::Object(p)) = (live, prev) {
+        for (k, pv) in p {
+            match now.get(k) {
+                None => {
+                    l.remove(k);
+                }
+                Some(nv) => {
+                    if let Some(lv) = l.get_mut(k) {
+                        remove_stale(lv, pv, nv);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn query_map(q: &str) -> HashMap<String, String> {
+    url_decode_pairs(q).into_iter().collect()
+}
+
+fn url_decode_pairs(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|s| !s.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (pct(k), pct(v))
+        })
+        .collect()
+}
+
+fn pct(s: &str) -> String {
+    let s = s.replace('+', " ");
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(x) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(x);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Db {
+    fn bump(&mut self) -> u64 {
+        self.rv += 1;
+        self.rv
+    }
+
+    fn put(&mut self, key: Key, mut obj: Value, ev: &'static str) -> Value {
+        let rv = self.bump();
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        self.objects.insert(key.clone(), obj.clone());
+        self.log.push((rv, ev, key, obj.clone()));
+        obj
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Value> {
+        let mut obj = self.objects.remove(key)?;
+        let rv = self.bump();
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        self.log.push((rv, "DELETED", key.clone(), obj.clone()));
+        self.applied.retain(|(k, _, _), _| k != key);
+        Some(obj)
+    }
+
+    fn new_object(&mut self, key: &Key, api_version: &str, kind: &str, body: &Value) -> Value {
+        self.uid += 1;
+        let mut obj = body.clone();
+        obj["apiVersion"] = json!(api_version);
+        obj["kind"] = json!(kind);
+        obj["metadata"]["name"] = json!(key.2);
+        if !key.1.is_empty() {
+            obj["metadata"]["namespace"] = json!(key.1);
+        }
+        obj["metadata"]["uid"] = json!(format!("uid-{}", self.uid));
+        obj["metadata"]["creationTimestamp"] = json!(now_rfc3339());
+        obj["metadata"]["generation"] = json!(1);
+        if kind == "ReplicaSet" {
+            obj["status"] = json!({"replicas": 0});
+            if obj["spec"].get("replicas").is_none() {
+                obj["spec"]["replicas"] = json!(1);
+            }
+        }
+        obj
+    }
+
+    /// Minimal admission: what a real API server would refuse outright.
+    fn admit(&self, kind: &str, obj: &Value) -> Result<(), String> {
+        match kind {
+            "ReplicaSet" => {
+                let sel = obj["spec"]["selector"]["matchLabels"]
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default();
+                let tl = obj["spec"]["template"]["metadata"]["labels"]
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default();
+                if sel.is_empty() || sel.iter().any(|(k, v)| tl.get(k) != Some(v)) {
+                    return Err("spec.template.metadata.labels: `selector` does not match template `labels`".into());
+                }
+                if obj["spec"]["template"]["spec"]["containers"]
+                    .as_array()
+                    .is_none_or(Vec::is_empty)
+                {
+                    return Err("spec.template.spec.containers: Required value".into());
+                }
+                Ok(())
+            }
+            "Service" => {
+                if obj["spec"]["ports"].as_array().is_none_or(Vec::is_empty) {
+                    return Err("spec.ports: Required value".into());
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+struct Route {
+    group: String,
+    resource: String,
+    namespace: String,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+fn parse_route(path: &str) -> Option<Route> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", "v1", rest @ ..] => ("", rest),
+        ["apis", g, _v, rest @ ..] => (*g, rest),
+        _ => return None,
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (ns.to_string(), rest),
+        _ => (String::new(), rest),
+    };
+    let (resource, name, sub) = match rest {
+        [r] => (*r, None, None),
+        [r, n] => (*r, Some(n.to_string()), None),
+        [r, n, s] => (*r, Some(n.to_string()), Some(s.to_string())),
+        _ => return None,
+    };
+    Some(Route {
+        group: group.to_string(),
+        resource: resource.to_string(),
+        namespace,
+        name,
+        sub,
+    })
+}
+
+impl FakeApi {
+    /// Starts the server and the simulation on 127.0.0.1.
+    pub async fn start(nodes: Vec<FakeNode>) -> FakeApi {
+        let (changed, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            db: Mutex::new(Db {
+                rv: 1,
+                uid: 0,
+                objects: BTreeMap::new(),
+                applied: HashMap::new(),
+                log: Vec::new(),
+                sent: Vec::new(),
+                requests: Vec::new(),
+                bound_at: HashMap::new(),
+                deleted_at: HashMap::new(),
+                last_crash: HashMap::new(),
+                behaviors: HashMap::new(),
+                default_behavior: Behavior::ReadyAfter(Duration::from_millis(100)),
+                terminate_after: Duration::from_millis(150),
+                nodes: nodes.clone(),
+            }),
+            changed,
+        });
+        {
+            let mut db = shared.db.lock().unwrap();
+            for n in &nodes {
+                let key = ("nodes".to_string(), String::new(), n.name.clone());
+                let alloc: Map<String, Value> = n
+                    .allocatable
+                    .iter()
+                    .map(|(k, v)| (k.clone(), json!(v.to_string())))
+                    .chain([
+                        ("cpu".to_string(), json!("8")),
+                        ("pods".to_string(), json!("110")),
+                    ])
+                    .collect();
+                let body = json!({"metadata": {"labels": n.labels}, "status": {"allocatable": alloc, "capacity": alloc}});
+                let obj = db.new_object(&key, "v1", "Node", &body);
+                db.put(key, obj, "ADDED");
+            }
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().fallback(handle).with_state(shared.clone());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let sim_shared = shared.clone();
+        let sim = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let rv = {
+                    let mut db = sim_shared.db.lock().unwrap();
+                    simulate(&mut db);
+                    db.rv
+                };
+                sim_shared.changed.send_replace(rv);
+            }
+        });
+        FakeApi {
+            addr,
+            shared,
+            tasks: vec![server, sim],
+        }
+    }
+
+    /// A `kube::Client` talking plain HTTP to this server.
+    pub fn client(&self, namespace: &str) -> kube::Client {
+        let url: axum::http::Uri = format!("http://{}", self.addr).parse().unwrap();
+        let mut cfg = kube::Config::new(url);
+        cfg.default_namespace = namespace.to_string();
+        cfg.read_timeout = Some(Duration::from_secs(30));
+        kube::Client::try_from(cfg).unwrap()
+    }
+
+    pub fn set_behavior(&self, image: &str, b: Behavior) {
+        self.shared
+            .db
+            .lock()
+            .unwrap()
+            .behaviors
+            .insert(image.to_string(), b);
+    }
+
+    /// Every body clients sent (create, replace, apply), in order.
+    pub fn sent(&self) -> Vec<Sent> {
+        self.shared.db.lock().unwrap().sent.clone()
+    }
+
+    /// Every request line (`METHOD path?query`), in order.
+    pub fn requests(&self) -> Vec<String> {
+        self.shared.db.lock().unwrap().requests.clone()
+    }
+
+    pub fn get(&self, resource: &str, namespace: &str, name: &str) -> Option<Value> {
+        self.shared
+            .db
+            .lock()
+            .unwrap()
+            .objects
+            .get(&(
+                resource.to_string(),
+                namespace.to_string(),
+                name.to_string(),
+            ))
+            .cloned()
+    }
+
+    pub fn list(&self, resource: &str) -> Vec<Value> {
+        self.shared
+            .db
+            .lock()
+            .unwrap()
+            .objects
+            .iter()
+            .filter(|(k, _)| k.0 == resource)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+}
+
+async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let bytes: Bytes = match axum::body::to_bytes(req.into_body(), 16 << 20).await {
+        Ok(b) => b,
+        Err(e) => return status(400, "BadRequest", e.to_string()),
+    };
+    let q = query_map(&query);
+    let Some(route) = parse_route(&path) else {
+        return status(404, "NotFound", format!("no route {path}"));
+    };
+    let Some((api_version, kind, namespaced)) = resource_info(&route.group, &route.resource) else {
+        return status(
+            404,
+            "NotFound",
+            format!("resource {} not served", route.resource),
+        );
+    };
+    if namespaced && route.name.is_some() && route.namespace.is_empty() {
+        return status(
+            404,
+            "NotFound",
+            "namespaced resource needs a namespace".into(),
+        );
+    }
+    let body: Option<Value> = if bytes.is_empty() {
+        None
+    } else {
+        match serde_json::from_slice(&bytes) {
+            Ok(v) => Some(v),
+            Err(e) => return status(400, "BadRequest", format!("body is not JSON: {e}")),
+        }
+    };
+    {
+        let mut db = shared.db.lock().unwrap();
+        db.requests.push(format!("{method} {path}?{query}"));
+        if let Some(b) = &body
+            && method != Method::DELETE
+        {
+            db.sent.push(Sent {
+                method: method.to_string(),
+                path: path.clone(),
+                query: query.clone(),
+                body: b.clone(),
+            });
+        }
+    }
+
+    // Watch: a stream of JSON lines.
+    if method == Method::GET
+        && route.name.is_none()
+        && matches!(q.get("watch").map(String::as_str), Some("true" | "1"))
+    {
+        return watch_response(shared, route, q);
+    }
+
+    let resp = {
+        let mut db = shared.db.lock().unwrap();
+        serve(
+            &mut db,
+            &method,
+            &route,
+            &q,
+            &content_type,
+            body,
+            api_version,
+            kind,
+        )
+    };
+    let rv = shared.db.lock().unwrap().rv;
+    shared.changed.send_replace(rv);
+    resp
+}
+
+#[allow(clippy::too_many_arguments)]
+fn serve(
+    db: &mut Db,
+    method: &Method,
+    route: &Route,
+    q: &HashMap<String, String>,
+    content_type: &str,
+    body: Option<Value>,
+    api_version: &str,
+    kind: &str,
+) -> Response {
+    let key = |name: &str| {
+        (
+            route.resource.clone(),
+            route.namespace.clone(),
+            name.to_string(),
+        )
+    };
+    match (method.clone(), &route.name, &route.sub) {
+        (Method::GET, None, None) => {
+            let ls = q.get("labelSelector").cloned().unwrap_or_default();
+            let fs = q.get("fieldSelector").cloned().unwrap_or_default();
+            let items: Vec<Value> = db
+                .objects
+                .iter()
+                .filter(|(k, _)| {
+                    k.0 == route.resource && (route.namespace.is_empty() || k.1 == route.namespace)
+                })
+                .filter(|(_, v)| label_match(&ls, &labels_of(v)) && field_match(&fs, v))
+                .map(|(_, v)| v.clone())
+                .collect();
+            ok(
+                StatusCode::OK,
+                &json!({"apiVersion": api_version, "kind": format!("{kind}List"),
+                        "metadata": {"resourceVersion": db.rv.to_string()}, "items": items}),
+            )
+        }
+        (Method::GET, Some(name), None) => match db.objects.get(&key(name)) {
+            Some(v) => ok(StatusCode::OK, v),
+            None => status(
+                404,
+                "NotFound",
+                format!("{} \"{name}\" not found", route.resource),
+            ),
+        },
+        (Method::GET, Some(name), Some(sub)) if sub == "scale" => {
+            match db.objects.get(&key(name)) {
+                Some(v) => ok(StatusCode::OK, &scale_of(v)),
+                None => status(
+                    404,
+                    "NotFound",
+                    format!("{} \"{name}\" not found", route.resource),
+                ),
+            }
+        }
+        (Method::POST, None, None) => {
+            let Some(body) = body else {
+                return status(400, "BadRequest", "no body".into());
+            };
+            let Some(name) = body["metadata"]["name"].as_str().map(str::to_string) else {
+                return status(422, "Invalid", "metadata.name: Required value".into());
+            };
+            let k = key(&name);
+            if db.objects.contains_key(&k) {
+                return status(
+                    409,
+                    "AlreadyExists",
+                    format!("{} \"{name}\" already exists", route.resource),
+                );
+            }
+            if let Err(m) = db.admit(kind, &body) {
+                return status(422, "Invalid", m);
+            }
+            let obj = db.new_object(&k, api_version, kind, &body);
+            let obj = db.put(k, obj, "ADDED");
+            ok(StatusCode::CREATED, &obj)
+        }
+        (Method::PUT, Some(name), None) => {
+            let Some(body) = body else {
+                return status(400, "BadRequest", "no body".into());
+            };
+            let k = key(name);
+            let Some(live) = db.objects.get(&k).cloned() else {
+                return status(
+                    404,
+                    "NotFound",
+                    format!("{} \"{name}\" not found", route.resource),
+                );
+            };
+            let want = body["metadata"]["resourceVersion"].as_str().unwrap_or("");
+            if want != live["metadata"]["resourceVersion"].as_str().unwrap_or("") {
+                return status(
+                    409,
+                    "Conflict",
+                    format!(
+                        "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                        route.resource
+                    ),
+                );
+            }
+            let mut obj = body.clone();
+            obj["metadata"]["uid"] = live["metadata"]["uid"].clone();
+            obj["metadata"]["creationTimestamp"] = live["metadata"]["creationTimestamp"].clone();
+            obj["apiVersion"] = json!(api_version);
+            obj["kind"] = json!(kind);
+            let obj = db.put(k, obj, "MODIFIED");
+            ok(StatusCode::OK, &obj)
+        }
+        (Method::PATCH, Some(name), sub) => {
+            let Some(body) = body else {
+                return status(400, "BadRequest", "no body".into());
+            };
+            let k = key(name);
+            let is_apply = content_type.starts_with("application/apply-patch");
+            let manager = q.get("fieldManager").cloned().unwrap_or_default();
+            if is_apply && manager.is_empty() {
+                return status(400, "BadRequest", "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch".into());
+            }
+            if is_apply && q.get("force").map(String::as_str) != Some("true") {
+                // Floyd always forces; a real server would only fail on conflicts.
+                return status(400, "BadRequest", "test server: apply without force".into());
+            }
+            match sub.as_deref() {
+                Some("scale") => {
+                    let Some(live) = db.objects.get(&k).cloned() else {
+                        return status(
+                            404,
+                            "NotFound",
+                            format!("{} \"{name}\" not found", route.resource),
+                        );
+                    };
+                    let Some(n) = body["spec"]["replicas"].as_i64() else {
+                        return status(422, "Invalid", "spec.replicas: Required value".into());
+                    };
+                    let mut obj = live;
+                    obj["spec"]["replicas"] = json!(n);
+                    let obj = db.put(k, obj, "MODIFIED");
+                    ok(StatusCode::OK, &scale_of(&obj))
+                }
+                Some(other) => status(404, "NotFound", format!("subresource {other} not served")),
+                None => {
+                    let live = db.objects.get(&k).cloned();
+                    let applied_key = (k.clone(), manager.clone(), String::new());
+                    let (obj, created) = match live {
+                        None if is_apply => (db.new_object(&k, api_version, kind, &body), true),
+                        None => {
+                            return status(
+                                404,
+                                "NotFound",
+                                format!("{} \"{name}\" not found", route.resource),
+                            );
+                        }
+                        Some(mut live) => {
+                            if is_apply && let Some(prev) = db.applied.get(&applied_key) {
+                                remove_stale(&mut live, prev, &body);
+                            }
+                            merge(&mut live, &body);
+                            (live, false)
+                        }
+                    };
+                    if let Err(m) = db.admit(kind, &obj) {
+                        return status(422, "Invalid", m);
+                    }
+                    if is_apply {
+                        db.applied.insert(applied_key, body);
+                    }
+                    let obj = db.put(k, obj, if created { "ADDED" } else { "MODIFIED" });
+                    ok(
+                        if created {
+                            StatusCode::CREATED
+                        } else {
+                            StatusCode::OK
+                        },
+                        &obj,
+                    )
+                }
+            }
+        }
+        (Method::DELETE, Some(name), None) => {
+            let k = key(name);
+            let Some(live) = db.objects.get(&k).cloned() else {
+                return status(
+                    404,
+                    "NotFound",
+                    format!("{} \"{name}\" not found", route.resource),
+                );
+            };
+            if kind == "Pod" {
+                let obj = mark_deleted(db, &k, live);
+                return ok(StatusCode::OK, &obj);
+            }
+            if kind == "ReplicaSet" {
+                // Garbage collection of the pods it owns (background propagation).
+                let uid = live["metadata"]["uid"].clone();
+                let owned: Vec<(Key, Value)> = db
+                    .objects
+                    .iter()
+                    .filter(|(pk, p)| {
+                        pk.0 == "pods" && p["metadata"]["ownerReferences"][0]["uid"] == uid
+                    })
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                for (pk, p) in owned {
+                    if p["metadata"].get("deletionTimestamp").is_none() {
+                        mark_deleted(db, &pk, p);
+                    }
+                }
+            }
+            let obj = db.remove(&k).unwrap_or(live);
+            ok(StatusCode::OK, &obj)
+        }
+        _ => status(
+            405,
+            "MethodNotAllowed",
+            format!("{method} not supported here"),
+        ),
+    }
+}
+
+fn mark_deleted(db: &mut Db, k: &Key, mut live: Value) -> Value {
+    if live["metadata"].get("deletionTimestamp").is_some() {
+        return live;
+    }
+    live["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+    live["metadata"]["deletionGracePeriodSeconds"] = json!(30);
+    db.deleted_at.insert(k.clone(), Instant::now());
+    db.put(k.clone(), live, "MODIFIED")
+}
+
+fn scale_of(rs: &Value) -> Value {
+    json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
+           "metadata": {"name": rs["metadata"]["name"], "namespace": rs["metadata"]["namespace"],
+                        "resourceVersion": rs["metadata"]["resourceVersion"]},
+           "spec": {"replicas": rs["spec"]["replicas"]},
+           "status": {"replicas": rs["status"]["replicas"].as_i64().unwrap_or(0)}})
+}
+
+fn watch_response(shared: Arc<Shared>, route: Route, q: HashMap<String, String>) -> Response {
+    let from: u64 = q
+        .get("resourceVersion")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let ls = q.get("labelSelector").cloned().unwrap_or_default();
+    let fs = q.get("fieldSelector").cloned().unwrap_or_default();
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(290u64);
+    let mut rx = shared.changed.subscribe();
+    let stream = async_stream::stream! {
+        let end = tokio::time::Instant::now() + Duration::from_secs(timeout);
+        let mut last = from;
+        loop {
+            let batch: Vec<String> = {
+                let db = shared.db.lock().unwrap();
+                let out = db.log.iter()
+                    .filter(|(rv, _, k, _)| *rv > last && k.0 == route.resource
+                        && (route.namespace.is_empty() || k.1 == route.namespace))
+                    .filter(|(_, _, _, v)| label_match(&ls, &labels_of(v)) && field_match(&fs, v))
+                    .map(|(_, t, _, v)| format!("{}\n", json!({"type": t, "object": v})))
+                    .collect();
+                last = db.rv;
+                out
+            };
+            for line in batch {
+                yield Ok::<_, std::io::Error>(Bytes::from(line));
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { break },
+                _ = tokio::time::sleep_until(end) => break,
+            }
+        }
+    };
+    Response::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+fn ext_requests(pod: &Value) -> BTreeMap<String, u32> {
+    let mut out = BTreeMap::new();
+    for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
+        for (k, v) in c["resources"]["limits"].as_object().into_iter().flatten() {
+            if k.contains('/') {
+                let n: u32 = v.as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
+                *out.entry(k.clone()).or_default() += n;
+            }
+        }
+    }
+    out
+}
+
+fn is_ready(pod: &Value) -> bool {
+    pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+/// Pods a ReplicaSet owns that count as replicas (not terminating, not finished).
+fn owned_live(db: &Db, uid: &Value) -> Vec<(Key, Value)> {
+    db.objects
+        .iter()
+        .filter(|(k, p)| {
+            k.0 == "pods"
+                && &p["metadata"]["ownerReferences"][0]["uid"] == uid
+                && p["metadata"].get("deletionTimestamp").is_none()
+                && !matches!(p["status"]["phase"].as_str(), Some("Failed" | "Succeeded"))
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// One round of controller-manager, scheduler and kubelet.
+fn simulate(db: &mut Db) {
+    let now = Instant::now();
+    // Kubelet: finish terminating pods.
+    let gone: Vec<Key> = db
+        .deleted_at
+        .iter()
+        .filter(|(_, t)| now.duration_since(**t) >= db.terminate_after)
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in gone {
+        db.deleted_at.remove(&k);
+        db.bound_at.remove(&k);
+        db.remove(&k);
+    }
+
+    // ReplicaSet controller.
+    let rss: Vec<(Key, Value)> = db
+        .objects
+        .iter()
+        .filter(|(k, _)| k.0 == "replicasets")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (rk, rs) in rss {
+        let uid = rs["metadata"]["uid"].clone();
+        let desired = rs["spec"]["replicas"].as_i64().unwrap_or(0).max(0) as usize;
+        let pods = owned_live(db, &uid);
+        if pods.len() < desired {
+            for _ in pods.len()..desired {
+                db.uid += 1;
+                let name = format!("{}-{:05x}", rk.2, db.uid);
+                let k = ("pods".to_string(), rk.1.clone(), name.clone());
+                let tpl = &rs["spec"]["template"];
+                let body = json!({
+                    "metadata": {"labels": tpl["metadata"]["labels"],
+                                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                    "name": rk.2, "uid": uid, "controller": true, "blockOwnerDeletion": true}]},
+                    "spec": tpl["spec"],
+                    "status": {"phase": "Pending"},
+                });
+                let obj = db.new_object(&k, "v1", "Pod", &body);
+                db.put(k, obj, "ADDED");
+            }
+        }
+        // Scale-down, with the ReplicaSet controller's ranking: unassigned <
+        // assigned, pending < running, not ready < ready, lower deletion cost
+        // first, newer first.
+        let mut pods = owned_live(db, &uid);
+        if pods.len() > desired {
+            pods.sort_by_key(|(_, p)| {
+                let assigned = p["spec"]["nodeName"].is_string();
+                let running = p["status"]["phase"] == "Running";
+                let cost: i64 =
+                    p["metadata"]["annotations"]["controller.kubernetes.io/pod-deletion-cost"]
+                        .as_str()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0);
+                let created = p["metadata"]["creationTimestamp"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                (
+                    assigned,
+                    running,
+                    is_ready(p),
+                    cost,
+                    std::cmp::Reverse(created),
+                )
+            });
+            let extra = pods.len() - desired;
+            for (k, p) in pods.into_iter().take(extra) {
+                mark_deleted(db, &k, p);
+            }
+        }
+        // Status.
+        let live: Vec<Value> = db
+            .objects
+            .iter()
+            .filter(|(k, p)| {
+                k.0 == "pods"
+                    && p["metadata"]["ownerReferences"][0]["uid"] == uid
+                    && p["metadata"].get("deletionTimestamp").is_none()
+            })
+            .map(|(_, v)| v.clone())
+            .collect();
+        let ready = live.iter().filter(|p| is_ready(p)).count();
+        let st = json!({"replicas": live.len(), "readyReplicas": ready, "availableReplicas": ready,
+                        "observedGeneration": 1});
+        if let Some(cur) = db.objects.get(&rk)
+            && cur["status"] != st
+        {
+            let mut obj = cur.clone();
+            obj["status"] = st;
+            db.put(rk.clone(), obj, "MODIFIED");
+        }
+    }
+
+    // Scheduler.
+    let pending: Vec<(Key, Value)> = db
+        .objects
+        .iter()
+        .filter(|(k, p)| {
+            k.0 == "pods"
+                && !p["spec"]["nodeName"].is_string()
+                && p["metadata"].get("deletionTimestamp").is_none()
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (k, mut p) in pending {
+        let need = ext_requests(&p);
+        let selector: BTreeMap<String, String> = p["spec"]["nodeSelector"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(a, b)| (a.clone(), b.as_str().unwrap_or("").to_string()))
+            .collect();
+        let mut reasons: BTreeMap<String, u32> = BTreeMap::new();
+        let mut chosen = None;
+        for n in &db.nodes {
+            if selector.iter().any(|(a, b)| n.labels.get(a) != Some(b)) {
+                *reasons
+                    .entry("node(s) didn't match Pod's node affinity/selector".into())
+                    .or_default() += 1;
+                continue;
+            }
+            let used: BTreeMap<String, u32> = db
+                .objects
+                .iter()
+                .filter(|(pk, q)| {
+                    pk.0 == "pods"
+                        && q["spec"]["nodeName"] == n.name.as_str()
+                        && !matches!(q["status"]["phase"].as_str(), Some("Failed" | "Succeeded"))
+                })
+                .fold(BTreeMap::new(), |mut acc, (_, q)| {
+                    for (r, c) in ext_requests(q) {
+                        *acc.entry(r).or_default() += c;
+                    }
+                    acc
+                });
+            let short = need.iter().find(|(r, c)| {
+                n.allocatable.get(*r).copied().unwrap_or(0)
+                    < used.get(*r).copied().unwrap_or(0) + **c
+            });
+            match short {
+                Some((r, _)) => *reasons.entry(format!("Insufficient {r}")).or_default() += 1,
+                None => {
+                    chosen = Some(n.name.clone());
+                    break;
+                }
+            }
+        }
+        match chosen {
+            Some(node) => {
+                p["spec"]["nodeName"] = json!(node);
+                p["status"]["conditions"] = json!([{"type": "PodScheduled", "status": "True",
+                                                     "lastTransitionTime": now_rfc3339()}]);
+                db.bound_at.insert(k.clone(), now);
+                db.put(k, p, "MODIFIED");
+            }
+            None => {
+                let msg = format!(
+                    "0/{} nodes are available: {}.",
+                    db.nodes.len(),
+                    reasons
+                        .iter()
+                        .map(|(r, c)| format!("{c} {r}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                let cond = json!([{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                   "message": msg, "lastTransitionTime": now_rfc3339()}]);
+                if p["status"]["conditions"][0]["message"] != cond[0]["message"] {
+                    p["status"]["conditions"] = cond;
+                    db.put(k, p, "MODIFIED");
+                }
+            }
+        }
+    }
+
+    // Kubelet: start containers.
+    let bound: Vec<(Key, Instant)> = db.bound_at.iter().map(|(k, t)| (k.clone(), *t)).collect();
+    for (k, at) in bound {
+        let Some(mut p) = db.objects.get(&k).cloned() else {
+            db.bound_at.remove(&k);
+            continue;
+        };
+        if p["metadata"].get("deletionTimestamp").is_some() {
+            continue;
+        }
+        let image = p["spec"]["containers"][0]["image"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let behavior = db
+            .behaviors
+            .get(&image)
+            .copied()
+            .unwrap_or(db.default_behavior);
+        let cstatus = |ready: bool, restarts: u64, state: Value, last: Value| {
+            json!([{"name": "app", "image": image, "imageID": "", "ready": ready,
+                    "restartCount": restarts, "started": ready, "state": state, "lastState": last}])
+        };
+        let scheduled = p["status"]["conditions"][0].clone();
+        let new_status = match behavior {
+            Behavior::ReadyAfter(d) => {
+                if now.duration_since(at) < d || is_ready(&p) {
+                    continue;
+                }
+                let t = now_rfc3339();
+                json!({"phase": "Running", "startTime": t,
+                       "conditions": [scheduled, {"type": "Ready", "status": "True", "lastTransitionTime": t}],
+                       "containerStatuses": cstatus(true, 0, json!({"running": {"startedAt": t}}), json!({}))})
+            }
+            Behavior::NeverReady => {
+                if p["status"]["phase"] == "Running" {
+                    continue;
+                }
+                let t = now_rfc3339();
+                json!({"phase": "Running", "startTime": t,
+                       "conditions": [scheduled, {"type": "Ready", "status": "False", "reason": "ContainersNotReady",
+                                       "message": "containers with unready status: [app]", "lastTransitionTime": t}],
+                       "containerStatuses": cstatus(false, 0, json!({"running": {"startedAt": t}}), json!({}))})
+            }
+            Behavior::CrashLoop => {
+                let last = db.last_crash.get(&k).copied();
+                if last.is_some_and(|l| now.duration_since(l) < Duration::from_millis(200)) {
+                    continue;
+                }
+                db.last_crash.insert(k.clone(), now);
+                let restarts = p["status"]["containerStatuses"][0]["restartCount"]
+                    .as_u64()
+                    .map_or(0, |r| r + 1);
+                json!({"phase": "Running",
+                       "conditions": [scheduled, {"type": "Ready", "status": "False", "reason": "ContainersNotReady",
+                                       "message": "containers with unready status: [app]"}],
+                       "containerStatuses": cstatus(false, restarts,
+                            json!({"waiting": {"reason": "CrashLoopBackOff",
+                                               "message": "back-off 10s restarting failed container=app"}}),
+                            json!({"terminated": {"exitCode": 1, "reason": "Error"}}))})
+            }
+            Behavior::ImagePullBackOff => {
+                if p["status"]["containerStatuses"].is_array() {
+                    continue;
+                }
+                json!({"phase": "Pending", "conditions": [scheduled],
+                       "containerStatuses": cstatus(false, 0,
+                            json!({"waiting": {"reason": "ImagePullBackOff",
+                                               "message": format!("Back-off pulling image \"{image}\"")}}),
+                            json!({}))})
+            }
+        };
+        p["status"] = new_status;
+        db.put(k, p, "MODIFIED");
+    }
+}

@@ -1,0 +1,859 @@
+//! Manifests: loading, validation (exact positions and field paths),
+//! rendering, revisions, and the `floyd validate` / `floyd render` CLI.
+
+use floyd::manifest::{self, ConfigRepo, Error, Release};
+use pretty_assertions::assert_eq;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A scratch config repository, deleted on drop.
+struct Repo {
+    dir: tempfile::TempDir,
+}
+
+impl Repo {
+    fn new() -> Repo {
+        Repo {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+    fn with(files: &[(&str, &str)]) -> Repo {
+        let r = Repo::new();
+        std::fs::create_dir_all(r.path().join("services")).unwrap();
+        for (p, text) in files {
+            r.write(p, text.as_bytes());
+        }
+        r
+    }
+    fn write(&self, rel: &str, bytes: &[u8]) {
+        let p = self.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    fn load(&self, env: Option<&str>) -> Result<Release, Vec<String>> {
+        manifest::load_release(self.path(), env).map_err(|e| match e {
+            Error::Invalid(d) => d.iter().map(|d| d.to_string()).collect(),
+            other => vec![other.to_string()],
+        })
+    }
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples-repo")
+}
+
+const HEAD: &str = "apiVersion: floyd.dev/v1
+kind: Service
+metadata: { name: web }
+spec:
+  template:
+    command: [app]
+";
+
+/// (what, services/web.yaml after HEAD's 6 lines, expected diagnostics)
+const SPEC_CASES: &[(&str, &str, &[&str])] = &[
+    (
+        "negative replicas",
+        "  replicas: -1\n",
+        &["services/web.yaml:7:13: spec.replicas: must be at least 0 (is -1)"],
+    ),
+    (
+        "quoted replicas",
+        "  replicas: \"3\"\n",
+        &[
+            "services/web.yaml:7:13: spec.replicas: expected an integer, found a string (hint: remove the quotes)",
+        ],
+    ),
+    (
+        "unknown field with a close name",
+        "  replcas: 3\n",
+        &["services/web.yaml:7:3: spec.replcas: unknown field (hint: did you mean `replicas`?)"],
+    ),
+    (
+        "surge not int or percent",
+        "  strategy: { rollingUpdate: { maxSurge: 25 percent } }\n",
+        &[
+            "services/web.yaml:7:42: spec.strategy.rollingUpdate.maxSurge: \"25 percent\" is neither an integer nor a percentage (hint: write a count (`1`) or a percentage (`25%`))",
+        ],
+    ),
+    (
+        "surge and unavailable both zero",
+        "  strategy:\n    type: RollingUpdate\n    rollingUpdate: { maxSurge: 0%, maxUnavailable: 0 }\n",
+        &[
+            "services/web.yaml:9:52: spec.strategy.rollingUpdate.maxUnavailable: maxSurge and maxUnavailable must not both be 0: the rollout could never replace an instance (hint: allow a surge (maxSurge: 1) or some unavailability (maxUnavailable: 1))",
+        ],
+    ),
+    (
+        "unavailable over 100%",
+        "  strategy: { rollingUpdate: { maxUnavailable: 150% } }\n",
+        &[
+            "services/web.yaml:7:48: spec.strategy.rollingUpdate.maxUnavailable: must be at most 100% (is 150%)",
+        ],
+    ),
+    (
+        "unknown strategy",
+        "  strategy: { type: Canary }\n",
+        &[
+            "services/web.yaml:7:21: spec.strategy.type: unknown strategy type \"Canary\" (hint: use RollingUpdate, Recreate or BlueGreen)",
+        ],
+    ),
+    (
+        "parameters of another strategy",
+        "  strategy: { type: Recreate, rollingUpdate: { maxSurge: 1 } }\n",
+        &[
+            "services/web.yaml:7:46: spec.strategy.rollingUpdate: rollingUpdate parameters given, but the strategy type is Recreate (hint: set type: RollingUpdate, or remove rollingUpdate)",
+        ],
+    ),
+    (
+        "probe period zero and unknown port name",
+        "  ports: [{ name: http, port: 18080 }]\n  health:\n    readiness: { http: { path: /healthz, port: htp }, periodSeconds: 0 }\n",
+        &[
+            "services/web.yaml:9:48: spec.health.readiness.http.port: no port named \"htp\" in spec.ports (hint: did you mean `http`?)",
+            "services/web.yaml:9:70: spec.health.readiness.periodSeconds: must be at least 1 (is 0)",
+        ],
+    ),
+    (
+        "probe with two actions",
+        "  health:\n    liveness: { tcp: { port: 8080 }, exec: { command: [true] } }\n",
+        &[
+            "services/web.yaml:8:44: spec.health.liveness.exec: a probe has exactly one of http, tcp or exec (found tcp and exec)",
+        ],
+    ),
+    (
+        "liveness success threshold",
+        "  health:\n    liveness: { tcp: { port: 8080 }, successThreshold: 2 }\n",
+        &[
+            "services/web.yaml:8:56: spec.health.liveness.successThreshold: must be 1 for liveness and startup probes (one success is enough to stop restarting)",
+        ],
+    ),
+    (
+        "ports out of range and duplicated",
+        "  ports:\n    - { name: http, port: 70000 }\n    - { name: admin, port: 18080 }\n    - { name: admin, port: 18080 }\n",
+        &[
+            "services/web.yaml:8:27: spec.ports[0].port: must be at most 65535 (is 70000)",
+            "services/web.yaml:10:15: spec.ports[2].name: duplicate port name \"admin\" (first at line 9)",
+            "services/web.yaml:10:28: spec.ports[2].port: duplicate port 18080 (first at line 9)",
+        ],
+    ),
+    (
+        "blue-green without preview port",
+        "  strategy: { type: BlueGreen }\n",
+        &[
+            "services/web.yaml:7:13: spec.strategy.blueGreen.previewPort: BlueGreen needs a previewPort (hint: add blueGreen: { previewPort: 18081 } (where the new revision is served before promotion))",
+        ],
+    ),
+    (
+        "preview port equal to a service port",
+        "  ports: [{ name: http, port: 18080 }]\n  strategy: { type: BlueGreen, blueGreen: { previewPort: 18080 } }\n",
+        &[
+            "services/web.yaml:8:58: spec.strategy.blueGreen.previewPort: previewPort 18080 is also a service port (hint: preview traffic needs a port of its own)",
+        ],
+    ),
+    (
+        "gates: min out of range, bad window, two kinds, unknown kind",
+        "  gates:\n    - successRate: { min: 1.5, window: 30 seconds }\n    - { successRate: { min: 0.9 }, webhook: { url: \"http://127.0.0.1:1/x\" } }\n    - datadog: { query: x }\n",
+        &[
+            "services/web.yaml:8:27: spec.gates[0].successRate.min: must be in (0, 1] (is 1.5) (hint: a share of successful requests, e.g. 0.99)",
+            "services/web.yaml:8:40: spec.gates[0].successRate.window: expected a duration (hint: write seconds (`30`) or a duration like `30s`, `2m`, `1h`, `1m30s`)",
+            "services/web.yaml:9:45: spec.gates[1].webhook: a list item is one gate (found successRate and webhook) (hint: write each gate as its own `- ` item)",
+            "services/web.yaml:10:7: spec.gates[2].datadog: unknown field (hint: known fields here: successRate, prometheus, webhook)",
+        ],
+    ),
+    (
+        "prometheus gate without bounds, webhook not http",
+        "  gates:\n    - prometheus: { query: \"up\" }\n    - webhook: { url: \"ftp://x\" }\n",
+        &[
+            "services/web.yaml:8:19: spec.gates[0].prometheus: needs min, max or both (hint: e.g. max: 0.01 for an error ratio)",
+            "services/web.yaml:9:23: spec.gates[1].webhook.url: must be an http:// or https:// URL with a host (hint: e.g. http://127.0.0.1:9090)",
+        ],
+    ),
+    (
+        "deadline not above minReadySeconds",
+        "  minReadySeconds: 30\n  progressDeadlineSeconds: 30\n",
+        &[
+            "services/web.yaml:8:28: spec.progressDeadlineSeconds: must be greater than minReadySeconds (30 <= 30): no instance could become available in time",
+        ],
+    ),
+    (
+        "env: reserved and invalid names, float value",
+        "    env: { PORT: 1, 9LIVES: x, RATIO: 1.10, OK: 2, FLAG: true }\n",
+        &[
+            "services/web.yaml:7:12: spec.template.env.PORT: PORT is assigned by the runtime to each instance (hint: refer to it as ${PORT} in the command instead)",
+            "services/web.yaml:7:21: spec.template.env.9LIVES: invalid environment variable name (hint: use letters, digits and '_', not starting with a digit)",
+            "services/web.yaml:7:39: spec.template.env.RATIO: expected a string, found a number (hint: quote the value)",
+        ],
+    ),
+];
+
+#[test]
+fn broken_specs_report_exact_positions_and_paths() {
+    let mut failed = Vec::new();
+    for (what, extra, want) in SPEC_CASES {
+        let repo = Repo::with(&[("services/web.yaml", &format!("{HEAD}{extra}"))]);
+        let got = match repo.load(None) {
+            Ok(_) => Vec::new(),
+            Err(d) => d,
+        };
+        if got != *want {
+            failed.push(format!("case {what}:\n  got:  {got:#?}\n  want: {want:#?}"));
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+type Files<'a> = &'a [(&'a str, &'a str)];
+
+/// (what, files, environment, expected diagnostics): whole repositories.
+const REPO_CASES: &[(&str, Files, Option<&str>, &[&str])] = &[
+    (
+        "gpu: count zero, unknown sharing; quantities; no command or image",
+        &[(
+            "services/gpu.yaml",
+            "apiVersion: floyd.dev/v1
+kind: Service
+metadata: { name: gpu }
+spec:
+  template:
+    resources:
+      cpu: lots
+      memory: 256MB
+      gpu: { count: 0, sharing: shard }
+",
+        )],
+        None,
+        &[
+            "services/gpu.yaml:6:5: spec.template: needs `command` (local runtime) or `image` (kube runtime) (hint: e.g. command: [\"${FLOYD_BIN}\", \"sample-app\"])",
+            "services/gpu.yaml:7:12: spec.template.resources.cpu: invalid quantity \"lots\" (hint: use a Kubernetes quantity such as \"500m\", \"2\", \"256Mi\" or \"1Gi\")",
+            "services/gpu.yaml:8:15: spec.template.resources.memory: invalid quantity \"256MB\" (hint: use a Kubernetes quantity such as \"500m\", \"2\", \"256Mi\" or \"1Gi\")",
+            "services/gpu.yaml:9:21: spec.template.resources.gpu.count: must be at least 1 (is 0)",
+            "services/gpu.yaml:9:33: spec.template.resources.gpu.sharing: unknown sharing mode \"shard\" (hint: use exclusive, time-sliced or mig)",
+        ],
+    ),
+    (
+        "mig without profile, invalid profile, profile without mig",
+        &[(
+            "services/gpu.yaml",
+            "apiVersion: floyd.dev/v1
+kind: Service
+metadata: { name: gpu }
+spec:
+  template:
+    command: [x]
+    resources: { gpu: { sharing: mig } }
+---
+apiVersion: floyd.dev/v1
+kind: Service
+metadata: { name: gpu2 }
+spec:
+  template:
+    command: [x]
+    resources: { gpu: { sharing: mig, profile: 10gb } }
+---
+apiVersion: floyd.dev/v1
+kind: Service
+metadata: { name: gpu3 }
+spec:
+  template:
+    command: [x]
+    resources: { gpu: { profile: 1g.10gb } }
+",
+        )],
+        None,
+        &[
+            "services/gpu.yaml:7:34: spec.template.resources.gpu.profile: sharing: mig needs a profile (hint: e.g. profile: 1g.10gb)",
+            "services/gpu.yaml:15:48: spec.template.resources.gpu.profile: invalid MIG profile \"10gb\" (hint: use an NVIDIA profile name such as 1g.10gb, 2g.20gb or 3g.40gb)",
+            "services/gpu.yaml:23:34: spec.template.resources.gpu.profile: profile applies only to `sharing: mig` (sharing is exclusive) (hint: remove it or set sharing: mig)",
+        ],
+    ),
+    (
+        "identity: name, kind, apiVersion, top-level typo",
+        &[(
+            "services/a.yaml",
+            "apiVersion: floyd.dev/v2
+kind: Deployment
+metadata: { name: Web-App }
+spec: { template: { command: [x] } }
+statuss: {}
+",
+        )],
+        None,
+        &[
+            "services/a.yaml:1:13: apiVersion: unsupported apiVersion \"floyd.dev/v2\" (hint: use `apiVersion: floyd.dev/v1`)",
+            "services/a.yaml:2:7: kind: unknown kind \"Deployment\" (hint: Floyd manifests have `kind: Service`)",
+            "services/a.yaml:3:19: metadata.name: invalid service name \"Web-App\": invalid character 'W': a DNS-1123 label has only lowercase letters, digits and '-' (hint: use a DNS-1123 label such as `web` or `payments-api`)",
+            "services/a.yaml:5:1: statuss: unknown field (hint: known fields here: apiVersion, kind, metadata, spec)",
+        ],
+    ),
+    (
+        "duplicate names across files name both files",
+        &[
+            (
+                "services/a.yaml",
+                "apiVersion: floyd.dev/v1\nkind: Service\nmetadata: { name: web }\nspec: { template: { command: [a] } }\n",
+            ),
+            (
+                "services/team/b.yml",
+                "# moved here by mistake\napiVersion: floyd.dev/v1\nkind: Service\nmetadata:\n  name: web\nspec: { template: { command: [b] } }\n",
+            ),
+        ],
+        None,
+        &[
+            "services/team/b.yml:5:9: metadata.name: duplicate service name \"web\": also defined at services/a.yaml:3:19 (hint: each service is defined by exactly one manifest)",
+        ],
+    ),
+    (
+        "YAML syntax error",
+        &[(
+            "services/a.yaml",
+            "apiVersion: floyd.dev/v1\nkind: Service\nmetadata: { name: web\nspec: {}\n",
+        )],
+        None,
+        &["services/a.yaml:4:5: "],
+    ),
+    (
+        "template: undefined value, with the template's own line",
+        &[
+            (
+                "floyd.yaml",
+                "values: { replicas: 2 }\nenvironments: { prod: { values: { replicas: 5 } } }\n",
+            ),
+            (
+                "services/a.yaml",
+                "apiVersion: floyd.dev/v1\nkind: Service\nmetadata: { name: web }\nspec:\n  replicas: {{ values.replica }}\n  template: { command: [a] }\n",
+            ),
+        ],
+        Some("prod"),
+        &[
+            "services/a.yaml:5:16: template: `values.replica` is undefined (environment prod) (hint: did you mean `values.replicas`?)",
+        ],
+    ),
+    (
+        "template: syntax error",
+        &[(
+            "services/a.yaml",
+            "apiVersion: floyd.dev/v1\nkind: Service\n{% if %}\nmetadata: { name: web }\n",
+        )],
+        None,
+        &["services/a.yaml:3:7: template: unexpected end of block"],
+    ),
+    (
+        "errors after templating point into the source",
+        &[
+            ("floyd.yaml", "values: { replicas: -3, version: \"1.0\" }\n"),
+            (
+                "services/a.yaml",
+                "apiVersion: floyd.dev/v1\nkind: Service\nmetadata: { name: web }\nspec:\n  replicas: {{ values.replicas }}\n  template: { command: [a, \"{{ values.version }}\"], extra: 1 }\n",
+            ),
+        ],
+        None,
+        &[
+            "services/a.yaml:5:13: spec.replicas: must be at least 0 (is -3)",
+            "services/a.yaml:6:53: spec.template.extra: unknown field (hint: known fields here: image, command, env, workingDir, resources, terminationGracePeriodSeconds)",
+        ],
+    ),
+    (
+        "floyd.yaml: unknown field, bad environment, bad inventory",
+        &[
+            (
+                "floyd.yaml",
+                "valeus: {}\nenvironments:\n  Prod: {}\n  stage: { values: [1] }\nruntime:\n  local:\n    gpus:\n      - { product: A100, count: 0 }\n      - { product: H100, count: 2, mig: { 1g.10gb: 7, big: 1 } }\nnotifications:\n  - { url: \"https://hooks.example/x\", format: teams }\n",
+            ),
+            (
+                "services/a.yaml",
+                "apiVersion: floyd.dev/v1\nkind: Service\nmetadata: { name: web }\nspec: { template: { command: [a] } }\n",
+            ),
+        ],
+        None,
+        &[
+            "floyd.yaml:1:1: valeus: unknown field (hint: did you mean `values`?)",
+            "floyd.yaml:3:3: environments.Prod: invalid environment name \"Prod\": invalid character 'P': a DNS-1123 label has only lowercase letters, digits and '-' (hint: use a DNS-1123 label such as `staging` or `prod`)",
+            "floyd.yaml:4:20: environments.stage.values: expected a mapping, found a list",
+            "floyd.yaml:8:33: runtime.local.gpus[0].count: must be at least 1 (is 0)",
+            "floyd.yaml:9:55: runtime.local.gpus[1].mig.big: invalid MIG profile \"big\" (hint: use an NVIDIA profile name such as 1g.10gb or 3g.40gb)",
+            "floyd.yaml:11:47: notifications[0].format: unknown format \"teams\" (hint: use slack or generic)",
+        ],
+    ),
+    (
+        "every file's errors are collected",
+        &[
+            (
+                "services/a.yaml",
+                "apiVersion: floyd.dev/v1\nkind: Service\nmetadata: { name: a }\nspec: { replicas: -1, template: { command: [a] } }\n",
+            ),
+            (
+                "services/b.yaml",
+                "apiVersion: floyd.dev/v1\nkind: Service\nmetadata: { name: b }\nspec: { replicas: x, template: { command: [b] } }\n",
+            ),
+            ("services/c.yaml", "   \n# nothing here\n"),
+        ],
+        None,
+        &[
+            "services/a.yaml:4:19: spec.replicas: must be at least 0 (is -1)",
+            "services/b.yaml:4:19: spec.replicas: expected an integer, found a string",
+            "services/c.yaml:1:1: no YAML document in the file (hint: add a kind: Service manifest, or delete the file)",
+        ],
+    ),
+];
+
+#[test]
+fn broken_repos_report_every_error_with_positions() {
+    let mut failed = Vec::new();
+    for (what, files, env, want) in REPO_CASES {
+        let repo = Repo::with(files);
+        let got = match repo.load(*env) {
+            Ok(_) => Vec::new(),
+            Err(d) => d,
+        };
+        // An expectation ending in ": " checks the position only (the
+        // parser's wording is its own).
+        let ok = got.len() == want.len()
+            && got.iter().zip(want.iter()).all(|(g, w)| {
+                if w.ends_with(": ") {
+                    g.starts_with(w)
+                } else {
+                    g == w
+                }
+            });
+        if !ok {
+            failed.push(format!("case {what}:\n  got:  {got:#?}\n  want: {want:#?}"));
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+#[test]
+fn unusable_files_are_reported_with_where() {
+    let repo = Repo::with(&[]);
+    repo.write(
+        "services/latin1.yaml",
+        b"kind: Service\nmetadata: { name: caf\xe9 }\n",
+    );
+    repo.write("services/empty.yaml", b"");
+    repo.write("services/blank.yml", b"\n   \n");
+    let mut big = b"# padding\n".repeat(110_000);
+    big.extend_from_slice(HEAD.as_bytes());
+    repo.write("services/big.yaml", &big);
+    repo.write("services/notes.txt", b"not a manifest, not read");
+    repo.write("services/.web.yaml.swp", b"\x00\x01editor swap file");
+    assert_eq!(
+        repo.load(None).unwrap_err(),
+        vec![
+            "services/big.yaml:0:0: file is 1100100 bytes; the limit is 1048576 (1 MiB) (hint: split it into several files)",
+            "services/blank.yml:1:1: file is empty (hint: add a manifest, or delete the file)",
+            "services/empty.yaml:1:1: file is empty (hint: add a manifest, or delete the file)",
+            "services/latin1.yaml:2:22: not UTF-8 text (invalid byte 0xe9) (hint: save the file as UTF-8)",
+        ]
+    );
+}
+
+#[test]
+fn missing_directory_and_unknown_environment() {
+    let r = manifest::load_release(Path::new("/nonexistent/floyd-config"), None);
+    assert!(matches!(r, Err(Error::Read { .. })), "{r:?}");
+    let repo = Repo::new();
+    assert_eq!(
+        repo.load(None).unwrap_err(),
+        vec![format!(
+            "services:0:0: no services/ directory (hint: put kind: Service manifests in {}/services/*.yaml)",
+            repo.path().display()
+        )]
+    );
+    let r = manifest::load_release(&examples(), Some("qa"));
+    assert_eq!(
+        r.unwrap_err().to_string(),
+        "unknown environment \"qa\"; floyd.yaml defines: prod, staging"
+    );
+}
+
+#[test]
+fn environments_overlay_base_values_deeply() {
+    let repo = Repo::with(&[
+        (
+            "floyd.yaml",
+            "values:\n  app: { version: \"1.0\", replicas: 2, log: info }\nenvironments:\n  prod: { values: { app: { replicas: 6 } } }\n  dev:\n",
+        ),
+        (
+            "services/web.yaml",
+            "apiVersion: floyd.dev/v1\nkind: Service\nmetadata: { name: web }\nspec:\n  replicas: {{ values.app.replicas }}\n  template:\n    command: [\"${FLOYD_BIN}\", sample-app, --version, \"{{ values.app.version }}\"]\n    env: { LOG: \"{{ values.app.log }}\", ENV: \"{{ environment }}\" }\n",
+        ),
+    ]);
+    assert_eq!(
+        ConfigRepo::read(repo.path()).unwrap().environments(),
+        vec!["dev", "prod"]
+    );
+    let base = repo.load(None).unwrap();
+    let prod = repo.load(Some("prod")).unwrap();
+    let dev = repo.load(Some("dev")).unwrap();
+    let (b, p) = (&base.services[0], &prod.services[0]);
+    assert_eq!((b.spec.replicas, p.spec.replicas), (2, 6));
+    assert_eq!(p.spec.template.env["LOG"], "info");
+    assert_eq!(p.spec.template.env["ENV"], "prod");
+    assert_eq!(
+        p.spec.template.command,
+        vec!["${FLOYD_BIN}", "sample-app", "--version", "1.0"]
+    );
+    // The environment's name is in the template, so prod's differs from dev's.
+    assert_ne!(b.revision, p.revision);
+    assert_eq!(dev.services[0].spec.replicas, 2);
+}
+
+fn revision(text: &str) -> String {
+    let s = manifest::parse_service(text, Path::new("x.yaml")).expect("valid");
+    s.revision.to_string()
+}
+
+#[test]
+fn revisions_ignore_formatting_comments_key_order_and_replicas() {
+    let a = "apiVersion: floyd.dev/v1
+kind: Service
+metadata: { name: web }
+spec:
+  replicas: 3
+  template:
+    command: [app, --port, '${PORT}']
+    env: { A: '1', B: '2' }
+    resources: { cpu: 500m, gpu: { count: 1, product: X } }
+";
+    // Block style, comments, other key order, replicas changed, rollout
+    // policy changed (strategy, probes, gates, allowInPlace).
+    let b = "# the web tier
+kind: Service
+apiVersion: floyd.dev/v1
+spec:
+  strategy: { type: Recreate }
+  template:
+    resources:
+      gpu:
+        product: X   # same GPU
+        count: 1
+        allowInPlace: false
+      cpu: \"500m\"
+    env:
+      B: \"2\"
+      A: \"1\"
+    command:
+      - app
+      - --port
+      - ${PORT}
+  replicas: 10
+  health: { readiness: { tcp: { port: 80 } } }
+  gates: [{ successRate: { min: 0.9 } }]
+metadata:
+  name: web
+";
+    assert_eq!(revision(a), revision(b));
+    assert_eq!(revision(a).len(), 10);
+    assert!(revision(a).chars().all(|c| c.is_ascii_hexdigit()));
+    // Anything in the template is a new revision.
+    for changed in [
+        a.replace("--port", "--listen"),
+        a.replace("B: '2'", "B: '3'"),
+        a.replace("cpu: 500m", "cpu: 600m"),
+        a.replace("product: X", "product: Y"),
+        a.replace(
+            "    command:",
+            "    terminationGracePeriodSeconds: 5\n    command:",
+        ),
+    ] {
+        assert_ne!(revision(a), revision(&changed), "{changed}");
+    }
+}
+
+#[test]
+fn revision_is_stable_across_versions() {
+    // A fixed value: a change here means every running service would see a
+    // new revision (and roll) after upgrading Floyd.
+    let s = manifest::parse_service(
+        "apiVersion: floyd.dev/v1\nkind: Service\nmetadata: { name: web }\nspec: { template: { command: [app] } }\n",
+        Path::new("x.yaml"),
+    )
+    .unwrap();
+    assert_eq!(s.revision.as_str(), GOLDEN_REVISION);
+}
+const GOLDEN_REVISION: &str = "483c01f160";
+
+#[test]
+fn every_environment_of_examples_repo_is_valid() {
+    let repo = ConfigRepo::read(&examples()).unwrap();
+    let envs = repo.environments();
+    assert_eq!(envs, vec!["prod", "staging"]);
+    for env in std::iter::once(None).chain(envs.iter().map(|e| Some(e.as_str()))) {
+        let r = repo.release(env).unwrap_or_else(|e| panic!("{env:?}: {e}"));
+        let names: Vec<_> = r.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, vec!["api", "inference", "web"], "{env:?}");
+        assert_eq!(r.gpus.len(), 1);
+        let inference = r.service("inference").unwrap();
+        let gpu = inference.spec.gpu().unwrap();
+        assert_eq!(gpu.count, 1);
+        // The product constraint matches the declared inventory.
+        assert_eq!(gpu.product.as_deref(), Some(r.gpus[0].product.as_str()));
+        assert!(
+            r.gpus[0].count > inference.spec.replicas,
+            "room for a surge"
+        );
+        let api = r.service("api").unwrap();
+        assert_eq!(api.spec.strategy_name(), "BlueGreen");
+        assert!(!api.spec.gates.is_empty());
+        assert_eq!(
+            r.service("web").unwrap().spec.strategy_name(),
+            "RollingUpdate"
+        );
+        for s in &r.services {
+            assert_eq!(s.spec.template.command[0], "${FLOYD_BIN}");
+            assert!(
+                s.spec
+                    .ports
+                    .iter()
+                    .all(|p| (18000..19000).contains(&p.port))
+            );
+        }
+    }
+    // Only replicas differ between staging and prod for web: same revision.
+    let staging = repo.release(Some("staging")).unwrap();
+    let prod = repo.release(Some("prod")).unwrap();
+    let (s, p) = (
+        staging.service("web").unwrap(),
+        prod.service("web").unwrap(),
+    );
+    assert_ne!(s.spec.replicas, p.spec.replicas);
+    assert_ne!(s.revision, p.revision, "LOG_LEVEL differs (debug vs info)");
+}
+
+fn floyd(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_floyd"))
+        .args(args)
+        .env_remove("FLOYD_CONFIG_DIR")
+        .env_remove("FLOYD_ENVIRONMENT")
+        .env_remove("FLOYD_OUTPUT")
+        .output()
+        .expect("run floyd");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn golden_render_of_examples_repo() {
+    let golden =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/manifest/examples-prod.json");
+    let ex = examples();
+    let (code, out, err) = floyd(&["render", ex.to_str().unwrap(), "-e", "prod", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    if std::env::var_os("FLOYD_UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden, &out).unwrap();
+    }
+    let want =
+        std::fs::read_to_string(&golden).expect("golden file (FLOYD_UPDATE_GOLDEN=1 writes it)");
+    assert_eq!(out, want);
+
+    // YAML has the same shape as JSON.
+    let (code, yaml, err) = floyd(&["render", ex.to_str().unwrap(), "-e", "prod"]);
+    assert_eq!(code, 0, "{err}");
+    let from_yaml: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
+    let from_json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(from_yaml, from_json);
+    // The printed spec is the model's serde form: it reads back as the model.
+    let services = from_json["services"].as_array().unwrap();
+    let release = manifest::load_release(&ex, Some("prod")).unwrap();
+    for (printed, loaded) in services.iter().zip(&release.services) {
+        assert_eq!(printed["name"], loaded.name.as_str());
+        assert_eq!(printed["revision"], loaded.revision.as_str());
+        let spec: manifest::ServiceSpec = serde_json::from_value(printed["spec"].clone()).unwrap();
+        assert_eq!(spec, loaded.spec);
+    }
+}
+
+#[test]
+fn cli_validate_and_render_exit_codes() {
+    let ex = examples();
+    let ex = ex.to_str().unwrap();
+    let (code, out, err) = floyd(&["validate", ex]);
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (0, "ok: 3 services, environments: prod, staging\n", "")
+    );
+
+    let repo = Repo::with(&[
+        (
+            "floyd.yaml",
+            "values: { r: 1 }\nenvironments: { prod: { values: { r: -1 } } }\n",
+        ),
+        (
+            "services/a.yaml",
+            "apiVersion: floyd.dev/v1\nkind: Service\nmetadata: { name: a }\nspec:\n  replicas: {{ values.r }}\n  template: { command: [a], bogus: 1 }\n",
+        ),
+    ]);
+    let dir = repo.path().to_str().unwrap();
+    let (code, out, err) = floyd(&["validate", dir]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(out, "");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            format!("{dir}/services/a.yaml:5:13: spec.replicas: must be at least 0 (is -1) [prod]"),
+            format!(
+                "{dir}/services/a.yaml:6:29: spec.template.bogus: unknown field (hint: known fields here: image, command, env, workingDir, resources, terminationGracePeriodSeconds)"
+            ),
+            format!("error: 2 problem(s) in {dir}"),
+        ]
+    );
+
+    let (code, out, err) = floyd(&["render", dir, "-o", "json"]);
+    assert_eq!((code, out.as_str()), (2, ""));
+    assert!(
+        err.starts_with(&format!("{dir}/services/a.yaml:6:29: spec.template.bogus")),
+        "{err}"
+    );
+
+    let (code, _, err) = floyd(&["render", ex, "-e", "qa"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown environment \"qa\""), "{err}");
+    let (code, _, err) = floyd(&["render", ex, "-o", "xml"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = floyd(&["validate", "/nonexistent/floyd-config"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("cannot read config repository /nonexistent/floyd-config"),
+        "{err}"
+    );
+}
+
+mod no_panic {
+    //! Nothing panics on any input: random bytes, and valid manifests with
+    //! random edits (including YAML and template syntax), through the whole loader.
+    use super::*;
+    use proptest::prelude::*;
+
+    const TOKENS: &[&str] = &[
+        "{{",
+        "}}",
+        "{%",
+        "%}",
+        "{#",
+        ":",
+        ": ",
+        "- ",
+        "\n",
+        "\n  ",
+        "&a ",
+        "*a",
+        "<<: *a\n",
+        "[",
+        "]",
+        "{",
+        "}",
+        "'",
+        "\"",
+        "-1",
+        "0",
+        "99999999999999999999999",
+        "1.5e400",
+        "25%",
+        "~",
+        "!!binary ",
+        "---\n",
+        "...\n",
+        "\t",
+        "{{ values.nope }}",
+        "{% for i in range(3) %}",
+        "{% endfor %}",
+        "{{ values.webReplicas * 1000 }}",
+        "é",
+        "\u{feff}",
+        "\0",
+    ];
+
+    fn check(repo: &Repo, files: &[(&str, &[u8])]) -> Result<(), TestCaseError> {
+        for (p, t) in files {
+            repo.write(p, t);
+        }
+        let Ok(cr) = ConfigRepo::read(repo.path()) else {
+            return Ok(());
+        };
+        for env in [None, Some("prod")] {
+            match cr.release(env) {
+                Ok(_) | Err(Error::UnknownEnvironment { .. }) => {}
+                Err(Error::Invalid(d)) => {
+                    prop_assert!(!d.is_empty());
+                    for d in &d {
+                        let lines = files
+                            .iter()
+                            .find(|(p, _)| Path::new(p) == d.file)
+                            .map_or(0, |(_, t)| t.iter().filter(|b| **b == b'\n').count() + 1);
+                        prop_assert!(d.line <= lines + 1, "{d} beyond the file");
+                    }
+                }
+                Err(e) => prop_assert!(false, "unexpected error {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    fn example_files() -> Vec<(&'static str, String)> {
+        [
+            "floyd.yaml",
+            "services/web.yaml",
+            "services/api.yaml",
+            "services/inference.yaml",
+        ]
+        .into_iter()
+        .map(|p| (p, std::fs::read_to_string(examples().join(p)).unwrap()))
+        .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..1500)) {
+            let text = String::from_utf8_lossy(&bytes);
+            let _ = manifest::parse_service(&text, Path::new("x.yaml"));
+            let repo = Repo::with(&[]);
+            check(&repo, &[("services/x.yaml", &bytes)])?;
+        }
+
+        #[test]
+        fn mutated_valid_manifests(
+            edits in proptest::collection::vec((0usize..4, any::<prop::sample::Index>(), 0u8..4, any::<prop::sample::Index>(), any::<u8>()), 1..6)
+        ) {
+            let mut files = example_files();
+            for (file, at, op, token, byte) in edits {
+                let text = &mut files[file].1;
+                let mut i = at.index(text.len() + 1);
+                while !text.is_char_boundary(i) {
+                    i -= 1;
+                }
+                match op {
+                    0 => text.insert_str(i, TOKENS[token.index(TOKENS.len())]),
+                    1 => {
+                        let mut end = (i + 1 + byte as usize % 16).min(text.len());
+                        while !text.is_char_boundary(end) {
+                            end += 1;
+                        }
+                        text.replace_range(i..end, "");
+                    }
+                    2 => text.insert(i, char::from(byte)),
+                    _ => {
+                        // Duplicate a line elsewhere: duplicate keys, names, ports.
+                        let lines: Vec<&str> = text.lines().collect();
+                        let line = lines[token.index(lines.len())].to_string();
+                        let mut j = at.index(lines.len());
+                        let mut out: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+                        j = j.min(out.len());
+                        out.insert(j, line);
+                        *text = out.join("\n") + "\n";
+                    }
+                }
+            }
+            let repo = Repo::new();
+            let files: Vec<(&str, &[u8])> = files.iter().map(|(p, t)| (*p, t.as_bytes())).collect();
+            check(&repo, &files)?;
+        }
+    }
+}

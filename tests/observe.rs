@@ -1,0 +1,24 @@
+//! Integration tests of issue 8 (API, SSE, webhooks, metrics, CLI clients,
+//! notifications, the dashboard in Chromium). One test binary; the parts
+//! live in `tests/observe/`.
+
+#[path = "observe/fixture.rs"]
+mod fixture;
+
+#[path = "observe/cdp.rs"]
+mod cdp;
+
+#[path = "observe/api.rs"]
+mod api;
+#[path = "observe/cli.rs"]
+mod cli;
+#[path = "observe/dashboard.rs"]
+mod dashboard;
+#[path = "observe/hooks.rs"]
+mod hooks;
+#[path = "observe/metrics.rs"]
+mod metrics;
+#[path = "observe/notify.rs"]
+mod notify;
+#[path = "observe/sse.rs"]
+mod sse;

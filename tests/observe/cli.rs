@@ -1,0 +1,241 @@
+//! The real `floyd` binary against a fixture server.
+
+use crate::fixture::*;
+use floyd::engine::{Command, Phase};
+use std::process::Output;
+
+async fn floyd(args: &[&str]) -> Output {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_floyd"))
+        .args(args)
+        .env_remove("FLOYD_SERVER")
+        .env_remove("FLOYD_API_TOKEN_FILE")
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(WAIT, child)
+        .await
+        .expect("floyd finished in time")
+        .expect("run floyd")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_table_and_json() {
+    let s = Server::start().await;
+    s.hub.set_service(view("web", Phase::Progressing));
+    s.hub.set_service(complete("api"));
+    let out = floyd(&["status", "--server", &s.url]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let t = text(&out.stdout);
+    let lines: Vec<&str> = t.lines().collect();
+    assert_eq!(lines.len(), 3, "{t}");
+    for col in ["SERVICE", "PHASE", "REVISIONS", "READY", "COMMIT"] {
+        assert!(lines[0].contains(col), "{t}");
+    }
+    assert!(
+        lines[1].starts_with("api ") && lines[1].contains("Complete") && lines[1].contains("4/4")
+    );
+    assert!(lines[2].starts_with("web ") && lines[2].contains("aaaaaaaa → bbbbbbbb"));
+    assert!(
+        lines[2].contains("2/4") && lines[2].contains("0123456 web: bump to 1.4.2"),
+        "{t}"
+    );
+
+    let out = floyd(&["status", "--server", &s.url, "-o", "json"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["services"][1]["name"], "web");
+
+    // A failed service: exit 1.
+    s.hub.set_service(view("pay", Phase::Failed));
+    let out = floyd(&["status", "--server", &s.url]).await;
+    assert_eq!(out.status.code(), Some(1));
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_marks_reverts() {
+    let s = Server::start().await;
+    s.hub.set_service(complete("web"));
+    let mut failed = entry("web", Phase::Failed, 100);
+    failed.reason = "progress deadline exceeded".into();
+    s.hub.record_history(failed);
+    let mut rb = entry("web", Phase::Complete, 200);
+    rb.rollback = true;
+    rb.revert_commit = Some("fedcba9876543210".into());
+    s.hub.record_history(rb);
+    let out = floyd(&["history", "web", "--server", &s.url]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let t = text(&out.stdout);
+    let lines: Vec<&str> = t.lines().collect();
+    assert_eq!(lines.len(), 3, "{t}");
+    assert!(lines[1].contains("rollback; revert fedcba9"), "{t}");
+    assert!(lines[2].contains("Failed") && lines[2].contains("progress deadline exceeded"));
+    assert!(lines[2].contains("42s"), "{t}");
+
+    let out = floyd(&["history", "nope", "--server", &s.url]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("404"), "{}", text(&out.stderr));
+    s.shutdown().await;
+}
+
+/// Plays a rollout once `watch` has subscribed: 3/4, then 4/4 Complete
+/// (or Failed).
+async fn play(s: &Server, end: Phase) {
+    let hub = s.hub.clone();
+    eventually("watch subscribed", || hub.subscriber_count() >= 1).await;
+    // Give the client time to read its snapshot after subscribing.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut v = view("web", Phase::Progressing);
+    v.revisions[0].ready = 3;
+    v.revisions[0].available = 3;
+    v.revisions[0].live = 4;
+    v.revisions[1].desired = 1;
+    s.hub.set_service(v.clone());
+    let mut last = if end == Phase::Complete {
+        complete("web")
+    } else {
+        let mut f = v.clone();
+        f.phase = end;
+        f.reason = "readiness probe failed 3 times".into();
+        f
+    };
+    last.name = "web".into();
+    // An unrelated service's event must not confuse the watch.
+    s.hub.set_service(view("other", Phase::Failed));
+    s.hub.set_service(last);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_until_complete_plain_lines() {
+    let s = Server::start().await;
+    s.hub.set_service(view("web", Phase::Progressing));
+    let url = s.url.clone();
+    let watch = tokio::spawn(async move { floyd(&["watch", "web", "--server", &url]).await });
+    play(&s, Phase::Complete).await;
+    let out = watch.await.expect("watch task");
+    let t = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{t}{}", text(&out.stderr));
+    let lines: Vec<&str> = t.lines().collect();
+    assert!(lines.len() >= 3, "{t}");
+    assert!(
+        lines[0].contains("web Progressing aaaaaaaa → bbbbbbbb [bbbbbbbb: 2/4 ready"),
+        "{t}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("bbbbbbbb: 3/4 ready, 1 starting")),
+        "{t}"
+    );
+    assert!(
+        lines
+            .last()
+            .is_some_and(|l| l.contains("web Complete bbbbbbbb [bbbbbbbb: 4/4 ready]")),
+        "{t}"
+    );
+    assert!(!t.contains("other"), "{t}");
+    assert!(
+        !t.contains('\u{1b}'),
+        "escape codes when stdout is not a terminal: {t}"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_failed_exits_1() {
+    let s = Server::start().await;
+    s.hub.set_service(view("web", Phase::Progressing));
+    let url = s.url.clone();
+    let watch = tokio::spawn(async move { floyd(&["watch", "web", "--server", &url]).await });
+    play(&s, Phase::Failed).await;
+    let out = watch.await.expect("watch task");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("Failed"));
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promote_and_abort_with_token_file() {
+    let s = Server::start().await;
+    s.hub.set_service(view("llm", Phase::AwaitingPromotion));
+    let dir = tempfile::tempdir().expect("tmp");
+    let token = dir.path().join("token");
+    std::fs::write(&token, format!("{TOKEN}\n")).expect("token file");
+    let tok = token.to_str().expect("utf-8 path");
+
+    let out = floyd(&["promote", "llm", "--server", &s.url]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("401") && err.contains("--api-token-file"),
+        "{err}"
+    );
+
+    let out = floyd(&[
+        "promote",
+        "llm",
+        "--server",
+        &s.url,
+        "--api-token-file",
+        tok,
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "promote llm: accepted");
+
+    let out = floyd(&[
+        "abort",
+        "llm",
+        "--server",
+        &s.url,
+        "--api-token-file",
+        tok,
+        "-o",
+        "json",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["command"], "abort");
+    // Already rolled back: the controller refuses, the CLI says why.
+    let out = floyd(&["pause", "llm", "--server", &s.url, "--api-token-file", tok]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("409"), "{}", text(&out.stderr));
+    assert_eq!(
+        s.commands.lock().expect("log").clone(),
+        vec![
+            ("llm".to_string(), Command::Promote),
+            ("llm".to_string(), Command::Abort),
+            ("llm".to_string(), Command::Pause)
+        ]
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_server_is_one_line_exit_1() {
+    // Bind and drop to get a port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    for args in [
+        vec!["status", "--server", &url],
+        vec!["history", "web", "--server", &url],
+        vec!["watch", "web", "--server", &url],
+        vec!["abort", "web", "--server", &url],
+    ] {
+        let out = floyd(&args).await;
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = text(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains("cannot reach Floyd at"), "{err}");
+    }
+    let out = floyd(&["status", "--server", &url, "-o", "yaml"]).await;
+    assert_eq!(out.status.code(), Some(2));
+}
