@@ -132,6 +132,8 @@ impl Running {
 pub struct Built {
     pub runtime: Arc<dyn Runtime>,
     pub local: Option<Arc<LocalRuntime>>,
+    /// Kubernetes: only the Lease holder syncs (several replicas may run).
+    pub elector: Option<Arc<crate::runtime::kube::LeaderElector>>,
 }
 
 /// Builds the runtime named by `--runtime`. `gpus` is floyd.yaml's declared
@@ -150,10 +152,20 @@ pub async fn make_runtime(args: &Args, gpus: Vec<GpuInventory>) -> anyhow::Resul
             Ok(Built {
                 runtime: local.clone(),
                 local: Some(local),
+                elector: None,
+            })
+        }
+        "kube" => {
+            let kube = crate::runtime::kube::KubeRuntime::from_env(Some(&args.namespace)).await?;
+            let elector = Arc::new(kube.leader_elector("floyd-leader"));
+            Ok(Built {
+                runtime: Arc::new(kube),
+                local: None,
+                elector: Some(elector),
             })
         }
         other => Err(super::CliError::usage(format!(
-            "--runtime {other:?} is not available in this build (use local)"
+            "--runtime {other:?}: use local or kube"
         ))),
     }
 }
@@ -216,7 +228,11 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
     } else {
         Vec::new()
     };
-    let Built { runtime, local } = make_runtime(args, gpus).await?;
+    let Built {
+        runtime,
+        local,
+        elector,
+    } = make_runtime(args, gpus).await?;
     let hub = Arc::new(Hub::new());
 
     let webhook_secret = match &args.webhook_secret_file {
@@ -265,6 +281,24 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
         _ => None,
     };
 
+    if let Some(el) = elector {
+        // Standby until the Lease is ours; the controller idles meanwhile.
+        hub.set_leader(false);
+        let mut rx = el.subscribe();
+        let h = hub.clone();
+        let s = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                h.set_leader(*rx.borrow());
+                tokio::select! {
+                    _ = s.cancelled() => break,
+                    r = rx.changed() => if r.is_err() { break },
+                }
+            }
+        });
+        let s = stop.clone();
+        tokio::spawn(async move { el.run(s).await });
+    }
     let mut cfg = controller::Config::new(args.state_dir.join("work"));
     cfg.path = args.path.clone();
     cfg.environment = args.environment.clone();

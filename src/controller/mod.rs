@@ -178,16 +178,27 @@ impl Controller {
         let mut triggers = self.sh.hub.take_fetch_triggers();
         let mut commands = self.sh.hub.take_commands();
         tokio::pin!(shutdown);
-        // The synced commit may be ahead of a mirror that was wiped; render what
-        // the mirror has first so services resume, then poll.
-        if let Some(sha) = self.synced.clone()
-            && self.sh.source.local_tip().ok().flatten().is_some()
-        {
-            self.synced = None;
-            self.sync(&sha).await;
-        }
+        let mut resumed = false;
         let mut next_poll = Instant::now();
         loop {
+            if !self.sh.hub.is_leader() {
+                // A standby replica: serve the API, touch nothing.
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            }
+            if !resumed {
+                resumed = true;
+                // The synced commit may be ahead of a mirror that was wiped; render what
+                // the mirror has first so services resume, then poll.
+                if let Some(sha) = self.synced.clone()
+                    && self.sh.source.local_tip().ok().flatten().is_some()
+                {
+                    self.synced = None;
+                    self.sync(&sha).await;
+                }
+            }
             let mut fetch_now = false;
             if Instant::now() >= next_poll {
                 fetch_now = true;
