@@ -331,3 +331,153 @@ fn credentials_never_appear_in_errors() {
     assert!(!err.contains("s3cr3t"), "{err}");
     assert!(err.contains("***@127.0.0.1"), "{err}");
 }
+
+mod process {
+    //! The `floyd` binary itself: `demo --scenario` and `run` with SIGTERM.
+    use super::support::{self, GitServer, Work};
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    fn floyd() -> Command {
+        Command::new(env!("CARGO_BIN_EXE_floyd"))
+    }
+
+    /// Waits for the child up to `timeout`; kills it after that.
+    fn wait_child(child: &mut std::process::Child, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    #[test]
+    fn demo_scenario_tells_the_whole_story_and_exits_0() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = floyd()
+            .args(["demo", "--scenario", "--listen", "127.0.0.1:0", "--dir"])
+            .arg(dir.path().join("demo"))
+            .arg("--examples")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples-repo"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        });
+        let code = wait_child(&mut child, Duration::from_secs(300));
+        let stdout = reader.join().unwrap();
+        let mut stderr = String::new();
+        let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
+        assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+        for needle in [
+            "dashboard      http://127.0.0.1:",
+            "git clone ",
+            "✓ web runs revision",
+            "✓ rollout of",
+            "✓ rolled back to",
+            "Revert \"web: 1.5.0\"",
+            "| Floyd-Revert-Of: ",
+            "| Floyd-Service: web",
+            "✓ scenario complete",
+        ] {
+            assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
+        }
+    }
+
+    #[test]
+    fn run_serves_until_sigterm_then_stops_instances() {
+        let server = GitServer::daemon();
+        let port = support::free_port();
+        let w = Work::clone(&server.url);
+        w.write(
+            "services/hello.yaml",
+            &format!(
+                "apiVersion: floyd.dev/v1
+kind: Service
+metadata:
+  name: hello
+spec:
+  replicas: 1
+  template:
+    command: [\"${{FLOYD_BIN}}\", \"sample-app\", \"--version\", \"v1\"]
+    terminationGracePeriodSeconds: 2
+  ports:
+    - {{ name: http, port: {port} }}
+  health:
+    readiness: {{ http: {{ path: /healthz, port: http }}, periodSeconds: 1 }}
+  progressDeadlineSeconds: 30
+"
+            ),
+        );
+        w.commit("hello v1");
+        w.push();
+        let state = tempfile::tempdir().unwrap();
+        let listen = format!("127.0.0.1:{}", support::free_port());
+        let mut child = floyd()
+            .args([
+                "run",
+                "--repo",
+                &server.url,
+                "--listen",
+                &listen,
+                "--poll-interval",
+                "1s",
+                "--state-dir",
+            ])
+            .arg(state.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let get = |path: &str| -> Option<String> {
+            use std::io::Write;
+            let mut c = std::net::TcpStream::connect(&listen).ok()?;
+            c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            write!(c, "GET {path} HTTP/1.0\r\nHost: {listen}\r\n\r\n").ok()?;
+            let mut resp = String::new();
+            c.read_to_string(&mut resp).ok()?;
+            let (head, body) = resp.split_once("\r\n\r\n")?;
+            head.starts_with("HTTP/1.0 200")
+                .then(|| body.to_string())
+                .or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_string()))
+        };
+        support::wait_for(
+            "hello Complete via the API",
+            Duration::from_secs(60),
+            || get("/api/v1/services/hello").is_some_and(|b| b.contains("\"Complete\"")),
+        );
+        assert!(get("/readyz").is_some());
+        // The service answers through the local runtime's load balancer.
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            "service port {port} serves"
+        );
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let code = wait_child(&mut child, Duration::from_secs(30));
+        let mut stderr = String::new();
+        let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
+        assert_eq!(code, Some(0), "clean shutdown; stderr:\n{stderr}");
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "instances and load balancer stopped"
+        );
+        assert!(state.path().join("floyd.redb").exists(), "state persisted");
+    }
+}

@@ -8,7 +8,9 @@
 
 use crate::controller::{self, Controller};
 use crate::hub::Hub;
+use crate::manifest::GpuInventory;
 use crate::runtime::Runtime;
+use crate::runtime::local::{LocalConfig, LocalRuntime, parse_gpus_flag};
 use crate::source::{self, GitSource, SourceConfig};
 use crate::store::Store;
 use anyhow::Context;
@@ -62,6 +64,35 @@ pub struct Args {
     /// Services whose rollouts are stepped at the same time.
     #[arg(long, env = "FLOYD_MAX_CONCURRENT", default_value_t = 16)]
     pub max_concurrent: usize,
+    /// Declared GPU inventory for the local runtime when nvidia-smi is absent,
+    /// e.g. `NVIDIA-L4:2,NVIDIA-A100-SXM4-80GB:4` (default: floyd.yaml `runtime.local.gpus`).
+    #[arg(long, env = "FLOYD_GPUS")]
+    pub gpus: Option<String>,
+}
+
+impl Args {
+    /// The defaults of every flag, for embedding (`floyd demo`, tests).
+    pub fn new(repo: impl Into<String>, state_dir: impl Into<PathBuf>) -> Args {
+        Args {
+            repo: repo.into(),
+            branch: "main".into(),
+            path: None,
+            runtime: "local".into(),
+            environment: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9180)),
+            state_dir: state_dir.into(),
+            poll_interval: Duration::from_secs(30),
+            webhook_secret_file: None,
+            api_token_file: None,
+            no_revert: false,
+            git_author: "Floyd <floyd@localhost>".into(),
+            leave_running: false,
+            namespace: "default".into(),
+            resync_interval: Duration::from_secs(10),
+            max_concurrent: 16,
+            gpus: None,
+        }
+    }
 }
 
 /// A controller + server started in this process (for `run` and `demo`).
@@ -69,6 +100,7 @@ pub struct Running {
     pub hub: Arc<Hub>,
     pub addr: SocketAddr,
     pub runtime: Arc<dyn Runtime>,
+    local: Option<Arc<LocalRuntime>>,
     stop: CancellationToken,
     controller: tokio::task::JoinHandle<Result<(), controller::Error>>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -83,17 +115,11 @@ impl Running {
         self.stop.cancel();
         let c = self.controller.await;
         let _ = self.server.await;
-        if !self.leave_running
-            && self.runtime.name() == "local"
-            && let Ok(names) = self.runtime.services().await
-        {
-            {
-                for n in names {
-                    if let Err(e) = self.runtime.delete_service(&n).await {
-                        tracing::warn!(service = %n, error = %e, "could not stop instances");
-                    }
-                }
+        if let Some(local) = &self.local {
+            if !self.leave_running {
+                tracing::info!("stopping instances (use --leave-running to keep them)");
             }
+            local.shutdown().await;
         }
         match c {
             Ok(r) => r.map_err(Into::into),
@@ -102,17 +128,72 @@ impl Running {
     }
 }
 
-/// Builds the runtime named by `--runtime`.
-pub async fn make_runtime(args: &Args) -> anyhow::Result<Arc<dyn Runtime>> {
-    let _ = &args.namespace;
-    Err(super::CliError::usage(format!(
-        "--runtime {:?} is not available in this build (use local or kube)",
-        args.runtime
-    )))
+/// The runtime named by `--runtime`, plus the local runtime's handle (for shutdown).
+pub struct Built {
+    pub runtime: Arc<dyn Runtime>,
+    pub local: Option<Arc<LocalRuntime>>,
+    /// Kubernetes: only the Lease holder syncs (several replicas may run).
+    pub elector: Option<Arc<crate::runtime::kube::LeaderElector>>,
 }
 
-/// Starts the server and the controller in the current tokio runtime.
-pub async fn start(args: &Args, runtime: Arc<dyn Runtime>) -> anyhow::Result<Running> {
+/// Builds the runtime named by `--runtime`. `gpus` is floyd.yaml's declared
+/// inventory (used when `--gpus` is not given).
+pub async fn make_runtime(args: &Args, gpus: Vec<GpuInventory>) -> anyhow::Result<Built> {
+    match args.runtime.as_str() {
+        "local" => {
+            let mut cfg = LocalConfig::new(&args.state_dir);
+            cfg.gpus = match &args.gpus {
+                Some(g) => parse_gpus_flag(g)
+                    .map_err(|e| super::CliError::usage(format!("--gpus: {e}")))?,
+                None => gpus,
+            };
+            cfg.leave_running = args.leave_running;
+            let local = Arc::new(LocalRuntime::start(cfg).await?);
+            Ok(Built {
+                runtime: local.clone(),
+                local: Some(local),
+                elector: None,
+            })
+        }
+        "kube" => {
+            let kube = crate::runtime::kube::KubeRuntime::from_env(Some(&args.namespace)).await?;
+            let elector = Arc::new(kube.leader_elector("floyd-leader"));
+            Ok(Built {
+                runtime: Arc::new(kube),
+                local: None,
+                elector: Some(elector),
+            })
+        }
+        other => Err(super::CliError::usage(format!(
+            "--runtime {other:?}: use local or kube"
+        ))),
+    }
+}
+
+/// floyd.yaml's GPU inventory at the branch tip, best effort (the runtime
+/// needs it before the controller's first sync).
+fn declared_gpus(args: &Args, src: &GitSource) -> Vec<GpuInventory> {
+    let tip = match src.poll() {
+        Ok(Some(t)) => t,
+        _ => match src.local_tip() {
+            Ok(Some(t)) => t,
+            _ => return Vec::new(),
+        },
+    };
+    let dir = args.state_dir.join("work").join("gpus");
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = src
+        .export(&tip, args.path.as_deref(), &dir)
+        .ok()
+        .and_then(|()| crate::manifest::load_release(&dir, args.environment.as_deref()).ok())
+        .map(|r| r.gpus)
+        .unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    out
+}
+
+/// Starts the runtime, the server and the controller in the current tokio runtime.
+pub async fn start(args: &Args) -> anyhow::Result<Running> {
     let (author_name, author_email) =
         controller::parse_author(&args.git_author).map_err(super::CliError::usage)?;
     std::fs::create_dir_all(&args.state_dir)
@@ -125,6 +206,33 @@ pub async fn start(args: &Args, runtime: Arc<dyn Runtime>) -> anyhow::Result<Run
         mirror: args.state_dir.join("repo.git"),
         credentials,
     })?);
+    let gpus = if args.runtime == "local" && args.gpus.is_none() {
+        let s = src.clone();
+        let a = Args {
+            repo: String::new(),
+            ..Args::new("", &args.state_dir)
+        };
+        let (path, env) = (args.path.clone(), args.environment.clone());
+        tokio::task::spawn_blocking(move || {
+            declared_gpus(
+                &Args {
+                    path,
+                    environment: env,
+                    ..a
+                },
+                &s,
+            )
+        })
+        .await
+        .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let Built {
+        runtime,
+        local,
+        elector,
+    } = make_runtime(args, gpus).await?;
     let hub = Arc::new(Hub::new());
 
     let webhook_secret = match &args.webhook_secret_file {
@@ -173,6 +281,24 @@ pub async fn start(args: &Args, runtime: Arc<dyn Runtime>) -> anyhow::Result<Run
         _ => None,
     };
 
+    if let Some(el) = elector {
+        // Standby until the Lease is ours; the controller idles meanwhile.
+        hub.set_leader(false);
+        let mut rx = el.subscribe();
+        let h = hub.clone();
+        let s = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                h.set_leader(*rx.borrow());
+                tokio::select! {
+                    _ = s.cancelled() => break,
+                    r = rx.changed() => if r.is_err() { break },
+                }
+            }
+        });
+        let s = stop.clone();
+        tokio::spawn(async move { el.run(s).await });
+    }
     let mut cfg = controller::Config::new(args.state_dir.join("work"));
     cfg.path = args.path.clone();
     cfg.environment = args.environment.clone();
@@ -198,6 +324,7 @@ pub async fn start(args: &Args, runtime: Arc<dyn Runtime>) -> anyhow::Result<Run
         hub,
         addr,
         runtime,
+        local,
         stop,
         controller,
         server,
@@ -229,8 +356,8 @@ pub fn run(args: Args, log_format: crate::telemetry::LogFormat) -> anyhow::Resul
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async {
-        let runtime = make_runtime(&args).await?;
-        let running = start(&args, runtime).await?;
+        let running = start(&args).await?;
+        println!("floyd: dashboard and API on http://{}", running.addr);
         signal().await;
         tracing::info!("shutting down: finishing the current step");
         running.shutdown().await?;

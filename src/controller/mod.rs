@@ -178,16 +178,27 @@ impl Controller {
         let mut triggers = self.sh.hub.take_fetch_triggers();
         let mut commands = self.sh.hub.take_commands();
         tokio::pin!(shutdown);
-        // The synced commit may be ahead of a mirror that was wiped; render what
-        // the mirror has first so services resume, then poll.
-        if let Some(sha) = self.synced.clone()
-            && self.sh.source.local_tip().ok().flatten().is_some()
-        {
-            self.synced = None;
-            self.sync(&sha).await;
-        }
+        let mut resumed = false;
         let mut next_poll = Instant::now();
         loop {
+            if !self.sh.hub.is_leader() {
+                // A standby replica: serve the API, touch nothing.
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            }
+            if !resumed {
+                resumed = true;
+                // The synced commit may be ahead of a mirror that was wiped; render what
+                // the mirror has first so services resume, then poll.
+                if let Some(sha) = self.synced.clone()
+                    && self.sh.source.local_tip().ok().flatten().is_some()
+                {
+                    self.synced = None;
+                    self.sync(&sha).await;
+                }
+            }
             let mut fetch_now = false;
             if Instant::now() >= next_poll {
                 fetch_now = true;
@@ -389,14 +400,39 @@ impl Controller {
         let now = Time::now_wall();
         tracing::info!(commit = %commit.sha, summary = %commit.summary, services = release.services.len(), "syncing commit");
 
-        // Observe every service Git or the runtime knows.
+        // Services Floyd already drives are represented by what it last asked
+        // for (drift is the engine's business on the next step); only the
+        // others are observed, so a commit in a repo of 1,000 services costs
+        // one observe per unknown service, not 1,000.
         let mut names: BTreeSet<ServiceName> =
             release.services.iter().map(|s| s.name.clone()).collect();
         match sh.runtime.services().await {
             Ok(v) => names.extend(v),
             Err(e) => return Err(Error::Other(format!("runtime {}: {e}", sh.runtime.name()))),
         }
-        let observed: BTreeMap<ServiceName, Observed> = futures::stream::iter(names)
+        let mut known: BTreeMap<ServiceName, Observed> = BTreeMap::new();
+        names.retain(
+            |n| match self.services.get(n).and_then(|s| s.record.as_ref()) {
+                Some(rec) => {
+                    known.insert(
+                        n.clone(),
+                        Observed {
+                            revisions: vec![crate::runtime::ObservedRevision {
+                                revision: rec.state.target.clone(),
+                                created_at: rec.state.started_at,
+                                desired: rec.spec.replicas,
+                                instances: Vec::new(),
+                                template: Default::default(),
+                            }],
+                            ..Observed::default()
+                        },
+                    );
+                    false
+                }
+                None => true,
+            },
+        );
+        let mut observed: BTreeMap<ServiceName, Observed> = futures::stream::iter(names)
             .map(|n| {
                 let sh = sh.clone();
                 let spec = release.service(n.as_str()).map(|s| s.spec.clone());
@@ -417,6 +453,7 @@ impl Controller {
             })
             .collect()
             .await;
+        observed.extend(known);
         let last_target: BTreeMap<ServiceName, Revision> = self
             .services
             .iter()
@@ -427,10 +464,16 @@ impl Controller {
             })
             .collect();
         let plan = diff::plan(&release, &observed, &last_target);
+        sh.hub.emit(Event::Sync {
+            commit: commit.clone(),
+        });
         let base = sh.cfg.path.clone().unwrap_or_default();
         let is_revert_commit = !source::revert_of(&message).is_empty();
 
         for (name, change) in plan {
+            // Each rollout starts when it is planned, not when the sync began
+            // (observing 1,000 services takes a while).
+            let now = Time::now_wall();
             let git = release.service(name.as_str()).cloned();
             let files: Vec<String> = git
                 .as_ref()
@@ -533,6 +576,7 @@ impl Controller {
                 (Change::Unchanged, Some(g)) => {
                     match svc.record.as_mut() {
                         Some(rec) => {
+                            let before = rec.clone();
                             // Same template; other fields (probes, gates,
                             // deadlines) follow Git unless a rollback owns the spec.
                             if !rec.state.is_rollback || rec.git_agrees {
@@ -572,7 +616,11 @@ impl Controller {
                                     }
                                 }
                             }
-                            persist(&sh, &name, rec);
+                            // Untouched services cost nothing per commit.
+                            if *rec != before {
+                                persist(&sh, &name, rec);
+                                self.queue.insert(name.clone());
+                            }
                         }
                         None => {
                             // Adopted: already running what Git says.
@@ -605,9 +653,9 @@ impl Controller {
                                 );
                             }
                             svc.record = Some(rec);
+                            self.queue.insert(name);
                         }
                     }
-                    self.queue.insert(name);
                 }
             }
         }
@@ -615,7 +663,6 @@ impl Controller {
         self.synced = Some(sha.to_string());
         let _ = sh.store.set_synced_commit(sha);
         sh.hub.set_synced();
-        sh.hub.emit(Event::Sync { commit });
         Ok(())
     }
 
@@ -999,11 +1046,27 @@ async fn handle_failure(
         author_email: sh.cfg.author_email.clone(),
     };
     let src = sh.source.clone();
-    let req2 = req.clone();
-    let out = tokio::task::spawn_blocking(move || src.revert(&req2))
-        .await
-        .map_err(|e| source::Error::Git(e.to_string()))
-        .and_then(|r| r);
+    let mut req2 = req.clone();
+    // floyd.yaml's values shape every service: when no commit touched the
+    // service's own files, the change that broke it came from there.
+    let shared = sh
+        .cfg
+        .path
+        .clone()
+        .unwrap_or_default()
+        .join("floyd.yaml")
+        .to_string_lossy()
+        .into_owned();
+    let out = tokio::task::spawn_blocking(move || match src.revert(&req2) {
+        Ok(RevertOutcome::NothingToRevert) => {
+            req2.files = vec![shared];
+            src.revert(&req2)
+        }
+        other => other,
+    })
+    .await
+    .map_err(|e| source::Error::Git(e.to_string()))
+    .and_then(|r| r);
     let result_label = |r: &str| ResultLabel { result: r.into() };
     match out {
         Ok(RevertOutcome::Pushed {
@@ -1053,7 +1116,7 @@ async fn handle_failure(
                 .get_or_create(&result_label("skipped"))
                 .inc();
             rec.degraded = degrade(format!(
-                "no commit since the last good one changed {}; the failure came from elsewhere (shared values?) — not reverting",
+                "no commit since the last good one changed {} or floyd.yaml; not reverting",
                 req.files.join(", ")
             ));
             None

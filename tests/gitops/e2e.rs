@@ -431,3 +431,145 @@ async fn restart_resumes_and_prune_deletes_removed_services() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+fn fetches(hub: &Hub) -> u64 {
+    // Sum of floyd_git_fetch_total over its results.
+    hub.metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("floyd_git_fetch_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_through_the_server_fetch_once_per_delivery_and_readyz_tracks_git() {
+    use floyd::source::webhook::sign;
+    const SECRET: &str = "It's a Secret to Everybody";
+    let mut h = Harness::new(Opts {
+        poll: Duration::from_secs(3600),
+        ..Opts::default()
+    })
+    .await;
+    let c0 = h.server.tip();
+    h.wait_complete_at("web", &c0).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let cfg = floyd::server::Config {
+        webhook_secret: Some(floyd::server::Secret::new(SECRET)),
+        branch: "main".into(),
+        api_token: None,
+        max_body_bytes: 64 * 1024,
+    };
+    let s2 = stop.clone();
+    let hub = h.hub.clone();
+    tokio::spawn(async move {
+        floyd::server::serve(listener, hub, cfg, async move { s2.cancelled().await })
+            .await
+            .unwrap()
+    });
+    let http = reqwest::Client::new();
+    let post = |body: Vec<u8>, sig: Option<String>, delivery: &str| {
+        let mut r = http
+            .post(format!("{base}/hooks/github"))
+            .header("content-type", "application/json")
+            .header("x-github-event", "push")
+            .header("x-github-delivery", delivery);
+        if let Some(s) = sig {
+            r = r.header("x-hub-signature-256", s);
+        }
+        r.body(body).send()
+    };
+
+    let c1 = h.push_web("v2", false, "web: v2");
+    let body =
+        serde_json::to_vec(&serde_json::json!({"ref": "refs/heads/main", "after": c1})).unwrap();
+    let good = sign(SECRET.as_bytes(), &body);
+    let before = fetches(&h.hub);
+    for (what, sig) in [
+        ("wrong", Some(sign(b"not the secret", &body))),
+        ("truncated", Some(good[..good.len() - 4].to_string())),
+        ("missing", None),
+    ] {
+        let r = post(body.clone(), sig, what).await.unwrap();
+        assert_eq!(r.status(), 401, "{what} signature");
+    }
+    let huge = vec![b' '; 65 * 1024];
+    let r = post(huge.clone(), Some(sign(SECRET.as_bytes(), &huge)), "huge")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let other =
+        serde_json::to_vec(&serde_json::json!({"ref": "refs/heads/dev", "after": c1})).unwrap();
+    let r = post(
+        other.clone(),
+        Some(sign(SECRET.as_bytes(), &other)),
+        "dev-1",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 202);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        fetches(&h.hub),
+        before,
+        "refused and other-branch webhooks fetch nothing"
+    );
+
+    let r = post(body.clone(), Some(good.clone()), "delivery-1")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    h.wait_complete_at("web", &c1).await;
+    let r = post(body.clone(), Some(good.clone()), "delivery-1")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["result"], "duplicate");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fetches(&h.hub), before + 1, "one fetch for one delivery");
+
+    // Git down: still ready, git_reachable false; back: true again.
+    let readyz = |base: String| async move {
+        let r = reqwest::get(format!("{base}/readyz")).await.unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<serde_json::Value>().await.unwrap(),
+        )
+    };
+    h.server.stop();
+    let r = post(body.clone(), Some(good.clone()), "delivery-2")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, v) = readyz(base.clone()).await;
+        assert_eq!(code, 200, "unreachable Git does not make Floyd unready");
+        if v["gitReachable"] == false {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readyz never reported Git unreachable: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    h.server.start();
+    let c2 = h.push_web("v3", false, "web: v3");
+    let body =
+        serde_json::to_vec(&serde_json::json!({"ref": "refs/heads/main", "after": c2})).unwrap();
+    let r = post(
+        body.clone(),
+        Some(sign(SECRET.as_bytes(), &body)),
+        "delivery-3",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 202);
+    h.wait_complete_at("web", &c2).await;
+    assert_eq!(readyz(base.clone()).await.1["gitReachable"], true);
+    stop.cancel();
+}
