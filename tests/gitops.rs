@@ -481,3 +481,39 @@ spec:
         assert!(state.path().join("floyd.redb").exists(), "state persisted");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_in_a_watched_local_repo_triggers_a_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    support::git(dir.path(), &["init", "-q", "-b", "main"]);
+    std::fs::write(dir.path().join("a.txt"), "1").unwrap();
+    support::git(dir.path(), &["add", "-A"]);
+    support::git(dir.path(), &["commit", "-q", "-m", "one"]);
+    let hub = std::sync::Arc::new(floyd::hub::Hub::new());
+    let mut triggers = hub.take_fetch_triggers().unwrap();
+    let _watch = floyd::source::watch::watch_repo(
+        dir.path(),
+        hub.clone(),
+        std::time::Duration::from_millis(100),
+    )
+    .unwrap();
+    // Nothing happened yet: no trigger.
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), triggers.recv())
+            .await
+            .is_err()
+    );
+    std::fs::write(dir.path().join("a.txt"), "2").unwrap();
+    support::git(dir.path(), &["commit", "-q", "-am", "two"]);
+    let t = tokio::time::timeout(std::time::Duration::from_secs(10), triggers.recv())
+        .await
+        .expect("a trigger within 10 s of the commit")
+        .unwrap();
+    assert_eq!(t.source, "watch");
+    // Debounced: one commit, one trigger.
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(500), triggers.recv())
+            .await
+            .is_err()
+    );
+}

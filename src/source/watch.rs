@@ -33,6 +33,15 @@ pub fn watch_repo(repo: &Path, hub: Arc<Hub>, debounce: Duration) -> Result<Repo
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
+            // Reads (access events) are not changes.
+            if !matches!(
+                ev.kind,
+                notify::EventKind::Create(_)
+                    | notify::EventKind::Modify(_)
+                    | notify::EventKind::Remove(_)
+            ) {
+                return;
+            }
             // Object writes are noise; a commit always ends with a ref or HEAD update.
             let relevant = ev.paths.iter().any(|p| {
                 let s = p.to_string_lossy();
