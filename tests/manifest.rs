@@ -476,7 +476,7 @@ fn missing_directory_and_unknown_environment() {
     let r = manifest::load_release(&examples(), Some("qa"));
     assert_eq!(
         r.unwrap_err().to_string(),
-        "unknown environment \"qa\"; floyd.yaml defines: prod, staging"
+        "unknown environment \"qa\"; floyd.yaml defines: demo, prod, staging"
     );
 }
 
@@ -591,7 +591,7 @@ const GOLDEN_REVISION: &str = "483c01f160";
 fn every_environment_of_examples_repo_is_valid() {
     let repo = ConfigRepo::read(&examples()).unwrap();
     let envs = repo.environments();
-    assert_eq!(envs, vec!["prod", "staging"]);
+    assert_eq!(envs, vec!["demo", "prod", "staging"]);
     for env in std::iter::once(None).chain(envs.iter().map(|e| Some(e.as_str()))) {
         let r = repo.release(env).unwrap_or_else(|e| panic!("{env:?}: {e}"));
         let names: Vec<_> = r.services.iter().map(|s| s.name.as_str()).collect();
@@ -687,7 +687,7 @@ fn cli_validate_and_render_exit_codes() {
     let (code, out, err) = floyd(&["validate", ex]);
     assert_eq!(
         (code, out.as_str(), err.as_str()),
-        (0, "ok: 3 services, environments: prod, staging\n", "")
+        (0, "ok: 3 services, environments: demo, prod, staging\n", "")
     );
     let (code, out, _) = floyd(&["validate", ex, "--output", "json"]);
     assert_eq!(code, 0);
