@@ -127,6 +127,8 @@ pub struct Controller {
     fetch_failures: u32,
     /// A commit to sync now (a revert we just pushed).
     pending_sync: Option<String>,
+    /// Rollout notifications (`floyd.yaml` `notifications`), started by `run`.
+    notifier: Option<Arc<crate::server::notify::Notifier>>,
 }
 
 impl Controller {
@@ -152,6 +154,7 @@ impl Controller {
             last_resync: Time::ZERO,
             fetch_failures: 0,
             pending_sync: None,
+            notifier: None,
         }
     }
 
@@ -175,6 +178,10 @@ impl Controller {
     /// Runs until `shutdown` resolves; then finishes the current step and returns.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         self.restore()?;
+        // Notifications follow the hub's events; targets come with each synced commit.
+        let notifier = Arc::new(crate::server::notify::Notifier::new(Vec::new()));
+        let _follow = notifier.follow(&self.sh.hub);
+        self.notifier = Some(notifier);
         let mut triggers = self.sh.hub.take_fetch_triggers();
         let mut commands = self.sh.hub.take_commands();
         tokio::pin!(shutdown);
@@ -397,6 +404,9 @@ impl Controller {
             .await
             .map_err(|e| Error::Other(e.to_string()))??
         };
+        if let Some(n) = &self.notifier {
+            n.set_targets(release.notifications.clone());
+        }
         let now = Time::now_wall();
         tracing::info!(commit = %commit.sha, summary = %commit.summary, services = release.services.len(), "syncing commit");
 

@@ -573,3 +573,53 @@ async fn webhooks_through_the_server_fetch_once_per_delivery_and_readyz_tracks_g
     assert_eq!(readyz(base.clone()).await.1["gitReachable"], true);
     stop.cancel();
 }
+
+/// `floyd.yaml` `notifications` are followed from the commit that adds them:
+/// a generic target receives the rollout's `started` and `completed` events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_from_floyd_yaml_reach_their_target() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::Json<serde_json::Value>| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(body.0);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let h = Harness::new(Opts::default()).await;
+    let c0 = h.server.tip();
+    h.wait_complete_at("web", &c0).await;
+    h.work.write(
+        "floyd.yaml",
+        &format!("notifications:\n  - {{ url: \"http://{addr}/hook\", format: generic }}\n"),
+    );
+    let c1 = h.push_web("v2", false, "web: v2, with notifications");
+    h.wait_complete_at("web", &c1).await;
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|(e, s): &(String, String)| e == "completed" && s == "web")
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some(body)) => seen.push((
+                body["event"].as_str().unwrap_or_default().to_string(),
+                body["service"].as_str().unwrap_or_default().to_string(),
+            )),
+            _ => panic!("no `completed` notification for web within 20 s; got {seen:?}"),
+        }
+    }
+    assert!(
+        seen.iter().any(|(e, s)| e == "started" && s == "web"),
+        "a `started` notification precedes `completed`: {seen:?}"
+    );
+}
