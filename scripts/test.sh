@@ -30,7 +30,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
-echo "== cargo build (release binary for end-to-end tests)"
+echo "== cargo build (the floyd binary the end-to-end tests run)"
 cargo build --locked --bin floyd
 mkdir -p test-artifacts
 echo "== tests"

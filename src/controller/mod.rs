@@ -103,6 +103,18 @@ struct Shared {
     source: Arc<GitSource>,
     store: Arc<Store>,
     cfg: Config,
+    /// Rollout records to mirror into the runtime's own state (kube: a
+    /// ConfigMap per service), written in order by one task started in `run`.
+    cluster_state: tokio::sync::mpsc::UnboundedSender<(ServiceName, String)>,
+}
+
+/// What the controller mirrors into the runtime (kube: the cluster) so a
+/// controller with an empty local store (a new pod, a failed-over standby)
+/// resumes instead of starting over.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ClusterState {
+    record: RolloutRecord,
+    applied: Option<crate::store::Applied>,
 }
 
 /// One service as the controller tracks it.
@@ -129,6 +141,7 @@ pub struct Controller {
     pending_sync: Option<String>,
     /// Rollout notifications (`floyd.yaml` `notifications`), started by `run`.
     notifier: Option<Arc<crate::server::notify::Notifier>>,
+    cluster_state_rx: Option<tokio::sync::mpsc::UnboundedReceiver<(ServiceName, String)>>,
 }
 
 impl Controller {
@@ -139,6 +152,7 @@ impl Controller {
         store: Arc<Store>,
         cfg: Config,
     ) -> Controller {
+        let (cluster_state, cluster_state_rx) = tokio::sync::mpsc::unbounded_channel();
         Controller {
             sh: Arc::new(Shared {
                 hub,
@@ -146,6 +160,7 @@ impl Controller {
                 source,
                 store,
                 cfg,
+                cluster_state,
             }),
             services: BTreeMap::new(),
             queue: BTreeSet::new(),
@@ -155,6 +170,7 @@ impl Controller {
             fetch_failures: 0,
             pending_sync: None,
             notifier: None,
+            cluster_state_rx: Some(cluster_state_rx),
         }
     }
 
@@ -175,9 +191,64 @@ impl Controller {
         Ok(())
     }
 
+    /// Services the runtime runs that the local store does not know: resume
+    /// them from the state the runtime keeps (kube: ConfigMaps in the cluster).
+    async fn restore_from_runtime(&mut self) {
+        let names = match self.sh.runtime.services().await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the runtime's services to resume them");
+                return;
+            }
+        };
+        for name in names {
+            if self.services.get(&name).is_some_and(|s| s.record.is_some()) {
+                continue;
+            }
+            let json = match self.sh.runtime.load_state(&name).await {
+                Ok(Some(j)) => j,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(service = %name, error = %e, "cannot load the runtime's rollout state");
+                    continue;
+                }
+            };
+            let Ok(state) = serde_json::from_str::<ClusterState>(&json) else {
+                tracing::warn!(service = %name, "the runtime's rollout state is not readable; starting over");
+                continue;
+            };
+            if let Some(applied) = &state.applied
+                && self
+                    .sh
+                    .store
+                    .applied(name.as_str())
+                    .ok()
+                    .flatten()
+                    .is_none()
+            {
+                let _ = self.sh.store.set_applied(name.as_str(), applied);
+            }
+            let _ = self.sh.store.set_rollout(name.as_str(), &state.record);
+            tracing::info!(service = %name, target = %state.record.state.target, "resumed from the runtime's state");
+            self.services.entry(name.clone()).or_default().record = Some(state.record);
+            self.queue.insert(name);
+        }
+    }
+
     /// Runs until `shutdown` resolves; then finishes the current step and returns.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         self.restore()?;
+        if let Some(mut rx) = self.cluster_state_rx.take() {
+            let rt = self.sh.runtime.clone();
+            tokio::spawn(async move {
+                while let Some((name, json)) = rx.recv().await {
+                    if let Err(e) = rt.save_state(&name, &json).await {
+                        tracing::warn!(service = %name, error = %e, "cannot save rollout state in the runtime");
+                    }
+                }
+            });
+        }
+        self.restore_from_runtime().await;
         // Notifications follow the hub's events; targets come with each synced commit.
         let notifier = Arc::new(crate::server::notify::Notifier::new(Vec::new()));
         let _follow = notifier.follow(&self.sh.hub);
@@ -762,6 +833,13 @@ async fn recv_opt<T>(rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<T>>) -
 fn persist(sh: &Shared, name: &ServiceName, rec: &RolloutRecord) {
     if let Err(e) = sh.store.set_rollout(name.as_str(), rec) {
         tracing::error!(service = %name, error = %e, "cannot persist rollout state");
+    }
+    let applied = sh.store.applied(name.as_str()).ok().flatten();
+    if let Ok(json) = serde_json::to_string(&ClusterState {
+        record: rec.clone(),
+        applied,
+    }) {
+        let _ = sh.cluster_state.send((name.clone(), json));
     }
 }
 

@@ -432,6 +432,53 @@ async fn restart_resumes_and_prune_deletes_removed_services() {
     }
 }
 
+/// A controller whose local store is gone (a new pod, a failed-over standby)
+/// resumes from the state it mirrored into the runtime (kube: ConfigMaps)
+/// instead of rolling every service out again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_store_resumes_from_the_runtime_state() {
+    let mut h = Harness::new(Opts::default()).await;
+    let c0 = h.server.tip();
+    h.wait_complete_at("web", &c0).await;
+    h.wait_complete_at("api", &c0).await;
+    h.stop().await;
+    assert!(
+        h.runtime
+            .states
+            .lock()
+            .unwrap()
+            .keys()
+            .any(|k| k.as_str() == "web"),
+        "the controller mirrors its rollout state into the runtime"
+    );
+    // Lose the local store and mirror, keep the runtime.
+    h.state = tempfile::tempdir().unwrap();
+    h.start(Opts::default());
+    let v = h.wait_complete_at("web", &c0).await;
+    assert_eq!(v.phase, Phase::Complete);
+    assert!(
+        h.hub.history("web").is_empty(),
+        "resumed from the runtime: no new rollout, got {:?}",
+        h.hub.history("web")
+    );
+    // The last good commit came back too: a broken change is reverted to it.
+    let bad = h.push_web("v2", true, "web: v2 (never ready)");
+    h.wait_view(
+        "RolledBack or reverted",
+        "web",
+        Duration::from_secs(30),
+        |v| {
+            v.phase == Phase::Complete
+                && v.commit
+                    .as_ref()
+                    .is_some_and(|c| c.sha != bad && c.sha != c0)
+        },
+    )
+    .await;
+    let msg = h.server.message(&h.server.tip());
+    assert!(msg.contains(&format!("Floyd-Revert-Of: {bad}")), "{msg}");
+}
+
 fn fetches(hub: &Hub) -> u64 {
     // Sum of floyd_git_fetch_total over its results.
     hub.metrics

@@ -27,6 +27,8 @@ pub struct FakeRuntime {
     next_id: AtomicU64,
     /// `apply` calls seen (to tell "nothing happened" from "converged").
     pub applies: AtomicUsize,
+    /// Rollout state the controller keeps in the runtime (like kube's ConfigMaps).
+    pub states: Mutex<BTreeMap<ServiceName, String>>,
 }
 
 impl FakeRuntime {
@@ -36,6 +38,7 @@ impl FakeRuntime {
             ready_after,
             next_id: AtomicU64::new(1),
             applies: AtomicUsize::new(0),
+            states: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -177,6 +180,19 @@ impl Runtime for FakeRuntime {
 
     async fn delete_service(&self, service: &ServiceName) -> Result<(), Error> {
         self.services.lock().unwrap().remove(service);
+        self.states.lock().unwrap().remove(service);
+        Ok(())
+    }
+
+    async fn load_state(&self, service: &ServiceName) -> Result<Option<String>, Error> {
+        Ok(self.states.lock().unwrap().get(service).cloned())
+    }
+
+    async fn save_state(&self, service: &ServiceName, json: &str) -> Result<(), Error> {
+        self.states
+            .lock()
+            .unwrap()
+            .insert(service.clone(), json.to_string());
         Ok(())
     }
 }
