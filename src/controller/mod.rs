@@ -407,7 +407,8 @@ impl Controller {
     /// Renders `sha`, diffs it against the runtime and starts rollouts.
     async fn sync(&mut self, sha: &str) {
         let started = Instant::now();
-        match self.sync_inner(sha).await {
+        let span = tracing::info_span!("sync", commit = %&sha[..sha.len().min(12)]);
+        match tracing::Instrument::instrument(self.sync_inner(sha), span).await {
             Ok(()) => {
                 self.sh
                     .hub
@@ -805,7 +806,20 @@ impl Controller {
             .collect();
         let sh = self.sh.clone();
         let results: Vec<(ServiceName, Svc, Option<String>)> = futures::stream::iter(batch)
-            .map(|(n, s)| step_service(sh.clone(), n, s))
+            .map(|(n, s)| {
+                // One span per rollout step: every log line of it names the
+                // service and the revision being rolled out.
+                let span = tracing::info_span!(
+                    "rollout",
+                    service = %n,
+                    revision = s
+                        .record
+                        .as_ref()
+                        .map(|r| r.state.target.as_str())
+                        .unwrap_or("-")
+                );
+                tracing::Instrument::instrument(step_service(sh.clone(), n, s), span)
+            })
             .buffer_unordered(self.sh.cfg.max_concurrent.max(1))
             .collect()
             .await;
@@ -963,6 +977,19 @@ async fn step_service(
             }
             Phase::Failed => {
                 tracing::warn!(service = %name, revision = %rec.state.target, reason = %rec.state.reason, "rollout failed");
+                // The failure is its own event: the rollback below may change the
+                // phase again before this step ends.
+                let _ = sh
+                    .runtime
+                    .record_event(
+                        &name,
+                        "Failed",
+                        &format!(
+                            "rollout to {} failed: {}",
+                            rec.state.target, rec.state.reason
+                        ),
+                    )
+                    .await;
                 end_history(&sh, &name, &rec, now, Phase::Failed);
                 count_rollout(&sh, &name, &strategy, "Failed", &rec, now);
                 if !rec.failure_handled {
@@ -975,6 +1002,25 @@ async fn step_service(
     }
     if rec.state != before {
         persist(&sh, &name, &rec);
+    }
+    if rec.state.phase != before.phase || rec.state.target != before.target {
+        // Where the runtime's operators look (kube: a Kubernetes Event).
+        let message = if rec.state.reason.is_empty() {
+            format!(
+                "rollout to {}: {}",
+                rec.state.target,
+                rec.state.phase.as_str()
+            )
+        } else {
+            format!("rollout to {}: {}", rec.state.target, rec.state.reason)
+        };
+        if let Err(e) = sh
+            .runtime
+            .record_event(&name, rec.state.phase.as_str(), &message)
+            .await
+        {
+            tracing::debug!(error = %e, "cannot record the rollout event in the runtime");
+        }
     }
     publish(
         &sh,

@@ -477,6 +477,14 @@ async fn an_empty_store_resumes_from_the_runtime_state() {
     .await;
     let msg = h.server.message(&h.server.tip());
     assert!(msg.contains(&format!("Floyd-Revert-Of: {bad}")), "{msg}");
+    // Phase changes reach the runtime's event stream (kube: Kubernetes Events).
+    let events = h.runtime.events.lock().unwrap().clone();
+    for phase in ["Progressing", "Failed"] {
+        assert!(
+            events.iter().any(|(s, r, _)| s == "web" && r == phase),
+            "no {phase} event for web in {events:?}"
+        );
+    }
 }
 
 fn fetches(hub: &Hub) -> u64 {

@@ -29,6 +29,8 @@ pub struct FakeRuntime {
     pub applies: AtomicUsize,
     /// Rollout state the controller keeps in the runtime (like kube's ConfigMaps).
     pub states: Mutex<BTreeMap<ServiceName, String>>,
+    /// Rollout events the controller recorded: (service, reason, message).
+    pub events: Mutex<Vec<(String, String, String)>>,
 }
 
 impl FakeRuntime {
@@ -39,6 +41,7 @@ impl FakeRuntime {
             next_id: AtomicU64::new(1),
             applies: AtomicUsize::new(0),
             states: Mutex::new(BTreeMap::new()),
+            events: Mutex::new(Vec::new()),
         }
     }
 
@@ -186,6 +189,20 @@ impl Runtime for FakeRuntime {
 
     async fn load_state(&self, service: &ServiceName) -> Result<Option<String>, Error> {
         Ok(self.states.lock().unwrap().get(service).cloned())
+    }
+
+    async fn record_event(
+        &self,
+        service: &ServiceName,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), Error> {
+        self.events.lock().unwrap().push((
+            service.to_string(),
+            reason.to_string(),
+            message.to_string(),
+        ));
+        Ok(())
     }
 
     async fn save_state(&self, service: &ServiceName, json: &str) -> Result<(), Error> {
