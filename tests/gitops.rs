@@ -426,7 +426,15 @@ spec:
         w.push();
         let state = tempfile::tempdir().unwrap();
         let listen = format!("127.0.0.1:{}", support::free_port());
+        // Secrets that must never reach a log line.
+        const WEBHOOK_SECRET: &str = "wh-secret-5d1e0c9a77";
+        const API_TOKEN: &str = "api-token-8f3b2a6c41";
+        let secret_file = state.path().join("webhook-secret");
+        let token_file = state.path().join("api-token");
+        std::fs::write(&secret_file, WEBHOOK_SECRET).unwrap();
+        std::fs::write(&token_file, API_TOKEN).unwrap();
         let mut child = floyd()
+            .env("RUST_LOG", "debug")
             .args([
                 "run",
                 "--repo",
@@ -438,6 +446,10 @@ spec:
                 "--state-dir",
             ])
             .arg(state.path())
+            .arg("--webhook-secret-file")
+            .arg(&secret_file)
+            .arg("--api-token-file")
+            .arg(&token_file)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -460,6 +472,64 @@ spec:
             || get("/api/v1/services/hello").is_some_and(|b| b.contains("\"Complete\"")),
         );
         assert!(get("/readyz").is_some());
+        // Requests that carry the secrets (a signed webhook, a bearer token,
+        // and wrong ones), so any leak would show in the log below.
+        let post = |path: &str, headers: &str, body: &str| -> String {
+            use std::io::Write;
+            let Ok(mut c) = std::net::TcpStream::connect(&listen) else {
+                return String::new();
+            };
+            let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = write!(
+                c,
+                "POST {path} HTTP/1.0\r\nHost: {listen}\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let mut resp = String::new();
+            let _ = c.read_to_string(&mut resp);
+            resp.lines().next().unwrap_or_default().to_string()
+        };
+        let body =
+            r#"{"ref":"refs/heads/main","after":"0000000000000000000000000000000000000000"}"#;
+        let sig = {
+            use hmac::Mac;
+            let mut m =
+                hmac::Hmac::<sha2::Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).unwrap();
+            m.update(body.as_bytes());
+            hex::encode(m.finalize().into_bytes())
+        };
+        let ok = post(
+            "/hooks/github",
+            &format!(
+                "X-Hub-Signature-256: sha256={sig}\r\nX-GitHub-Event: push\r\nX-GitHub-Delivery: d-1\r\n"
+            ),
+            body,
+        );
+        assert!(ok.contains(" 202"), "signed webhook accepted: {ok}");
+        let bad = post(
+            "/hooks/github",
+            &format!(
+                "X-Hub-Signature-256: sha256={}\r\nX-GitHub-Event: push\r\n",
+                "0".repeat(64)
+            ),
+            body,
+        );
+        assert!(bad.contains(" 401"), "wrong signature refused: {bad}");
+        let denied = post(
+            "/api/v1/services/hello/pause",
+            "Authorization: Bearer not-the-token\r\n",
+            "",
+        );
+        assert!(denied.contains(" 401"), "wrong token refused: {denied}");
+        let paused = post(
+            "/api/v1/services/hello/pause",
+            &format!("Authorization: Bearer {API_TOKEN}\r\n"),
+            "",
+        );
+        assert!(
+            !paused.contains(" 401"),
+            "the right token is accepted: {paused}"
+        );
         // The service answers through the local runtime's load balancer.
         assert!(
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
@@ -474,6 +544,13 @@ spec:
         let mut stderr = String::new();
         let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
         assert_eq!(code, Some(0), "clean shutdown; stderr:\n{stderr}");
+        assert!(stderr.lines().count() > 5, "debug logging was on: {stderr}");
+        for (i, line) in stderr.lines().enumerate() {
+            assert!(
+                !line.contains(WEBHOOK_SECRET) && !line.contains(API_TOKEN),
+                "log line {i} leaks a secret: {line}"
+            );
+        }
         assert!(
             std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
             "instances and load balancer stopped"
