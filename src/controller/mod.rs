@@ -442,19 +442,14 @@ impl Controller {
 
     async fn sync_inner(&mut self, sha: &str) -> Result<(), Error> {
         let sh = self.sh.clone();
-        let commit = {
+        let (commit, message) = {
             let src = sh.source.clone();
             let s = sha.to_string();
-            tokio::task::spawn_blocking(move || src.commit_info(&s))
-                .await
-                .map_err(|e| Error::Other(e.to_string()))??
-        };
-        let message = {
-            let src = sh.source.clone();
-            let s = sha.to_string();
-            tokio::task::spawn_blocking(move || src.commit_message(&s))
-                .await
-                .map_err(|e| Error::Other(e.to_string()))??
+            tokio::task::spawn_blocking(move || -> Result<_, Error> {
+                Ok((src.commit_info(&s)?, src.commit_message(&s)?))
+            })
+            .await
+            .map_err(|e| Error::Other(e.to_string()))??
         };
         let release = {
             let src = sh.source.clone();
