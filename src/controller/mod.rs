@@ -901,6 +901,11 @@ async fn step_service(
     let Some(mut rec) = svc.record.clone() else {
         return (name, svc, None);
     };
+    if !rec.state.is_rollback
+        && let Some(c) = &rec.commit
+    {
+        sh.runtime.note_commit(&name, &rec.state.target, &c.sha);
+    }
     let observed = match sh.runtime.observe(&name, Some(&rec.spec), now).await {
         Ok(o) => o,
         Err(e) => {

@@ -274,4 +274,11 @@ pub trait Runtime: Send + Sync {
         let _ = (service, reason, message);
         Ok(())
     }
+
+    /// The Git commit a revision comes from, told before the engine creates
+    /// it, so the runtime can record it with the revision (kube: the
+    /// `floyd.dev/commit` annotation on the ReplicaSet). Default: ignored.
+    fn note_commit(&self, service: &ServiceName, revision: &Revision, commit: &str) {
+        let _ = (service, revision, commit);
+    }
 }

@@ -439,9 +439,19 @@ async fn restart_resumes_and_prune_deletes_removed_services() {
 async fn an_empty_store_resumes_from_the_runtime_state() {
     let mut h = Harness::new(Opts::default()).await;
     let c0 = h.server.tip();
-    h.wait_complete_at("web", &c0).await;
+    let v0 = h.wait_complete_at("web", &c0).await;
     h.wait_complete_at("api", &c0).await;
     h.stop().await;
+    let rev0 = v0.target_revision.clone().unwrap().to_string();
+    assert!(
+        h.runtime
+            .commits
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(s, r, c)| s == "web" && *r == rev0 && *c == c0),
+        "the runtime is told which commit each revision comes from"
+    );
     assert!(
         h.runtime
             .states

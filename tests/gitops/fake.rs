@@ -31,6 +31,8 @@ pub struct FakeRuntime {
     pub states: Mutex<BTreeMap<ServiceName, String>>,
     /// Rollout events the controller recorded: (service, reason, message).
     pub events: Mutex<Vec<(String, String, String)>>,
+    /// Commits the controller named for revisions: (service, revision, commit).
+    pub commits: Mutex<Vec<(String, String, String)>>,
 }
 
 impl FakeRuntime {
@@ -42,6 +44,7 @@ impl FakeRuntime {
             applies: AtomicUsize::new(0),
             states: Mutex::new(BTreeMap::new()),
             events: Mutex::new(Vec::new()),
+            commits: Mutex::new(Vec::new()),
         }
     }
 
@@ -203,6 +206,14 @@ impl Runtime for FakeRuntime {
             message.to_string(),
         ));
         Ok(())
+    }
+
+    fn note_commit(&self, service: &ServiceName, revision: &Revision, commit: &str) {
+        self.commits.lock().unwrap().push((
+            service.to_string(),
+            revision.to_string(),
+            commit.to_string(),
+        ));
     }
 
     async fn save_state(&self, service: &ServiceName, json: &str) -> Result<(), Error> {

@@ -985,6 +985,10 @@ impl runtime::Runtime for KubeRuntime {
         Ok(KubeRuntime::record_event(self, service, reason, message).await?)
     }
 
+    fn note_commit(&self, service: &ServiceName, revision: &Revision, commit: &str) {
+        self.set_commit(service, revision, commit);
+    }
+
     async fn delete_service(&self, service: &ServiceName) -> Result<(), runtime::Error> {
         let ns = self.namespace();
         let sel = objects::service_selector(service);
