@@ -8,7 +8,10 @@
 //!    repo of 1,000 services.
 //! 3. Rollout declared Failed → revert commit pushed (the `revert` event), same repo.
 //!
-//! `cargo bench --bench gitops -- [--quick]`
+//! Parts 2 and 3 run against `git daemon` and against smart HTTP
+//! (`git http-backend`), the protocol GitHub and GitLab serve.
+//!
+//! `cargo bench --bench gitops -- [--quick] [--server daemon|http]`
 
 #[path = "../tests/gitops/support.rs"]
 mod support;
@@ -112,8 +115,12 @@ fn poll_vs_ls_remote(rounds: usize) {
     println!("ratio (median)  {:.2}x", pm / lm);
 }
 
-async fn webhook_and_revert(services: usize, rounds: usize, reverts: usize) {
-    let server = GitServer::daemon();
+async fn webhook_and_revert(server: GitServer, services: usize, rounds: usize, reverts: usize) {
+    let label = if server.url.starts_with("git://") {
+        "git daemon"
+    } else {
+        "smart HTTP: git http-backend behind the test bridge"
+    };
     let w = Work::clone(&server.url);
     for i in 0..services {
         w.write(
@@ -174,7 +181,7 @@ async fn webhook_and_revert(services: usize, rounds: usize, reverts: usize) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!(
-        "\n## {services} services: initial sync to all Complete in {:.1} s",
+        "\n## {label}, {services} services: initial sync to all Complete in {:.1} s",
         t0.elapsed().as_secs_f64()
     );
 
@@ -226,7 +233,9 @@ async fn webhook_and_revert(services: usize, rounds: usize, reverts: usize) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    println!("## webhook accepted → rollout started ({rounds} rounds, {services} services)");
+    println!(
+        "## webhook accepted → rollout started ({rounds} rounds, {services} services, {label})"
+    );
     println!(
         "p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
         pct(&mut lat, 0.5),
@@ -291,7 +300,7 @@ async fn webhook_and_revert(services: usize, rounds: usize, reverts: usize) {
         }
     }
     println!(
-        "## rollout Failed → revert commit pushed ({reverts} reverts, {services} services, git daemon)"
+        "## rollout Failed → revert commit pushed ({reverts} reverts, {services} services, {label})"
     );
     println!(
         "p50 {:.1} ms  max {:.1} ms",
@@ -317,5 +326,22 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(webhook_and_revert(services, hooks, reverts));
+    // `--server daemon|http`: only one of the two Git servers.
+    let only = std::env::args().skip_while(|a| a != "--server").nth(1);
+    if only.as_deref() != Some("http") {
+        rt.block_on(webhook_and_revert(
+            GitServer::daemon(),
+            services,
+            hooks,
+            reverts,
+        ));
+    }
+    if only.as_deref() != Some("daemon") {
+        rt.block_on(webhook_and_revert(
+            GitServer::http(),
+            services,
+            hooks,
+            reverts,
+        ));
+    }
 }

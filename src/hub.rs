@@ -131,6 +131,8 @@ pub struct Hub {
     /// Wakes the controller when a fetch trigger arrives.
     pub fetch_notify: Notify,
     deliveries: Mutex<(HashSet<String>, VecDeque<String>)>,
+    /// Where delivery ids outlive a restart (set by `floyd run`).
+    delivery_log: std::sync::OnceLock<std::sync::Arc<crate::store::Store>>,
     synced_once: AtomicBool,
     git_reachable: AtomicBool,
     leader: AtomicBool,
@@ -160,6 +162,7 @@ impl Hub {
             fetch_rx: Mutex::new(Some(fetch_rx)),
             fetch_notify: Notify::new(),
             deliveries: Mutex::new((HashSet::new(), VecDeque::new())),
+            delivery_log: std::sync::OnceLock::new(),
             synced_once: AtomicBool::new(false),
             git_reachable: AtomicBool::new(true),
             leader: AtomicBool::new(true),
@@ -220,12 +223,28 @@ impl Hub {
         let _ = self.fetch_tx.send(trigger);
         self.fetch_notify.notify_one();
     }
-    /// Records a webhook delivery id; false when it was seen before.
+    /// Keeps webhook delivery ids in `store` too, so a delivery retried
+    /// across a controller restart still triggers one fetch.
+    pub fn persist_deliveries(&self, store: std::sync::Arc<crate::store::Store>) {
+        let _ = self.delivery_log.set(store);
+    }
+    /// Records a webhook delivery id; false when it was seen before (by this
+    /// process, or before a restart when [`Hub::persist_deliveries`] was set).
     pub fn first_delivery(&self, id: &str) -> bool {
         let mut d = self.deliveries.lock().expect("hub lock");
         if d.0.contains(id) {
             return false;
         }
+        let first = match self.delivery_log.get() {
+            None => true,
+            Some(store) => store
+                .first_delivery(id, crate::time::Time::now_wall())
+                // The store failing must not lose a push: treat it as new.
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot record webhook delivery id");
+                    true
+                }),
+        };
         d.0.insert(id.to_string());
         d.1.push_back(id.to_string());
         if d.1.len() > DELIVERIES_KEEP
@@ -233,7 +252,7 @@ impl Hub {
         {
             d.0.remove(&old);
         }
-        true
+        first
     }
     /// `/readyz`: the first sync is done (or this replica is a standby).
     pub fn is_ready(&self) -> bool {

@@ -594,3 +594,200 @@ async fn a_commit_in_a_watched_local_repo_triggers_a_fetch() {
             .is_err()
     );
 }
+
+/// Rendering a commit straight from the mirror, reusing unchanged files,
+/// gives exactly what exporting it and loading the directory gives.
+#[test]
+fn incremental_render_matches_a_fresh_load_of_each_commit() {
+    use floyd::manifest::tree::{IncrementalRenderer, RenderStats};
+    let server = GitServer::daemon();
+    let w = Work::clone(&server.url);
+    let state = tempfile::tempdir().unwrap();
+    let src = source(&server, state.path());
+    let svc = |name: &str, version: &str| {
+        format!(
+            "apiVersion: floyd.dev/v1\nkind: Service\nmetadata: {{ name: {name} }}\nspec:\n  template:\n    command: [app, --version, \"{version}\"]\n"
+        )
+    };
+    let templated = "apiVersion: floyd.dev/v1\nkind: Service\nmetadata: { name: web }\nspec:\n  replicas: {{ values.replicas }}\n  template:\n    command: [app, --version, \"{{ values.version }}\"]\n";
+    let config = |replicas: u32| {
+        format!(
+            "values:\n  replicas: {replicas}\n  version: \"1.0\"\nenvironments:\n  prod:\n    values:\n      replicas: 5\n"
+        )
+    };
+    let mut fresh_n = 0;
+    let mut check = |sha: &str, inc: &mut IncrementalRenderer, env: Option<&str>| {
+        fresh_n += 1;
+        let dir = state.path().join(format!("fresh-{fresh_n}"));
+        src.export(sha, None, &dir).unwrap();
+        let fresh = floyd::manifest::load_release(&dir, env).map_err(|e| e.to_string());
+        let got = src
+            .render(sha, None, inc)
+            .unwrap()
+            .map_err(|e| e.to_string());
+        assert_eq!(got, fresh, "commit {sha}");
+        got
+    };
+    let (mut base, mut prod) = (
+        IncrementalRenderer::new(None),
+        IncrementalRenderer::new(Some("prod")),
+    );
+
+    w.write("floyd.yaml", &config(2))
+        .write("services/web.yaml", templated)
+        .write("services/api.yaml", &svc("api", "1"))
+        .write("services/team/worker.yml", &svc("worker", "1"))
+        .write("services/.draft.yaml", "not: [valid")
+        .write("services/README.md", "docs");
+    let c0 = w.commit("c0");
+    w.push();
+    src.poll().unwrap();
+    let r = check(&c0, &mut base, None).unwrap();
+    assert_eq!(r.services.len(), 3);
+    assert_eq!(
+        base.stats(),
+        RenderStats {
+            rendered: 3,
+            reused: 0
+        }
+    );
+    assert_eq!(
+        check(&c0, &mut prod, Some("prod"))
+            .unwrap()
+            .service("web")
+            .unwrap()
+            .spec
+            .replicas,
+        5
+    );
+
+    // One plain file changes: only it is read again.
+    w.write("services/api.yaml", &svc("api", "2"));
+    let c1 = w.commit("c1");
+    w.push();
+    src.poll().unwrap();
+    check(&c1, &mut base, None).unwrap();
+    assert_eq!(
+        base.stats(),
+        RenderStats {
+            rendered: 1,
+            reused: 2
+        }
+    );
+    check(&c1, &mut prod, Some("prod")).unwrap();
+
+    // floyd.yaml changes: templated files render again, plain ones do not.
+    w.write("floyd.yaml", &config(3));
+    let c2 = w.commit("c2");
+    w.push();
+    src.poll().unwrap();
+    let r = check(&c2, &mut base, None).unwrap();
+    assert_eq!(r.service("web").unwrap().spec.replicas, 3);
+    assert_eq!(
+        base.stats(),
+        RenderStats {
+            rendered: 1,
+            reused: 2
+        }
+    );
+
+    // A broken file and a duplicate name: the same diagnostics either way.
+    w.write(
+        "services/api.yaml",
+        "apiVersion: floyd.dev/v1\nkind: Service\nmetadata: { name: api }\nspec:\n  replicas: -1\n",
+    )
+    .write("services/team/dup.yaml", &svc("worker", "9"));
+    let c3 = w.commit("c3");
+    w.push();
+    src.poll().unwrap();
+    let err = check(&c3, &mut base, None).unwrap_err();
+    assert!(err.contains("duplicate service name"), "{err}");
+    assert!(err.contains("services/api.yaml:5:"), "{err}");
+
+    // Fixed and the duplicate removed: the removed file is forgotten.
+    w.write("services/api.yaml", &svc("api", "3"))
+        .remove("services/team/dup.yaml");
+    let c4 = w.commit("c4");
+    w.push();
+    src.poll().unwrap();
+    assert_eq!(check(&c4, &mut base, None).unwrap().services.len(), 3);
+    assert_eq!(
+        base.stats(),
+        RenderStats {
+            rendered: 1,
+            reused: 2
+        }
+    );
+
+    // Going back to an older commit reuses what it can.
+    check(&c0, &mut base, None).unwrap();
+
+    // Every manifest gone: refused, like a fresh load.
+    w.remove("services/web.yaml")
+        .remove("services/api.yaml")
+        .remove("services/team/worker.yml");
+    let c5 = w.commit("c5");
+    w.push();
+    src.poll().unwrap();
+    let err = check(&c5, &mut base, None).unwrap_err();
+    assert!(err.contains("no *.yaml or *.yml manifests"), "{err}");
+}
+
+/// A symlinked manifest is read through the link inside the commit; a link
+/// leading out of the repository is an error naming the file.
+#[test]
+fn render_follows_symlinks_inside_the_commit_only() {
+    use floyd::manifest::tree::IncrementalRenderer;
+    let server = GitServer::daemon();
+    let w = Work::clone(&server.url);
+    let state = tempfile::tempdir().unwrap();
+    let src = source(&server, state.path());
+    w.write(
+        "shared/api.yaml",
+        "apiVersion: floyd.dev/v1\nkind: Service\nmetadata: { name: api }\nspec:\n  template:\n    command: [app]\n",
+    );
+    std::fs::create_dir_all(w.path().join("services")).unwrap();
+    std::os::unix::fs::symlink("../shared/api.yaml", w.path().join("services/api.yaml")).unwrap();
+    let c0 = w.commit("link");
+    w.push();
+    src.poll().unwrap();
+    let mut inc = IncrementalRenderer::new(None);
+    let r = src.render(&c0, None, &mut inc).unwrap().unwrap();
+    assert_eq!(r.services.len(), 1);
+    assert_eq!(r.services[0].name.as_str(), "api");
+
+    std::os::unix::fs::symlink("../../../etc/passwd", w.path().join("services/evil.yaml")).unwrap();
+    let c1 = w.commit("evil link");
+    w.push();
+    src.poll().unwrap();
+    let err = src
+        .render(&c1, None, &mut inc)
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("services/evil.yaml"), "{err}");
+    assert!(err.contains("outside"), "{err}");
+}
+
+/// A webhook delivery retried after a controller restart is still a
+/// duplicate: the ids live in the state directory's store.
+#[test]
+fn webhook_delivery_ids_survive_a_restart() {
+    use floyd::hub::Hub;
+    use floyd::store::Store;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let hub = Hub::new();
+        hub.persist_deliveries(Arc::new(Store::open(dir.path()).unwrap()));
+        assert!(hub.first_delivery("github:abc"));
+        assert!(!hub.first_delivery("github:abc"));
+    }
+    let hub = Hub::new();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    hub.persist_deliveries(store.clone());
+    assert!(!hub.first_delivery("github:abc"), "seen before the restart");
+    assert!(hub.first_delivery("gitlab:abc"), "ids are per provider");
+    // Without the store, a fresh hub knows nothing.
+    assert!(Hub::new().first_delivery("github:abc"));
+}

@@ -180,16 +180,12 @@ fn declared_gpus(args: &Args, src: &GitSource) -> Vec<GpuInventory> {
             _ => return Vec::new(),
         },
     };
-    let dir = args.state_dir.join("work").join("gpus");
-    let _ = std::fs::remove_dir_all(&dir);
-    let out = src
-        .export(&tip, args.path.as_deref(), &dir)
+    let mut renderer = crate::manifest::tree::IncrementalRenderer::new(args.environment.as_deref());
+    src.render(&tip, args.path.as_deref(), &mut renderer)
         .ok()
-        .and_then(|()| crate::manifest::load_release(&dir, args.environment.as_deref()).ok())
+        .and_then(Result::ok)
         .map(|r| r.gpus)
-        .unwrap_or_default();
-    let _ = std::fs::remove_dir_all(&dir);
-    out
+        .unwrap_or_default()
 }
 
 /// Starts the runtime, the server and the controller in the current tokio runtime.
@@ -234,6 +230,16 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
         elector,
     } = make_runtime(args, gpus).await?;
     let hub = Arc::new(Hub::new());
+    hub.persist_deliveries(store.clone());
+    // Delivery ids older than a week cannot come back as retries.
+    let week_ago = crate::time::Time(
+        crate::time::Time::now_wall()
+            .as_millis()
+            .saturating_sub(7 * 24 * 3600 * 1000),
+    );
+    if let Err(e) = store.prune_deliveries(week_ago) {
+        tracing::warn!(error = %e, "cannot prune old webhook delivery ids");
+    }
 
     let webhook_secret = match &args.webhook_secret_file {
         Some(f) => Some(crate::server::Secret::from_file(f)?),

@@ -60,7 +60,8 @@ pub struct Config {
     pub no_revert: bool,
     pub author_name: String,
     pub author_email: String,
-    /// Scratch space for rendering commits.
+    /// Scratch space for the controller (commits are rendered from the
+    /// mirror's objects, in memory, not exported here).
     pub work_dir: PathBuf,
 }
 
@@ -142,6 +143,9 @@ pub struct Controller {
     /// Rollout notifications (`floyd.yaml` `notifications`), started by `run`.
     notifier: Option<Arc<crate::server::notify::Notifier>>,
     cluster_state_rx: Option<tokio::sync::mpsc::UnboundedReceiver<(ServiceName, String)>>,
+    /// Each manifest's last render, by blob id: a commit re-renders only the
+    /// files it changed. Lent to the blocking task while it renders.
+    renderer: Option<manifest::tree::IncrementalRenderer>,
 }
 
 impl Controller {
@@ -168,6 +172,7 @@ impl Controller {
             release: None,
             last_resync: Time::ZERO,
             fetch_failures: 0,
+            renderer: None,
             pending_sync: None,
             notifier: None,
             cluster_state_rx: Some(cluster_state_rx),
@@ -278,6 +283,9 @@ impl Controller {
                 }
             }
             let mut fetch_now = false;
+            // A webhook says the branch moved: fetch at once, without asking
+            // for the tip first (one round trip less).
+            let mut announced = false;
             if Instant::now() >= next_poll {
                 fetch_now = true;
             }
@@ -293,13 +301,14 @@ impl Controller {
                             while rx.try_recv().is_ok() {}
                         }
                         fetch_now = true;
+                        announced = t.after.is_some();
                     }
                     Some(cmd) = recv_opt(&mut commands) => self.command(cmd).await,
                     _ = tokio::time::sleep_until(sleep_until.into()) => {}
                 }
             }
             if fetch_now {
-                let ok = self.check_remote().await;
+                let ok = self.check_remote(announced).await;
                 let interval = self.sh.cfg.poll_interval;
                 next_poll = Instant::now()
                     + if ok {
@@ -338,12 +347,22 @@ impl Controller {
         at
     }
 
-    /// Polls (ls-remote, then fetch if moved); syncs a new tip. False when the
-    /// remote could not be reached.
-    async fn check_remote(&mut self) -> bool {
+    /// Polls (ls-remote, then fetch if moved; `fetch` straight away when a
+    /// webhook announced a new tip); syncs a new tip. False when the remote
+    /// could not be reached.
+    async fn check_remote(&mut self, fetch: bool) -> bool {
         let src = self.sh.source.clone();
         let started = Instant::now();
-        let res = tokio::task::spawn_blocking(move || src.poll()).await;
+        let res = tokio::task::spawn_blocking(move || {
+            if fetch {
+                let before = src.local_tip()?;
+                let tip = src.fetch()?;
+                Ok((before.as_deref() != Some(tip.as_str())).then_some(tip))
+            } else {
+                src.poll()
+            }
+        })
+        .await;
         self.sh
             .hub
             .metrics
@@ -454,22 +473,28 @@ impl Controller {
         let release = {
             let src = sh.source.clone();
             let s = sha.to_string();
-            let dir = sh
-                .cfg
-                .work_dir
-                .join(format!("render-{}", &sha[..sha.len().min(12)]));
             let sub = sh.cfg.path.clone();
             let env = sh.cfg.environment.clone();
-            tokio::task::spawn_blocking(move || -> Result<Release, Error> {
-                let _ = std::fs::remove_dir_all(&dir);
-                src.export(&s, sub.as_deref(), &dir)?;
-                let r = manifest::load_release(&dir, env.as_deref())
-                    .map_err(|e| Error::Other(format!("commit {s}: {e}")));
-                let _ = std::fs::remove_dir_all(&dir);
-                r
+            let mut renderer = self
+                .renderer
+                .take()
+                .unwrap_or_else(|| manifest::tree::IncrementalRenderer::new(env.as_deref()));
+            let (renderer, r) = tokio::task::spawn_blocking(move || {
+                let t = Instant::now();
+                let r = src.render(&s, sub.as_deref(), &mut renderer);
+                let st = renderer.stats();
+                tracing::debug!(
+                    rendered = st.rendered,
+                    reused = st.reused,
+                    elapsed_ms = t.elapsed().as_secs_f64() * 1e3,
+                    "rendered commit"
+                );
+                (renderer, r)
             })
             .await
-            .map_err(|e| Error::Other(e.to_string()))??
+            .map_err(|e| Error::Other(e.to_string()))?;
+            self.renderer = Some(renderer);
+            r?.map_err(|e| Error::Other(format!("commit {sha}: {e}")))?
         };
         if let Some(n) = &self.notifier {
             n.set_targets(release.notifications.clone());

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 /// Files larger than this are refused: a manifest is hand-written text.
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 /// `services/` nesting deeper than this is refused (and stops symlink loops).
-const MAX_DEPTH: usize = 16;
+pub(super) const MAX_DEPTH: usize = 16;
 /// The repo-wide settings file.
 pub const CONFIG_FILE: &str = "floyd.yaml";
 /// The directory holding `kind: Service` manifests.
@@ -32,14 +32,85 @@ pub struct ConfigRepo {
 }
 
 #[derive(Debug, Clone)]
-struct Config {
+pub(super) struct Config {
     values: Node,
     environments: BTreeMap<String, Node>,
-    prune: bool,
+    pub(super) prune: bool,
     /// Allow a release with no services (Argo CD's `allowEmpty`).
-    allow_empty: bool,
+    pub(super) allow_empty: bool,
     gpus: Vec<GpuInventory>,
     notifications: Vec<NotificationTarget>,
+}
+
+impl Config {
+    /// What `floyd.yaml` says when it is absent.
+    pub(super) fn absent() -> Config {
+        Config {
+            values: empty_map(),
+            environments: BTreeMap::new(),
+            prune: true,
+            allow_empty: false,
+            gpus: Vec::new(),
+            notifications: Vec::new(),
+        }
+    }
+
+    pub(super) fn environment_names(&self) -> Vec<String> {
+        self.environments.keys().cloned().collect()
+    }
+
+    /// The values templates see: the base values with `environment`'s merged in.
+    pub(super) fn values_for(&self, environment: Option<&str>) -> Result<Node, Error> {
+        let mut values = self.values.clone();
+        if let Some(name) = environment {
+            let Some(env_values) = self.environments.get(name) else {
+                let known = self.environment_names();
+                return Err(Error::UnknownEnvironment {
+                    name: name.to_string(),
+                    known: if known.is_empty() {
+                        "(none)".into()
+                    } else {
+                        known.join(", ")
+                    },
+                });
+            };
+            values.merge(env_values);
+        }
+        Ok(values)
+    }
+}
+
+/// The problems of a missing or empty `services/` directory; `label` names
+/// the repo in the hint.
+pub(super) fn services_dir_diags(
+    label: &str,
+    exists: bool,
+    empty: bool,
+    allow_empty: bool,
+    diags: &mut Vec<Diagnostic>,
+) {
+    if !exists {
+        diags.push(file_diag(
+            Path::new(SERVICES_DIR),
+            0,
+            0,
+            "no services/ directory".into(),
+            Some(format!(
+                "put kind: Service manifests in {label}/services/*.yaml"
+            )),
+        ));
+    } else if empty && !allow_empty {
+        // An empty release would make the controller delete every
+        // service (with prune); that is almost always a wrong --path or
+        // a bad merge, so it must be asked for.
+        diags.push(file_diag(
+            Path::new(SERVICES_DIR),
+            0,
+            0,
+            "no *.yaml or *.yml manifests under services/".into(),
+            Some("an empty release removes every service; set `allowEmpty: true` in floyd.yaml if that is intended".into()),
+        ));
+    }
 }
 
 fn empty_map() -> Node {
@@ -68,44 +139,22 @@ impl ConfigRepo {
         let config_path = Path::new(CONFIG_FILE);
         let config = match read_text(dir, config_path, &mut diags, true) {
             Some(text) => parse_config(&text, config_path, &mut diags),
-            None => Config {
-                values: empty_map(),
-                environments: BTreeMap::new(),
-                prune: true,
-                allow_empty: false,
-                gpus: Vec::new(),
-                notifications: Vec::new(),
-            },
+            None => Config::absent(),
         };
         let services = dir.join(SERVICES_DIR);
         let mut rels = Vec::new();
-        if services.is_dir() {
+        let exists = services.is_dir();
+        if exists {
             walk(dir, Path::new(SERVICES_DIR), 0, &mut rels, &mut diags);
-        } else {
-            diags.push(file_diag(
-                Path::new(SERVICES_DIR),
-                0,
-                0,
-                "no services/ directory".into(),
-                Some(format!(
-                    "put kind: Service manifests in {}/services/*.yaml",
-                    dir.display()
-                )),
-            ));
         }
         rels.sort();
-        if services.is_dir() && rels.is_empty() && !config.allow_empty {
-            // An empty release would make the controller delete every
-            // service (with prune); that is almost always a wrong --path or
-            // a bad merge, so it must be asked for.
-            diags.push(file_diag(
-                Path::new(SERVICES_DIR),
-                0,
-                0,
-                "no *.yaml or *.yml manifests under services/".into(),
-                Some("an empty release removes every service; set `allowEmpty: true` in floyd.yaml if that is intended".into()),
-            ));
-        }
+        services_dir_diags(
+            &dir.display().to_string(),
+            exists,
+            rels.is_empty(),
+            config.allow_empty,
+            &mut diags,
+        );
         let files = rels
             .into_iter()
             .filter_map(|rel| read_text(dir, &rel, &mut diags, false).map(|t| (rel, t)))
@@ -119,80 +168,78 @@ impl ConfigRepo {
 
     /// The environments `floyd.yaml` defines, sorted.
     pub fn environments(&self) -> Vec<String> {
-        self.config.environments.keys().cloned().collect()
+        self.config.environment_names()
     }
 
     /// Renders and validates the release for `environment` (none: base values only).
     pub fn release(&self, environment: Option<&str>) -> Result<Release, Error> {
-        let mut values = self.config.values.clone();
-        if let Some(name) = environment {
-            let Some(env_values) = self.config.environments.get(name) else {
-                let known = self.environments();
-                return Err(Error::UnknownEnvironment {
-                    name: name.to_string(),
-                    known: if known.is_empty() {
-                        "(none)".into()
-                    } else {
-                        known.join(", ")
-                    },
-                });
-            };
-            values.merge(env_values);
-        }
+        let values = self.config.values_for(environment)?;
         let renderer = Renderer::new(&values, environment);
-        let mut diags = self.read_diags.clone();
-        let mut services: Vec<Service> = Vec::with_capacity(self.files.len());
-        // name → (file, mapped position) of its first definition.
-        let mut seen: BTreeMap<ServiceName, (PathBuf, Pos)> = BTreeMap::new();
-        for (rel, result) in self
-            .files
-            .iter()
-            .map(|(rel, _)| rel)
-            .zip(render_all(&self.files, &renderer))
-        {
-            diags.extend(result.diags);
-            for (service, name_pos) in result.services {
-                if let Some((first_file, first_pos)) = seen.get(&service.name) {
-                    diags.push(Diagnostic {
-                        file: rel.to_path_buf(),
-                        line: name_pos.line,
-                        column: name_pos.col,
-                        path: "metadata.name".into(),
-                        message: format!(
-                            "duplicate service name {:?}: also defined at {}:{}:{}",
-                            service.name.as_str(),
-                            first_file.display(),
-                            first_pos.line,
-                            first_pos.col
-                        ),
-                        hint: Some("each service is defined by exactly one manifest".into()),
-                    });
-                    continue;
-                }
-                seen.insert(service.name.clone(), (rel.to_path_buf(), name_pos));
-                services.push(service);
-            }
-        }
-        if !diags.is_empty() {
-            sort_diagnostics(&mut diags);
-            return Err(Error::Invalid(diags));
-        }
-        services.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Release {
-            services,
-            prune: self.config.prune,
-            gpus: self.config.gpus.clone(),
-            notifications: self.config.notifications.clone(),
-        })
+        let results = render_all(&self.files, &renderer);
+        assemble(
+            self.read_diags.clone(),
+            self.files
+                .iter()
+                .map(|(rel, _)| rel.as_path())
+                .zip(results.iter()),
+            &self.config,
+        )
     }
+}
+
+/// Merges per-file results into a release: duplicate names are errors, and
+/// any problem anywhere fails the whole release (nothing applies halfway).
+pub(super) fn assemble<'a>(
+    mut diags: Vec<Diagnostic>,
+    results: impl Iterator<Item = (&'a Path, &'a FileResult)>,
+    config: &Config,
+) -> Result<Release, Error> {
+    let mut services: Vec<Service> = Vec::new();
+    // name → (file, mapped position) of its first definition.
+    let mut seen: BTreeMap<ServiceName, (PathBuf, Pos)> = BTreeMap::new();
+    for (rel, result) in results {
+        diags.extend(result.diags.iter().cloned());
+        for (service, name_pos) in &result.services {
+            if let Some((first_file, first_pos)) = seen.get(&service.name) {
+                diags.push(Diagnostic {
+                    file: rel.to_path_buf(),
+                    line: name_pos.line,
+                    column: name_pos.col,
+                    path: "metadata.name".into(),
+                    message: format!(
+                        "duplicate service name {:?}: also defined at {}:{}:{}",
+                        service.name.as_str(),
+                        first_file.display(),
+                        first_pos.line,
+                        first_pos.col
+                    ),
+                    hint: Some("each service is defined by exactly one manifest".into()),
+                });
+                continue;
+            }
+            seen.insert(service.name.clone(), (rel.to_path_buf(), *name_pos));
+            services.push(service.clone());
+        }
+    }
+    if !diags.is_empty() {
+        sort_diagnostics(&mut diags);
+        return Err(Error::Invalid(diags));
+    }
+    services.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Release {
+        services,
+        prune: config.prune,
+        gpus: config.gpus.clone(),
+        notifications: config.notifications.clone(),
+    })
 }
 
 /// What one file yields: its services (with where each name is written)
 /// and its problems.
-#[derive(Default)]
-struct FileResult {
-    services: Vec<(Service, Pos)>,
-    diags: Vec<Diagnostic>,
+#[derive(Debug, Clone, Default)]
+pub(super) struct FileResult {
+    pub(super) services: Vec<(Service, Pos)>,
+    pub(super) diags: Vec<Diagnostic>,
 }
 
 /// Files per worker below which threads cost more than they save.
@@ -200,7 +247,7 @@ const MIN_FILES_PER_WORKER: usize = 64;
 
 /// Renders and decodes every file, in parallel when there are enough files
 /// for it to pay; results come back in file order.
-fn render_all(files: &[(PathBuf, String)], renderer: &Renderer) -> Vec<FileResult> {
+pub(super) fn render_all(files: &[(PathBuf, String)], renderer: &Renderer) -> Vec<FileResult> {
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(8)
@@ -308,7 +355,7 @@ fn load_file(rel: &Path, text: &str, renderer: &Renderer) -> FileResult {
     out
 }
 
-fn file_diag(
+pub(super) fn file_diag(
     file: &Path,
     line: usize,
     column: usize,
@@ -471,7 +518,7 @@ const CONFIG_FIELDS: &[&str] = &[
 
 /// Parses `floyd.yaml`; problems go to `diags`, and whatever is valid is kept
 /// so service files can still be checked.
-fn parse_config(text: &str, file: &Path, diags: &mut Vec<Diagnostic>) -> Config {
+pub(super) fn parse_config(text: &str, file: &Path, diags: &mut Vec<Diagnostic>) -> Config {
     let mut config = Config {
         values: empty_map(),
         environments: BTreeMap::new(),

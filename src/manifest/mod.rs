@@ -9,6 +9,7 @@ mod load;
 pub mod model;
 mod revision;
 mod template;
+pub mod tree;
 mod yaml;
 
 pub use load::{CONFIG_FILE, ConfigRepo, MAX_FILE_BYTES, SERVICES_DIR};

@@ -294,8 +294,13 @@ impl Store {
     // ---- webhook deliveries ----
 
     /// Records a delivery id; false when it was seen before (even before a restart).
+    /// Written without an fsync of its own (it lands with the next durable
+    /// commit): losing the newest ids in a crash costs one extra fetch, and a
+    /// webhook answer does not wait for the disk.
     pub fn first_delivery(&self, id: &str, now: crate::time::Time) -> Result<bool, Error> {
-        let tx = self.db.begin_write().map_err(|e| self.io(e))?;
+        let mut tx = self.db.begin_write().map_err(|e| self.io(e))?;
+        tx.set_durability(redb::Durability::None)
+            .map_err(|e| self.io(e))?;
         let first = {
             let mut t = tx.open_table(DELIVERIES).map_err(|e| self.io(e))?;
             let seen = t.get(id).map_err(|e| self.io(e))?.is_some();
@@ -306,6 +311,21 @@ impl Store {
         };
         tx.commit().map_err(|e| self.io(e))?;
         Ok(first)
+    }
+
+    /// Forgets delivery ids recorded before `before` (providers redeliver
+    /// within hours, not weeks); returns how many went.
+    pub fn prune_deliveries(&self, before: crate::time::Time) -> Result<usize, Error> {
+        let tx = self.db.begin_write().map_err(|e| self.io(e))?;
+        let n = {
+            use redb::ReadableTableMetadata;
+            let mut t = tx.open_table(DELIVERIES).map_err(|e| self.io(e))?;
+            let had = t.len().map_err(|e| self.io(e))?;
+            t.retain(|_, at| at >= before.0).map_err(|e| self.io(e))?;
+            (had - t.len().map_err(|e| self.io(e))?) as usize
+        };
+        tx.commit().map_err(|e| self.io(e))?;
+        Ok(n)
     }
 
     // ---- misc ----
@@ -402,6 +422,10 @@ mod tests {
         );
         assert_eq!(h[1].result, Phase::Complete);
         assert!(!s.first_delivery("github:1", Time(3)).unwrap());
+        assert!(s.first_delivery("github:2", Time(50)).unwrap());
+        assert_eq!(s.prune_deliveries(Time(10)).unwrap(), 1, "github:1 is old");
+        assert!(!s.first_delivery("github:2", Time(60)).unwrap());
+        assert!(s.first_delivery("github:1", Time(61)).unwrap(), "forgotten");
         assert_eq!(s.synced_commit().unwrap().as_deref(), Some("abc"));
         s.remove_service("web").unwrap();
         assert!(s.rollouts().unwrap().is_empty());
