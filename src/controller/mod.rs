@@ -576,14 +576,16 @@ impl Controller {
             // Each rollout starts when it is planned, not when the sync began
             // (observing 1,000 services takes a while).
             let now = Time::now_wall();
-            let git = release.service(name.as_str()).cloned();
+            let git = release.service(name.as_str());
             let files: Vec<String> = git
-                .as_ref()
                 .and_then(|s| s.file.as_ref())
                 .map(|f| vec![base.join(f).to_string_lossy().into_owned()])
                 .unwrap_or_default();
             let svc = self.services.entry(name.clone()).or_default();
-            svc.git = git.clone();
+            // Untouched services cost a comparison per commit, not a copy.
+            if svc.git.as_ref() != git {
+                svc.git = git.cloned();
+            }
             match (&change, git) {
                 (Change::Delete, _) => {
                     tracing::info!(service = %name, "pruning: its files were removed from Git");
@@ -678,16 +680,21 @@ impl Controller {
                 (Change::Unchanged, Some(g)) => {
                     match svc.record.as_mut() {
                         Some(rec) => {
-                            let before = rec.clone();
+                            let mut changed = false;
                             // Same template; other fields (probes, gates,
                             // deadlines) follow Git unless a rollback owns the spec.
                             if !rec.state.is_rollback || rec.git_agrees {
                                 let replicas = rec.spec.replicas;
-                                rec.spec = g.spec.clone();
+                                rec.spec.replicas = g.spec.replicas;
+                                if rec.spec != g.spec {
+                                    rec.spec = g.spec.clone();
+                                    changed = true;
+                                }
                                 rec.spec.replicas = replicas;
                             }
-                            if !files.is_empty() {
+                            if !files.is_empty() && rec.files != files {
                                 rec.files = files;
+                                changed = true;
                             }
                             if rec.state.is_rollback
                                 && !rec.git_agrees
@@ -699,6 +706,7 @@ impl Controller {
                                     || rec.commit.as_ref().map(|c| &c.sha) != Some(&commit.sha)
                                 {
                                     tracing::info!(service = %name, commit = %commit.sha, "Git agrees with the rolled-back revision again");
+                                    changed = true;
                                     rec.git_agrees = true;
                                     rec.spec = g.spec.clone();
                                     rec.commit = Some(commit.clone());
@@ -719,7 +727,7 @@ impl Controller {
                                 }
                             }
                             // Untouched services cost nothing per commit.
-                            if *rec != before {
+                            if changed {
                                 persist(&sh, &name, rec);
                                 self.queue.insert(name.clone());
                             }
