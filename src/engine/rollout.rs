@@ -741,7 +741,13 @@ impl<'a> Cx<'a> {
                         c.free,
                         self.fleet.total_terminating()
                     ),
-                    None => "old instances still running or stopping".to_string(),
+                    None => match (self.fleet.old_live(), self.fleet.total_terminating()) {
+                        (0, 0) => "the runtime has not created them (check its events and logs)"
+                            .to_string(),
+                        (live, stopping) => format!(
+                            "waiting for old instances to make room ({live} running, {stopping} stopping)"
+                        ),
+                    },
                 };
                 return format!(
                     "{missing} of {r} new instances not created for {deadline} s: {why}"

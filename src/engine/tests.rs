@@ -958,3 +958,45 @@ fn commands_in_terminal_phases_are_ignored_with_an_event() {
     assert_eq!(d.events.len(), 3, "{:?}", d.events);
     assert!(d.events.iter().all(|e| e.contains("ignored")));
 }
+
+#[test]
+fn deadline_with_nothing_created_and_nothing_old_blames_the_runtime() {
+    let mut sp = spec(2, Int(1), Int(0));
+    sp.progress_deadline_seconds = 30;
+    sp.on_failure.rollback = false;
+    let target = crate::manifest::revision_of(&sp.template);
+    // The runtime says the new revision wants 2 but it has no instances, and
+    // nothing old is running: nothing is in the way.
+    let observed = Observed {
+        revisions: vec![ObservedRevision {
+            revision: target.clone(),
+            ..orev("x", 0, 2, &[], &sp.template)
+        }],
+        ..Observed::default()
+    };
+    let mut s = RolloutState::start(target.clone(), None, Time::from_secs(0));
+    for t in [0, 10, 20, 31] {
+        s = step(&sp, &observed, &s, Time::from_secs(t)).state;
+    }
+    assert_eq!(s.phase, Phase::Failed);
+    assert_eq!(
+        s.reason,
+        "2 of 2 new instances not created for 30 s: the runtime has not created them (check its events and logs)"
+    );
+    // With an old revision still holding its instances, it says so.
+    let mut with_old = observed.clone();
+    with_old
+        .revisions
+        .insert(0, orev("old", 0, 2, &[Some(0), Some(0)], &sp.template));
+    let mut s = RolloutState::start(target, Some(Revision::from("old")), Time::from_secs(0));
+    for t in [0, 10, 20, 31] {
+        s = step(&sp, &with_old, &s, Time::from_secs(t)).state;
+    }
+    assert_eq!(s.phase, Phase::Failed);
+    assert!(
+        s.reason
+            .contains("waiting for old instances to make room (2 running, 0 stopping)"),
+        "{}",
+        s.reason
+    );
+}
