@@ -519,14 +519,7 @@ const CONFIG_FIELDS: &[&str] = &[
 /// Parses `floyd.yaml`; problems go to `diags`, and whatever is valid is kept
 /// so service files can still be checked.
 pub(super) fn parse_config(text: &str, file: &Path, diags: &mut Vec<Diagnostic>) -> Config {
-    let mut config = Config {
-        values: empty_map(),
-        environments: BTreeMap::new(),
-        prune: true,
-        allow_empty: false,
-        gpus: Vec::new(),
-        notifications: Vec::new(),
-    };
+    let mut config = Config::absent();
     let docs = match yaml::parse_documents(text) {
         Ok(d) => d,
         Err(e) => {
