@@ -791,3 +791,55 @@ fn webhook_delivery_ids_survive_a_restart() {
     // Without the store, a fresh hub knows nothing.
     assert!(Hub::new().first_delivery("github:abc"));
 }
+
+/// `--path`: the config repo is a directory of a bigger repository.
+#[test]
+fn render_reads_only_the_config_directory_given_by_path() {
+    use floyd::manifest::tree::IncrementalRenderer;
+    use std::path::Path;
+    let server = GitServer::daemon();
+    let w = Work::clone(&server.url);
+    let state = tempfile::tempdir().unwrap();
+    let src = source(&server, state.path());
+    let svc = |name: &str| {
+        format!(
+            "apiVersion: floyd.dev/v1\nkind: Service\nmetadata: {{ name: {name} }}\nspec:\n  replicas: {{{{ values.n }}}}\n  template:\n    command: [app]\n"
+        )
+    };
+    w.write("deploy/floyd.yaml", "values:\n  n: 3\n")
+        .write("deploy/services/api.yaml", &svc("api"))
+        .write("services/outside.yaml", "not even: [yaml")
+        .write("src/main.rs", "fn main() {}\n");
+    let c0 = w.commit("monorepo");
+    w.push();
+    src.poll().unwrap();
+    let mut inc = IncrementalRenderer::new(None);
+    let r = src
+        .render(&c0, Some(Path::new("deploy")), &mut inc)
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.services.len(), 1);
+    assert_eq!(r.services[0].spec.replicas, 3, "deploy/floyd.yaml's values");
+    assert_eq!(
+        r.services[0].file.as_deref(),
+        Some(Path::new("services/api.yaml"))
+    );
+    let err = src
+        .render(
+            &c0,
+            Some(Path::new("nope")),
+            &mut IncrementalRenderer::new(None),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no directory nope (check --path)"), "{err}");
+    let err = src
+        .render(
+            &c0,
+            Some(Path::new("src/main.rs")),
+            &mut IncrementalRenderer::new(None),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is not a directory"), "{err}");
+}
