@@ -1,9 +1,10 @@
 //! Benchmark: local. Results and the command to reproduce them are in docs/benchmarks.md.
 //!
-//! `cargo bench --bench local [-- --seconds 5 --rounds 3 --instances 100] [--lb-only] [--load direct|lb|URL]`
+//! `cargo bench --bench local [-- --seconds 5 --rounds 3 --instances 100] [--lb-only] [--load T[,T...] [--connections N]]`
+//! (T: `direct`, `lb`, either followed by a path as in `lb/slow?ms=5`, or a URL)
 //!
 //! `--lb-only` skips phases 1 and 2. `--load T` skips them too and, instead
-//! of the side-by-side rounds, loads one target for `--seconds` (to profile
+//! of the side-by-side rounds, loads each target in turn for `--seconds` (to profile
 //! with `perf record -p`, or to point the same load generator at another
 //! proxy).
 //!
@@ -34,6 +35,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+/// Concurrent connections of the side-by-side rounds.
 const CONNECTIONS: usize = 64;
 
 fn arg(name: &str, default: u64) -> u64 {
@@ -163,17 +165,17 @@ fn cpu_secs(pid: &str) -> (f64, f64) {
         .unwrap_or((0.0, 0.0))
 }
 
-async fn load(url: &str, secs: u64, app_pid: i32) -> Round {
+async fn load(url: &str, secs: u64, app_pid: i32, connections: usize) -> Round {
     let app_pid = app_pid.to_string();
     let (self0, app0) = (cpu_secs("self"), cpu_secs(&app_pid));
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(CONNECTIONS)
+        .pool_max_idle_per_host(connections)
         .build(http);
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
-    let tasks: Vec<_> = (0..CONNECTIONS)
+    let tasks: Vec<_> = (0..connections)
         .map(|_| {
             let (client, stop, url) = (client.clone(), stop.clone(), url.to_string());
             tokio::spawn(async move {
@@ -241,8 +243,9 @@ async fn main() {
     let secs = arg("--seconds", 5);
     let rounds = arg("--rounds", 3);
     let instances = arg("--instances", 100) as u32;
-    // `--load direct|lb|URL`: only phase 3's set-up, then one round of load
-    // on that target (the instance directly, the LB, or any URL).
+    // `--load direct[PATH]|lb[PATH]|URL`: only phase 3's set-up, then one
+    // round of load on that target (the instance directly, the LB, or any
+    // URL).
     let load_only = {
         let args: Vec<String> = std::env::args().collect();
         args.iter()
@@ -364,25 +367,35 @@ async fn main() {
         let id = o.revisions[0].instances[0].id.clone();
         let direct_port = rt.instance_port(&svc, &id).unwrap_or(0);
         let app_pid = rt.pids().first().copied().unwrap_or(0);
-        if let Some(target) = load_only.as_deref() {
-            // For `perf record -p`: one target, one long round.
-            let url = match target {
-                "direct" => format!("http://127.0.0.1:{direct_port}/"),
-                "lb" => format!("http://127.0.0.1:{lb}/"),
-                other => other.to_string(),
+        if let Some(targets) = load_only.as_deref() {
+            // For `perf record -p`: one long round per target, in order.
+            let path = |p: &str| {
+                if p.is_empty() {
+                    "/".to_string()
+                } else {
+                    p.to_string()
+                }
             };
-            println!("load {url} for {secs} s");
-            let l = load(&url, secs, app_pid).await;
-            println!(
-                "load {url}: {:.0} req/s p50 {} us p99 {} us errors {}; CPU us/request: this process {:.1} (kernel {:.1}), instance {:.1}",
-                l.rps,
-                l.p50_us,
-                l.p99_us,
-                l.errors,
-                l.cpu_self_us.0 + l.cpu_self_us.1,
-                l.cpu_self_us.1,
-                l.cpu_app_us
-            );
+            for target in targets.split(',') {
+                let url = if let Some(p) = target.strip_prefix("direct") {
+                    format!("http://127.0.0.1:{direct_port}{}", path(p))
+                } else if let Some(p) = target.strip_prefix("lb") {
+                    format!("http://127.0.0.1:{lb}{}", path(p))
+                } else {
+                    target.to_string()
+                };
+                let l = load(&url, secs, app_pid, arg("--connections", 64) as usize).await;
+                println!(
+                    "load {url}: {:.0} req/s p50 {} us p99 {} us errors {}; CPU us/request: this process {:.1} (kernel {:.1}), instance {:.1}",
+                    l.rps,
+                    l.p50_us,
+                    l.p99_us,
+                    l.errors,
+                    l.cpu_self_us.0 + l.cpu_self_us.1,
+                    l.cpu_self_us.1,
+                    l.cpu_app_us
+                );
+            }
             rt.shutdown().await;
             return;
         }
@@ -392,14 +405,14 @@ async fn main() {
             let direct_url = format!("http://127.0.0.1:{direct_port}{path}");
             let lb_url = format!("http://127.0.0.1:{lb}{path}");
             // Warm up both paths.
-            let _ = load(&direct_url, 1, app_pid).await;
-            let _ = load(&lb_url, 1, app_pid).await;
+            let _ = load(&direct_url, 1, app_pid, CONNECTIONS).await;
+            let _ = load(&lb_url, 1, app_pid, CONNECTIONS).await;
             let (mut d_rps, mut l_rps, mut d_p99, mut l_p99, mut d_p50, mut l_p50) =
                 (vec![], vec![], vec![], vec![], vec![], vec![]);
             let (mut cpu_proxy, mut cpu_proxy_kernel) = (vec![], vec![]);
             for i in 0..rounds {
-                let d = load(&direct_url, secs, app_pid).await;
-                let l = load(&lb_url, secs, app_pid).await;
+                let d = load(&direct_url, secs, app_pid, CONNECTIONS).await;
+                let l = load(&lb_url, secs, app_pid, CONNECTIONS).await;
                 println!(
                     "GET {path} round {i}: direct {:.0} req/s p50 {} us p99 {} us errors {} | lb {:.0} req/s p50 {} us p99 {} us errors {}",
                     d.rps, d.p50_us, d.p99_us, d.errors, l.rps, l.p50_us, l.p99_us, l.errors
