@@ -1,6 +1,12 @@
 //! Benchmark: local. Results and the command to reproduce them are in docs/benchmarks.md.
 //!
-//! `cargo bench --bench local [-- --seconds 5 --rounds 3 --instances 100]`
+//! `cargo bench --bench local [-- --seconds 5 --rounds 3 --instances 100] [--lb-only] [--load T[,T...] [--connections N]]`
+//! (T: `direct`, `lb`, either followed by a path as in `lb/slow?ms=5`, or a URL)
+//!
+//! `--lb-only` skips phases 1 and 2. `--load T` skips them too and, instead
+//! of the side-by-side rounds, loads each target in turn for `--seconds` (to profile
+//! with `perf record -p`, or to point the same load generator at another
+//! proxy).
 //!
 //! 1. Controller RSS managing N `floyd sample-app` instances (first, so the
 //!    load generator's memory does not count).
@@ -9,7 +15,9 @@
 //!    period 1 s).
 //! 3. Load balancer vs direct: requests/s and latency percentiles at 64
 //!    concurrent connections, alternating direct and LB rounds, loopback only,
-//!    bounded by time.
+//!    bounded by time. Also the CPU time per request of this process (load
+//!    generator, plus the proxy in LB rounds) and of the instance process,
+//!    from /proc: the LB's own cost per request is the difference.
 
 use bytes::Bytes;
 use floyd::manifest::{
@@ -27,6 +35,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+/// Concurrent connections of the side-by-side rounds.
 const CONNECTIONS: usize = 64;
 
 fn arg(name: &str, default: u64) -> u64 {
@@ -133,17 +142,40 @@ struct Round {
     p50_us: u64,
     p99_us: u64,
     errors: u64,
+    /// CPU microseconds per request: this process (user, kernel), the
+    /// instance process (user + kernel).
+    cpu_self_us: (f64, f64),
+    cpu_app_us: f64,
 }
 
-async fn load(url: &str, secs: u64) -> Round {
+/// utime and stime of a process, in seconds.
+fn cpu_secs(pid: &str) -> (f64, f64) {
+    // /proc reports in USER_HZ, which is 100 on Linux whatever the kernel's HZ.
+    const TICKS: f64 = 100.0;
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let u: f64 = f.get(11)?.parse().ok()?;
+            let k: f64 = f.get(12)?.parse().ok()?;
+            Some((u / TICKS, k / TICKS))
+        })
+        .unwrap_or((0.0, 0.0))
+}
+
+async fn load(url: &str, secs: u64, app_pid: i32, connections: usize) -> Round {
+    let app_pid = app_pid.to_string();
+    let (self0, app0) = (cpu_secs("self"), cpu_secs(&app_pid));
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(CONNECTIONS)
+        .pool_max_idle_per_host(connections)
         .build(http);
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
-    let tasks: Vec<_> = (0..CONNECTIONS)
+    let tasks: Vec<_> = (0..connections)
         .map(|_| {
             let (client, stop, url) = (client.clone(), stop.clone(), url.to_string());
             tokio::spawn(async move {
@@ -183,6 +215,8 @@ async fn load(url: &str, secs: u64) -> Round {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let (self1, app1) = (cpu_secs("self"), cpu_secs(&app_pid));
+    let n = all.len().max(1) as f64;
     all.sort_unstable();
     let pct = |p: f64| {
         all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
@@ -194,6 +228,8 @@ async fn load(url: &str, secs: u64) -> Round {
         p50_us: pct(0.50),
         p99_us: pct(0.99),
         errors,
+        cpu_self_us: ((self1.0 - self0.0) * 1e6 / n, (self1.1 - self0.1) * 1e6 / n),
+        cpu_app_us: (app1.0 + app1.1 - app0.0 - app0.1) * 1e6 / n,
     }
 }
 
@@ -207,11 +243,21 @@ async fn main() {
     let secs = arg("--seconds", 5);
     let rounds = arg("--rounds", 3);
     let instances = arg("--instances", 100) as u32;
+    // `--load direct[PATH]|lb[PATH]|URL`: only phase 3's set-up, then one
+    // round of load on that target (the instance directly, the LB, or any
+    // URL).
+    let load_only = {
+        let args: Vec<String> = std::env::args().collect();
+        args.iter()
+            .position(|a| a == "--load")
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    let lb_only = load_only.is_some() || std::env::args().any(|a| a == "--lb-only");
     let dir = tempfile::tempdir().expect("tempdir");
 
     // 1. RSS with N instances.
     let base = rss_kib();
-    {
+    if !lb_only {
         let rt = start(&dir.path().join("rss")).await;
         let svc = ServiceName::parse("many").expect("name");
         let ok = bring_up(
@@ -234,7 +280,7 @@ async fn main() {
     }
 
     // 2. Readiness detection latency.
-    {
+    if !lb_only {
         let rt = start(&dir.path().join("ready")).await;
         let mut lats = Vec::new();
         for k in 0..5 {
@@ -320,23 +366,70 @@ async fn main() {
             .unwrap_or_default();
         let id = o.revisions[0].instances[0].id.clone();
         let direct_port = rt.instance_port(&svc, &id).unwrap_or(0);
+        let app_pid = rt.pids().first().copied().unwrap_or(0);
+        if let Some(targets) = load_only.as_deref() {
+            // For `perf record -p`: one long round per target, in order.
+            let path = |p: &str| {
+                if p.is_empty() {
+                    "/".to_string()
+                } else {
+                    p.to_string()
+                }
+            };
+            for target in targets.split(',') {
+                let url = if let Some(p) = target.strip_prefix("direct") {
+                    format!("http://127.0.0.1:{direct_port}{}", path(p))
+                } else if let Some(p) = target.strip_prefix("lb") {
+                    format!("http://127.0.0.1:{lb}{}", path(p))
+                } else {
+                    target.to_string()
+                };
+                let l = load(&url, secs, app_pid, arg("--connections", 64) as usize).await;
+                println!(
+                    "load {url}: {:.0} req/s p50 {} us p99 {} us errors {}; CPU us/request: this process {:.1} (kernel {:.1}), instance {:.1}",
+                    l.rps,
+                    l.p50_us,
+                    l.p99_us,
+                    l.errors,
+                    l.cpu_self_us.0 + l.cpu_self_us.1,
+                    l.cpu_self_us.1,
+                    l.cpu_app_us
+                );
+            }
+            rt.shutdown().await;
+            return;
+        }
         // "/" is CPU-bound on both sides (the worst case for a proxy on a
         // small machine); "/slow?ms=5" is a backend that takes 5 ms.
         for path in ["/", "/slow?ms=5"] {
             let direct_url = format!("http://127.0.0.1:{direct_port}{path}");
             let lb_url = format!("http://127.0.0.1:{lb}{path}");
             // Warm up both paths.
-            let _ = load(&direct_url, 1).await;
-            let _ = load(&lb_url, 1).await;
+            let _ = load(&direct_url, 1, app_pid, CONNECTIONS).await;
+            let _ = load(&lb_url, 1, app_pid, CONNECTIONS).await;
             let (mut d_rps, mut l_rps, mut d_p99, mut l_p99, mut d_p50, mut l_p50) =
                 (vec![], vec![], vec![], vec![], vec![], vec![]);
+            let (mut cpu_proxy, mut cpu_proxy_kernel) = (vec![], vec![]);
             for i in 0..rounds {
-                let d = load(&direct_url, secs).await;
-                let l = load(&lb_url, secs).await;
+                let d = load(&direct_url, secs, app_pid, CONNECTIONS).await;
+                let l = load(&lb_url, secs, app_pid, CONNECTIONS).await;
                 println!(
                     "GET {path} round {i}: direct {:.0} req/s p50 {} us p99 {} us errors {} | lb {:.0} req/s p50 {} us p99 {} us errors {}",
                     d.rps, d.p50_us, d.p99_us, d.errors, l.rps, l.p50_us, l.p99_us, l.errors
                 );
+                let (du, dk) = d.cpu_self_us;
+                let (lu, lk) = l.cpu_self_us;
+                println!(
+                    "  CPU us/request: direct: load generator {:.1} (kernel {dk:.1}), instance {:.1} | lb: load generator + proxy {:.1} (kernel {lk:.1}), instance {:.1} => proxy ~{:.1} (kernel ~{:.1})",
+                    du + dk,
+                    d.cpu_app_us,
+                    lu + lk,
+                    l.cpu_app_us,
+                    lu + lk - du - dk,
+                    lk - dk
+                );
+                cpu_proxy.push(lu + lk - du - dk);
+                cpu_proxy_kernel.push(lk - dk);
                 d_rps.push(d.rps);
                 l_rps.push(l.rps);
                 d_p99.push(d.p99_us as f64);
@@ -353,6 +446,11 @@ async fn main() {
                 median(d_p99.clone()),
                 median(l_p99.clone()),
                 median(l_p99) - median(d_p99)
+            );
+            println!(
+                "lb GET {path}: proxy CPU ~{:.1} us/request, of which ~{:.1} us in the kernel (medians)",
+                median(cpu_proxy),
+                median(cpu_proxy_kernel)
             );
         }
         rt.shutdown().await;

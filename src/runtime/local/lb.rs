@@ -1,26 +1,38 @@
 //! The local runtime's load balancer: one HTTP reverse proxy per service
-//! port (and the blue-green preview port), built on axum (server side) and
-//! hyper-util's client (upstream side).
+//! port (and the blue-green preview port). hyper serves the listener
+//! (HTTP/1, and h2c through hyper-util's auto builder); upstream, each
+//! instance port has a small pool of keep-alive HTTP/1 client connections
+//! (hyper's connection API).
 //!
 //! Owns: listening, picking a backend (round-robin or least-connections),
 //! forwarding, counting responses per revision, and in-flight counts per
 //! instance (so a draining instance is stopped only when idle).
 //! Must not: decide which instances are routable; the runtime computes the
 //! route table and swaps it in atomically ([`Lb::set_routes`]).
+//!
+//! The per-request path is kept lean because on a small machine the proxy
+//! shares the CPUs with the clients and the instances: no router, no string
+//! formatting or URI rebuilding (the request's own origin-form target goes
+//! upstream as is), no boxed bodies, the route table is one `Arc` clone
+//! under a read lock, and an instance's idle connections sit behind a lock
+//! held only to pop or push one entry.
 
 use crate::manifest::Revision;
-use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderValue, Request, Response, StatusCode, Uri, header};
-use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::http::uri::PathAndQuery;
+use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// How a backend is chosen.
@@ -49,9 +61,9 @@ pub struct Backend {
     pub counters: Arc<Counters>,
 }
 
-impl Backend {
-    fn port_for(&self, name: &str) -> Option<u16> {
-        self.ports.get(name).or_else(|| self.ports.get("")).copied()
+impl AsRef<Backend> for Backend {
+    fn as_ref(&self) -> &Backend {
+        self
     }
 }
 
@@ -75,24 +87,162 @@ struct Listener {
     stop: CancellationToken,
 }
 
+/// How long a new upstream connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Idle upstream connections older than this are closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Idle upstream connections kept per instance port; enough for every
+/// concurrent client of a busy service to find a warm one.
+const MAX_IDLE_PER_PORT: usize = 1024;
+/// Other instances tried for one request when connecting fails.
+const MAX_RETRIES: usize = 3;
+
+/// Idle keep-alive HTTP/1 connections to one instance port.
+struct Pool {
+    addr: SocketAddr,
+    /// `Host` for a request that came without one.
+    host: HeaderValue,
+    /// Most recently used last (it is the warmest).
+    idle: Mutex<Vec<Idle>>,
+}
+
+struct Idle {
+    tx: SendRequest<Incoming>,
+    since: Instant,
+}
+
+impl Pool {
+    fn new(port: u16) -> Pool {
+        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+        Pool {
+            addr,
+            host: HeaderValue::from_str(&addr.to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("127.0.0.1")),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A warm connection, if there is one that is still open.
+    fn take(&self) -> Option<SendRequest<Incoming>> {
+        loop {
+            let idle = self.lock().pop()?;
+            if !idle.tx.is_closed() && idle.since.elapsed() < IDLE_TIMEOUT {
+                return Some(idle.tx);
+            }
+        }
+    }
+
+    /// Returns a connection whose last response was read to the end.
+    fn put(&self, tx: SendRequest<Incoming>) {
+        if tx.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.lock();
+        // The oldest are at the bottom: a pool that shrinks does not keep
+        // its expired connections forever.
+        while idle
+            .first()
+            .is_some_and(|i| i.tx.is_closed() || now.duration_since(i.since) >= IDLE_TIMEOUT)
+        {
+            idle.remove(0);
+        }
+        if idle.len() < MAX_IDLE_PER_PORT {
+            idle.push(Idle { tx, since: now });
+        }
+    }
+
+    /// A new connection (`TCP_NODELAY`, HTTP/1 only).
+    async fn connect(&self) -> Result<SendRequest<Incoming>, String> {
+        let tcp =
+            match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(self.addr))
+                .await
+            {
+                Ok(Ok(tcp)) => tcp,
+                Ok(Err(e)) => return Err(format!("connect to {}: {e}", self.addr)),
+                Err(_) => {
+                    return Err(format!(
+                        "connect to {}: timed out after {CONNECT_TIMEOUT:?}",
+                        self.addr
+                    ));
+                }
+            };
+        // Small request/response exchanges: no Nagle delay.
+        let _ = tcp.set_nodelay(true);
+        let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| format!("connect to {}: {e}", self.addr))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(tx)
+    }
+}
+
+/// A routable instance with its upstream pools, by declared port name.
+struct Target {
+    backend: Backend,
+    pools: Vec<(String, Arc<Pool>)>,
+}
+
+impl AsRef<Backend> for Target {
+    fn as_ref(&self) -> &Backend {
+        &self.backend
+    }
+}
+
+impl Target {
+    /// The pool of the named port, or of the primary `PORT`.
+    fn pool_for(&self, name: &str) -> Option<&Arc<Pool>> {
+        let find = |n: &str| self.pools.iter().find(|(k, _)| k == n).map(|(_, p)| p);
+        find(name).or_else(|| find(""))
+    }
+}
+
+/// [`Routes`] with each backend's pools attached.
+#[derive(Default)]
+struct Table {
+    active: Vec<Target>,
+    preview: Vec<Target>,
+}
+
 /// The load balancer of one service.
 pub struct Lb {
     service: String,
-    routes: RwLock<Arc<Routes>>,
+    routes: RwLock<Arc<Table>>,
+    /// Pools by (instance, port) of the routed instances; an instance that
+    /// leaves the table takes its idle connections with it.
+    pools: Mutex<HashMap<(String, u16), Arc<Pool>>>,
     listeners: Mutex<BTreeMap<u16, Listener>>,
-    client: Client<HttpConnector, Body>,
     next: AtomicUsize,
     policy: LbPolicy,
 }
 
-#[derive(Clone)]
+/// What one listener serves.
 struct Route {
     lb: Arc<Lb>,
     kind: ListenerKind,
 }
 
+/// One client connection.
+struct Conn {
+    route: Arc<Route>,
+    /// The client's address as an `X-Forwarded-For` value.
+    peer: HeaderValue,
+    peer_ip: IpAddr,
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
 /// Hop-by-hop headers (RFC 9110 7.6.1) are not forwarded.
-const HOP_BY_HOP: &[header::HeaderName] = &[
+const HOP_BY_HOP: &[HeaderName] = &[
     header::CONNECTION,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
@@ -111,17 +261,11 @@ impl Drop for InflightGuard {
 
 impl Lb {
     pub fn new(service: &str, policy: LbPolicy) -> Arc<Lb> {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_secs(2)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(http);
         Arc::new(Lb {
             service: service.to_string(),
-            routes: RwLock::new(Arc::new(Routes::default())),
+            routes: RwLock::new(Arc::new(Table::default())),
+            pools: Mutex::new(HashMap::new()),
             listeners: Mutex::new(BTreeMap::new()),
-            client,
             next: AtomicUsize::new(0),
             policy,
         })
@@ -129,11 +273,41 @@ impl Lb {
 
     /// Swaps the route table in one step.
     pub fn set_routes(&self, routes: Routes) {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kept: HashMap<(String, u16), Arc<Pool>> = HashMap::new();
+        let mut target = |b: Backend| {
+            let ps = b
+                .ports
+                .iter()
+                .map(|(name, port)| {
+                    let key = (b.instance.clone(), *port);
+                    let pool = kept
+                        .entry(key)
+                        .or_insert_with_key(|k| {
+                            pools
+                                .get(k)
+                                .cloned()
+                                .unwrap_or_else(|| Arc::new(Pool::new(*port)))
+                        })
+                        .clone();
+                    (name.clone(), pool)
+                })
+                .collect();
+            Target {
+                backend: b,
+                pools: ps,
+            }
+        };
+        let table = Table {
+            active: routes.active.into_iter().map(&mut target).collect(),
+            preview: routes.preview.into_iter().map(&mut target).collect(),
+        };
+        *pools = kept;
         let mut w = self.routes.write().unwrap_or_else(|e| e.into_inner());
-        *w = Arc::new(routes);
+        *w = Arc::new(table);
     }
 
-    fn routes(&self) -> Arc<Routes> {
+    fn table(&self) -> Arc<Table> {
         self.routes
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -189,23 +363,11 @@ impl Lb {
                 }
             };
             let stop = CancellationToken::new();
-            let app = axum::Router::new()
-                .fallback(proxy)
-                .with_state(Route {
-                    lb: self.clone(),
-                    kind: kind.clone(),
-                })
-                .into_make_service_with_connect_info::<SocketAddr>();
-            let s = stop.clone();
-            // Small request/response exchanges: no Nagle delay.
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                let _ = tcp.set_nodelay(true);
+            let route = Arc::new(Route {
+                lb: self.clone(),
+                kind: kind.clone(),
             });
-            tokio::spawn(async move {
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { s.cancelled().await })
-                    .await;
-            });
+            tokio::spawn(serve(listener, route, stop.clone()));
             self.listeners
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -229,8 +391,9 @@ impl Lb {
         ls.clear();
     }
 
-    /// Picks a backend not in `skip`. No allocation: this runs per request.
-    fn pick<'a>(&self, set: &'a [Backend], skip: &[String]) -> Option<&'a Backend> {
+    /// Picks the index of a backend not in `skip`. No allocation: this runs
+    /// per request.
+    fn pick<B: AsRef<Backend>>(&self, set: &[B], skip: &[usize]) -> Option<usize> {
         let n = set.len();
         if n == 0 {
             return None;
@@ -238,19 +401,134 @@ impl Lb {
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         // Rotating the start spreads ties (least-connections) round-robin.
         let candidates = (0..n)
-            .map(|i| &set[(start + i) % n])
-            .filter(|b| !skip.contains(&b.instance));
+            .map(|i| (start + i) % n)
+            .filter(|i| !skip.contains(i));
         match self.policy {
             LbPolicy::RoundRobin => candidates.into_iter().next(),
             LbPolicy::LeastConnections => {
-                candidates.min_by_key(|b| b.inflight.load(Ordering::Relaxed))
+                candidates.min_by_key(|i| set[*i].as_ref().inflight.load(Ordering::Relaxed))
             }
         }
     }
 }
 
-fn plain(status: StatusCode, msg: String) -> Response<Body> {
-    let mut r = Response::new(Body::from(msg));
+/// Accepts until `stop`; then stops accepting (the port is free again),
+/// lets each connection finish its in-flight request and closes it.
+async fn serve(listener: tokio::net::TcpListener, route: Arc<Route>, stop: CancellationToken) {
+    let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                use std::io::ErrorKind::*;
+                if !matches!(
+                    e.kind(),
+                    ConnectionRefused | ConnectionAborted | ConnectionReset
+                ) {
+                    // Out of file descriptors and the like: do not spin.
+                    tracing::warn!(error = %e, "load balancer: accept failed");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+                continue;
+            }
+        };
+        // Small request/response exchanges: no Nagle delay.
+        let _ = tcp.set_nodelay(true);
+        let conn = Arc::new(Conn {
+            route: route.clone(),
+            peer: HeaderValue::from_str(&peer.ip().to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            peer_ip: peer.ip(),
+        });
+        let svc = hyper::service::service_fn(move |req| {
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(proxy(&conn, req).await) }
+        });
+        let http = http.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let c = http.serve_connection(TokioIo::new(tcp), svc);
+            tokio::pin!(c);
+            tokio::select! {
+                _ = c.as_mut() => return,
+                _ = stop.cancelled() => {}
+            }
+            c.as_mut().graceful_shutdown();
+            let _ = c.await;
+        });
+    }
+}
+
+/// The response body: an instance's, or the proxy's own short text.
+enum ProxyBody {
+    Upstream(Upstream),
+    Full(Option<Bytes>),
+}
+
+/// A response body streaming from an instance. The instance counts as busy
+/// until it is dropped; its connection goes back to the pool when the body
+/// was read to the end (otherwise it is closed).
+struct Upstream {
+    body: Incoming,
+    done: bool,
+    conn: Option<(Arc<Pool>, SendRequest<Incoming>)>,
+    _inflight: InflightGuard,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if (self.done || self.body.is_end_stream())
+            && let Some((pool, tx)) = self.conn.take()
+        {
+            pool.put(tx);
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Upstream(u) => {
+                let f = ready!(Pin::new(&mut u.body).poll_frame(cx));
+                if f.is_none() {
+                    u.done = true;
+                }
+                Poll::Ready(f)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Full(b) => b.is_none(),
+            ProxyBody::Upstream(u) => u.done || u.body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Upstream(u) => u.body.size_hint(),
+        }
+    }
+}
+
+fn plain(status: StatusCode, msg: String) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::Full(Some(Bytes::from(msg))));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -259,54 +537,65 @@ fn plain(status: StatusCode, msg: String) -> Response<Body> {
     r
 }
 
-async fn proxy(
-    State(route): State<Route>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    req: Request<Body>,
-) -> Response<Body> {
-    let lb = &route.lb;
+async fn proxy(conn: &Conn, req: Request<Incoming>) -> Response<ProxyBody> {
+    let lb = &*conn.route.lb;
+    let kind = &conn.route.kind;
     let (mut parts, body) = req.into_parts();
-    for h in HOP_BY_HOP {
-        parts.headers.remove(h);
+    let h = &mut parts.headers;
+    for name in HOP_BY_HOP {
+        h.remove(name);
     }
-    parts.headers.remove("keep-alive");
-    parts.headers.remove("proxy-connection");
-    let xff = match parts
-        .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(prev) => format!("{prev}, {}", peer.ip()),
-        None => peer.ip().to_string(),
+    h.remove(KEEP_ALIVE);
+    h.remove(PROXY_CONNECTION);
+    let xff = match h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", conn.peer_ip)).ok(),
+        None => Some(conn.peer.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        parts.headers.insert("x-forwarded-for", v);
+    if let Some(v) = xff {
+        h.insert(X_FORWARDED_FOR, v);
     }
-    parts
-        .headers
-        .insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    // A request without a body can be sent again to another instance when the
-    // first one refused the connection (it just went away).
-    let replayable = axum::body::HttpBody::size_hint(&body).exact() == Some(0);
-    let mut body = Some(body);
-    let mut tried: Vec<String> = Vec::new();
-    let routes = lb.routes();
-    let set = if route.kind.preview {
-        &routes.preview
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    // The instance gets the origin-form target (`/path?query`); an
+    // absolute-form one (h2c, proxy-style clients) keeps its authority as
+    // the `Host`.
+    if parts.uri.scheme().is_some() || parts.uri.path_and_query().is_none() {
+        if !h.contains_key(header::HOST)
+            && let Some(a) = parts.uri.authority()
+            && let Ok(v) = HeaderValue::from_str(a.as_str())
+        {
+            h.insert(header::HOST, v);
+        }
+        let pq = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(pq);
+    }
+    // The instance hop is HTTP/1.1 with keep-alive, whatever the client spoke.
+    parts.version = Version::HTTP_11;
+    let mut req = Request::from_parts(parts, body);
+
+    let table = lb.table();
+    let set = if kind.preview {
+        &table.preview
     } else {
-        &routes.active
+        &table.active
     };
+    // Instances that failed this request (no allocation unless one does).
+    let mut tried: Vec<usize> = Vec::new();
+    // Pooled connections found closed on use; each is discarded, so this is
+    // bounded, but a cap keeps a pathological case short.
+    let mut stale = 0;
     loop {
-        let Some(backend) = lb.pick(set, &tried) else {
+        let Some(i) = lb.pick(set, &tried) else {
             if let Some(last) = tried.last() {
                 return plain(
                     StatusCode::BAD_GATEWAY,
-                    format!("floyd: instance {last} of service {} failed\n", lb.service),
+                    format!(
+                        "floyd: instance {} of service {} failed\n",
+                        set[*last].backend.instance, lb.service
+                    ),
                 );
             }
             return plain(
@@ -314,61 +603,94 @@ async fn proxy(
                 format!(
                     "floyd: no ready instance of service {}{}\n",
                     lb.service,
-                    if route.kind.preview { " (preview)" } else { "" }
+                    if kind.preview { " (preview)" } else { "" }
                 ),
             );
         };
-        let Some(port) = backend.port_for(&route.kind.port_name) else {
-            tried.push(backend.instance.clone());
+        let target = &set[i];
+        let backend = &target.backend;
+        let Some(pool) = target.pool_for(&kind.port_name) else {
+            tried.push(i);
             continue;
         };
-        let Ok(uri) = format!("http://127.0.0.1:{port}{path_and_query}").parse::<Uri>() else {
-            return plain(
-                StatusCode::BAD_REQUEST,
-                "floyd: bad request target\n".into(),
-            );
-        };
-        let b = match body.take() {
-            Some(b) => b,
-            None => Body::empty(),
-        };
-        let up_parts = if replayable {
-            parts.clone()
-        } else {
-            // Sent once at most: no copy needed.
-            std::mem::replace(&mut parts, Request::new(()).into_parts().0)
-        };
-        let mut up = Request::from_parts(up_parts, b);
-        *up.uri_mut() = uri;
+        if !req.headers().contains_key(header::HOST) {
+            req.headers_mut().insert(header::HOST, pool.host.clone());
+        }
         backend.inflight.fetch_add(1, Ordering::AcqRel);
         let guard = InflightGuard(backend.inflight.clone());
         backend.counters.requests.fetch_add(1, Ordering::Relaxed);
-        match lb.client.request(up).await {
+        // Not sent: do not count it against the revision.
+        let uncount = || backend.counters.requests.fetch_sub(1, Ordering::Relaxed);
+        let (mut tx, fresh) = match pool.take() {
+            Some(tx) => (tx, false),
+            None => match pool.connect().await {
+                Ok(tx) => (tx, true),
+                Err(e) => {
+                    drop(guard);
+                    // Nothing was sent: another instance can take it.
+                    if tried.len() < MAX_RETRIES {
+                        uncount();
+                        tried.push(i);
+                        continue;
+                    }
+                    backend.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(service = %lb.service, instance = %backend.instance, error = %e, "proxy error");
+                    return plain(
+                        StatusCode::BAD_GATEWAY,
+                        format!(
+                            "floyd: instance {} of service {} failed: {e}\n",
+                            backend.instance, lb.service
+                        ),
+                    );
+                }
+            },
+        };
+        // A pooled connection whose previous exchange the connection task
+        // has not finished yet: wait for it (it is ours alone). A fresh one
+        // takes its first request right away.
+        if !fresh && !tx.is_ready() && tx.ready().await.is_err() {
+            drop(guard);
+            uncount();
+            if fresh {
+                tried.push(i);
+            }
+            stale += 1;
+            continue;
+        }
+        match tx.try_send_request(req).await {
             Ok(resp) => {
                 if resp.status().is_server_error() {
                     backend.counters.errors.fetch_add(1, Ordering::Relaxed);
                 }
                 let (mut rparts, rbody) = resp.into_parts();
-                for h in HOP_BY_HOP {
-                    rparts.headers.remove(h);
+                for name in HOP_BY_HOP {
+                    rparts.headers.remove(name);
                 }
-                rparts.headers.remove("keep-alive");
-                // The guard lives as long as the response body: an instance
-                // is busy until its response has been streamed out.
-                let body = rbody.map_frame(move |f| {
-                    let _keep = &guard;
-                    f
-                });
-                return Response::from_parts(rparts, Body::new(body));
+                rparts.headers.remove(KEEP_ALIVE);
+                let body = Upstream {
+                    body: rbody,
+                    done: false,
+                    conn: Some((pool.clone(), tx)),
+                    _inflight: guard,
+                };
+                return Response::from_parts(rparts, ProxyBody::Upstream(body));
             }
-            Err(e) => {
+            Err(mut e) => {
                 drop(guard);
-                if e.is_connect() && replayable && tried.len() < 3 {
-                    // Not sent: do not count it against the revision.
-                    backend.counters.requests.fetch_sub(1, Ordering::Relaxed);
-                    tried.push(backend.instance.clone());
+                if let Some(r) = e.take_message()
+                    && stale < MAX_IDLE_PER_PORT
+                {
+                    // The connection closed before the request went out
+                    // (the instance closed an idle connection): resend.
+                    req = r;
+                    uncount();
+                    if fresh {
+                        tried.push(i);
+                    }
+                    stale += 1;
                     continue;
                 }
+                let e = e.into_error();
                 backend.counters.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(service = %lb.service, instance = %backend.instance, error = %e, "proxy error");
                 return plain(
@@ -397,19 +719,19 @@ mod tests {
         }
     }
 
+    fn ids(set: &[Backend], picks: impl IntoIterator<Item = usize>) -> Vec<String> {
+        picks.into_iter().map(|i| set[i].instance.clone()).collect()
+    }
+
     #[test]
     fn round_robin_cycles_and_skips_tried() {
         let lb = Lb::new("s", LbPolicy::RoundRobin);
         let set = vec![backend("a", 0), backend("b", 0), backend("c", 0)];
-        let picks: Vec<String> = (0..6)
-            .map(|_| lb.pick(&set, &[]).unwrap().instance.clone())
-            .collect();
+        let picks = ids(&set, (0..6).map(|_| lb.pick(&set, &[]).unwrap()));
         assert_eq!(picks, ["a", "b", "c", "a", "b", "c"]);
-        let skip = vec!["a".to_string(), "b".to_string()];
-        assert_eq!(lb.pick(&set, &skip).unwrap().instance.clone(), "c");
-        let all: Vec<String> = set.iter().map(|b| b.instance.clone()).collect();
-        assert!(lb.pick(&set, &all).is_none());
-        assert!(lb.pick(&[], &[]).is_none());
+        assert_eq!(ids(&set, lb.pick(&set, &[0, 1])), ["c"]);
+        assert!(lb.pick(&set, &[0, 1, 2]).is_none());
+        assert!(lb.pick::<Backend>(&[], &[]).is_none());
     }
 
     #[test]
@@ -417,12 +739,324 @@ mod tests {
         let lb = Lb::new("s", LbPolicy::LeastConnections);
         let set = vec![backend("busy", 5), backend("idle", 0), backend("some", 2)];
         for _ in 0..5 {
-            assert_eq!(lb.pick(&set, &[]).unwrap().instance.clone(), "idle");
+            assert_eq!(ids(&set, lb.pick(&set, &[])), ["idle"]);
         }
         let tie = vec![backend("a", 1), backend("b", 1)];
         let picks: std::collections::BTreeSet<String> = (0..4)
-            .map(|_| lb.pick(&tie, &[]).unwrap().instance.clone())
+            .map(|_| tie[lb.pick(&tie, &[]).unwrap()].instance.clone())
             .collect();
         assert_eq!(picks.len(), 2, "ties spread");
+    }
+
+    use std::sync::atomic::AtomicUsize as Count;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An upstream that answers with what it received, one line per item,
+    /// and counts the connections it accepted.
+    async fn echo() -> (u16, Arc<Count>) {
+        let accepted = Arc::new(Count::new(0));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let a = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                a.fetch_add(1, Ordering::SeqCst);
+                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    use http_body_util::BodyExt;
+                    let h = |n: &str| {
+                        req.headers()
+                            .get(n)
+                            .map(|v| v.to_str().unwrap_or("?").to_string())
+                            .unwrap_or_else(|| "-".into())
+                    };
+                    let mut text = format!(
+                        "{} {} {:?}\nhost={}\nxff={}\nproto={}\nkeep-alive={}\nproxy-connection={}\nte={}\nupgrade={}\n",
+                        req.method(),
+                        req.uri(),
+                        req.version(),
+                        h("host"),
+                        h("x-forwarded-for"),
+                        h("x-forwarded-proto"),
+                        h("keep-alive"),
+                        h("proxy-connection"),
+                        h("te"),
+                        h("upgrade"),
+                    );
+                    let status = req
+                        .uri()
+                        .query()
+                        .and_then(|q| q.strip_prefix("status="))
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(200);
+                    let body = req.into_body().collect().await?.to_bytes();
+                    text.push_str(&format!("body={}\n", String::from_utf8_lossy(&body)));
+                    let mut r = Response::new(http_body_util::Full::new(Bytes::from(text)));
+                    *r.status_mut() = StatusCode::from_u16(status).unwrap();
+                    r.headers_mut()
+                        .insert("keep-alive", HeaderValue::from_static("timeout=5"));
+                    Ok::<_, hyper::Error>(r)
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc),
+                );
+            }
+        });
+        (port, accepted)
+    }
+
+    fn routed(id: &str, port: u16, counters: &Arc<Counters>) -> Backend {
+        Backend {
+            instance: id.into(),
+            revision: Revision("r".into()),
+            ports: BTreeMap::from([(String::new(), port)]),
+            inflight: Arc::default(),
+            counters: counters.clone(),
+        }
+    }
+
+    fn closed_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    async fn listen(lb: &Arc<Lb>, preview: bool) -> u16 {
+        let port = closed_port();
+        let want = BTreeMap::from([(
+            port,
+            ListenerKind {
+                port_name: "http".into(),
+                preview,
+            },
+        )]);
+        assert!(
+            lb.set_listeners(IpAddr::V4(Ipv4Addr::LOCALHOST), &want)
+                .await
+                .is_empty()
+        );
+        port
+    }
+
+    /// One raw HTTP/1.1 exchange on a new connection (`Connection: close`).
+    async fn raw(port: u16, head: &str, body: &str) -> String {
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let req = format!(
+            "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        tcp.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn forwards_headers_target_and_body_and_strips_hop_by_hop() {
+        let (up, _) = echo().await;
+        let counters = Arc::new(Counters::default());
+        let lb = Lb::new("s", LbPolicy::RoundRobin);
+        lb.set_routes(Routes {
+            active: vec![routed("a", up, &counters)],
+            preview: vec![],
+        });
+        let port = listen(&lb, false).await;
+        let out = raw(
+            port,
+            "POST /p/q?x=1&y=2 HTTP/1.1\r\nHost: web.test\r\nX-Forwarded-For: 10.0.0.1\r\nKeep-Alive: timeout=9\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\nUpgrade: websocket",
+            "hello",
+        )
+        .await;
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(out.contains("POST /p/q?x=1&y=2 HTTP/1.1\n"), "{out}");
+        for line in [
+            "host=web.test",
+            "xff=10.0.0.1, 127.0.0.1",
+            "proto=http",
+            "keep-alive=-",
+            "proxy-connection=-",
+            "te=-",
+            "upgrade=-",
+            "body=hello",
+        ] {
+            assert!(out.contains(&format!("{line}\n")), "{line} in {out}");
+        }
+        // The instance's own hop-by-hop header does not reach the client.
+        assert!(
+            !out.to_ascii_lowercase().contains("keep-alive: timeout=5"),
+            "{out}"
+        );
+        // HTTP/1.0 without Host: the instance still gets one.
+        let out = raw(port, "GET / HTTP/1.0", "").await;
+        assert!(out.contains(&format!("host=127.0.0.1:{up}\n")), "{out}");
+        assert!(out.contains("xff=127.0.0.1\n"), "{out}");
+        assert_eq!(counters.requests.load(Ordering::SeqCst), 2);
+        assert_eq!(counters.errors.load(Ordering::SeqCst), 0);
+        lb.close();
+    }
+
+    #[tokio::test]
+    async fn reuses_upstream_connections_and_counts_responses() {
+        let (up, accepted) = echo().await;
+        let counters = Arc::new(Counters::default());
+        let b = routed("a", up, &counters);
+        let inflight = b.inflight.clone();
+        let lb = Lb::new("s", LbPolicy::RoundRobin);
+        lb.set_routes(Routes {
+            active: vec![b],
+            preview: vec![],
+        });
+        let port = listen(&lb, false).await;
+        // Sequential requests, each on a new client connection, including
+        // bodiless answers (HEAD, 204): one upstream connection serves all.
+        for (i, head) in [
+            "GET / HTTP/1.1\r\nHost: x",
+            "HEAD / HTTP/1.1\r\nHost: x",
+            "GET /?status=204 HTTP/1.1\r\nHost: x",
+            "GET /?status=503 HTTP/1.1\r\nHost: x",
+            "GET /?status=404 HTTP/1.1\r\nHost: x",
+            "GET / HTTP/1.1\r\nHost: x",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let out = raw(port, head, "").await;
+            assert!(out.starts_with("HTTP/1.1 "), "{i}: {out}");
+            // The connection goes back to the pool when the response ends.
+            for _ in 0..100 {
+                if inflight.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(
+                inflight.load(Ordering::SeqCst),
+                0,
+                "{i}: idle after the response"
+            );
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "one upstream connection"
+        );
+        assert_eq!(counters.requests.load(Ordering::SeqCst), 6);
+        assert_eq!(counters.errors.load(Ordering::SeqCst), 1, "the 503 only");
+        lb.close();
+    }
+
+    #[tokio::test]
+    async fn connect_errors_go_to_another_instance_even_with_a_body() {
+        let (up, _) = echo().await;
+        let (dead, alive) = (Arc::new(Counters::default()), Arc::new(Counters::default()));
+        let lb = Lb::new("s", LbPolicy::RoundRobin);
+        lb.set_routes(Routes {
+            active: vec![
+                routed("dead", closed_port(), &dead),
+                routed("ok", up, &alive),
+            ],
+            preview: vec![],
+        });
+        let port = listen(&lb, false).await;
+        for _ in 0..4 {
+            let out = raw(port, "POST / HTTP/1.1\r\nHost: x", "payload").await;
+            assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+            assert!(out.contains("body=payload\n"), "{out}");
+        }
+        assert_eq!(
+            dead.requests.load(Ordering::SeqCst),
+            0,
+            "not sent, not counted"
+        );
+        assert_eq!(dead.errors.load(Ordering::SeqCst), 0);
+        assert_eq!(alive.requests.load(Ordering::SeqCst), 4);
+
+        // Every instance refuses: 502 naming one; none ready: 503.
+        lb.set_routes(Routes {
+            active: vec![routed("gone", closed_port(), &dead)],
+            preview: vec![],
+        });
+        let out = raw(port, "GET / HTTP/1.1\r\nHost: x", "").await;
+        assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+        assert!(out.contains("instance gone of service s failed"), "{out}");
+        lb.set_routes(Routes::default());
+        let out = raw(port, "GET / HTTP/1.1\r\nHost: x", "").await;
+        assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+        assert!(out.contains("no ready instance of service s\n"), "{out}");
+        let preview = listen(&lb, true).await;
+        let out = raw(preview, "GET / HTTP/1.1\r\nHost: x", "").await;
+        assert!(
+            out.contains("no ready instance of service s (preview)"),
+            "{out}"
+        );
+        lb.close();
+    }
+
+    #[tokio::test]
+    async fn h2c_clients_are_served_over_http1_upstream() {
+        let (up, _) = echo().await;
+        let counters = Arc::new(Counters::default());
+        let lb = Lb::new("s", LbPolicy::RoundRobin);
+        lb.set_routes(Routes {
+            active: vec![routed("a", up, &counters)],
+            preview: vec![],
+        });
+        let port = listen(&lb, false).await;
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http::<http_body_util::Empty<Bytes>>();
+        let uri: Uri = format!("http://127.0.0.1:{port}/h2?x=1").parse().unwrap();
+        let resp = client.get(uri).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        use http_body_util::BodyExt;
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.starts_with("GET /h2?x=1 HTTP/1.1\n"), "{text}");
+        assert!(text.contains(&format!("host=127.0.0.1:{port}\n")), "{text}");
+        lb.close();
+    }
+
+    #[tokio::test]
+    async fn an_instance_closing_idle_connections_is_not_an_error() {
+        // An upstream that closes each connection after one response.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
+                    Ok::<_, Infallible>(Response::new(http_body_util::Full::new(
+                        Bytes::from_static(b"ok"),
+                    )))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .keep_alive(false)
+                        .serve_connection(TokioIo::new(tcp), svc),
+                );
+            }
+        });
+        let counters = Arc::new(Counters::default());
+        let lb = Lb::new("s", LbPolicy::RoundRobin);
+        lb.set_routes(Routes {
+            active: vec![routed("a", up, &counters)],
+            preview: vec![],
+        });
+        let port = listen(&lb, false).await;
+        for _ in 0..5 {
+            let out = raw(port, "GET / HTTP/1.1\r\nHost: x", "").await;
+            assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        }
+        assert_eq!(counters.errors.load(Ordering::SeqCst), 0);
+        lb.close();
     }
 }
