@@ -527,6 +527,19 @@ impl Body for ProxyBody {
     }
 }
 
+/// The answer when an instance failed the request: counted as its error.
+fn bad_gateway(service: &str, backend: &Backend, e: &dyn std::fmt::Display) -> Response<ProxyBody> {
+    backend.counters.errors.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(service = %service, instance = %backend.instance, error = %e, "proxy error");
+    plain(
+        StatusCode::BAD_GATEWAY,
+        format!(
+            "floyd: instance {} of service {service} failed: {e}\n",
+            backend.instance
+        ),
+    )
+}
+
 fn plain(status: StatusCode, msg: String) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::Full(Some(Bytes::from(msg))));
     *r.status_mut() = status;
@@ -633,15 +646,7 @@ async fn proxy(conn: &Conn, req: Request<Incoming>) -> Response<ProxyBody> {
                         tried.push(i);
                         continue;
                     }
-                    backend.counters.errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(service = %lb.service, instance = %backend.instance, error = %e, "proxy error");
-                    return plain(
-                        StatusCode::BAD_GATEWAY,
-                        format!(
-                            "floyd: instance {} of service {} failed: {e}\n",
-                            backend.instance, lb.service
-                        ),
-                    );
+                    return bad_gateway(&lb.service, backend, &e);
                 }
             },
         };
@@ -651,9 +656,6 @@ async fn proxy(conn: &Conn, req: Request<Incoming>) -> Response<ProxyBody> {
         if !fresh && !tx.is_ready() && tx.ready().await.is_err() {
             drop(guard);
             uncount();
-            if fresh {
-                tried.push(i);
-            }
             stale += 1;
             continue;
         }
@@ -690,16 +692,7 @@ async fn proxy(conn: &Conn, req: Request<Incoming>) -> Response<ProxyBody> {
                     stale += 1;
                     continue;
                 }
-                let e = e.into_error();
-                backend.counters.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(service = %lb.service, instance = %backend.instance, error = %e, "proxy error");
-                return plain(
-                    StatusCode::BAD_GATEWAY,
-                    format!(
-                        "floyd: instance {} of service {} failed: {e}\n",
-                        backend.instance, lb.service
-                    ),
-                );
+                return bad_gateway(&lb.service, backend, &e.into_error());
             }
         }
     }
@@ -843,6 +836,17 @@ mod tests {
         port
     }
 
+    /// A round-robin LB routing to `active`, listening on a free port.
+    async fn serving(active: Vec<Backend>) -> (Arc<Lb>, u16) {
+        let lb = Lb::new("s", LbPolicy::RoundRobin);
+        lb.set_routes(Routes {
+            active,
+            preview: vec![],
+        });
+        let port = listen(&lb, false).await;
+        (lb, port)
+    }
+
     /// One raw HTTP/1.1 exchange on a new connection (`Connection: close`).
     async fn raw(port: u16, head: &str, body: &str) -> String {
         let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -862,12 +866,7 @@ mod tests {
     async fn forwards_headers_target_and_body_and_strips_hop_by_hop() {
         let (up, _) = echo().await;
         let counters = Arc::new(Counters::default());
-        let lb = Lb::new("s", LbPolicy::RoundRobin);
-        lb.set_routes(Routes {
-            active: vec![routed("a", up, &counters)],
-            preview: vec![],
-        });
-        let port = listen(&lb, false).await;
+        let (lb, port) = serving(vec![routed("a", up, &counters)]).await;
         let out = raw(
             port,
             "POST /p/q?x=1&y=2 HTTP/1.1\r\nHost: web.test\r\nX-Forwarded-For: 10.0.0.1\r\nKeep-Alive: timeout=9\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\nUpgrade: websocket",
@@ -908,12 +907,7 @@ mod tests {
         let counters = Arc::new(Counters::default());
         let b = routed("a", up, &counters);
         let inflight = b.inflight.clone();
-        let lb = Lb::new("s", LbPolicy::RoundRobin);
-        lb.set_routes(Routes {
-            active: vec![b],
-            preview: vec![],
-        });
-        let port = listen(&lb, false).await;
+        let (lb, port) = serving(vec![b]).await;
         // Sequential requests, each on a new client connection, including
         // bodiless answers (HEAD, 204): one upstream connection serves all.
         for (i, head) in [
@@ -956,15 +950,11 @@ mod tests {
     async fn connect_errors_go_to_another_instance_even_with_a_body() {
         let (up, _) = echo().await;
         let (dead, alive) = (Arc::new(Counters::default()), Arc::new(Counters::default()));
-        let lb = Lb::new("s", LbPolicy::RoundRobin);
-        lb.set_routes(Routes {
-            active: vec![
-                routed("dead", closed_port(), &dead),
-                routed("ok", up, &alive),
-            ],
-            preview: vec![],
-        });
-        let port = listen(&lb, false).await;
+        let (lb, port) = serving(vec![
+            routed("dead", closed_port(), &dead),
+            routed("ok", up, &alive),
+        ])
+        .await;
         for _ in 0..4 {
             let out = raw(port, "POST / HTTP/1.1\r\nHost: x", "payload").await;
             assert!(out.starts_with("HTTP/1.1 200"), "{out}");
@@ -1003,12 +993,7 @@ mod tests {
     async fn h2c_clients_are_served_over_http1_upstream() {
         let (up, _) = echo().await;
         let counters = Arc::new(Counters::default());
-        let lb = Lb::new("s", LbPolicy::RoundRobin);
-        lb.set_routes(Routes {
-            active: vec![routed("a", up, &counters)],
-            preview: vec![],
-        });
-        let port = listen(&lb, false).await;
+        let (lb, port) = serving(vec![routed("a", up, &counters)]).await;
         let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .http2_only(true)
             .build_http::<http_body_util::Empty<Bytes>>();
@@ -1046,12 +1031,7 @@ mod tests {
             }
         });
         let counters = Arc::new(Counters::default());
-        let lb = Lb::new("s", LbPolicy::RoundRobin);
-        lb.set_routes(Routes {
-            active: vec![routed("a", up, &counters)],
-            preview: vec![],
-        });
-        let port = listen(&lb, false).await;
+        let (lb, port) = serving(vec![routed("a", up, &counters)]).await;
         for _ in 0..5 {
             let out = raw(port, "GET / HTTP/1.1\r\nHost: x", "").await;
             assert!(out.starts_with("HTTP/1.1 200"), "{out}");
