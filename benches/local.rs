@@ -1,7 +1,10 @@
 //! Benchmark: local. Results and the command to reproduce them are in docs/benchmarks.md.
 //!
-//! `cargo bench --bench local [-- --seconds 5 --rounds 3 --instances 100] [--lb-only] [--load T[,T...] [--connections N]]`
+//! `cargo bench --bench local [-- --seconds 5 --rounds 3 --instances 100] [--lb-only] [--load T[,T...] [--connections N]] [--lb-threads N] [--pin]`
 //! (T: `direct`, `lb`, either followed by a path as in `lb/slow?ms=5`, or a URL)
+//!
+//! `--pin` (phase 3): the load balancer's threads (`floyd-lb`) on the last
+//! CPU, the load generator and the instance on the others (`taskset`).
 //!
 //! `--lb-only` skips phases 1 and 2. `--load T` skips them too and, instead
 //! of the side-by-side rounds, loads each target in turn for `--seconds` (to profile
@@ -99,6 +102,10 @@ async fn start(dir: &std::path::Path) -> LocalRuntime {
     let mut cfg = LocalConfig::new(dir);
     cfg.floyd_bin = Some(env!("CARGO_BIN_EXE_floyd").into());
     cfg.nvidia_smi = None;
+    let threads = arg("--lb-threads", 0) as usize;
+    if threads > 0 {
+        cfg.lb_threads = threads;
+    }
     LocalRuntime::start(cfg).await.expect("runtime starts")
 }
 
@@ -231,6 +238,46 @@ async fn load(url: &str, secs: u64, app_pid: i32, connections: usize) -> Round {
         cpu_self_us: ((self1.0 - self0.0) * 1e6 / n, (self1.1 - self0.1) * 1e6 / n),
         cpu_app_us: (app1.0 + app1.1 - app0.0 - app0.1) * 1e6 / n,
     }
+}
+
+/// `--pin`: the load balancer's threads on the last CPU; this process's
+/// other threads (load generator, runtime) and the instance on the others.
+/// On a 2-CPU machine this gives the proxy a core of its own, as it has on
+/// any machine with cores to spare, instead of competing with the load
+/// generator and the instance for two.
+fn pin(app_pid: i32) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        eprintln!("--pin needs at least 2 CPUs");
+        return;
+    }
+    let (lb_cpu, rest) = ((cpus - 1).to_string(), format!("0-{}", cpus - 2));
+    let taskset = |args: &[&str]| {
+        let ok = std::process::Command::new("taskset")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("taskset {args:?} failed");
+        }
+    };
+    for t in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let tid = t.file_name().to_string_lossy().to_string();
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let cpu = if comm.trim() == "floyd-lb" {
+            &lb_cpu
+        } else {
+            &rest
+        };
+        println!("pin: thread {tid} ({}) on CPU {cpu}", comm.trim());
+        taskset(&["-pc", cpu, &tid]);
+    }
+    taskset(&["-apc", &rest, &app_pid.to_string()]);
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -367,6 +414,9 @@ async fn main() {
         let id = o.revisions[0].instances[0].id.clone();
         let direct_port = rt.instance_port(&svc, &id).unwrap_or(0);
         let app_pid = rt.pids().first().copied().unwrap_or(0);
+        if std::env::args().any(|a| a == "--pin") {
+            pin(app_pid);
+        }
         if let Some(targets) = load_only.as_deref() {
             // For `perf record -p`: one long round per target, in order.
             let path = |p: &str| {

@@ -1329,3 +1329,85 @@ async fn startup_probe_gates_readiness_and_its_failure_restarts() {
     assert!(reason.contains("startup probe"), "{reason}");
     rt.shutdown().await;
 }
+
+/// The load balancers run on threads of their own: a controller runtime that
+/// is busy (here: its only thread blocked) does not hold up proxying.
+#[tokio::test(flavor = "current_thread")]
+async fn the_lb_serves_while_the_controller_runtime_is_blocked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.lb_threads = 1;
+    let rt = floyd::runtime::local::LocalRuntime::start(cfg)
+        .await
+        .unwrap();
+    let svc = name("web");
+    let lb = free_port();
+    let t = sample(&["--version", "v1"]);
+    rt.apply(
+        &svc,
+        &web_spec(1, t.clone(), lb),
+        &create("aaaaaaaaaa", &t, 1),
+    )
+    .await
+    .unwrap();
+    wait_for(&rt, &svc, 20, "1 ready", |o| ready(o, "aaaaaaaaaa") == 1).await;
+    let (started, blocked_for) = (std::time::Instant::now(), Duration::from_millis(1500));
+    let client = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut answers = Vec::new();
+        for _ in 0..20 {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", lb)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                .unwrap();
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            let ok = out.starts_with("HTTP/1.1 200");
+            answers.push((out, started.elapsed()));
+            if !ok {
+                break;
+            }
+        }
+        answers
+    });
+    // Blocks the only thread of the runtime the controller (this test) runs on.
+    std::thread::sleep(blocked_for);
+    let answers = client.join().unwrap();
+    assert_eq!(answers.len(), 20, "{answers:?}");
+    for (out, at) in &answers {
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(out.contains("\"version\":\"v1\""), "{out}");
+        assert!(
+            *at < blocked_for,
+            "answered after {at:?}, once the controller's runtime was free again"
+        );
+    }
+    rt.shutdown().await;
+    assert!(instance_processes(dir.path()).is_empty());
+}
+
+/// `--lb-threads` and `--lb-policy` are checked before anything starts.
+#[test]
+fn bad_load_balancer_flags_are_usage_errors_naming_the_flag() {
+    for (flags, want) in [
+        (&["--lb-threads", "0"][..], "--lb-threads"),
+        (&["--lb-threads", "many"][..], "--lb-threads"),
+        (&["--lb-policy", "fastest"][..], "--lb-policy"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(FLOYD)
+            .args(["run", "--repo", "/nonexistent/repo", "--state-dir"])
+            .arg(dir.path())
+            .args(flags)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {err}");
+        assert!(err.contains(want), "{flags:?}: {err}");
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+            "{flags:?}: nothing is created before the flags are checked"
+        );
+    }
+}

@@ -68,6 +68,18 @@ pub struct Args {
     /// e.g. `NVIDIA-L4:2,NVIDIA-A100-SXM4-80GB:4` (default: floyd.yaml `runtime.local.gpus`).
     #[arg(long, env = "FLOYD_GPUS")]
     pub gpus: Option<String>,
+    /// Threads of the local runtime's load balancers (default: a quarter of
+    /// the CPUs, rounded up, at most 8).
+    #[arg(long, env = "FLOYD_LB_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub lb_threads: Option<u16>,
+    /// How the local runtime's load balancers pick an instance.
+    #[arg(
+        long,
+        env = "FLOYD_LB_POLICY",
+        value_enum,
+        default_value = "round-robin"
+    )]
+    pub lb_policy: crate::runtime::local::LbPolicy,
 }
 
 impl Args {
@@ -91,6 +103,8 @@ impl Args {
             resync_interval: Duration::from_secs(10),
             max_concurrent: 16,
             gpus: None,
+            lb_threads: None,
+            lb_policy: crate::runtime::local::LbPolicy::RoundRobin,
         }
     }
 }
@@ -148,6 +162,10 @@ pub async fn make_runtime(args: &Args, gpus: Vec<GpuInventory>) -> anyhow::Resul
                 None => gpus,
             };
             cfg.leave_running = args.leave_running;
+            cfg.lb_policy = args.lb_policy;
+            if let Some(n) = args.lb_threads {
+                cfg.lb_threads = n.into();
+            }
             let local = Arc::new(LocalRuntime::start(cfg).await?);
             Ok(Built {
                 runtime: local.clone(),

@@ -44,7 +44,7 @@ pub mod state;
 mod supervisor;
 
 pub use gpu::{GpuDevice, GpuError, parse_gpus_flag, parse_nvidia_smi};
-pub use lb::LbPolicy;
+pub use lb::{LbPolicy, LbThreads};
 
 use crate::engine::instances::{pick_for_deletion, slow_start_batches};
 use crate::manifest::{GpuInventory, Revision, ServiceName, ServiceSpec, Strategy};
@@ -78,6 +78,8 @@ pub struct LocalConfig {
     /// `FLOYD_BIN` for instances (default: this executable).
     pub floyd_bin: Option<PathBuf>,
     pub lb_policy: LbPolicy,
+    /// Threads of the load balancers (default [`LbThreads::default_count`]).
+    pub lb_threads: usize,
     /// Rotate an instance log above this size (default 10 MiB).
     pub log_max_bytes: u64,
     /// Rotated files kept (default 3).
@@ -100,6 +102,7 @@ impl LocalConfig {
             leave_running: false,
             floyd_bin: None,
             lb_policy: LbPolicy::RoundRobin,
+            lb_threads: LbThreads::default_count(),
             log_max_bytes: 10 * 1024 * 1024,
             log_keep: 3,
             restart_backoff_min: Duration::from_secs(1),
@@ -139,6 +142,8 @@ pub(crate) struct Inner {
     state: Mutex<State>,
     /// Lock order: `state` before `lbs`.
     lbs: Mutex<BTreeMap<ServiceName, Arc<Lb>>>,
+    /// Where the load balancers run; dropped (stopped) with the runtime.
+    lb_threads: LbThreads,
     probe_client: probe::ProbeClient,
     /// Cancelled when the runtime goes away: tasks stop, processes stay.
     abandon: CancellationToken,
@@ -183,7 +188,14 @@ impl LocalRuntime {
             .or_else(|| std::env::current_exe().ok())
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_else(|| "floyd".into());
+        let lb_threads = LbThreads::start(cfg.lb_threads).map_err(|e| {
+            Error::Unavailable(format!(
+                "cannot start {} load balancer thread(s): {e}",
+                cfg.lb_threads.max(1)
+            ))
+        })?;
         let inner = Arc::new(Inner {
+            lb_threads,
             marker: dir.to_string_lossy().into_owned(),
             floyd_bin,
             state_file,
@@ -649,7 +661,13 @@ impl Inner {
         let lb = {
             let mut lbs = self.lbs();
             lbs.entry(service.clone())
-                .or_insert_with(|| Lb::new(service.as_str(), self.cfg.lb_policy))
+                .or_insert_with(|| {
+                    Lb::new(
+                        service.as_str(),
+                        self.cfg.lb_policy,
+                        self.lb_threads.handle(),
+                    )
+                })
                 .clone()
         };
         let errors = lb.set_listeners(self.cfg.bind, &want).await;
