@@ -80,6 +80,21 @@ pub struct Args {
         default_value = "round-robin"
     )]
     pub lb_policy: crate::runtime::local::LbPolicy,
+    /// Prometheus server (http or https URL) for `prometheus` gates that
+    /// name no `address`.
+    #[arg(long, env = "FLOYD_PROMETHEUS_URL", value_parser = prometheus_url)]
+    pub prometheus_url: Option<String>,
+}
+
+fn prometheus_url(s: &str) -> Result<String, String> {
+    match reqwest::Url::parse(s) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(s.to_string()),
+        Ok(u) => Err(format!(
+            "{} is not an http(s) URL; give e.g. http://prometheus:9090",
+            crate::source::redact_url(u.as_str())
+        )),
+        Err(e) => Err(format!("not a URL ({e}); give e.g. http://prometheus:9090")),
+    }
 }
 
 impl Args {
@@ -105,6 +120,7 @@ impl Args {
             gpus: None,
             lb_threads: None,
             lb_policy: crate::runtime::local::LbPolicy::RoundRobin,
+            prometheus_url: None,
         }
     }
 }
@@ -330,6 +346,7 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
     cfg.resync_interval = args.resync_interval;
     cfg.max_concurrent = args.max_concurrent.max(1);
     cfg.no_revert = args.no_revert;
+    cfg.prometheus_url = args.prometheus_url.clone();
     cfg.author_name = author_name;
     cfg.author_email = author_email;
     let ctl = Controller::new(hub.clone(), runtime.clone(), src.clone(), store, cfg);

@@ -17,6 +17,8 @@
 //! Must not: decide rollout steps (the engine does), talk to Git outside
 //! `spawn_blocking` (libgit2 blocks).
 
+mod gates;
+
 use crate::diff::{self, Change};
 use crate::engine::{self, Command, Phase, RevisionCounts, RolloutState};
 use crate::hub::{ControlRequest, Event, HistoryEntry, Hub, ServiceView};
@@ -63,6 +65,8 @@ pub struct Config {
     /// Scratch space for the controller (commits are rendered from the
     /// mirror's objects, in memory, not exported here).
     pub work_dir: PathBuf,
+    /// Prometheus server for `prometheus` gates that name no `address`.
+    pub prometheus_url: Option<String>,
 }
 
 impl Config {
@@ -77,6 +81,7 @@ impl Config {
             author_name: "Floyd".into(),
             author_email: "floyd@localhost".into(),
             work_dir,
+            prometheus_url: None,
         }
     }
 }
@@ -107,6 +112,8 @@ struct Shared {
     /// Rollout records to mirror into the runtime's own state (kube: a
     /// ConfigMap per service), written in order by one task started in `run`.
     cluster_state: tokio::sync::mpsc::UnboundedSender<(ServiceName, String)>,
+    /// Evaluates `spec.gates` for runtimes that do not (local, kube).
+    gates: gates::GateRunner,
 }
 
 /// What the controller mirrors into the runtime (kube: the cluster) so a
@@ -159,6 +166,7 @@ impl Controller {
         let (cluster_state, cluster_state_rx) = tokio::sync::mpsc::unbounded_channel();
         Controller {
             sh: Arc::new(Shared {
+                gates: gates::GateRunner::new(cfg.prometheus_url.clone()),
                 hub,
                 runtime,
                 source,
@@ -595,6 +603,7 @@ impl Controller {
                     }
                     let _ = sh.store.remove_service(name.as_str());
                     sh.hub.remove_service(name.as_str());
+                    sh.gates.forget(&name);
                     self.services.remove(&name);
                     self.queue.remove(&name);
                 }
@@ -939,7 +948,7 @@ async fn step_service(
     {
         sh.runtime.note_commit(&name, &rec.state.target, &c.sha);
     }
-    let observed = match sh.runtime.observe(&name, Some(&rec.spec), now).await {
+    let mut observed = match sh.runtime.observe(&name, Some(&rec.spec), now).await {
         Ok(o) => o,
         Err(e) => {
             tracing::warn!(service = %name, error = %e, "observe failed; retrying");
@@ -947,6 +956,27 @@ async fn step_service(
             return (name, svc, None);
         }
     };
+    // Gates of the revision being rolled out, unless the runtime reports
+    // them itself (the simulator does). A rollback's target passed them when
+    // it completed.
+    if observed.gates.is_empty()
+        && !rec.spec.gates.is_empty()
+        && !rec.state.is_rollback
+        && !rec.state.phase.is_terminal()
+    {
+        let step = gates::Step {
+            service: name.clone(),
+            revision: rec.state.target.clone(),
+            stable: rec.state.stable.clone(),
+            phase: rec.state.phase.as_str().to_string(),
+            since: rec
+                .state
+                .progress
+                .promoted_at
+                .unwrap_or(rec.state.started_at),
+        };
+        observed.gates = sh.gates.evaluate(&rec.spec, &observed, &step, now);
+    }
     let before = rec.state.clone();
     // Settled rollouts are stepped too (the engine corrects drift); a failed
     // one is left as it is for a person or the next commit.
