@@ -138,8 +138,18 @@ async fn wait_phase(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn rollout_rollback_revert_seen_through_every_window() {
+/// A bare remote seeded with `files` in one commit, a clone to change it,
+/// and the controller on the local runtime, wired like `floyd run`.
+struct Stack {
+    _tmp: tempfile::TempDir,
+    work: std::path::PathBuf,
+    runtime: Arc<LocalRuntime>,
+    hub: Arc<Hub>,
+    stop: CancellationToken,
+    controller: tokio::task::JoinHandle<Result<(), floyd::controller::Error>>,
+}
+
+async fn stack(files: &[(&str, String)], message: &str, gpus: Vec<GpuInventory>) -> Stack {
     let tmp = tempfile::tempdir().expect("tmp");
     let remote = tmp.path().join("remote.git");
     let work = tmp.path().join("work");
@@ -150,31 +160,20 @@ async fn rollout_rollback_revert_seen_through_every_window() {
         &["clone", "-q", remote.to_str().expect("utf-8"), "work"],
     );
     std::fs::create_dir_all(work.join("services")).expect("mkdir");
-    let (web_port, llm_port) = (free_port(), free_port());
-    std::fs::write(
-        work.join("services/web.yaml"),
-        web_yaml("v1", false, web_port),
-    )
-    .expect("write");
-    std::fs::write(work.join("services/llm.yaml"), llm_yaml(llm_port)).expect("write");
+    for (path, text) in files {
+        std::fs::write(work.join(path), text).expect("write");
+    }
     git(&work, &["add", "-A"]);
-    git(&work, &["commit", "-q", "-m", "web v1 and llm"]);
+    git(&work, &["commit", "-q", "-m", message]);
     git(&work, &["push", "-q", "origin", "HEAD:main"]);
 
-    // The controller, the local runtime and the server, wired like `floyd run`.
     let state = tmp.path().join("state");
     std::fs::create_dir_all(&state).expect("mkdir");
     let mut lc = LocalConfig::new(&state);
     lc.floyd_bin = Some(env!("CARGO_BIN_EXE_floyd").into());
     lc.nvidia_smi = None;
     lc.tick = Duration::from_millis(50);
-    lc.gpus = vec![GpuInventory {
-        product: "NVIDIA-A100-SXM4-80GB".into(),
-        memory_mib: Some(81920),
-        count: 2,
-        time_sliced_replicas: None,
-        mig: Default::default(),
-    }];
+    lc.gpus = gpus;
     let runtime = Arc::new(LocalRuntime::start(lc).await.expect("local runtime"));
     let hub = Arc::new(Hub::new());
     let src = Arc::new(
@@ -188,7 +187,7 @@ async fn rollout_rollback_revert_seen_through_every_window() {
     );
     let store = Arc::new(Store::open(&state).expect("store"));
     let mut cfg = CtlConfig::new(state.join("work"));
-    // Long poll: the second commit must arrive through the webhook.
+    // Long poll: later commits arrive through webhooks.
     cfg.poll_interval = Duration::from_secs(3600);
     cfg.resync_interval = Duration::from_millis(500);
     let stop = CancellationToken::new();
@@ -197,6 +196,41 @@ async fn rollout_rollback_revert_seen_through_every_window() {
         let stop = stop.clone();
         tokio::spawn(async move { ctl.run(async move { stop.cancelled().await }).await })
     };
+    Stack {
+        _tmp: tmp,
+        work,
+        runtime,
+        hub,
+        stop,
+        controller,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rollout_rollback_revert_seen_through_every_window() {
+    let (web_port, llm_port) = (free_port(), free_port());
+    let Stack {
+        _tmp,
+        work,
+        runtime,
+        hub,
+        stop,
+        controller,
+    } = stack(
+        &[
+            ("services/web.yaml", web_yaml("v1", false, web_port)),
+            ("services/llm.yaml", llm_yaml(llm_port)),
+        ],
+        "web v1 and llm",
+        vec![GpuInventory {
+            product: "NVIDIA-A100-SXM4-80GB".into(),
+            memory_mib: Some(81920),
+            count: 2,
+            time_sliced_replicas: None,
+            mig: Default::default(),
+        }],
+    )
+    .await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -381,4 +415,168 @@ async fn rollout_rollback_revert_seen_through_every_window() {
         .expect("controller task")
         .expect("controller");
     runtime.shutdown().await;
+}
+
+/// `web` behind the load balancer with a success-rate gate: the share of
+/// non-5xx responses of the new revision over 2 s must be at least 90 %.
+fn gated_web_yaml(version: &str, error_ratio: f64, port: u16) -> String {
+    format!(
+        "apiVersion: floyd.dev/v1
+kind: Service
+metadata:
+  name: web
+spec:
+  replicas: 2
+  template:
+    command: [\"${{FLOYD_BIN}}\", \"sample-app\", \"--version\", \"{version}\", \"--error-ratio\", \"{error_ratio}\"]
+    terminationGracePeriodSeconds: 2
+  ports:
+    - {{ name: http, port: {port} }}
+  health:
+    readiness: {{ http: {{ path: /healthz, port: http }}, periodSeconds: 1 }}
+  gates:
+    - successRate: {{ min: 0.9, window: 2s }}
+  progressDeadlineSeconds: 20
+  strategy:
+    type: RollingUpdate
+    rollingUpdate: {{ maxSurge: 1, maxUnavailable: 0 }}
+  onFailure: {{ rollback: true, revert: true }}
+"
+    )
+}
+
+async fn wait_view(
+    hub: &Hub,
+    what: &str,
+    cond: impl Fn(&floyd::hub::ServiceView) -> bool,
+) -> floyd::hub::ServiceView {
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        if let Some(v) = hub.service("web")
+            && cond(&v)
+        {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for web: {what}; last view: {:#?}",
+            hub.service("web")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The load balancer's counts decide: a revision answering 5xx to half its
+/// requests fails the successRate gate under real traffic, is rolled back and
+/// reverted in Git; a healthy one passes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn success_rate_gate_fails_an_erroring_revision_under_traffic() {
+    let port = free_port();
+    let st = stack(
+        &[("services/web.yaml", gated_web_yaml("v1", 0.0, port))],
+        "web v1",
+        Vec::new(),
+    )
+    .await;
+    // Steady traffic through the load balancer from the start.
+    let load_stop = CancellationToken::new();
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = load_stop.clone();
+            tokio::spawn(async move {
+                let c = reqwest::Client::new();
+                while !stop.is_cancelled() {
+                    let _ = c.get(format!("http://127.0.0.1:{port}/")).send().await;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        })
+        .collect();
+
+    let v1 = wait_view(&st.hub, "v1 Complete", |v| {
+        v.phase == floyd::engine::Phase::Complete
+    })
+    .await;
+    let rev1 = v1.target_revision.clone().expect("revision");
+    assert!(
+        v1.gates
+            .iter()
+            .any(|g| g.name == "successRate" && g.verdict == floyd::runtime::GateVerdict::Pass),
+        "{:?}",
+        v1.gates
+    );
+
+    // v2 answers 500 to half of `/`: its probes pass, its traffic does not.
+    let mut events = st.hub.subscribe();
+    std::fs::write(
+        st.work.join("services/web.yaml"),
+        gated_web_yaml("v2", 0.5, port),
+    )
+    .expect("write");
+    git(&st.work, &["commit", "-q", "-am", "web v2 (erroring)"]);
+    git(&st.work, &["push", "-q", "origin", "HEAD:main"]);
+    let bad = git(&st.work, &["rev-parse", "HEAD"]);
+    st.hub.trigger_fetch(floyd::hub::FetchTrigger {
+        source: "test".into(),
+        after: Some(bad.clone()),
+    });
+    // Rolled back to v1 and reverted in Git.
+    let revert = loop {
+        match tokio::time::timeout(LONG, events.recv()).await {
+            Ok(Ok(floyd::hub::Event::Revert {
+                ok,
+                commit,
+                reverted,
+                ..
+            })) => {
+                break (ok, commit, reverted);
+            }
+            Ok(_) => continue,
+            Err(_) => panic!("no revert event; view: {:#?}", st.hub.service("web")),
+        }
+    };
+    assert!(revert.0, "{revert:?}");
+    assert_eq!(revert.2, vec![bad.clone()]);
+    let history = st.hub.history("web");
+    let failed = history
+        .iter()
+        .find(|e| e.to_revision != rev1 && !e.rollback)
+        .expect("the v2 rollout in the history");
+    assert!(
+        matches!(
+            failed.result,
+            floyd::engine::Phase::Failed | floyd::engine::Phase::RolledBack
+        ),
+        "{failed:#?}"
+    );
+    assert!(
+        failed
+            .reason
+            .contains("gate successRate failed: success rate"),
+        "{failed:#?}"
+    );
+    git(&st.work, &["pull", "-q", "origin", "main"]);
+    let msg = git(&st.work, &["log", "-1", "--format=%B"]);
+    assert!(msg.contains(&format!("This reverts commit {bad}")), "{msg}");
+    assert!(
+        msg.contains("Floyd-Reason: gate successRate failed: success rate"),
+        "{msg}"
+    );
+    let back = wait_view(&st.hub, "back on v1", |v| {
+        v.phase == floyd::engine::Phase::Complete && v.current_revision.as_ref() == Some(&rev1)
+    })
+    .await;
+    assert_eq!(back.target_revision, Some(rev1));
+
+    load_stop.cancel();
+    for l in load {
+        let _ = l.await;
+    }
+    st.stop.cancel();
+    tokio::time::timeout(WAIT, st.controller)
+        .await
+        .expect("controller stops")
+        .expect("controller task")
+        .expect("controller");
+    st.runtime.shutdown().await;
 }
