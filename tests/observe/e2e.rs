@@ -466,6 +466,94 @@ async fn wait_view(
     }
 }
 
+impl Stack {
+    /// Commits `services/web.yaml`, pushes it and tells the controller
+    /// (as a webhook would); returns the commit.
+    fn push_web(&self, yaml: &str, message: &str) -> String {
+        std::fs::write(self.work.join("services/web.yaml"), yaml).expect("write");
+        git(&self.work, &["commit", "-q", "-am", message]);
+        git(&self.work, &["push", "-q", "origin", "HEAD:main"]);
+        let sha = git(&self.work, &["rev-parse", "HEAD"]);
+        self.hub.trigger_fetch(floyd::hub::FetchTrigger {
+            source: "test".into(),
+            after: Some(sha.clone()),
+        });
+        sha
+    }
+
+    /// The history entry of web's failed rollout away from `good`.
+    fn failed_rollout(&self, good: &floyd::manifest::Revision) -> floyd::hub::HistoryEntry {
+        let failed = self
+            .hub
+            .history("web")
+            .into_iter()
+            .find(|e| &e.to_revision != good && !e.rollback)
+            .expect("the failed rollout in the history");
+        assert!(
+            matches!(
+                failed.result,
+                floyd::engine::Phase::Failed | floyd::engine::Phase::RolledBack
+            ),
+            "{failed:#?}"
+        );
+        failed
+    }
+
+    /// Pushes `yaml` (a v2 answering 5xx to half its requests) and waits
+    /// until it failed its successRate gate and was reverted; returns the
+    /// reverted commit.
+    async fn erroring_v2_is_reverted(
+        &self,
+        yaml: &str,
+        good: &floyd::manifest::Revision,
+    ) -> String {
+        let mut events = self.hub.subscribe();
+        let bad = self.push_web(yaml, "web v2 (erroring)");
+        let revert = next_revert(&mut events).await;
+        assert_eq!(
+            (revert.0, &revert.2),
+            (true, &vec![bad.clone()]),
+            "{revert:?}"
+        );
+        let failed = self.failed_rollout(good);
+        assert!(
+            failed
+                .reason
+                .contains("gate successRate failed: success rate"),
+            "{failed:#?}"
+        );
+        bad
+    }
+
+    async fn finish(self) {
+        self.stop.cancel();
+        tokio::time::timeout(WAIT, self.controller)
+            .await
+            .expect("controller stops")
+            .expect("controller task")
+            .expect("controller");
+        self.runtime.shutdown().await;
+    }
+}
+
+/// The next revert event: (pushed, revert commit, reverted commits).
+async fn next_revert(
+    events: &mut tokio::sync::broadcast::Receiver<floyd::hub::Event>,
+) -> (bool, Option<String>, Vec<String>) {
+    loop {
+        match tokio::time::timeout(LONG, events.recv()).await {
+            Ok(Ok(floyd::hub::Event::Revert {
+                ok,
+                commit,
+                reverted,
+                ..
+            })) => return (ok, commit, reverted),
+            Ok(_) => continue,
+            Err(_) => panic!("no revert event within {LONG:?}"),
+        }
+    }
+}
+
 /// The load balancer's counts decide: a revision answering 5xx to half its
 /// requests fails the successRate gate under real traffic, is rolled back and
 /// reverted in Git; a healthy one passes it.
@@ -507,54 +595,10 @@ async fn success_rate_gate_fails_an_erroring_revision_under_traffic() {
     );
 
     // v2 answers 500 to half of `/`: its probes pass, its traffic does not.
-    let mut events = st.hub.subscribe();
-    std::fs::write(
-        st.work.join("services/web.yaml"),
-        gated_web_yaml("v2", 0.5, port),
-    )
-    .expect("write");
-    git(&st.work, &["commit", "-q", "-am", "web v2 (erroring)"]);
-    git(&st.work, &["push", "-q", "origin", "HEAD:main"]);
-    let bad = git(&st.work, &["rev-parse", "HEAD"]);
-    st.hub.trigger_fetch(floyd::hub::FetchTrigger {
-        source: "test".into(),
-        after: Some(bad.clone()),
-    });
     // Rolled back to v1 and reverted in Git.
-    let revert = loop {
-        match tokio::time::timeout(LONG, events.recv()).await {
-            Ok(Ok(floyd::hub::Event::Revert {
-                ok,
-                commit,
-                reverted,
-                ..
-            })) => {
-                break (ok, commit, reverted);
-            }
-            Ok(_) => continue,
-            Err(_) => panic!("no revert event; view: {:#?}", st.hub.service("web")),
-        }
-    };
-    assert!(revert.0, "{revert:?}");
-    assert_eq!(revert.2, vec![bad.clone()]);
-    let history = st.hub.history("web");
-    let failed = history
-        .iter()
-        .find(|e| e.to_revision != rev1 && !e.rollback)
-        .expect("the v2 rollout in the history");
-    assert!(
-        matches!(
-            failed.result,
-            floyd::engine::Phase::Failed | floyd::engine::Phase::RolledBack
-        ),
-        "{failed:#?}"
-    );
-    assert!(
-        failed
-            .reason
-            .contains("gate successRate failed: success rate"),
-        "{failed:#?}"
-    );
+    let bad = st
+        .erroring_v2_is_reverted(&gated_web_yaml("v2", 0.5, port), &rev1)
+        .await;
     git(&st.work, &["pull", "-q", "origin", "main"]);
     let msg = git(&st.work, &["log", "-1", "--format=%B"]);
     assert!(msg.contains(&format!("This reverts commit {bad}")), "{msg}");
@@ -572,11 +616,90 @@ async fn success_rate_gate_fails_an_erroring_revision_under_traffic() {
     for l in load {
         let _ = l.await;
     }
-    st.stop.cancel();
-    tokio::time::timeout(WAIT, st.controller)
-        .await
-        .expect("controller stops")
-        .expect("controller task")
-        .expect("controller");
-    st.runtime.shutdown().await;
+    st.finish().await;
+}
+
+/// Blue-green: the new revision's pre-promotion success-rate gate is measured
+/// on preview traffic only. An erroring revision is never promoted: users of
+/// the active port see no error at all, and Git is reverted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blue_green_gate_on_preview_traffic_keeps_errors_off_the_active_port() {
+    let (port, preview) = (free_port(), free_port());
+    let yaml = |version: &str, error_ratio: f64| {
+        gated_web_yaml(version, error_ratio, port).replace(
+            "    type: RollingUpdate\n    rollingUpdate: { maxSurge: 1, maxUnavailable: 0 }\n",
+            &format!(
+                "    type: BlueGreen\n    blueGreen: {{ previewPort: {preview}, scaleDownDelaySeconds: 3s }}\n"
+            ),
+        )
+    };
+    assert!(yaml("v1", 0.0).contains("BlueGreen"));
+    let st = stack(
+        &[("services/web.yaml", yaml("v1", 0.0))],
+        "web v1",
+        Vec::new(),
+    )
+    .await;
+    // Traffic on both ports; errors counted per port once v1 is up.
+    let load_stop = CancellationToken::new();
+    let counting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = [port, port, preview, preview]
+        .into_iter()
+        .map(|p| {
+            let (stop, counting) = (load_stop.clone(), counting.clone());
+            tokio::spawn(async move {
+                let c = reqwest::Client::new();
+                let (mut ok, mut bad) = (0u64, 0u64);
+                while !stop.is_cancelled() {
+                    let r = c.get(format!("http://127.0.0.1:{p}/")).send().await;
+                    if counting.load(std::sync::atomic::Ordering::Relaxed) {
+                        // Errors the instance answered (the sample app's 500),
+                        // not the load balancer's 503 of an empty preview port.
+                        match r {
+                            Ok(r) if r.status().is_success() => ok += 1,
+                            Ok(r) if r.status() == 503 && p == preview => {}
+                            _ => bad += 1,
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                (p, ok, bad)
+            })
+        })
+        .collect();
+
+    let v1 = wait_view(&st.hub, "v1 Complete", |v| {
+        v.phase == floyd::engine::Phase::Complete
+    })
+    .await;
+    let rev1 = v1.target_revision.clone().expect("revision");
+    counting.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    st.erroring_v2_is_reverted(&yaml("v2", 0.5), &rev1).await;
+    wait_view(&st.hub, "back on v1", |v| {
+        v.phase == floyd::engine::Phase::Complete && v.active.as_ref() == Some(&rev1)
+    })
+    .await;
+
+    load_stop.cancel();
+    let mut per_port = std::collections::BTreeMap::new();
+    for l in load {
+        let (p, ok, bad) = l.await.expect("load task");
+        let e: &mut (u64, u64) = per_port.entry(p).or_default();
+        e.0 += ok;
+        e.1 += bad;
+    }
+    let (active_ok, active_bad) = per_port[&port];
+    let (_, preview_bad) = per_port[&preview];
+    assert!(active_ok > 100, "{per_port:?}");
+    assert_eq!(
+        active_bad, 0,
+        "users of the active port saw errors: {per_port:?}"
+    );
+    assert!(
+        preview_bad > 0,
+        "the preview port served v2's errors: {per_port:?}"
+    );
+
+    st.finish().await;
 }
