@@ -170,9 +170,11 @@ impl GateRunner {
     fn network(&self, gate: &Gate, i: usize, name: String, step: &Step, now: Time) -> GateResult {
         let key = (step.service.clone(), step.revision.clone(), i);
         let last = lock(&self.results).get(&key).cloned();
+        // A result taken at the very start of the measurement may predate it
+        // (taken in the step that promoted): only later ones are reused.
         let stale = last
             .as_ref()
-            .is_none_or(|r| r.at < step.since || now.since(r.at) >= REFRESH);
+            .is_none_or(|r| r.at <= step.since || now.since(r.at) >= REFRESH);
         if stale && lock(&self.running).insert(key.clone()) {
             let (http, gate, step, name) =
                 (self.http.clone(), gate.clone(), step.clone(), name.clone());
