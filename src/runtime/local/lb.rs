@@ -2,7 +2,8 @@
 //! port (and the blue-green preview port). hyper serves the listener
 //! (HTTP/1, and h2c through hyper-util's auto builder); upstream, each
 //! instance port has a small pool of keep-alive HTTP/1 client connections
-//! (hyper's connection API).
+//! (hyper's connection API). An HTTP/1.1 upgrade (WebSocket) is forwarded
+//! and, once the instance answers 101, tunnelled byte for byte.
 //!
 //! Owns: listening, picking a backend (round-robin or least-connections),
 //! forwarding, counting responses per revision, and in-flight counts per
@@ -177,7 +178,8 @@ impl Pool {
             .await
             .map_err(|e| format!("connect to {}: {e}", self.addr))?;
         tokio::spawn(async move {
-            let _ = conn.await;
+            // Upgrades (WebSocket): the connection is handed over after a 101.
+            let _ = conn.with_upgrades().await;
         });
         Ok(tx)
     }
@@ -514,7 +516,7 @@ async fn serve(listener: std::net::TcpListener, route: Arc<Route>, stop: Cancell
         let http = http.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let c = http.serve_connection(TokioIo::new(tcp), svc);
+            let c = http.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
             tokio::pin!(c);
             tokio::select! {
                 _ = c.as_mut() => return,
@@ -610,9 +612,55 @@ fn plain(status: StatusCode, msg: String) -> Response<ProxyBody> {
     r
 }
 
-async fn proxy(conn: &Conn, req: Request<Incoming>) -> Response<ProxyBody> {
+/// The protocol an HTTP/1.1 client asks to switch to (`Connection: upgrade`
+/// plus `Upgrade: <protocol>`, as WebSocket does).
+fn upgrade_requested(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let wants = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if wants {
+        req.headers().get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// After a 101 from the instance: the client's and the instance's
+/// connections are joined byte for byte until either side closes. The
+/// instance counts as busy meanwhile (draining waits for it, up to the
+/// grace period).
+fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    instance: hyper::upgrade::OnUpgrade,
+    inflight: InflightGuard,
+    service: String,
+) {
+    tokio::spawn(async move {
+        let _inflight = inflight;
+        match tokio::try_join!(client, instance) {
+            Ok((c, i)) => {
+                let (mut c, mut i) = (TokioIo::new(c), TokioIo::new(i));
+                let _ = tokio::io::copy_bidirectional(&mut c, &mut i).await;
+            }
+            Err(e) => {
+                tracing::debug!(service = %service, error = %e, "upgrade failed");
+            }
+        }
+    });
+}
+
+async fn proxy(conn: &Conn, mut req: Request<Incoming>) -> Response<ProxyBody> {
     let lb = &*conn.route.lb;
     let kind = &conn.route.kind;
+    let upgrade = upgrade_requested(&req);
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let h = &mut parts.headers;
     for name in HOP_BY_HOP {
@@ -620,6 +668,11 @@ async fn proxy(conn: &Conn, req: Request<Incoming>) -> Response<ProxyBody> {
     }
     h.remove(KEEP_ALIVE);
     h.remove(PROXY_CONNECTION);
+    if let Some(proto) = &upgrade {
+        // The one hop-by-hop exchange that must reach the instance.
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, proto.clone());
+    }
     let xff = match h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", conn.peer_ip)).ok(),
         None => Some(conn.peer.clone()),
@@ -720,9 +773,26 @@ async fn proxy(conn: &Conn, req: Request<Incoming>) -> Response<ProxyBody> {
             continue;
         }
         match tx.try_send_request(req).await {
-            Ok(resp) => {
+            Ok(mut resp) => {
                 if resp.status().is_server_error() {
                     backend.counters.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                    && let (Some(client), Some(proto)) = (client_upgrade, &upgrade)
+                {
+                    // The instance connection leaves the pool for the tunnel.
+                    let instance = hyper::upgrade::on(&mut resp);
+                    tunnel(client, instance, guard, lb.service.clone());
+                    let (mut rparts, _) = resp.into_parts();
+                    for name in HOP_BY_HOP {
+                        rparts.headers.remove(name);
+                    }
+                    rparts.headers.remove(KEEP_ALIVE);
+                    rparts
+                        .headers
+                        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                    rparts.headers.insert(header::UPGRADE, proto.clone());
+                    return Response::from_parts(rparts, ProxyBody::Full(None));
                 }
                 let (mut rparts, rbody) = resp.into_parts();
                 for name in HOP_BY_HOP {
@@ -1106,6 +1176,100 @@ mod tests {
             assert!(out.starts_with("HTTP/1.1 200"), "{out}");
         }
         assert_eq!(counters.errors.load(Ordering::SeqCst), 0);
+        lb.close();
+    }
+    /// An upstream that accepts `Upgrade: shout` and then echoes bytes upper-cased.
+    async fn shouting() -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(|mut req: Request<Incoming>| async move {
+                    let mut r = Response::new(http_body_util::Empty::<Bytes>::new());
+                    if req.headers().get(header::UPGRADE).is_none() {
+                        *r.status_mut() = StatusCode::BAD_REQUEST;
+                        return Ok::<_, hyper::Error>(r);
+                    }
+                    let on = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        let mut io = TokioIo::new(on.await.unwrap());
+                        let mut buf = [0u8; 64];
+                        loop {
+                            let n = io.read(&mut buf).await.unwrap_or(0);
+                            if n == 0 {
+                                return;
+                            }
+                            buf[..n].make_ascii_uppercase();
+                            if io.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                    r.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                    r.headers_mut()
+                        .insert(header::UPGRADE, HeaderValue::from_static("shout"));
+                    Ok(r)
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .with_upgrades(),
+                );
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn upgraded_connections_are_tunnelled_and_keep_the_instance_busy() {
+        let counters = Arc::new(Counters::default());
+        let backend = routed("a", shouting().await, &counters);
+        let inflight = backend.inflight.clone();
+        let (lb, port) = serving(vec![backend]).await;
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        tcp.write_all(b"GET /chat HTTP/1.1\r\nHost: web.test\r\nConnection: keep-alive, Upgrade\r\nUpgrade: shout\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            assert_eq!(tcp.read(&mut b).await.unwrap(), 1, "{head:?}");
+            head.push(b[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_lowercase();
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        assert!(head.contains("upgrade: shout"), "{head}");
+        assert!(head.contains("connection: upgrade"), "{head}");
+        for word in ["hello", "again"] {
+            tcp.write_all(word.as_bytes()).await.unwrap();
+            let mut got = vec![0u8; word.len()];
+            tcp.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, word.to_uppercase().as_bytes());
+        }
+        assert_eq!(inflight.load(Ordering::SeqCst), 1, "busy while tunnelled");
+        assert_eq!(counters.requests.load(Ordering::SeqCst), 1);
+        drop(tcp);
+        for _ in 0..200 {
+            if inflight.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            inflight.load(Ordering::SeqCst),
+            0,
+            "idle once the client left"
+        );
+        // Without `Connection: upgrade` the header is not forwarded.
+        let out = raw(port, "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: shout", "").await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{out}");
         lb.close();
     }
 }
