@@ -1063,17 +1063,7 @@ mod tests {
             let out = raw(port, head, "").await;
             assert!(out.starts_with("HTTP/1.1 "), "{i}: {out}");
             // The connection goes back to the pool when the response ends.
-            for _ in 0..100 {
-                if inflight.load(Ordering::SeqCst) == 0 {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            assert_eq!(
-                inflight.load(Ordering::SeqCst),
-                0,
-                "{i}: idle after the response"
-            );
+            assert!(idle_soon(&inflight).await, "{i}: idle after the response");
         }
         assert_eq!(
             accepted.load(Ordering::SeqCst),
@@ -1178,6 +1168,17 @@ mod tests {
         assert_eq!(counters.errors.load(Ordering::SeqCst), 0);
         lb.close();
     }
+    /// Whether an instance's in-flight count drops to 0 within 2 s.
+    async fn idle_soon(inflight: &AtomicUsize) -> bool {
+        for _ in 0..200 {
+            if inflight.load(Ordering::SeqCst) == 0 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
     /// An upstream that accepts `Upgrade: shout` and then echoes bytes upper-cased.
     async fn shouting() -> u16 {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1256,17 +1257,7 @@ mod tests {
         assert_eq!(inflight.load(Ordering::SeqCst), 1, "busy while tunnelled");
         assert_eq!(counters.requests.load(Ordering::SeqCst), 1);
         drop(tcp);
-        for _ in 0..200 {
-            if inflight.load(Ordering::SeqCst) == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(
-            inflight.load(Ordering::SeqCst),
-            0,
-            "idle once the client left"
-        );
+        assert!(idle_soon(&inflight).await, "idle once the client left");
         // Without `Connection: upgrade` the header is not forwarded.
         let out = raw(port, "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: shout", "").await;
         assert!(out.starts_with("HTTP/1.1 400"), "{out}");
