@@ -1393,6 +1393,7 @@ fn bad_load_balancer_flags_are_usage_errors_naming_the_flag() {
         (&["--lb-threads", "0"][..], "--lb-threads"),
         (&["--lb-threads", "many"][..], "--lb-threads"),
         (&["--lb-policy", "fastest"][..], "--lb-policy"),
+        (&["--lb-bind", "localhost:80"][..], "--lb-bind"),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let out = std::process::Command::new(FLOYD)
@@ -1410,4 +1411,34 @@ fn bad_load_balancer_flags_are_usage_errors_naming_the_flag() {
             "{flags:?}: nothing is created before the flags are checked"
         );
     }
+}
+
+/// The load balancers listen on the configured address only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lb_listens_on_the_configured_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    // Also loopback on Linux (all of 127/8), but not 127.0.0.1.
+    cfg.bind = "127.0.0.2".parse().unwrap();
+    let rt = floyd::runtime::local::LocalRuntime::start(cfg)
+        .await
+        .unwrap();
+    let svc = name("web");
+    let lb = free_port();
+    let t = sample(&["--version", "v1"]);
+    rt.apply(
+        &svc,
+        &web_spec(1, t.clone(), lb),
+        &create("aaaaaaaaaa", &t, 1),
+    )
+    .await
+    .unwrap();
+    wait_for(&rt, &svc, 20, "1 ready", |o| ready(o, "aaaaaaaaaa") == 1).await;
+    let (st, body) = get(&format!("http://127.0.0.2:{lb}/")).await.unwrap();
+    assert_eq!(st, 200, "{body}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", lb)).is_err(),
+        "nothing listens on 127.0.0.1:{lb}"
+    );
+    rt.shutdown().await;
 }

@@ -72,6 +72,10 @@ pub struct Args {
     /// the CPUs, rounded up, at most 8).
     #[arg(long, env = "FLOYD_LB_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub lb_threads: Option<u16>,
+    /// Address the local runtime's load balancers listen on (default
+    /// 127.0.0.1; 0.0.0.0 or a LAN address serves other machines).
+    #[arg(long, env = "FLOYD_LB_BIND", default_value = "127.0.0.1")]
+    pub lb_bind: std::net::IpAddr,
     /// How the local runtime's load balancers pick an instance.
     #[arg(
         long,
@@ -119,6 +123,7 @@ impl Args {
             max_concurrent: 16,
             gpus: None,
             lb_threads: None,
+            lb_bind: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             lb_policy: crate::runtime::local::LbPolicy::RoundRobin,
             prometheus_url: None,
         }
@@ -179,6 +184,7 @@ pub async fn make_runtime(args: &Args, gpus: Vec<GpuInventory>) -> anyhow::Resul
             };
             cfg.leave_running = args.leave_running;
             cfg.lb_policy = args.lb_policy;
+            cfg.bind = args.lb_bind;
             if let Some(n) = args.lb_threads {
                 cfg.lb_threads = n.into();
             }
