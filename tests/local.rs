@@ -1337,20 +1337,7 @@ async fn the_lb_serves_while_the_controller_runtime_is_blocked() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     cfg.lb_threads = 1;
-    let rt = floyd::runtime::local::LocalRuntime::start(cfg)
-        .await
-        .unwrap();
-    let svc = name("web");
-    let lb = free_port();
-    let t = sample(&["--version", "v1"]);
-    rt.apply(
-        &svc,
-        &web_spec(1, t.clone(), lb),
-        &create("aaaaaaaaaa", &t, 1),
-    )
-    .await
-    .unwrap();
-    wait_for(&rt, &svc, 20, "1 ready", |o| ready(o, "aaaaaaaaaa") == 1).await;
+    let (rt, lb) = one_ready_web(cfg).await;
     let (started, blocked_for) = (std::time::Instant::now(), Duration::from_millis(1500));
     let client = std::thread::spawn(move || {
         use std::io::{Read, Write};
@@ -1420,20 +1407,7 @@ async fn the_lb_listens_on_the_configured_address() {
     let mut cfg = config(dir.path());
     // Also loopback on Linux (all of 127/8), but not 127.0.0.1.
     cfg.bind = "127.0.0.2".parse().unwrap();
-    let rt = floyd::runtime::local::LocalRuntime::start(cfg)
-        .await
-        .unwrap();
-    let svc = name("web");
-    let lb = free_port();
-    let t = sample(&["--version", "v1"]);
-    rt.apply(
-        &svc,
-        &web_spec(1, t.clone(), lb),
-        &create("aaaaaaaaaa", &t, 1),
-    )
-    .await
-    .unwrap();
-    wait_for(&rt, &svc, 20, "1 ready", |o| ready(o, "aaaaaaaaaa") == 1).await;
+    let (rt, lb) = one_ready_web(cfg).await;
     let (st, body) = get(&format!("http://127.0.0.2:{lb}/")).await.unwrap();
     assert_eq!(st, 200, "{body}");
     assert!(

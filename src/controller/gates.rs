@@ -97,7 +97,15 @@ impl GateRunner {
         if spec.gates.is_empty() {
             return Vec::new();
         }
-        let samples = self.record(step, observed, now);
+        let samples = if spec
+            .gates
+            .iter()
+            .any(|g| matches!(g, Gate::SuccessRate { .. }))
+        {
+            self.record(step, observed, now)
+        } else {
+            Vec::new()
+        };
         spec.gates
             .iter()
             .enumerate()

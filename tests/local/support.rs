@@ -296,3 +296,21 @@ pub fn instance_processes(dir: &std::path::Path) -> Vec<i32> {
         .filter(|p| pid_alive(*p))
         .collect()
 }
+
+/// A runtime started with `cfg` running one ready `web` instance (v1)
+/// behind its load balancer; returns the runtime and the LB port.
+pub async fn one_ready_web(cfg: LocalConfig) -> (LocalRuntime, u16) {
+    let rt = LocalRuntime::start(cfg).await.expect("runtime starts");
+    let svc = name("web");
+    let lb = free_port();
+    let t = sample(&["--version", "v1"]);
+    rt.apply(
+        &svc,
+        &web_spec(1, t.clone(), lb),
+        &create("aaaaaaaaaa", &t, 1),
+    )
+    .await
+    .expect("apply");
+    wait_for(&rt, &svc, 20, "1 ready", |o| ready(o, "aaaaaaaaaa") == 1).await;
+    (rt, lb)
+}

@@ -420,29 +420,21 @@ async fn rollout_rollback_revert_seen_through_every_window() {
 /// `web` behind the load balancer with a success-rate gate: the share of
 /// non-5xx responses of the new revision over 2 s must be at least 90 %.
 fn gated_web_yaml(version: &str, error_ratio: f64, port: u16) -> String {
-    format!(
-        "apiVersion: floyd.dev/v1
-kind: Service
-metadata:
-  name: web
-spec:
-  replicas: 2
-  template:
-    command: [\"${{FLOYD_BIN}}\", \"sample-app\", \"--version\", \"{version}\", \"--error-ratio\", \"{error_ratio}\"]
-    terminationGracePeriodSeconds: 2
-  ports:
-    - {{ name: http, port: {port} }}
-  health:
-    readiness: {{ http: {{ path: /healthz, port: http }}, periodSeconds: 1 }}
-  gates:
-    - successRate: {{ min: 0.9, window: 2s }}
-  progressDeadlineSeconds: 20
-  strategy:
-    type: RollingUpdate
-    rollingUpdate: {{ maxSurge: 1, maxUnavailable: 0 }}
-  onFailure: {{ rollback: true, revert: true }}
-"
-    )
+    let yaml = web_yaml(version, false, port);
+    let gated = yaml
+        .replace(
+            &format!("\"--version\", \"{version}\"]"),
+            &format!("\"--version\", \"{version}\", \"--error-ratio\", \"{error_ratio}\"]"),
+        )
+        .replace(
+            "  progressDeadlineSeconds: 4\n",
+            "  gates:\n    - successRate: { min: 0.9, window: 2s }\n  progressDeadlineSeconds: 20\n",
+        );
+    assert!(
+        gated.contains("--error-ratio") && gated.contains("successRate"),
+        "{gated}"
+    );
+    gated
 }
 
 async fn wait_view(
