@@ -27,7 +27,7 @@ use crate::runtime::{InstancePhase, Observed, Runtime};
 use crate::source::{self, GitSource, RevertOutcome, RevertRequest};
 use crate::store::{Applied, RevertRecord, RolloutRecord, Store};
 use crate::telemetry::metrics::{
-    InstanceLabels, ProductLabel, ResultLabel, RolloutLabels, StrategyLabel,
+    InstanceLabels, ProductLabel, ResultLabel, RevisionLabels, RolloutLabels, StrategyLabel,
 };
 use crate::time::Time;
 use futures::StreamExt;
@@ -134,6 +134,9 @@ struct Svc {
     wake_at: Option<Time>,
     /// Instance gauges set last time (to zero the ones that disappear).
     gauges: Vec<InstanceLabels>,
+    /// The runtime's traffic counters per revision as last seen (the
+    /// metrics count what they added since).
+    traffic_seen: BTreeMap<Revision, (u64, u64)>,
 }
 
 /// The GitOps controller. Build with [`Controller::new`], then [`Controller::run`].
@@ -1445,6 +1448,33 @@ fn publish(
         }
     }
     svc.gauges = labels;
+    let mut seen = BTreeMap::new();
+    for t in &observed.traffic {
+        let l = RevisionLabels {
+            service: name.to_string(),
+            revision: t.revision.to_string(),
+        };
+        let (r0, e0) = svc.traffic_seen.get(&t.revision).copied().unwrap_or((0, 0));
+        // Counters that went down started over: all of the new count is new.
+        let added = |now: u64, before: u64| if now >= before { now - before } else { now };
+        let m = &sh.hub.metrics;
+        m.lb_requests_total
+            .get_or_create(&l)
+            .inc_by(added(t.requests, r0));
+        m.lb_errors_total
+            .get_or_create(&l)
+            .inc_by(added(t.errors, e0));
+        seen.insert(t.revision.clone(), (t.requests, t.errors));
+    }
+    for old in svc.traffic_seen.keys().filter(|r| !seen.contains_key(*r)) {
+        let l = RevisionLabels {
+            service: name.to_string(),
+            revision: old.to_string(),
+        };
+        sh.hub.metrics.lb_requests_total.remove(&l);
+        sh.hub.metrics.lb_errors_total.remove(&l);
+    }
+    svc.traffic_seen = seen;
     if let Some(g) = &observed.gpu {
         let p = ProductLabel {
             product: g.kind.clone(),

@@ -40,6 +40,11 @@ pub struct InstanceLabels {
     pub state: String,
 }
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RevisionLabels {
+    pub service: String,
+    pub revision: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProductLabel {
     pub product: String,
 }
@@ -70,6 +75,10 @@ pub struct Metrics {
     pub instances: Family<InstanceLabels, Gauge>,
     pub gpu_capacity: Family<ProductLabel, Gauge>,
     pub gpu_allocated: Family<ProductLabel, Gauge>,
+    /// Requests the runtime's load balancers sent to each revision.
+    pub lb_requests_total: Family<RevisionLabels, Counter>,
+    /// Of those, 5xx answers and requests the instance failed.
+    pub lb_errors_total: Family<RevisionLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -151,7 +160,21 @@ impl Metrics {
             "GPU units held by instances, by product",
             gpu_allocated.clone(),
         );
+        let lb_requests_total = Family::<RevisionLabels, Counter>::default();
+        r.register(
+            "lb_requests",
+            "Requests the local runtime's load balancers sent to each revision",
+            lb_requests_total.clone(),
+        );
+        let lb_errors_total = Family::<RevisionLabels, Counter>::default();
+        r.register(
+            "lb_errors",
+            "Requests of a revision answered 5xx or failed by the instance",
+            lb_errors_total.clone(),
+        );
         Metrics {
+            lb_requests_total,
+            lb_errors_total,
             registry: std::sync::Arc::new(r),
             sync_total,
             sync_duration_seconds,

@@ -602,7 +602,41 @@ async fn success_rate_gate_fails_an_erroring_revision_under_traffic() {
         v.phase == floyd::engine::Phase::Complete && v.current_revision.as_ref() == Some(&rev1)
     })
     .await;
-    assert_eq!(back.target_revision, Some(rev1));
+    assert_eq!(back.target_revision, Some(rev1.clone()));
+    // The load balancer's counts per revision, as /metrics shows them.
+    let scrape = parse(&st.hub.metrics.encode());
+    let value = |metric: &str, revision: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == metric
+                    && s.labels.get("service") == Some("web")
+                    && s.labels.get("revision") == Some(revision)
+            })
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+            .unwrap_or_else(|| panic!("no {metric} for {revision}"))
+    };
+    let rev2 = st.failed_rollout(&rev1).to_revision.to_string();
+    let (ok_requests, ok_errors) = (
+        value("floyd_lb_requests_total", rev1.as_str()),
+        value("floyd_lb_errors_total", rev1.as_str()),
+    );
+    let (bad_requests, bad_errors) = (
+        value("floyd_lb_requests_total", &rev2),
+        value("floyd_lb_errors_total", &rev2),
+    );
+    assert!(
+        ok_requests > 100.0 && ok_errors == 0.0,
+        "v1: {ok_requests} {ok_errors}"
+    );
+    assert!(
+        bad_requests > 10.0 && bad_errors > bad_requests * 0.2 && bad_errors < bad_requests * 0.8,
+        "v2 answers 500 to about half: {bad_requests} {bad_errors}"
+    );
 
     load_stop.cancel();
     for l in load {
