@@ -109,15 +109,9 @@ async fn start(dir: &std::path::Path) -> LocalRuntime {
     LocalRuntime::start(cfg).await.expect("runtime starts")
 }
 
-async fn bring_up(
-    rt: &LocalRuntime,
-    svc: &ServiceName,
-    s: &ServiceSpec,
-    n: u32,
-    limit: Duration,
-) -> bool {
-    let r = Revision("bench00000".into());
-    let acts = vec![
+/// Create revision `r` of `s` and scale it to `n` instances.
+fn create_scaled(r: &Revision, s: &ServiceSpec, n: u32) -> Vec<Action> {
+    vec![
         Action::CreateRevision {
             revision: r.clone(),
             template: s.template.clone(),
@@ -126,7 +120,18 @@ async fn bring_up(
             revision: r.clone(),
             replicas: n,
         },
-    ];
+    ]
+}
+
+async fn bring_up(
+    rt: &LocalRuntime,
+    svc: &ServiceName,
+    s: &ServiceSpec,
+    n: u32,
+    limit: Duration,
+) -> bool {
+    let r = Revision("bench00000".into());
+    let acts = create_scaled(&r, s, n);
     if let Err(e) = rt.apply(svc, s, &acts).await {
         eprintln!("apply: {e}");
     }
@@ -339,16 +344,7 @@ async fn main() {
                 format!("{}", 1.3 + 0.17 * k as f64),
             ]);
             let r = Revision("ready00000".into());
-            let acts = vec![
-                Action::CreateRevision {
-                    revision: r.clone(),
-                    template: s.template.clone(),
-                },
-                Action::Scale {
-                    revision: r.clone(),
-                    replicas: 1,
-                },
-            ];
+            let acts = create_scaled(&r, &s, 1);
             if rt.apply(&svc, &s, &acts).await.is_err() {
                 continue;
             }
