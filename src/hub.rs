@@ -136,6 +136,8 @@ pub struct Hub {
     synced_once: AtomicBool,
     git_reachable: AtomicBool,
     leader: AtomicBool,
+    /// Why the state store cannot be written (None: it can).
+    persistence: Mutex<Option<String>>,
     /// Bumped on every change of the service views (cache key for readers).
     version: AtomicU64,
     pub metrics: Metrics,
@@ -166,6 +168,7 @@ impl Hub {
             synced_once: AtomicBool::new(false),
             git_reachable: AtomicBool::new(true),
             leader: AtomicBool::new(true),
+            persistence: Mutex::new(None),
             version: AtomicU64::new(0),
             metrics: Metrics::new(),
         }
@@ -254,9 +257,15 @@ impl Hub {
         }
         first
     }
-    /// `/readyz`: the first sync is done (or this replica is a standby).
+    /// `/readyz`: the first sync is done (or this replica is a standby) and
+    /// the state store can be written.
     pub fn is_ready(&self) -> bool {
-        self.synced_once.load(Ordering::Relaxed) || !self.is_leader()
+        (self.synced_once.load(Ordering::Relaxed) || !self.is_leader())
+            && self.persistence_error().is_none()
+    }
+    /// Why the state store cannot be written, if it cannot.
+    pub fn persistence_error(&self) -> Option<String> {
+        self.persistence.lock().expect("hub lock").clone()
     }
     pub fn git_reachable(&self) -> bool {
         self.git_reachable.load(Ordering::Relaxed)
@@ -329,6 +338,9 @@ impl Hub {
     }
     pub fn set_synced(&self) {
         self.synced_once.store(true, Ordering::Relaxed);
+    }
+    pub fn set_persistence_error(&self, why: Option<String>) {
+        *self.persistence.lock().expect("hub lock") = why;
     }
     pub fn set_git_reachable(&self, ok: bool) {
         self.git_reachable.store(ok, Ordering::Relaxed);

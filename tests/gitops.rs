@@ -10,6 +10,7 @@ mod fake;
 #[path = "gitops/e2e.rs"]
 mod e2e;
 
+use floyd::controller::policy::plan_revert;
 use floyd::source::{Credentials, GitSource, RevertOutcome, RevertRequest, SourceConfig};
 use support::{GitServer, Work};
 
@@ -31,8 +32,10 @@ fn revert_req(service: &str, failed: &str, good: &str, files: &[&str]) -> Revert
     RevertRequest {
         service: service.into(),
         failed_commit: failed.into(),
-        last_good: good.into(),
+        base: good.into(),
         files: files.iter().map(|s| s.to_string()).collect(),
+        subdir: None,
+        environment: None,
         failed_revision: "bbbbbbbbbb".into(),
         rolled_back_to: "aaaaaaaaaa".into(),
         reason: "progress deadline exceeded: 0 of 2 instances of bbbbbbbbbb became ready".into(),
@@ -113,12 +116,16 @@ fn check_revert_pushes_exact_commit(server: GitServer) {
     let src = source(&server, state.path());
     src.poll().unwrap();
     let out = src
-        .revert(&revert_req("web", &bad, &good, &["services/web.yaml"]))
+        .revert(
+            &revert_req("web", &bad, &good, &["services/web.yaml"]),
+            plan_revert,
+        )
         .unwrap();
     let RevertOutcome::Pushed {
         commit,
         reverted,
         attempts,
+        ..
     } = out
     else {
         panic!("expected a pushed revert, got {out:?}");
@@ -179,7 +186,10 @@ fn revert_of_several_commits_is_one_commit_newest_first() {
     let src = source(&server, state.path());
     src.poll().unwrap();
     let out = src
-        .revert(&revert_req("web", &b2, &good, &["services/web.yaml"]))
+        .revert(
+            &revert_req("web", &b2, &good, &["services/web.yaml"]),
+            plan_revert,
+        )
         .unwrap();
     let RevertOutcome::Pushed {
         commit, reverted, ..
@@ -227,7 +237,10 @@ fn racing_push_is_redone_on_the_new_tip() {
     let src = source(&server, state.path());
     src.poll().unwrap();
     let out = src
-        .revert(&revert_req("web", &bad, &good, &["services/web.yaml"]))
+        .revert(
+            &revert_req("web", &bad, &good, &["services/web.yaml"]),
+            plan_revert,
+        )
         .unwrap();
     let RevertOutcome::Pushed {
         commit, attempts, ..
@@ -270,7 +283,10 @@ fn racing_push_changing_the_same_service_means_no_revert() {
     let src = source(&server, state.path());
     src.poll().unwrap();
     let out = src
-        .revert(&revert_req("web", &bad, &good, &["services/web.yaml"]))
+        .revert(
+            &revert_req("web", &bad, &good, &["services/web.yaml"]),
+            plan_revert,
+        )
         .unwrap();
     assert_eq!(
         out,
@@ -292,7 +308,10 @@ fn nothing_to_revert_when_the_service_files_did_not_change() {
     let src = source(&server, state.path());
     src.poll().unwrap();
     let out = src
-        .revert(&revert_req("web", &other, &good, &["services/web.yaml"]))
+        .revert(
+            &revert_req("web", &other, &good, &["services/web.yaml"]),
+            plan_revert,
+        )
         .unwrap();
     assert_eq!(out, RevertOutcome::NothingToRevert);
     assert_eq!(server.tip(), other);

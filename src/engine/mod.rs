@@ -166,6 +166,11 @@ pub struct ProgressMarks {
     /// A rollback: the failed revision it rolls back from.
     #[serde(default)]
     pub rolled_back_from: Option<Revision>,
+    /// The rollout failed because its desired state can never fit as things
+    /// are (GPU arithmetic), before anything of it was changed: the
+    /// controller restores the desired state it replaced.
+    #[serde(default)]
+    pub infeasible: bool,
 }
 
 impl RolloutState {
@@ -330,6 +335,10 @@ pub fn next_rollout(previous: Option<&RolloutState>, target: Revision, now: Time
                 last_replicas: prev.progress.last_replicas,
                 ..ProgressMarks::default()
             };
+            // Commands belong to the rollout they were given for: a promote
+            // meant for the superseded revision must not promote this one.
+            // (A pause is the service's, kept above.)
+            s.pending_commands.clear();
             s
         }
         Phase::Complete | Phase::RolledBack => {

@@ -223,6 +223,7 @@ impl<'a> Cx<'a> {
             return;
         }
         if let Err(reason) = self.gpu_preflight() {
+            self.state.progress.infeasible = true;
             self.fail(reason);
             return;
         }
@@ -359,7 +360,10 @@ impl<'a> Cx<'a> {
             // Terminating instances hold GPUs for a while: that only delays a
             // surge. No headroom even without them means it can never happen.
             max_total = max_total.min(limit.max_total);
-            if surge > 0 && limit.instances <= r && unavailable == 0 {
+            // A target already at full size (a rollback to untouched
+            // instances) needs no surge: only old instances go.
+            let to_create = r.saturating_sub(self.new_rs().live);
+            if surge > 0 && limit.instances <= r && unavailable == 0 && to_create > 0 {
                 let allow = self.spec.gpu().is_none_or(|g| g.allow_in_place);
                 let kind = self
                     .observed
@@ -368,6 +372,7 @@ impl<'a> Cx<'a> {
                     .map(|c| c.kind.clone())
                     .unwrap_or_default();
                 if !allow {
+                    self.state.progress.infeasible = self.state.progress.target_available == 0;
                     self.fail(format!(
                         "no free GPU ({kind}) for a surge instance, maxUnavailable is 0 and gpu.allowInPlace is false: free a GPU or allow in-place replacement"
                     ));

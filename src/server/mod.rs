@@ -268,6 +268,9 @@ struct Readiness {
     ready: bool,
     leader: bool,
     git_reachable: bool,
+    /// Why the state store cannot be written (absent when it can).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    persistence_error: Option<String>,
 }
 
 /// Ready once the first sync is done (or as a standby replica). Git being
@@ -277,6 +280,7 @@ async fn readyz(axum::extract::State(st): axum::extract::State<AppState>) -> Res
         ready: st.hub.is_ready(),
         leader: st.hub.is_leader(),
         git_reachable: st.hub.git_reachable(),
+        persistence_error: st.hub.persistence_error(),
     };
     let code = if body.ready {
         StatusCode::OK

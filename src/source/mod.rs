@@ -10,13 +10,15 @@
 //! Must not: decide what to revert (the controller says which service, which
 //! commits are good) or print a URL's userinfo ([`redact_url`] everywhere).
 
+pub mod revert;
 pub mod watch;
 pub mod webhook;
+
+pub use revert::{CommitFact, GitWriter, RevertFacts, RevertOutcome, RevertPlan, RevertRequest};
 
 use crate::hub::CommitInfo;
 use crate::manifest::tree::{IncrementalRenderer, TreeFile, TreeListing};
 use crate::manifest::{self, Release};
-use backon::{BlockingRetryable, ExponentialBuilder};
 use git2::{
     CertificateCheckStatus, Cred, CredentialType, Direction, FetchOptions, Oid, PushOptions,
     RemoteCallbacks, Repository,
@@ -164,44 +166,12 @@ pub struct Tip {
     pub commit: String,
 }
 
-/// What a revert should undo.
-#[derive(Debug, Clone)]
-pub struct RevertRequest {
-    pub service: String,
-    /// The commit whose rollout failed.
-    pub failed_commit: String,
-    /// The last commit whose rollout of the service completed.
-    pub last_good: String,
-    /// Repo-relative files that define the service.
-    pub files: Vec<String>,
-    /// Revision that failed and revision rolled back to (for the message).
-    pub failed_revision: String,
-    pub rolled_back_to: String,
-    pub reason: String,
-    pub author_name: String,
-    pub author_email: String,
-}
-
-/// What happened to a revert request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RevertOutcome {
-    /// Pushed: the new commit and the commits it reverts, newest first.
-    Pushed {
-        commit: String,
-        reverted: Vec<String>,
-        attempts: u32,
-    },
-    /// No commit in `last_good..failed` touched the service's files.
-    NothingToRevert,
-    /// The branch changed the service's files again after the failed
-    /// commit: a person is on it; do not fight them.
-    ChangedSince { commits: Vec<String> },
-}
-
 /// The Git source: one remote, one branch, one bare mirror.
 pub struct GitSource {
     cfg: SourceConfig,
     redacted: String,
+    /// Fetches and pushes take turns (see [`revert::GitWriter`]).
+    write_lock: std::sync::Mutex<()>,
 }
 
 impl fmt::Debug for GitSource {
@@ -227,7 +197,11 @@ impl GitSource {
             }
         }
         let redacted = redact_url(&cfg.url);
-        let src = GitSource { cfg, redacted };
+        let src = GitSource {
+            cfg,
+            redacted,
+            write_lock: std::sync::Mutex::new(()),
+        };
         let repo = match Repository::open_bare(&src.cfg.mirror) {
             Ok(r) => r,
             Err(_) => {
@@ -375,8 +349,13 @@ impl GitSource {
             .map(|o| o.to_string()))
     }
 
-    /// Fetches the branch (full history) into the mirror; returns the new tip.
+    /// Fetches the branch (full history) into the mirror; returns the new
+    /// tip. Takes the mirror's write lock (a revert may be pushing).
     pub fn fetch(&self) -> Result<String, Error> {
+        self.writer().fetch()
+    }
+
+    fn fetch_unlocked(&self) -> Result<String, Error> {
         let repo = self.repo()?;
         let mut remote = repo
             .remote_anonymous(&self.cfg.url)
@@ -505,158 +484,6 @@ impl GitSource {
         Ok(renderer.render(&listing, &mut read))
     }
 
-    /// Commits in `from..to` (newest first) that changed any of `files`.
-    pub fn commits_touching(
-        &self,
-        from: Option<&str>,
-        to: &str,
-        files: &[String],
-    ) -> Result<Vec<String>, Error> {
-        let repo = self.repo()?;
-        commits_touching(&repo, from, to, files)
-    }
-
-    /// Reverts, in one commit on the branch tip, every commit since
-    /// `req.last_good` up to `req.failed_commit` that touched the service's
-    /// files (newest first), and pushes it as a fast-forward. On a
-    /// non-fast-forward rejection it fetches, redoes the revert on the new tip
-    /// and retries with backoff; it never force-pushes.
-    pub fn revert(&self, req: &RevertRequest) -> Result<RevertOutcome, Error> {
-        let attempts = Cell::new(0u32);
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(50))
-            .with_max_delay(Duration::from_secs(2))
-            .with_max_times(6)
-            .with_jitter();
-        let once = || {
-            attempts.set(attempts.get() + 1);
-            self.revert_once(req)
-        };
-        let out = once
-            .retry(backoff)
-            .sleep(std::thread::sleep)
-            .when(Error::retryable_push)
-            .notify(|e, d| {
-                tracing::info!(service = %req.service, error = %e, retry_in = ?d, "revert push raced another push; fetching and redoing")
-            })
-            .call()?;
-        Ok(match out {
-            RevertOutcome::Pushed {
-                commit, reverted, ..
-            } => RevertOutcome::Pushed {
-                commit,
-                reverted,
-                attempts: attempts.get(),
-            },
-            other => other,
-        })
-    }
-
-    fn revert_once(&self, req: &RevertRequest) -> Result<RevertOutcome, Error> {
-        let tip = self.fetch()?;
-        let repo = self.repo()?;
-        let rerr = |m: String| Error::Revert {
-            service: req.service.clone(),
-            message: m,
-        };
-        let tip_oid = Oid::from_str(&tip).map_err(|e| rerr(e.to_string()))?;
-        let failed_oid = Oid::from_str(&req.failed_commit).map_err(|e| rerr(e.to_string()))?;
-        if tip_oid != failed_oid
-            && !repo
-                .graph_descendant_of(tip_oid, failed_oid)
-                .map_err(|e| rerr(e.to_string()))?
-        {
-            return Err(rerr(format!(
-                "commit {} is no longer on branch {} (history was rewritten); not reverting",
-                req.failed_commit, self.cfg.branch
-            )));
-        }
-        let since = commits_touching(&repo, Some(&req.failed_commit), &tip, &req.files)?;
-        if !since.is_empty() {
-            return Ok(RevertOutcome::ChangedSince { commits: since });
-        }
-        let bad = commits_touching(&repo, Some(&req.last_good), &req.failed_commit, &req.files)?;
-        if bad.is_empty() {
-            return Ok(RevertOutcome::NothingToRevert);
-        }
-        // Apply the reverts newest first, each on top of the previous result,
-        // through throwaway commit objects (never referenced, so gc drops them).
-        let sig = git2::Signature::now(&req.author_name, &req.author_email)
-            .map_err(|e| rerr(format!("--git-author: {e}")))?;
-        let mut ours = repo.find_commit(tip_oid).map_err(|e| rerr(e.to_string()))?;
-        let mut tree_oid = ours.tree_id();
-        for sha in &bad {
-            let c = find_commit(&repo, sha)?;
-            let mainline = if c.parent_count() > 1 { 1 } else { 0 };
-            let mut index = repo
-                .revert_commit(&c, &ours, mainline, None)
-                .map_err(|e| rerr(format!("reverting {sha}: {e}")))?;
-            if index.has_conflicts() {
-                let paths: Vec<String> = index
-                    .conflicts()
-                    .map(|it| {
-                        it.filter_map(Result::ok)
-                            .filter_map(|c| c.our.or(c.their).or(c.ancestor))
-                            .map(|e| String::from_utf8_lossy(&e.path).into_owned())
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                return Err(rerr(format!(
-                    "reverting {sha} conflicts with the branch tip in {}",
-                    paths.join(", ")
-                )));
-            }
-            tree_oid = index
-                .write_tree_to(&repo)
-                .map_err(|e| rerr(e.to_string()))?;
-            let tree = repo.find_tree(tree_oid).map_err(|e| rerr(e.to_string()))?;
-            let tmp = repo
-                .commit(
-                    None,
-                    &sig,
-                    &sig,
-                    "floyd: intermediate revert",
-                    &tree,
-                    &[&ours],
-                )
-                .map_err(|e| rerr(e.to_string()))?;
-            ours = repo.find_commit(tmp).map_err(|e| rerr(e.to_string()))?;
-        }
-        let summaries: Vec<String> = bad
-            .iter()
-            .map(|s| {
-                find_commit(&repo, s)
-                    .map(|c| summary_of(&c))
-                    .unwrap_or_default()
-            })
-            .collect();
-        let message = revert_message(
-            &req.service,
-            &bad,
-            &summaries,
-            &req.failed_revision,
-            &req.rolled_back_to,
-            &req.reason,
-        );
-        let tree = repo.find_tree(tree_oid).map_err(|e| rerr(e.to_string()))?;
-        let tip_commit = repo.find_commit(tip_oid).map_err(|e| rerr(e.to_string()))?;
-        let new = repo
-            .commit(None, &sig, &sig, &message, &tree, &[&tip_commit])
-            .map_err(|e| rerr(e.to_string()))?;
-        // A local ref to push from (a previous attempt's value is replaced).
-        repo.reference(REVERT_REF, new, true, "floyd: revert")
-            .map_err(|e| self.mirror_err(e))?;
-        self.push(&repo, REVERT_REF)?;
-        // The remote now has it; move the tracking ref so the next poll sees no change.
-        repo.reference(&self.tracking_ref(), new, true, "floyd: revert pushed")
-            .map_err(|e| self.mirror_err(e))?;
-        Ok(RevertOutcome::Pushed {
-            commit: new.to_string(),
-            reverted: bad,
-            attempts: 0,
-        })
-    }
-
     /// Pushes `local_ref` to the branch (no `+`: never forced) and checks the
     /// server's per-ref status, which `push` alone does not report.
     fn push(&self, repo: &Repository, local_ref: &str) -> Result<(), Error> {
@@ -739,41 +566,6 @@ fn commit_info(c: &git2::Commit<'_>) -> CommitInfo {
         author: format!("{} <{}>", a.name().unwrap_or(""), a.email().unwrap_or("")),
         time: c.time().seconds(),
     }
-}
-
-fn commits_touching(
-    repo: &Repository,
-    from: Option<&str>,
-    to: &str,
-    files: &[String],
-) -> Result<Vec<String>, Error> {
-    let g = |e: git2::Error| Error::Git(e.message().to_string());
-    let mut walk = repo.revwalk().map_err(g)?;
-    walk.set_sorting(git2::Sort::TOPOLOGICAL | git2::Sort::TIME)
-        .map_err(g)?;
-    walk.push(Oid::from_str(to).map_err(g)?).map_err(g)?;
-    if let Some(f) = from {
-        walk.hide(Oid::from_str(f).map_err(g)?).map_err(g)?;
-    }
-    let mut out = Vec::new();
-    for oid in walk {
-        let oid = oid.map_err(g)?;
-        let c = repo.find_commit(oid).map_err(g)?;
-        let tree = c.tree().map_err(g)?;
-        // Merges are compared with their first parent (what a revert with
-        // mainline 1 undoes).
-        let parent_tree = match c.parent(0) {
-            Ok(p) => Some(p.tree().map_err(g)?),
-            Err(_) => None,
-        };
-        if files
-            .iter()
-            .any(|f| blob_at(&tree, f) != parent_tree.as_ref().and_then(|t| blob_at(t, f)))
-        {
-            out.push(oid.to_string());
-        }
-    }
-    Ok(out)
 }
 
 /// Lists `floyd.yaml` and the manifests under `services/` of `sha`'s tree
@@ -964,13 +756,14 @@ fn blob_at(tree: &git2::Tree<'_>, path: &str) -> Option<Oid> {
 
 /// The revert commit message of CONTRACT.md ("Revert commits").
 pub fn revert_message(
-    service: &str,
+    services: &[String],
     reverted: &[String],
     summaries: &[String],
     failed_revision: &str,
     rolled_back_to: &str,
     reason: &str,
 ) -> String {
+    let service = services.first().map(String::as_str).unwrap_or("");
     let one_line: String = reason.split_whitespace().collect::<Vec<_>>().join(" ");
     let title = if reverted.len() == 1 {
         format!(
@@ -991,9 +784,10 @@ pub fn revert_message(
     for sha in reverted {
         m.push_str(&format!("Floyd-Revert-Of: {sha}\n"));
     }
-    m.push_str(&format!(
-        "Floyd-Service: {service}\nFloyd-Reason: {one_line}\n"
-    ));
+    for s in services {
+        m.push_str(&format!("Floyd-Service: {s}\n"));
+    }
+    m.push_str(&format!("Floyd-Reason: {one_line}\n"));
     m
 }
 
@@ -1215,7 +1009,7 @@ mod tests {
     #[test]
     fn message_single_and_many() {
         let one = revert_message(
-            "web",
+            &["web".into()],
             &["aaa".into()],
             &["web: v2".into()],
             "r2",
@@ -1226,7 +1020,15 @@ mod tests {
             one,
             "Revert \"web: v2\"\n\nThis reverts commit aaa.\n\nFloyd rolled back web from revision r2 to r1: progress deadline exceeded: 0 of 2 ready.\n\nFloyd-Revert-Of: aaa\nFloyd-Service: web\nFloyd-Reason: progress deadline exceeded: 0 of 2 ready\n"
         );
-        let many = revert_message("web", &["bbb".into(), "aaa".into()], &[], "r3", "r1", "x.");
+        let many = revert_message(
+            &["web".into(), "api".into()],
+            &["bbb".into(), "aaa".into()],
+            &[],
+            "r3",
+            "r1",
+            "x.",
+        );
+        assert!(many.ends_with("Floyd-Service: web\nFloyd-Service: api\nFloyd-Reason: x.\n"));
         assert!(many.starts_with("Revert 2 commits that broke web\n\nThis reverts commit bbb.\nThis reverts commit aaa.\n\n"));
         assert!(many.contains("to r1: x.\n"));
         assert_eq!(revert_of(&many), vec!["bbb".to_string(), "aaa".to_string()]);

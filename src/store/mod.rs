@@ -70,6 +70,73 @@ pub struct RolloutRecord {
     /// A rollback whose revision Git holds again (the revert landed).
     #[serde(default)]
     pub git_agrees: bool,
+    /// The last commit whose complete desired state (revision, replicas and
+    /// every other field) reached Complete: what a failure goes back to.
+    #[serde(default)]
+    pub last_complete: Option<Desired>,
+    /// The desired state this one replaced (in flight or settled), kept so a
+    /// desired state that can never fit restores it instead of a rollback.
+    /// One level deep: its own `previous` is always `None`.
+    #[serde(default)]
+    pub previous: Option<Box<RolloutRecord>>,
+    /// The commit that created the service when nothing of it had completed
+    /// yet (carried across supersedes until a desired state completes).
+    #[serde(default)]
+    pub created_by: Option<CommitInfo>,
+    /// A desired state that failed and that Floyd will not apply again while
+    /// Git still renders it (the revert is pending, refused or disabled).
+    #[serde(default)]
+    pub rejected: Option<Desired>,
+}
+
+/// One commit's desired state of a service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Desired {
+    pub commit: CommitInfo,
+    pub revision: Revision,
+    pub spec: ServiceSpec,
+}
+
+impl Desired {
+    /// The same desired state (the commit aside).
+    pub fn same_state(&self, revision: &Revision, spec: &ServiceSpec) -> bool {
+        self.revision == *revision && self.spec == *spec
+    }
+}
+
+impl RolloutRecord {
+    /// The one constructor: a rollout of `state` towards `spec`, defined by `commit`.
+    pub fn new(
+        state: RolloutState,
+        spec: ServiceSpec,
+        commit: Option<CommitInfo>,
+        files: Vec<String>,
+    ) -> RolloutRecord {
+        RolloutRecord {
+            from_revision: state.stable.clone(),
+            state,
+            spec,
+            commit,
+            failure_handled: false,
+            revert_commit: None,
+            files,
+            degraded: None,
+            git_agrees: false,
+            last_complete: None,
+            previous: None,
+            created_by: None,
+            rejected: None,
+        }
+    }
+
+    /// This record's own desired state (None before any commit named it).
+    pub fn desired(&self) -> Option<Desired> {
+        self.commit.as_ref().map(|c| Desired {
+            commit: c.clone(),
+            revision: self.state.target.clone(),
+            spec: self.spec.clone(),
+        })
+    }
 }
 
 /// A revert commit Floyd pushed (or tried to).
@@ -382,21 +449,12 @@ mod tests {
                 },
             )
             .unwrap();
-            let rec = RolloutRecord {
-                state: RolloutState::start(
-                    Revision("r2".into()),
-                    Some(Revision("r1".into())),
-                    Time(9),
-                ),
-                spec: ServiceSpec::with_defaults(2, InstanceTemplate::command(["x"])),
-                commit: None,
-                from_revision: Some(Revision("r1".into())),
-                failure_handled: false,
-                revert_commit: None,
-                files: vec!["services/web.yaml".into()],
-                degraded: None,
-                git_agrees: false,
-            };
+            let rec = RolloutRecord::new(
+                RolloutState::start(Revision("r2".into()), Some(Revision("r1".into())), Time(9)),
+                ServiceSpec::with_defaults(2, InstanceTemplate::command(["x"])),
+                None,
+                vec!["services/web.yaml".into()],
+            );
             s.set_rollout("web", &rec).unwrap();
             s.record_history(&entry("web", 1, "r1")).unwrap();
             s.record_history(&entry("web", 2, "r2")).unwrap();
