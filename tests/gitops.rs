@@ -10,6 +10,9 @@ mod fake;
 #[path = "gitops/e2e.rs"]
 mod e2e;
 
+#[path = "gitops/policy_e2e.rs"]
+mod policy_e2e;
+
 use floyd::controller::policy::plan_revert;
 use floyd::source::{Credentials, GitSource, RevertOutcome, RevertRequest, SourceConfig};
 use support::{GitServer, Work};

@@ -10,7 +10,7 @@ use crate::runtime::sim::Behaviour;
 use crate::runtime::sim::scenario::{
     GateScript, Outcome, Scenario, ScriptCommand, ScriptEvent, Simulation, TemplateChange, Tick,
 };
-use crate::runtime::{Instance, InstancePhase, ObservedRevision};
+use crate::runtime::{GpuCapacity, Instance, InstancePhase, ObservedRevision};
 use IntOrPercent::{Int, Percent};
 
 fn spec(r: u32, surge: IntOrPercent, unavailable: IntOrPercent) -> ServiceSpec {
@@ -998,5 +998,56 @@ fn deadline_with_nothing_created_and_nothing_old_blames_the_runtime() {
             .contains("waiting for old instances to make room (2 running, 0 stopping)"),
         "{}",
         s.reason
+    );
+}
+
+/// Regression (GitOps-correctness issue, sequence 6): with every GPU taken
+/// and `allowInPlace: false` a new revision fails at once, marked infeasible;
+/// the rollback to the start revision, whose instances were never touched,
+/// is complete at once instead of failing on the same surge arithmetic.
+#[test]
+fn rollback_to_an_untouched_revision_without_free_gpus_completes_at_once() {
+    let sp = gpu_spec(2, 1, false);
+    let mut old_t = sp.template.clone();
+    old_t.env.insert("VERSION".into(), "1".into());
+    let cap = GpuCapacity {
+        kind: "A100".into(),
+        exist: 2,
+        free: 0,
+        held_by_service: 2,
+    };
+    let observed = Observed {
+        revisions: vec![orev("old", 0, 2, &[Some(1), Some(1)], &old_t)],
+        gpu: Some(cap.clone()),
+        ..Observed::default()
+    };
+    let target = crate::manifest::revision_of(&sp.template);
+    let state = RolloutState::start(
+        target.clone(),
+        Some(Revision::from("old")),
+        Time::from_secs(100),
+    );
+    let d = step(&sp, &observed, &state, Time::from_secs(100));
+    assert_eq!(d.state.phase, Phase::Failed, "{}", d.state.reason);
+    assert!(
+        d.state.reason.contains("allowInPlace is false"),
+        "{}",
+        d.state.reason
+    );
+    assert!(d.state.progress.infeasible, "nothing of it could be done");
+    let rb = rollback(&d.state, &observed, Time::from_secs(100)).unwrap();
+    // The runtime may now hold the new revision, created empty.
+    let mut after = observed.clone();
+    after
+        .revisions
+        .push(orev(target.as_str(), 100, 0, &[], &sp.template));
+    let d2 = step(&sp, &after, &rb, Time::from_secs(100));
+    assert_eq!(d2.state.phase, Phase::RolledBack, "{}", d2.state.reason);
+    assert!(
+        d2.actions
+            .iter()
+            .all(|a| !matches!(a, Action::CreateRevision { .. })),
+        "{:?}",
+        d2.actions
     );
 }

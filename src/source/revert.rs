@@ -433,11 +433,10 @@ impl<'r> ServiceJudge<'r> {
             (Some(a), Some(b)) => a.0 != b.0 || a.1 != b.1,
             (Some(_), None) | (None, Some(_)) => {
                 // Appeared or disappeared: a change only when both commits render.
-                let both_render = self.rendered.get(&c.id()).is_some_and(Option::is_some)
+                self.rendered.get(&c.id()).is_some_and(Option::is_some)
                     && parent
                         .as_ref()
-                        .is_some_and(|p| self.rendered.get(&p.id()).is_some_and(Option::is_some));
-                both_render
+                        .is_some_and(|p| self.rendered.get(&p.id()).is_some_and(Option::is_some))
             }
             (None, None) => false,
         };

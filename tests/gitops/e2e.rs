@@ -64,14 +64,35 @@ impl Default for Opts {
 impl Harness {
     /// A server seeded with `web` v1 and `api` v1, and a running controller.
     pub async fn new(opts: Opts) -> Harness {
+        Harness::seeded(
+            &[
+                ("services/web.yaml", service_yaml("web", "v1", false)),
+                ("services/api.yaml", service_yaml("api", "v1", false)),
+            ],
+            "initial: web and api v1",
+            FakeRuntime::new(Duration::from_millis(100)),
+            opts,
+        )
+        .await
+    }
+
+    /// A server seeded with `files` in one commit, and a running controller
+    /// on `runtime`.
+    pub async fn seeded(
+        files: &[(&str, String)],
+        message: &str,
+        runtime: FakeRuntime,
+        opts: Opts,
+    ) -> Harness {
         let server = GitServer::daemon();
         let work = Work::clone(&server.url);
-        work.write("services/web.yaml", &service_yaml("web", "v1", false))
-            .write("services/api.yaml", &service_yaml("api", "v1", false));
-        work.commit("initial: web and api v1");
+        for (path, text) in files {
+            work.write(path, text);
+        }
+        work.commit(message);
         work.push();
         let state = tempfile::tempdir().unwrap();
-        let runtime = Arc::new(FakeRuntime::new(Duration::from_millis(100)));
+        let runtime = Arc::new(runtime);
         let mut h = Harness {
             server,
             work,

@@ -1,13 +1,17 @@
 //! A wall-clock in-memory runtime for controller tests: instances become
-//! ready `ready_after` after creation, except when the template's command
-//! contains `--never-ready`. It manages instance counts like the real
+//! ready `ready_after` after creation (or `--ready-after-ms=N` in the
+//! template's command), except when the command contains `--never-ready`.
+//! With [`FakeRuntime::with_gpus`], GPU requests are counted against a fixed
+//! number of whole GPUs like a real inventory. It manages instance counts like the real
 //! instance manager (create the difference, delete the least useful first).
 
 #![allow(dead_code)]
 
 use floyd::engine::instances::pick_for_deletion;
 use floyd::manifest::{InstanceTemplate, Revision, ServiceName, ServiceSpec};
-use floyd::runtime::{Action, Error, Instance, InstancePhase, Observed, ObservedRevision, Runtime};
+use floyd::runtime::{
+    Action, Error, GpuCapacity, Instance, InstancePhase, Observed, ObservedRevision, Runtime,
+};
 use floyd::time::Time;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -33,6 +37,8 @@ pub struct FakeRuntime {
     pub events: Mutex<Vec<(String, String, String)>>,
     /// Commits the controller named for revisions: (service, revision, commit).
     pub commits: Mutex<Vec<(String, String, String)>>,
+    /// Whole GPUs that exist (0: GPU requests are not accounted).
+    gpus: u32,
 }
 
 impl FakeRuntime {
@@ -45,7 +51,42 @@ impl FakeRuntime {
             states: Mutex::new(BTreeMap::new()),
             events: Mutex::new(Vec::new()),
             commits: Mutex::new(Vec::new()),
+            gpus: 0,
         }
+    }
+
+    /// A runtime with `gpus` whole GPUs shared by every service.
+    pub fn with_gpus(ready_after: Duration, gpus: u32) -> FakeRuntime {
+        FakeRuntime {
+            gpus,
+            ..FakeRuntime::new(ready_after)
+        }
+    }
+
+    fn ready_after(&self, t: &InstanceTemplate) -> Duration {
+        t.command
+            .iter()
+            .find_map(|a| a.strip_prefix("--ready-after-ms="))
+            .and_then(|ms| ms.parse().ok())
+            .map(Duration::from_millis)
+            .unwrap_or(self.ready_after)
+    }
+
+    /// GPUs held by live instances: (all services, this one).
+    fn gpus_held(services: &BTreeMap<ServiceName, FakeService>, me: &ServiceName) -> (u32, u32) {
+        let mut all = 0;
+        let mut mine = 0;
+        for (name, svc) in services {
+            for r in &svc.revisions {
+                let per = r.template.resources.gpu.as_ref().map_or(0, |g| g.count);
+                let n = per * r.live();
+                all += n;
+                if name == me {
+                    mine += n;
+                }
+            }
+        }
+        (all, mine)
     }
 
     fn never_ready(t: &InstanceTemplate) -> bool {
@@ -54,10 +95,11 @@ impl FakeRuntime {
 
     fn refresh(&self, rev: &mut ObservedRevision, now: Time) {
         let never = Self::never_ready(&rev.template);
+        let after = self.ready_after(&rev.template);
         for i in &mut rev.instances {
             if i.phase == InstancePhase::Pending || i.phase == InstancePhase::Running {
                 i.phase = InstancePhase::Running;
-                let ready_at = i.created_at.plus(self.ready_after);
+                let ready_at = i.created_at.plus(after);
                 if !never && now >= ready_at {
                     i.ready_since.get_or_insert(ready_at);
                 } else if never {
@@ -116,12 +158,27 @@ impl Runtime for FakeRuntime {
     async fn observe(
         &self,
         service: &ServiceName,
-        _spec: Option<&ServiceSpec>,
+        spec: Option<&ServiceSpec>,
         now: Time,
     ) -> Result<Observed, Error> {
         let mut s = self.services.lock().unwrap();
+        let gpu = spec
+            .and_then(|sp| sp.gpu())
+            .filter(|_| self.gpus > 0)
+            .map(|g| {
+                let (all, mine) = Self::gpus_held(&s, service);
+                GpuCapacity {
+                    kind: g.product.clone().unwrap_or_else(|| "GPU".into()),
+                    exist: self.gpus,
+                    free: self.gpus.saturating_sub(all),
+                    held_by_service: mine,
+                }
+            });
         let Some(svc) = s.get_mut(service) else {
-            return Ok(Observed::default());
+            return Ok(Observed {
+                gpu,
+                ..Observed::default()
+            });
         };
         for r in &mut svc.revisions {
             self.refresh(r, now);
@@ -130,6 +187,7 @@ impl Runtime for FakeRuntime {
             revisions: svc.revisions.clone(),
             active: svc.active.clone(),
             preview: svc.preview.clone(),
+            gpu,
             ..Observed::default()
         })
     }

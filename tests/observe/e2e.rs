@@ -10,6 +10,7 @@ use crate::sse::SseReader;
 use floyd::controller::{Config as CtlConfig, Controller};
 use floyd::hub::Hub;
 use floyd::manifest::GpuInventory;
+use floyd::runtime::Runtime;
 use floyd::runtime::local::{LocalConfig, LocalRuntime};
 use floyd::server::{self, Config, Secret};
 use floyd::source::{Credentials, GitSource, SourceConfig};
@@ -727,5 +728,110 @@ async fn blue_green_gate_on_preview_traffic_keeps_errors_off_the_active_port() {
         "the preview port served v2's errors: {per_port:?}"
     );
 
+    st.finish().await;
+}
+
+/// `web` with one A100 per instance (the local runtime's declared inventory).
+fn gpu_web_yaml(version: &str, replicas: u32, port: u16) -> String {
+    let yaml = web_yaml(version, false, port)
+        .replace("  replicas: 2\n", &format!("  replicas: {replicas}\n"))
+        .replace(
+            "    terminationGracePeriodSeconds: 2\n",
+            "    terminationGracePeriodSeconds: 2\n    resources:\n      gpu: { count: 1, product: NVIDIA-A100-SXM4-80GB }\n",
+        )
+        .replace("progressDeadlineSeconds: 4", "progressDeadlineSeconds: 20");
+    assert!(
+        yaml.contains("gpu:") && yaml.contains(&format!("replicas: {replicas}")),
+        "{yaml}"
+    );
+    yaml
+}
+
+/// The GitOps-correctness sequence 1 with real processes and a real remote:
+/// B completes on the 2 declared GPUs; C asks for 3 replicas. C fails at
+/// once with the GPU arithmetic and is the commit reverted (not B); Git is
+/// back to B's tree with exactly one revert commit; B's two instances were
+/// never touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replicas_only_gpu_scale_that_cannot_fit_reverts_that_commit_on_the_local_runtime() {
+    let port = free_port();
+    let st = stack(
+        &[("services/web.yaml", gpu_web_yaml("v1", 2, port))],
+        "web v1 on 2 GPUs",
+        vec![GpuInventory {
+            product: "NVIDIA-A100-SXM4-80GB".into(),
+            memory_mib: Some(81920),
+            count: 2,
+            time_sliced_replicas: None,
+            mig: Default::default(),
+        }],
+    )
+    .await;
+    wait_view(&st.hub, "v1 Complete", |v| {
+        v.phase == floyd::engine::Phase::Complete
+    })
+    .await;
+    let b = st.push_web(&gpu_web_yaml("v2", 2, port), "web: v2");
+    let vb = wait_view(&st.hub, "B Complete", |v| {
+        v.phase == floyd::engine::Phase::Complete && v.commit.as_ref().is_some_and(|c| c.sha == b)
+    })
+    .await;
+    let pids_before = st
+        .runtime
+        .observe(
+            &floyd::manifest::ServiceName::parse("web").unwrap(),
+            None,
+            floyd::time::Time::now_wall(),
+        )
+        .await
+        .unwrap();
+    let ids_before: Vec<String> = pids_before
+        .revisions
+        .iter()
+        .flat_map(|r| r.instances.iter().map(|i| i.id.clone()))
+        .collect();
+    let mut events = st.hub.subscribe();
+    let c = st.push_web(&gpu_web_yaml("v2", 3, port), "web: 3 replicas");
+    let (pushed, revert, reverted) = next_revert(&mut events).await;
+    assert!(pushed);
+    assert_eq!(reverted, vec![c.clone()], "C is the bad commit, not B");
+    let revert = revert.unwrap();
+    let remote = st.work.join("../remote.git");
+    let msg = git(&remote, &["log", "-1", "--format=%B", &revert]);
+    assert!(msg.contains(&format!("Floyd-Revert-Of: {c}")), "{msg}");
+    assert!(msg.contains("Floyd-Service: web"), "{msg}");
+    assert!(msg.contains("needs 3 GPUs"), "{msg}");
+    assert_eq!(
+        git(&remote, &["rev-parse", &format!("{revert}^{{tree}}")]),
+        git(&remote, &["rev-parse", &format!("{b}^{{tree}}")]),
+        "Git is back to B's tree"
+    );
+    let log = git(&remote, &["log", "--format=%s", "main"]);
+    assert_eq!(
+        log.lines().filter(|l| l.starts_with("Revert")).count(),
+        1,
+        "{log}"
+    );
+    let v = wait_view(&st.hub, "Complete on the revert", |v| {
+        v.phase == floyd::engine::Phase::Complete
+            && v.commit.as_ref().is_some_and(|x| x.sha == revert)
+    })
+    .await;
+    assert_eq!(v.target_revision, vb.target_revision);
+    let after = st
+        .runtime
+        .observe(
+            &floyd::manifest::ServiceName::parse("web").unwrap(),
+            None,
+            floyd::time::Time::now_wall(),
+        )
+        .await
+        .unwrap();
+    let ids_after: Vec<String> = after
+        .revisions
+        .iter()
+        .flat_map(|r| r.instances.iter().map(|i| i.id.clone()))
+        .collect();
+    assert_eq!(ids_after, ids_before, "B's instances were never touched");
     st.finish().await;
 }
