@@ -6,6 +6,7 @@
 //! and, once the instance answers 101, tunnelled byte for byte.
 //!
 //! Owns: listening, picking a backend (round-robin or least-connections),
+//! the canary split (by weight, exact per request; header matches; mirroring),
 //! forwarding, counting responses per revision, and in-flight counts per
 //! instance (so a draining instance is stopped only when idle).
 //! Must not: decide which instances are routable; the runtime computes the
@@ -20,6 +21,7 @@
 
 use crate::manifest::Revision;
 use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderName, HeaderValue};
@@ -73,6 +75,62 @@ impl AsRef<Backend> for Backend {
 pub struct Routes {
     pub active: Vec<Backend>,
     pub preview: Vec<Backend>,
+    /// A canary split of the active traffic; `active` is then the stable side.
+    pub canary: Option<CanaryRoutes>,
+}
+
+/// The canary side of a split.
+#[derive(Debug, Default)]
+pub struct CanaryRoutes {
+    pub backends: Vec<Backend>,
+    /// Percent of the requests (header-matched ones aside) for the canary.
+    pub weight: u32,
+    /// A request matching every header of any one entry goes to the canary.
+    pub matches: Vec<Vec<(HeaderName, HeaderValue)>>,
+    /// Copy requests served by the stable side to the canary (answer discarded).
+    pub mirror: bool,
+}
+
+impl CanaryRoutes {
+    /// From the spec's `strategy.canary` (invalid header names or values,
+    /// which validation rejects, are skipped).
+    pub fn new(
+        backends: Vec<Backend>,
+        weight: u32,
+        matches: &[crate::manifest::CanaryMatch],
+        mirror: bool,
+    ) -> CanaryRoutes {
+        let matches = matches
+            .iter()
+            .map(|m| {
+                m.headers
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        Some((
+                            HeaderName::from_bytes(k.as_bytes()).ok()?,
+                            HeaderValue::from_str(v).ok()?,
+                        ))
+                    })
+                    .collect()
+            })
+            .collect();
+        CanaryRoutes {
+            backends,
+            weight: weight.min(100),
+            matches,
+            mirror,
+        }
+    }
+}
+
+/// Whether the `k`-th weighted request (0-based) goes to the canary: exactly
+/// `weight` of every 100 consecutive requests do, evenly interleaved (the
+/// two-backend case of smooth weighted round-robin, as a pure function of
+/// the sequence number: no lock, one atomic increment per request).
+pub fn weighted_to_canary(k: u64, weight: u32) -> bool {
+    let w = u64::from(weight.min(100));
+    let k = k % 100;
+    (k + 1) * w / 100 > k * w / 100
 }
 
 /// What a listener serves.
@@ -210,6 +268,42 @@ impl Target {
 struct Table {
     active: Vec<Target>,
     preview: Vec<Target>,
+    canary: Option<CanaryTable>,
+}
+
+/// The canary side of the table. A new table (a new weight) starts its
+/// sequence at 0: the weight holds exactly from the switch on.
+struct CanaryTable {
+    targets: Vec<Target>,
+    weight: u32,
+    matches: Vec<Vec<(HeaderName, HeaderValue)>>,
+    mirror: bool,
+    /// Weighted (not header-matched) requests so far.
+    seq: AtomicU64,
+    /// Idle connections for mirrored requests (body-less), by instance address.
+    mirror_idle: Arc<Mutex<HashMap<SocketAddr, Vec<SendRequest<Empty<Bytes>>>>>>,
+}
+
+impl CanaryTable {
+    fn matches(&self, h: &hyper::HeaderMap) -> bool {
+        self.matches.iter().any(|m| {
+            !m.is_empty()
+                && m.iter()
+                    .all(|(name, want)| h.get_all(name).iter().any(|v| v == want))
+        })
+    }
+
+    /// The side this request goes to: true for the canary.
+    fn to_canary(&self, h: &hyper::HeaderMap) -> bool {
+        if !self.matches.is_empty() && self.matches(h) {
+            return true;
+        }
+        match self.weight {
+            0 => false,
+            100.. => true,
+            w => weighted_to_canary(self.seq.fetch_add(1, Ordering::Relaxed), w),
+        }
+    }
 }
 
 /// The load balancer of one service.
@@ -304,9 +398,18 @@ impl Lb {
                 pools: ps,
             }
         };
+        let canary = routes.canary.map(|c| CanaryTable {
+            targets: c.backends.into_iter().map(&mut target).collect(),
+            weight: c.weight,
+            matches: c.matches,
+            mirror: c.mirror,
+            seq: AtomicU64::new(0),
+            mirror_idle: Arc::new(Mutex::new(HashMap::new())),
+        });
         let table = Table {
             active: routes.active.into_iter().map(&mut target).collect(),
             preview: routes.preview.into_iter().map(&mut target).collect(),
+            canary,
         };
         *pools = kept;
         let mut w = self.routes.write().unwrap_or_else(|e| e.into_inner());
@@ -703,8 +806,20 @@ async fn proxy(conn: &Conn, mut req: Request<Incoming>) -> Response<ProxyBody> {
     let mut req = Request::from_parts(parts, body);
 
     let table = lb.table();
-    let set = if kind.preview {
+    let set: &[Target] = if kind.preview {
         &table.preview
+    } else if let Some(c) = &table.canary {
+        let to_canary = c.to_canary(req.headers());
+        let (first, other) = if to_canary {
+            (&c.targets[..], &table.active[..])
+        } else {
+            (&table.active[..], &c.targets[..])
+        };
+        if !to_canary && c.mirror && upgrade.is_none() && req.body().is_end_stream() {
+            mirror(lb, c, &kind.port_name, &req);
+        }
+        // A side with no ready instance: the other one serves.
+        if first.is_empty() { other } else { first }
     } else {
         &table.active
     };
@@ -826,6 +941,93 @@ async fn proxy(conn: &Conn, mut req: Request<Incoming>) -> Response<ProxyBody> {
             }
         }
     }
+}
+
+/// Mirrored requests in flight per canary instance beyond which more are
+/// not mirrored (a slow canary must not pile up work in the proxy).
+const MAX_MIRROR_INFLIGHT: usize = 64;
+
+/// Sends a body-less copy of `req` to a canary instance and discards the
+/// answer (counted for the canary's revision, so the gates see it).
+fn mirror(lb: &Lb, c: &CanaryTable, port_name: &str, req: &Request<Incoming>) {
+    let Some(i) = lb.pick(&c.targets, &[]) else {
+        return;
+    };
+    let target = &c.targets[i];
+    let backend = &target.backend;
+    let Some(pool) = target.pool_for(port_name) else {
+        return;
+    };
+    if backend.inflight.load(Ordering::Relaxed) >= MAX_MIRROR_INFLIGHT {
+        return;
+    }
+    let mut copy = Request::new(Empty::<Bytes>::new());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = Version::HTTP_11;
+    *copy.headers_mut() = req.headers().clone();
+    if !copy.headers().contains_key(header::HOST) {
+        copy.headers_mut().insert(header::HOST, pool.host.clone());
+    }
+    backend.inflight.fetch_add(1, Ordering::AcqRel);
+    let guard = InflightGuard(backend.inflight.clone());
+    let counters = backend.counters.clone();
+    let addr = pool.addr;
+    let idle = c.mirror_idle.clone();
+    tokio::spawn(async move {
+        let _guard = guard;
+        counters.requests.fetch_add(1, Ordering::Relaxed);
+        let pooled = idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&addr)
+            .and_then(|v| v.pop());
+        let tx = match pooled {
+            Some(tx) if !tx.is_closed() => Ok(tx),
+            _ => connect_plain(addr).await,
+        };
+        let Ok(mut tx) = tx else {
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if tx.ready().await.is_err() {
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        match tx.send_request(copy).await {
+            Ok(resp) => {
+                if resp.status().is_server_error() {
+                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                if resp.into_body().collect().await.is_ok() && !tx.is_closed() {
+                    let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
+                    let v = idle.entry(addr).or_default();
+                    if v.len() < MAX_MIRROR_INFLIGHT {
+                        v.push(tx);
+                    }
+                }
+            }
+            Err(_) => {
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+}
+
+/// A new HTTP/1 connection for body-less requests (mirroring).
+async fn connect_plain(addr: SocketAddr) -> Result<SendRequest<Empty<Bytes>>, String> {
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("connect to {addr}: timed out"))?
+        .map_err(|e| format!("connect to {addr}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| format!("connect to {addr}: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(tx)
 }
 
 #[cfg(test)]
@@ -981,6 +1183,7 @@ mod tests {
         lb.set_routes(Routes {
             active,
             preview: vec![],
+            canary: None,
         });
         let port = listen(&lb, false).await;
         (lb, port)
@@ -1101,6 +1304,7 @@ mod tests {
         lb.set_routes(Routes {
             active: vec![routed("gone", closed_port(), &dead)],
             preview: vec![],
+            canary: None,
         });
         let out = raw(port, "GET / HTTP/1.1\r\nHost: x", "").await;
         assert!(out.starts_with("HTTP/1.1 502"), "{out}");
