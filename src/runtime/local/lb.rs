@@ -1087,7 +1087,7 @@ mod tests {
 
     /// An upstream that answers with what it received, one line per item,
     /// and counts the connections it accepted.
-    async fn echo() -> (u16, Arc<Count>) {
+    pub(super) async fn echo() -> (u16, Arc<Count>) {
         let accepted = Arc::new(Count::new(0));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -1142,7 +1142,7 @@ mod tests {
         (port, accepted)
     }
 
-    fn routed(id: &str, port: u16, counters: &Arc<Counters>) -> Backend {
+    pub(super) fn routed(id: &str, port: u16, counters: &Arc<Counters>) -> Backend {
         Backend {
             instance: id.into(),
             revision: Revision("r".into()),
@@ -1178,7 +1178,7 @@ mod tests {
     }
 
     /// A round-robin LB routing to `active`, listening on a free port.
-    async fn serving(active: Vec<Backend>) -> (Arc<Lb>, u16) {
+    pub(super) async fn serving(active: Vec<Backend>) -> (Arc<Lb>, u16) {
         let lb = Lb::new("s", LbPolicy::RoundRobin, tokio::runtime::Handle::current());
         lb.set_routes(Routes {
             active,
@@ -1190,7 +1190,7 @@ mod tests {
     }
 
     /// One raw HTTP/1.1 exchange on a new connection (`Connection: close`).
-    async fn raw(port: u16, head: &str, body: &str) -> String {
+    pub(super) async fn raw(port: u16, head: &str, body: &str) -> String {
         let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .unwrap();
@@ -1466,5 +1466,183 @@ mod tests {
         let out = raw(port, "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: shout", "").await;
         assert!(out.starts_with("HTTP/1.1 400"), "{out}");
         lb.close();
+    }
+}
+
+#[cfg(test)]
+mod canary_tests {
+    use super::tests::{echo, raw, routed, serving};
+    use super::*;
+
+    #[test]
+    fn weighted_split_is_exact_and_even_for_every_weight() {
+        for w in 0..=100u32 {
+            // Exactly w of every 100 consecutive requests, from any start.
+            for start in [0u64, 37, 99, 1_000_003] {
+                let n = (start..start + 100)
+                    .filter(|&k| weighted_to_canary(k, w))
+                    .count();
+                assert_eq!(n, w as usize, "weight {w} from {start}");
+            }
+            // Evenly spread: between two canary requests at most
+            // ceil(100 / w) requests pass.
+            if w > 0 {
+                let hits: Vec<u64> = (0..300).filter(|&k| weighted_to_canary(k, w)).collect();
+                let max_gap = hits.windows(2).map(|p| p[1] - p[0]).max().unwrap_or(0);
+                assert!(
+                    max_gap <= u64::from(100u32.div_ceil(w)),
+                    "weight {w}: gap {max_gap}"
+                );
+            }
+        }
+        assert!(!weighted_to_canary(5, 0));
+        assert!(weighted_to_canary(5, 100));
+    }
+
+    fn split(
+        stable: Vec<Backend>,
+        canary: Vec<Backend>,
+        weight: u32,
+        matches: &[(&str, &str)],
+        mirror: bool,
+    ) -> Routes {
+        let m = if matches.is_empty() {
+            Vec::new()
+        } else {
+            vec![crate::manifest::CanaryMatch {
+                headers: matches
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            }]
+        };
+        Routes {
+            active: stable,
+            preview: vec![],
+            canary: Some(CanaryRoutes::new(canary, weight, &m, mirror)),
+        }
+    }
+
+    async fn wait_until(what: &str, f: impl Fn() -> bool) {
+        for _ in 0..200 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    #[tokio::test]
+    async fn canary_split_header_matches_mirror_and_empty_sides() {
+        let (s_port, _) = echo().await;
+        let (c_port, _) = echo().await;
+        let (cs, cc) = (Arc::new(Counters::default()), Arc::new(Counters::default()));
+        let stable = || vec![routed("s1", s_port, &cs)];
+        let canary = || vec![routed("c1", c_port, &cc)];
+        let (lb, port) = serving(vec![]).await;
+        let count = |c: &Counters| c.requests.load(Ordering::SeqCst);
+        for w in [5u32, 25, 50, 100] {
+            lb.set_routes(split(stable(), canary(), w, &[], false));
+            let (s0, c0) = (count(&cs), count(&cc));
+            for _ in 0..200 {
+                let out = raw(port, "GET / HTTP/1.1\r\nHost: x", "").await;
+                assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+            }
+            assert_eq!(count(&cc) - c0, 2 * w as u64, "weight {w}: exact share");
+            assert_eq!(count(&cs) - s0, 200 - 2 * w as u64, "weight {w}");
+        }
+        // Header matches go to the canary whatever the weight (names are
+        // case-insensitive, values exact); they do not shift the weighted count.
+        lb.set_routes(split(stable(), canary(), 0, &[("x-canary", "true")], false));
+        let (s0, c0) = (count(&cs), count(&cc));
+        for _ in 0..30 {
+            raw(port, "GET / HTTP/1.1\r\nHost: x\r\nX-Canary: true", "").await;
+        }
+        for _ in 0..10 {
+            raw(port, "GET / HTTP/1.1\r\nHost: x\r\nX-Canary: TRUE", "").await;
+        }
+        assert_eq!(count(&cc) - c0, 30);
+        assert_eq!(count(&cs) - s0, 10);
+        // Mirror: stable answers, the canary sees a copy (answer discarded,
+        // counted for its revision); requests with a body are not copied.
+        lb.set_routes(split(stable(), canary(), 0, &[], true));
+        let (s0, c0) = (count(&cs), count(&cc));
+        for _ in 0..20 {
+            let out = raw(port, "GET /?status=200 HTTP/1.1\r\nHost: x", "").await;
+            assert!(out.contains("GET /?status=200"), "{out}");
+        }
+        raw(port, "POST / HTTP/1.1\r\nHost: x", "body").await;
+        wait_until("20 mirrored requests", || count(&cc) - c0 == 20).await;
+        assert_eq!(count(&cs) - s0, 21);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(count(&cc) - c0, 20, "the POST was not mirrored");
+        // A mirrored 500 counts as the canary's error, not the client's.
+        let e0 = cc.errors.load(Ordering::SeqCst);
+        let out = raw(port, "GET /?status=500 HTTP/1.1\r\nHost: x", "").await;
+        assert!(out.starts_with("HTTP/1.1 500"), "the stable answer: {out}");
+        wait_until("the mirrored error", || {
+            cc.errors.load(Ordering::SeqCst) == e0 + 1
+        })
+        .await;
+        // A side with no ready instance: the other one serves (no 503).
+        lb.set_routes(split(stable(), vec![], 100, &[("x-canary", "true")], true));
+        let out = raw(port, "GET / HTTP/1.1\r\nHost: x\r\nX-Canary: true", "").await;
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        lb.set_routes(split(vec![], canary(), 0, &[], false));
+        let out = raw(port, "GET / HTTP/1.1\r\nHost: x", "").await;
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn weight_changes_never_drop_in_flight_requests() {
+        let (s_port, _) = echo().await;
+        let (c_port, _) = echo().await;
+        let (cs, cc) = (Arc::new(Counters::default()), Arc::new(Counters::default()));
+        let (lb, port) = serving(vec![]).await;
+        lb.set_routes(split(
+            vec![routed("s1", s_port, &cs)],
+            vec![routed("c1", c_port, &cc)],
+            0,
+            &[],
+            false,
+        ));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut clients = Vec::new();
+        for _ in 0..4 {
+            let stop = stop.clone();
+            clients.push(tokio::spawn(async move {
+                let (mut ok, mut bad) = (0u32, 0u32);
+                while !stop.load(Ordering::SeqCst) {
+                    let out = raw(port, "GET / HTTP/1.1\r\nHost: x", "").await;
+                    if out.starts_with("HTTP/1.1 200") {
+                        ok += 1;
+                    } else {
+                        bad += 1;
+                    }
+                }
+                (ok, bad)
+            }));
+        }
+        for w in [1u32, 5, 10, 25, 50, 75, 100, 0, 50] {
+            lb.set_routes(split(
+                vec![routed("s1", s_port, &cs)],
+                vec![routed("c1", c_port, &cc)],
+                w,
+                &[],
+                false,
+            ));
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        stop.store(true, Ordering::SeqCst);
+        let (mut ok, mut bad) = (0, 0);
+        for c in clients {
+            let (o, b) = c.await.unwrap();
+            ok += o;
+            bad += b;
+        }
+        assert_eq!(bad, 0, "{ok} answered");
+        assert!(ok > 20, "{ok}");
+        assert!(cc.requests.load(Ordering::SeqCst) > 0);
     }
 }
