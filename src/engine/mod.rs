@@ -58,7 +58,7 @@ pub mod instances;
 pub mod rolling;
 mod rollout;
 
-pub use rollout::canary_instances;
+pub use rollout::{canary_instances, canary_status};
 
 use crate::manifest::{Revision, ServiceSpec};
 use crate::runtime::{Action, GateResult, Observed};

@@ -11,7 +11,7 @@ use crate::time::Time;
 use std::collections::BTreeMap;
 
 mod canary;
-pub use canary::canary_instances;
+pub use canary::{canary_instances, canary_status};
 
 /// Most Kubernetes-style syncs run within one step; each moves at least one
 /// instance, so this only guards against a bug looping forever.

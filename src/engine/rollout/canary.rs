@@ -11,8 +11,8 @@
 use super::super::gates;
 use super::super::rolling;
 use super::{Cx, GATE_RECHECK_MS, MAX_SYNCS};
-use crate::engine::{CanaryStatus, Phase};
-use crate::manifest::{CanaryParams, CanaryStep, IntOrPercent, Revision};
+use crate::engine::{CanaryStatus, Phase, RolloutState};
+use crate::manifest::{CanaryParams, CanaryStep, IntOrPercent, Revision, ServiceSpec, Strategy};
 use crate::runtime::{Action, CanarySplit};
 
 /// Canary instances for `weight` percent of `replicas` (Argo Rollouts
@@ -24,6 +24,29 @@ pub fn canary_instances(weight: u32, replicas: u32) -> u32 {
     }
     let n = (u64::from(weight.min(100)) * u64::from(replicas)).div_ceil(100);
     u32::try_from(n).unwrap_or(u32::MAX).max(1)
+}
+
+/// Where a canary rollout stands (`Status.canary`, the API's service view):
+/// `None` for other strategies, rollbacks and finished canaries.
+pub fn canary_status(spec: &ServiceSpec, state: &RolloutState) -> Option<CanaryStatus> {
+    let Strategy::Canary { canary: p } = &spec.strategy else {
+        return None;
+    };
+    if state.is_rollback || matches!(state.phase, Phase::Complete | Phase::RolledBack) {
+        return None;
+    }
+    let step = state.progress.canary_step;
+    let steps = u32::try_from(p.steps.len()).unwrap_or(u32::MAX);
+    let current = match p.steps.get(step as usize) {
+        Some(s) => s.describe(),
+        None => "promoting".into(),
+    };
+    Some(CanaryStatus {
+        step: step.min(steps),
+        steps,
+        current,
+        weight: state.progress.canary_weight,
+    })
 }
 
 impl Cx<'_> {
@@ -350,23 +373,7 @@ impl Cx<'_> {
 
     /// The status line of a canary in its steps.
     pub(super) fn canary_status(&self) -> Option<CanaryStatus> {
-        let p = self.canary_params()?;
-        if self.state.is_rollback || matches!(self.state.phase, Phase::Complete | Phase::RolledBack)
-        {
-            return None;
-        }
-        let step = self.state.progress.canary_step;
-        let steps = p.steps.len() as u32;
-        let current = match p.steps.get(step as usize) {
-            Some(s) => s.describe(),
-            None => "promoting".into(),
-        };
-        Some(CanaryStatus {
-            step: step.min(steps),
-            steps,
-            current,
-            weight: self.state.progress.canary_weight,
-        })
+        canary_status(self.spec, &self.state)
     }
 
     /// For the deadline message: canary instances the current step needs.
