@@ -1144,6 +1144,28 @@ fn canary_promote_skips_a_timed_pause() {
 }
 
 #[test]
+fn canary_one_promote_ends_one_pause() {
+    let sc = Scenario {
+        instances: startup(2.0),
+        events: vec![
+            command(10.0, ScriptCommand::Promote),
+            command(50.0, ScriptCommand::Promote),
+        ],
+        ..Scenario::default()
+    };
+    let steps = vec![set_weight(50), pause(None), set_weight(50), pause(None)];
+    let (out, ticks, _) = run(canary(2, steps), sc);
+    assert_eq!(out.result, Phase::Complete, "{}", out.reason);
+    assert!(
+        ticks
+            .iter()
+            .any(|t| t.t == 10.0 && t.phase == Phase::AwaitingPromotion),
+        "the second pause waits: {ticks:#?}"
+    );
+    assert!(out.t >= 50.0, "{}", out.t);
+}
+
+#[test]
 fn canary_promote_outside_a_pause_is_ignored_with_an_event() {
     let sc = Scenario {
         instances: startup(10.0),

@@ -181,7 +181,8 @@ impl Cx<'_> {
         }
         let steps = p.steps.len();
         let gpu_max = self.gpu_limit().map(|l| l.max_total);
-        let promote = std::mem::take(&mut self.state.progress.promote_requested);
+        // One `floyd promote` ends one pause.
+        let mut promote = std::mem::take(&mut self.state.progress.promote_requested);
         let mut promote_used = false;
         let mut waiting = String::new();
         while (self.state.progress.canary_step as usize) < steps {
@@ -219,6 +220,7 @@ impl Cx<'_> {
                 }
                 CanaryStep::Pause(pause) => {
                     if promote {
+                        promote = false;
                         promote_used = true;
                         self.event(format!("{at}: promoted by a person"));
                     } else if let Some(d) = pause.duration_seconds {
@@ -283,6 +285,7 @@ impl Cx<'_> {
             self.event(format!("{at} done"));
         }
         if promote && !promote_used {
+            // Not at a pause: nothing to promote.
             let i = self.state.progress.canary_step as usize;
             let what = p.steps.get(i).map_or("promoting".into(), |s| s.describe());
             self.event(format!(

@@ -271,8 +271,9 @@ struct Table {
     canary: Option<CanaryTable>,
 }
 
-/// The canary side of the table. A new table (a new weight) starts its
-/// sequence at 0: the weight holds exactly from the switch on.
+/// The canary side of the table. A new weight starts its sequence at 0, so
+/// the weight holds exactly from the switch on; a table swapped for another
+/// reason (an instance became ready) continues the sequence.
 struct CanaryTable {
     targets: Vec<Target>,
     weight: u32,
@@ -398,13 +399,26 @@ impl Lb {
                 pools: ps,
             }
         };
+        // The same weight continues its sequence (instances coming and going
+        // swap the table too); a new weight starts from 0.
+        let previous = self.table();
+        let carried = |w: u32| {
+            previous
+                .canary
+                .as_ref()
+                .filter(|c| c.weight == w)
+                .map_or(0, |c| c.seq.load(Ordering::Relaxed))
+        };
         let canary = routes.canary.map(|c| CanaryTable {
             targets: c.backends.into_iter().map(&mut target).collect(),
+            seq: AtomicU64::new(carried(c.weight)),
             weight: c.weight,
             matches: c.matches,
             mirror: c.mirror,
-            seq: AtomicU64::new(0),
-            mirror_idle: Arc::new(Mutex::new(HashMap::new())),
+            mirror_idle: previous
+                .canary
+                .as_ref()
+                .map_or_else(Default::default, |p| p.mirror_idle.clone()),
         });
         let table = Table {
             active: routes.active.into_iter().map(&mut target).collect(),
