@@ -173,7 +173,8 @@ mod tests {
     fn canary_preflight_table() {
         let a100 = "NVIDIA-A100-SXM4-80GB";
         // (capacity, per instance, replicas, canary peak, weight, expected error)
-        let cases: Vec<(GpuCapacity, u32, u32, u32, u32, Option<&str>)> = vec![
+        type Case<'a> = (GpuCapacity, u32, u32, u32, u32, Option<&'a str>);
+        let cases: Vec<Case> = vec![
             (cap(a100, 5, 1, 4), 1, 4, 1, 25, None),
             (
                 cap(a100, 4, 0, 4),

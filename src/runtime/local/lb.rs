@@ -271,6 +271,9 @@ struct Table {
     canary: Option<CanaryTable>,
 }
 
+/// Idle connections for mirrored (body-less) requests, by instance address.
+type MirrorPools = Arc<Mutex<HashMap<SocketAddr, Vec<SendRequest<Empty<Bytes>>>>>>;
+
 /// The canary side of the table. A new weight starts its sequence at 0, so
 /// the weight holds exactly from the switch on; a table swapped for another
 /// reason (an instance became ready) continues the sequence.
@@ -282,7 +285,7 @@ struct CanaryTable {
     /// Weighted (not header-matched) requests so far.
     seq: AtomicU64,
     /// Idle connections for mirrored requests (body-less), by instance address.
-    mirror_idle: Arc<Mutex<HashMap<SocketAddr, Vec<SendRequest<Empty<Bytes>>>>>>,
+    mirror_idle: MirrorPools,
 }
 
 impl CanaryTable {
