@@ -4,7 +4,7 @@
 //!
 //! It holds data and channels only; it decides nothing.
 
-use crate::engine::{Command, Phase, RevisionCounts};
+use crate::engine::{CanaryStatus, Command, Phase, RevisionCounts, RolloutState};
 use crate::manifest::Revision;
 use crate::runtime::{GateResult, GpuCapacity};
 use crate::telemetry::Metrics;
@@ -46,6 +46,19 @@ pub struct ServiceView {
     pub active: Option<Revision>,
     pub preview: Option<Revision>,
     pub updated_at: Time,
+    /// Canary rollouts: the step in progress and the weight (see [`canary_view`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryStatus>,
+}
+
+/// The canary part of a service view: step and weight of an in-flight (or
+/// just failed: weight 0) canary, `None` otherwise. The controller's
+/// `publish` fills `ServiceView::canary` with it.
+pub fn canary_view(
+    spec: &crate::manifest::ServiceSpec,
+    state: &RolloutState,
+) -> Option<CanaryStatus> {
+    crate::engine::canary_status(spec, state)
 }
 
 /// One finished or running rollout (`GET /api/v1/services/{name}/history`).
@@ -303,6 +316,13 @@ impl Hub {
             self.version.fetch_add(1, Ordering::AcqRel);
             changed
         };
+        // Every known service has the gauge, at 0 without a canary in flight.
+        let weight = view
+            .canary
+            .as_ref()
+            .filter(|_| !view.phase.is_terminal())
+            .map_or(0, |c| c.weight);
+        self.metrics.set_canary_weight(&view.name, weight);
         if changed {
             self.metrics.set_phase(&view.name, view.phase);
             let _ = self.events.send(Event::Service { service: view });

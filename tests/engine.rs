@@ -37,6 +37,13 @@ fn json_lines(out: &Output) -> Vec<serde_json::Value> {
 /// Expected outcome of each example: (file, exit code, result, reason must contain, event must contain).
 const EXAMPLES: &[(&str, i32, &str, &str, &str)] = &[
     (
+        "canary.yaml",
+        0,
+        "Complete",
+        "10 of 10 instances",
+        "canary weight 25% → 50%",
+    ),
+    (
         "rolling-10.yaml",
         0,
         "Complete",

@@ -95,9 +95,23 @@ const SPEC_CASES: &[(&str, &str, &[&str])] = &[
     ),
     (
         "unknown strategy",
+        "  strategy: { type: Linear }\n",
+        &[
+            "services/web.yaml:7:21: spec.strategy.type: unknown strategy type \"Linear\" (hint: use RollingUpdate, Recreate, BlueGreen or Canary)",
+        ],
+    ),
+    (
+        "canary without steps",
         "  strategy: { type: Canary }\n",
         &[
-            "services/web.yaml:7:21: spec.strategy.type: unknown strategy type \"Canary\" (hint: use RollingUpdate, Recreate or BlueGreen)",
+            "services/web.yaml:7:13: spec.strategy.canary.steps: Canary needs steps (hint: add canary: { steps: [{ setWeight: 10 }, { pause: { duration: 60s } }] })",
+        ],
+    ),
+    (
+        "canary weight above 100",
+        "  strategy: { type: Canary, canary: { steps: [{ setWeight: 150 }] } }\n",
+        &[
+            "services/web.yaml:7:60: spec.strategy.canary.steps[0].setWeight: must be at most 100 (is 150)",
         ],
     ),
     (
@@ -595,7 +609,7 @@ fn every_environment_of_examples_repo_is_valid() {
     for env in std::iter::once(None).chain(envs.iter().map(|e| Some(e.as_str()))) {
         let r = repo.release(env).unwrap_or_else(|e| panic!("{env:?}: {e}"));
         let names: Vec<_> = r.services.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, vec!["api", "inference", "web"], "{env:?}");
+        assert_eq!(names, vec!["api", "inference", "shop", "web"], "{env:?}");
         assert_eq!(r.gpus.len(), 1);
         let inference = r.service("inference").unwrap();
         let gpu = inference.spec.gpu().unwrap();
@@ -613,6 +627,7 @@ fn every_environment_of_examples_repo_is_valid() {
             r.service("web").unwrap().spec.strategy_name(),
             "RollingUpdate"
         );
+        assert_eq!(r.service("shop").unwrap().spec.strategy_name(), "Canary");
         for s in &r.services {
             assert_eq!(s.spec.template.command[0], "${FLOYD_BIN}");
             assert!(
@@ -687,14 +702,14 @@ fn cli_validate_and_render_exit_codes() {
     let (code, out, err) = floyd(&["validate", ex]);
     assert_eq!(
         (code, out.as_str(), err.as_str()),
-        (0, "ok: 3 services, environments: demo, prod, staging\n", "")
+        (0, "ok: 4 services, environments: demo, prod, staging\n", "")
     );
     let (code, out, _) = floyd(&["validate", ex, "--output", "json"]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         (v["valid"].as_bool(), v["services"].as_u64()),
-        (Some(true), Some(3))
+        (Some(true), Some(4))
     );
 
     let repo = Repo::with(&[

@@ -10,6 +10,8 @@ mod cdp;
 
 #[path = "observe/api.rs"]
 mod api;
+#[path = "observe/canary.rs"]
+mod canary;
 #[path = "observe/cli.rs"]
 mod cli;
 #[path = "observe/dashboard.rs"]

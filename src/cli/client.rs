@@ -216,6 +216,29 @@ fn revisions_cell(v: &ServiceView) -> String {
     }
 }
 
+/// A canary's step and weight: `step 2/6 pause 60s, weight 5%`.
+pub fn canary_cell(c: &crate::engine::CanaryStatus) -> String {
+    if c.step >= c.steps {
+        format!("promoting, weight {}%", c.weight)
+    } else {
+        format!(
+            "step {}/{} {}, weight {}%",
+            c.step + 1,
+            c.steps,
+            c.current,
+            c.weight
+        )
+    }
+}
+
+/// The strategy, with a canary's step and weight.
+fn strategy_cell(v: &ServiceView) -> String {
+    match &v.canary {
+        Some(c) => format!("{} ({})", v.strategy, canary_cell(c)),
+        None => v.strategy.clone(),
+    }
+}
+
 /// Ready instances of the target revision / replicas wanted.
 fn ready_cell(v: &ServiceView) -> String {
     let ready = v
@@ -264,7 +287,7 @@ pub fn status_table(services: &[ServiceView]) -> String {
             vec![
                 v.name.clone(),
                 v.phase.as_str().to_string(),
-                v.strategy.clone(),
+                strategy_cell(v),
                 revisions_cell(v),
                 ready_cell(v),
                 v.commit
@@ -448,6 +471,9 @@ pub fn watch_line(v: &ServiceView) -> String {
     if !revs.is_empty() {
         s.push_str(&format!(" [{}]", revs.join("; ")));
     }
+    if let Some(c) = &v.canary {
+        s.push_str(&format!(" canary {}", canary_cell(c)));
+    }
     if !v.reason.is_empty() {
         s.push_str(&format!(": {}", v.reason));
     }
@@ -510,10 +536,14 @@ impl Display {
             }
             Display::Bars { multi, head, bars } => {
                 head.set_message(format!(
-                    "{} {} {}{}",
+                    "{} {} {}{}{}",
                     v.name,
                     v.phase.as_str(),
                     revisions_cell(v),
+                    v.canary
+                        .as_ref()
+                        .map(|c| format!(" canary {}", canary_cell(c)))
+                        .unwrap_or_default(),
                     if v.reason.is_empty() {
                         String::new()
                     } else {
@@ -838,6 +868,7 @@ mod tests {
             active: None,
             preview: None,
             updated_at: Time::ZERO,
+            canary: None,
         }
     }
 
@@ -928,6 +959,33 @@ mod tests {
                 ("x".to_string(), "2".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn canary_step_and_weight_in_status_and_watch() {
+        let mut v = live("shop", "bbbbbbbbbb", 4);
+        v.strategy = "Canary".into();
+        v.phase = Phase::Progressing;
+        v.canary = Some(crate::engine::CanaryStatus {
+            step: 1,
+            steps: 6,
+            current: "pause 60s".into(),
+            weight: 5,
+        });
+        let t = status_table(std::slice::from_ref(&v));
+        assert!(t.contains("Canary (step 2/6 pause 60s, weight 5%)"), "{t}");
+        assert!(
+            watch_line(&v).contains(" canary step 2/6 pause 60s, weight 5%"),
+            "{}",
+            watch_line(&v)
+        );
+        v.canary = Some(crate::engine::CanaryStatus {
+            step: 6,
+            steps: 6,
+            current: "promoting".into(),
+            weight: 60,
+        });
+        assert!(watch_line(&v).contains("canary promoting, weight 60%"));
     }
 
     #[test]

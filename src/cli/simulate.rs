@@ -126,6 +126,15 @@ pub fn load(text: &str, file: &Path) -> Result<Input, String> {
     })
 }
 
+/// `step 2/6: pause 60s`, or `promoting` after the last step.
+fn step_label(c: &crate::engine::CanaryStatus) -> String {
+    if c.step >= c.steps {
+        "promoting".to_string()
+    } else {
+        format!("step {}/{}: {}", c.step + 1, c.steps, c.current)
+    }
+}
+
 fn fmt_secs(t: f64) -> String {
     if (t - t.round()).abs() < 1e-9 {
         format!("{t:.0}")
@@ -188,6 +197,14 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
                 "phase": tick.phase.as_str(),
                 "reason": tick.reason,
             });
+            if let Some(m) = v.as_object_mut() {
+                if let Some(w) = tick.weight {
+                    m.insert("weight".into(), serde_json::json!(w));
+                }
+                if let Some(c) = &tick.canary {
+                    m.insert("step".into(), serde_json::json!(step_label(c)));
+                }
+            }
             if tick.t == 0.0
                 && let Some(m) = v.as_object_mut()
             {
@@ -213,6 +230,12 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
                 tick.phase.as_str(),
                 counts.join("  ")
             );
+            if let Some(w) = tick.weight {
+                line.push_str(&format!("  weight {w:>3}%"));
+            }
+            if let Some(c) = &tick.canary {
+                line.push_str(&format!("  [{}]", step_label(c)));
+            }
             if !tick.events.is_empty() {
                 line.push_str("  | ");
                 line.push_str(&relabel(&tick.events.join("; "), &labels));

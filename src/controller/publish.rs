@@ -147,6 +147,7 @@ pub(super) fn publish(
         active: observed.active.clone(),
         preview: observed.preview.clone(),
         updated_at: now,
+        canary: crate::hub::canary_view(&rec.spec, &rec.state),
     });
     let mut labels = Vec::new();
     for r in &observed.revisions {

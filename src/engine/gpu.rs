@@ -75,6 +75,26 @@ pub fn preflight(
     Ok(())
 }
 
+/// Preflight for a canary: the stable revision stays at `replicas` while
+/// up to `canary_peak` canary instances run beside it (the largest step,
+/// and the surge of the final promotion).
+pub fn preflight_canary(
+    cap: &GpuCapacity,
+    per_instance: u32,
+    replicas: u32,
+    canary_peak: u32,
+    peak_weight: u32,
+) -> Result<(), String> {
+    let need = u64::from(per_instance) * (u64::from(replicas) + u64::from(canary_peak));
+    if can_have(cap) < need {
+        let what = format!(
+            "canary ({replicas} stable + {canary_peak} canary instance(s) at weight {peak_weight}%) × {per_instance}"
+        );
+        return Err(shortfall(need, cap, &what));
+    }
+    Ok(())
+}
+
 /// How many instances the service may hold at once.
 pub fn limit(cap: &GpuCapacity, per_instance: u32, terminating: u32) -> GpuLimit {
     let per = u64::from(per_instance.max(1));
@@ -146,6 +166,45 @@ mod tests {
         for (c, per, r, bg, want) in cases {
             let got = preflight(&c, per, r, bg).err();
             assert_eq!(got.as_deref(), want, "{c:?} per {per} replicas {r} bg {bg}");
+        }
+    }
+
+    #[test]
+    fn canary_preflight_table() {
+        let a100 = "NVIDIA-A100-SXM4-80GB";
+        // (capacity, per instance, replicas, canary peak, weight, expected error)
+        type Case<'a> = (GpuCapacity, u32, u32, u32, u32, Option<&'a str>);
+        let cases: Vec<Case> = vec![
+            (cap(a100, 5, 1, 4), 1, 4, 1, 25, None),
+            (
+                cap(a100, 4, 0, 4),
+                1,
+                4,
+                1,
+                25,
+                Some(
+                    "canary (4 stable + 1 canary instance(s) at weight 25%) × 1 needs 5 GPUs (NVIDIA-A100-SXM4-80GB), 4 exist",
+                ),
+            ),
+            (
+                cap(a100, 8, 1, 4),
+                1,
+                4,
+                2,
+                50,
+                Some(
+                    "canary (4 stable + 2 canary instance(s) at weight 50%) × 1 needs 6 GPUs (NVIDIA-A100-SXM4-80GB), only 5 can be had (8 exist, 1 free, 4 held by this service)",
+                ),
+            ),
+            (cap(a100, 12, 4, 8), 2, 4, 2, 50, None),
+        ];
+        for (c, per, r, peak, w, want) in cases {
+            let got = preflight_canary(&c, per, r, peak, w).err();
+            assert_eq!(
+                got.as_deref(),
+                want,
+                "{c:?} per {per} replicas {r} peak {peak}"
+            );
         }
     }
 

@@ -2,7 +2,7 @@
 //! of a rollout. `step(spec, observed, state, now) -> Decision`.
 //!
 //! Owns: RollingUpdate (Kubernetes Deployment arithmetic, [`rolling`]),
-//! Recreate, BlueGreen, health gates ([`gates`]), the progress deadline,
+//! Recreate, BlueGreen, Canary (steps, weights), health gates ([`gates`]), the progress deadline,
 //! GPU-aware surge ([`gpu`]), supersede and pause, the rollback plan.
 //! Must not: read a clock, do I/O, use randomness. Time is an argument.
 //!
@@ -25,7 +25,8 @@
 //!    revision still in Git is not rolled out again until Git changes.
 //! 2. **Commands.** Push `Command`s onto `state.pending_commands`; the next
 //!    `step` consumes them (Pause/Resume at any phase, Promote for
-//!    blue-green, Abort fails the rollout with `progress.aborted` set).
+//!    blue-green and a canary's pause, Abort fails the rollout with
+//!    `progress.aborted` set; a canary's weight goes to 0 at once).
 //! 3. **Step.** `d = engine::step(&spec, &observed, &state, now)` with the
 //!    *current* spec (from Git) and `observed.gates` filled in spec order for
 //!    `state.target`. Apply `d.actions` in order, persist `d.state`, publish
@@ -56,6 +57,8 @@ pub mod gpu;
 pub mod instances;
 pub mod rolling;
 mod rollout;
+
+pub use rollout::{canary_instances, canary_status};
 
 use crate::manifest::{Revision, ServiceSpec};
 use crate::runtime::{Action, GateResult, Observed};
@@ -171,6 +174,15 @@ pub struct ProgressMarks {
     /// controller restores the desired state it replaced.
     #[serde(default)]
     pub infeasible: bool,
+    /// Canary: steps done (the index of the step in progress).
+    #[serde(default)]
+    pub canary_step: u32,
+    /// Canary: when the step in progress began.
+    #[serde(default)]
+    pub step_started_at: Option<Time>,
+    /// Canary: the weight decided (percent of requests for the canary).
+    #[serde(default)]
+    pub canary_weight: u32,
 }
 
 impl RolloutState {
@@ -209,6 +221,23 @@ pub struct Status {
     pub reason: String,
     pub revisions: Vec<RevisionCounts>,
     pub gates: Vec<GateResult>,
+    /// Canary rollouts: the step and weight (absent for other strategies,
+    /// rollbacks and finished canaries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryStatus>,
+}
+
+/// Where a canary rollout stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanaryStatus {
+    /// Steps done; equal to `steps` while the canary is being promoted.
+    pub step: u32,
+    pub steps: u32,
+    /// The step in progress: `setWeight 25`, `pause 60s`, `pause (until
+    /// promoted)`, `analysis`, or `promoting` after the last step.
+    pub current: String,
+    /// Percent of the requests going to the canary.
+    pub weight: u32,
 }
 
 /// One step's outcome.

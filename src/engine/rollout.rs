@@ -10,6 +10,9 @@ use crate::runtime::{Action, InstancePhase, Observed};
 use crate::time::Time;
 use std::collections::BTreeMap;
 
+mod canary;
+pub use canary::{canary_instances, canary_status};
+
 /// Most Kubernetes-style syncs run within one step; each moves at least one
 /// instance, so this only guards against a bug looping forever.
 const MAX_SYNCS: usize = 64;
@@ -153,11 +156,12 @@ impl<'a> Cx<'a> {
                         self.event("resumed by a person");
                     }
                 }
-                Command::Promote if terminal || !self.is_blue_green() => self.event(format!(
-                    "promote ignored: nothing waits for promotion ({} rollout, {})",
-                    self.spec.strategy_name(),
-                    self.state.phase.as_str()
-                )),
+                Command::Promote if terminal || !(self.is_blue_green() || self.is_canary()) => self
+                    .event(format!(
+                        "promote ignored: nothing waits for promotion ({} rollout, {})",
+                        self.spec.strategy_name(),
+                        self.state.phase.as_str()
+                    )),
                 Command::Promote => {
                     self.state.progress.promote_requested = true;
                     self.event("promotion requested by a person");
@@ -237,6 +241,7 @@ impl<'a> Cx<'a> {
                 let (auto, delay) = (blue_green.auto_promote, blue_green.scale_down_delay_seconds);
                 self.blue_green(auto, delay)
             }
+            Strategy::Canary { .. } => self.canary(),
         };
         if self.state.phase.is_terminal() {
             return;
@@ -313,9 +318,12 @@ impl<'a> Cx<'a> {
 
     fn gpu_preflight(&self) -> Result<(), String> {
         match (self.gpu_per_instance(), &self.observed.gpu) {
-            (Some(per), Some(cap)) => {
-                gpu::preflight(cap, per, self.replicas(), self.is_blue_green())
-            }
+            (Some(per), Some(cap)) => match self.canary_gpu_need() {
+                Some((peak, weight)) => {
+                    gpu::preflight_canary(cap, per, self.replicas(), peak, weight)
+                }
+                None => gpu::preflight(cap, per, self.replicas(), self.is_blue_green()),
+            },
             _ => Ok(()),
         }
     }
@@ -629,7 +637,10 @@ impl<'a> Cx<'a> {
         {
             return;
         }
-        if self.observed.active != active || self.observed.preview != preview {
+        if self.observed.active != active
+            || self.observed.preview != preview
+            || self.observed.canary.is_some()
+        {
             self.set_traffic(active, preview);
         } else {
             self.traffic = None;
@@ -693,11 +704,14 @@ impl<'a> Cx<'a> {
                 self.fleet.scale(n, 0);
             }
         }
+        if self.is_canary() && !self.state.is_rollback {
+            self.canary_abort();
+        }
     }
 
     /// Why nothing moved for `deadline` seconds, in words a person can act on.
     fn stuck_reason(&self, deadline: u64) -> String {
-        let r = self.replicas();
+        let r = self.canary_want().unwrap_or(self.replicas());
         let rs = self.new_rs();
         if rs.available < r {
             let mut reasons: BTreeMap<String, u32> = BTreeMap::new();
@@ -861,6 +875,7 @@ impl<'a> Cx<'a> {
             reason: self.state.reason.clone(),
             revisions,
             gates: self.observed.gates.clone(),
+            canary: self.canary_status(),
         };
         Decision {
             actions,

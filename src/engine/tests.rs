@@ -1051,3 +1051,473 @@ fn rollback_to_an_untouched_revision_without_free_gpus_completes_at_once() {
         d2.actions
     );
 }
+// ---- Canary -------------------------------------------------------------------
+
+use crate::manifest::{CanaryAnalysis, CanaryParams, CanaryPause, CanaryStep};
+
+fn set_weight(w: u32) -> CanaryStep {
+    CanaryStep::SetWeight(w)
+}
+fn pause(d: Option<u32>) -> CanaryStep {
+    CanaryStep::Pause(CanaryPause {
+        duration_seconds: d,
+    })
+}
+fn analysis() -> CanaryStep {
+    CanaryStep::Analysis(CanaryAnalysis {})
+}
+
+fn canary(r: u32, steps: Vec<CanaryStep>) -> ServiceSpec {
+    let mut s = spec(r, Percent(25), Percent(25));
+    s.strategy = Strategy::Canary {
+        canary: CanaryParams {
+            steps,
+            matches: Vec::new(),
+            mirror: false,
+            traffic_routing: None,
+        },
+    };
+    s
+}
+
+fn webhook_gate() -> Gate {
+    Gate::Webhook {
+        url: "http://127.0.0.1:1/g".into(),
+        timeout_seconds: 5,
+        on_no_data: OnNoData::Wait,
+    }
+}
+
+fn command(at: f64, c: ScriptCommand) -> ScriptEvent {
+    ScriptEvent {
+        at,
+        command: Some(c),
+        new_revision: None,
+        replicas: None,
+    }
+}
+
+/// The weight the runtime routes by, last set at or before `t`.
+fn weight_at(ticks: &[Tick], t: f64) -> Option<u32> {
+    ticks.iter().rev().find(|x| x.t <= t).and_then(|x| x.weight)
+}
+
+/// The weight right after the first step at `t` (before a rollback at the same instant).
+fn first_weight_at(ticks: &[Tick], t: f64) -> Option<u32> {
+    ticks.iter().find(|x| x.t == t).and_then(|x| x.weight)
+}
+
+fn event_time(ticks: &[Tick], needle: &str) -> Option<f64> {
+    ticks
+        .iter()
+        .find(|t| t.events.iter().any(|e| e.contains(needle)))
+        .map(|t| t.t)
+}
+
+#[test]
+fn canary_steps_weights_pause_analysis_and_promote() {
+    let sc = Scenario {
+        instances: startup(5.0),
+        events: vec![command(200.0, ScriptCommand::Promote)],
+        ..Scenario::default()
+    };
+    let steps = vec![
+        set_weight(25),
+        pause(Some(60)),
+        set_weight(50),
+        analysis(),
+        pause(None),
+    ];
+    let (out, ticks, sim) = run(canary(4, steps), sc);
+    assert_eq!(out.result, Phase::Complete, "{}", out.reason);
+    let v = replicas_by_time(&sim, &ticks);
+    // t=0: one canary instance (ceil(25% × 4)), weight 0 until it is available.
+    assert_eq!(last_at(&v, 0.0), (4, 1));
+    assert_eq!(weight_at(&ticks, 0.0), Some(0));
+    // t=5: available: weight 25, the 60 s pause starts.
+    assert_eq!(weight_at(&ticks, 5.0), Some(25));
+    assert_eq!(
+        last_at(&v, 64.9),
+        (4, 1),
+        "the stable revision keeps its size"
+    );
+    // t=65: pause over, setWeight 50 needs 2 canary instances; t=70: weight 50.
+    assert_eq!(last_at(&v, 65.0), (4, 2));
+    assert_eq!(weight_at(&ticks, 69.9), Some(25));
+    assert_eq!(weight_at(&ticks, 70.0), Some(50));
+    // Analysis with no gates passes; the indefinite pause waits for a person.
+    assert!(
+        ticks
+            .iter()
+            .any(|t| t.t == 70.0 && t.phase == Phase::AwaitingPromotion)
+    );
+    assert_eq!(weight_at(&ticks, 199.0), Some(50));
+    assert_eq!(last_at(&v, 199.0), (4, 2));
+    // t=200 promote: canary grows to 4 while stable shrinks (surge 2, maxUnavailable 0).
+    assert_eq!(last_at(&v, 200.0), (2, 4));
+    assert_eq!(out.t, 205.0);
+    let last = ticks.last().unwrap();
+    assert_eq!(
+        last.weight, None,
+        "a finished canary leaves no split behind"
+    );
+    assert_eq!(last_at(&v, 205.0), (0, 4));
+    // Never fewer than 4 available, never more than 4 + 2 instances.
+    for t in &ticks {
+        let live: u32 = t.revisions.values().map(|c| c.0).sum();
+        assert!(live <= 6, "{live} instances at t={}", t.t);
+    }
+    let step = ticks
+        .iter()
+        .find(|t| t.t == 100.0 || t.phase == Phase::AwaitingPromotion)
+        .and_then(|t| t.canary.clone())
+        .unwrap();
+    assert_eq!((step.step, step.steps, step.weight), (4, 5, 50));
+    assert_eq!(step.current, "pause (until promoted)");
+}
+
+#[test]
+fn canary_promote_skips_a_timed_pause() {
+    let sc = Scenario {
+        instances: startup(2.0),
+        events: vec![command(20.0, ScriptCommand::Promote)],
+        ..Scenario::default()
+    };
+    let (out, ticks, _) = run(canary(2, vec![set_weight(50), pause(Some(3600))]), sc);
+    assert_eq!(out.result, Phase::Complete, "{}", out.reason);
+    assert!(out.t < 30.0, "completed at {}", out.t);
+    assert_eq!(
+        event_time(&ticks, "promoted by a person"),
+        Some(20.0),
+        "{ticks:#?}"
+    );
+}
+
+#[test]
+fn canary_one_promote_ends_one_pause() {
+    let sc = Scenario {
+        instances: startup(2.0),
+        events: vec![
+            command(10.0, ScriptCommand::Promote),
+            command(50.0, ScriptCommand::Promote),
+        ],
+        ..Scenario::default()
+    };
+    let steps = vec![set_weight(50), pause(None), set_weight(50), pause(None)];
+    let (out, ticks, _) = run(canary(2, steps), sc);
+    assert_eq!(out.result, Phase::Complete, "{}", out.reason);
+    assert!(
+        ticks
+            .iter()
+            .any(|t| t.t == 10.0 && t.phase == Phase::AwaitingPromotion),
+        "the second pause waits: {ticks:#?}"
+    );
+    assert!(out.t >= 50.0, "{}", out.t);
+}
+
+#[test]
+fn canary_promote_outside_a_pause_is_ignored_with_an_event() {
+    let sc = Scenario {
+        instances: startup(10.0),
+        events: vec![command(2.0, ScriptCommand::Promote)],
+        ..Scenario::default()
+    };
+    let (out, ticks, _) = run(canary(2, vec![set_weight(50), pause(Some(60))]), sc);
+    assert_eq!(out.result, Phase::Complete, "{}", out.reason);
+    assert_eq!(event_time(&ticks, "promote ignored"), Some(2.0));
+    assert!(out.t >= 70.0, "the pause still ran: {}", out.t);
+}
+
+#[test]
+fn canary_abort_at_each_step_sets_weight_0_and_rolls_back() {
+    // steps: setWeight 25 (t 0..5), pause 60s (t 5..65), analysis (gate
+    // passes at t=100), pause until promoted (t 100..).
+    for (at, step) in [
+        (2.0, "setWeight"),
+        (30.0, "pause 60s"),
+        (80.0, "analysis"),
+        (150.0, "until promoted"),
+    ] {
+        let mut sp = canary(
+            4,
+            vec![set_weight(25), pause(Some(60)), analysis(), pause(None)],
+        );
+        sp.gates = vec![webhook_gate()];
+        let sc = Scenario {
+            instances: startup(5.0),
+            gates: vec![GateScript {
+                pass: Some(100.0),
+                fail: None,
+                reason: None,
+            }],
+            events: vec![command(at, ScriptCommand::Abort)],
+            ..Scenario::default()
+        };
+        let (out, ticks, sim) = run(sp, sc);
+        assert_eq!(out.result, Phase::Failed, "abort during {step}");
+        assert!(
+            out.reason.contains("aborted by a person")
+                && out.reason.contains("rolled back to start"),
+            "abort during {step}: {}",
+            out.reason
+        );
+        let tick = ticks.iter().find(|t| t.t == at).unwrap();
+        let before = ticks.iter().rev().find(|t| t.t < at).unwrap();
+        assert_eq!(
+            tick.canary.as_ref().map(|c| c.current.as_str()),
+            Some(
+                before
+                    .canary
+                    .as_ref()
+                    .map(|c| c.current.as_str())
+                    .unwrap_or_default()
+            ),
+            "abort during {step}"
+        );
+        assert!(
+            before
+                .canary
+                .as_ref()
+                .is_some_and(|c| c.current.contains(step)),
+            "abort during {step}: {:?}",
+            before.canary
+        );
+        assert_eq!(
+            tick.weight,
+            Some(0),
+            "abort during {step}: weight 0 at once"
+        );
+        assert_eq!(
+            weight_at(&ticks, at),
+            None,
+            "abort during {step}: the rollback leaves no split once the canary is gone"
+        );
+        let v = replicas_by_time(&sim, &ticks);
+        assert_eq!(last_at(&v, at), (4, 0), "abort during {step}");
+        for t in &ticks {
+            let start: u32 = t
+                .revisions
+                .iter()
+                .filter(|(r, _)| sim.label(r) == "start")
+                .map(|(_, c)| c.2)
+                .sum();
+            assert_eq!(start, 4, "the stable revision stays available (t={})", t.t);
+        }
+    }
+}
+
+#[test]
+fn canary_failing_gate_aborts_at_once_with_weight_0() {
+    let mut sp = canary(20, vec![set_weight(5), pause(Some(600))]);
+    sp.gates = vec![webhook_gate()];
+    let sc = Scenario {
+        instances: startup(3.0),
+        gates: vec![GateScript {
+            pass: Some(4.0),
+            fail: Some(40.0),
+            reason: Some("success rate 0.0 < 0.99".into()),
+        }],
+        ..Scenario::default()
+    };
+    let (out, ticks, sim) = run(sp, sc);
+    assert_eq!(out.result, Phase::Failed);
+    assert!(
+        out.reason
+            .contains("gate webhook failed: success rate 0.0 < 0.99")
+            && out.reason.contains("rolled back to start"),
+        "{}",
+        out.reason
+    );
+    assert_eq!(weight_at(&ticks, 39.9), Some(5));
+    assert_eq!(first_weight_at(&ticks, 40.0), Some(0));
+    let v = replicas_by_time(&sim, &ticks);
+    assert_eq!(
+        last_at(&v, 39.9),
+        (20, 1),
+        "ceil(5% × 20) = 1 canary instance"
+    );
+    assert_eq!(last_at(&v, 40.0), (20, 0));
+}
+
+#[test]
+fn canary_analysis_waits_for_fresh_gate_results_and_fails_on_failure() {
+    // Passing gate: analysis at t=2 (after setWeight 50) needs a result from
+    // this step on; the sim evaluates gates at every step, so it passes at once.
+    let mut sp = canary(2, vec![set_weight(50), analysis()]);
+    sp.gates = vec![webhook_gate()];
+    let sc = Scenario {
+        instances: startup(2.0),
+        gates: vec![GateScript {
+            pass: Some(30.0),
+            fail: None,
+            reason: None,
+        }],
+        ..Scenario::default()
+    };
+    let (out, ticks, _) = run(sp.clone(), sc);
+    assert_eq!(out.result, Phase::Complete, "{}", out.reason);
+    assert_eq!(event_time(&ticks, "all 1 gate(s) passed"), Some(30.0));
+    assert_eq!(weight_at(&ticks, 29.0), Some(50), "pending holds the step");
+    // A failing gate during analysis.
+    let sc = Scenario {
+        instances: startup(2.0),
+        gates: vec![GateScript {
+            pass: None,
+            fail: Some(10.0),
+            reason: Some("p99 1.2 s".into()),
+        }],
+        ..Scenario::default()
+    };
+    let (out, ticks, _) = run(sp, sc);
+    assert_eq!(out.result, Phase::Failed);
+    assert!(out.reason.contains("p99 1.2 s"), "{}", out.reason);
+    assert_eq!(first_weight_at(&ticks, 10.0), Some(0));
+}
+
+#[test]
+fn canary_superseded_mid_way_restarts_the_steps_for_the_newer_revision() {
+    let sc = Scenario {
+        instances: startup(5.0),
+        events: vec![ScriptEvent {
+            at: 30.0,
+            command: None,
+            new_revision: Some(TemplateChange {
+                name: Some("v3".into()),
+                version: Some("3".into()),
+                ..TemplateChange::default()
+            }),
+            replicas: None,
+        }],
+        ..Scenario::default()
+    };
+    let (out, ticks, sim) = run(canary(4, vec![set_weight(25), pause(Some(60))]), sc);
+    assert_eq!(out.result, Phase::Complete, "{}", out.reason);
+    let count = |t: &Tick, label: &str| {
+        t.revisions
+            .iter()
+            .filter(|(r, _)| sim.label(r) == label)
+            .map(|(_, c)| c.0)
+            .sum::<u32>()
+    };
+    let at30 = ticks.iter().rev().find(|t| t.t == 30.0).unwrap();
+    assert_eq!(count(at30, "target"), 0, "the superseded canary drains");
+    assert_eq!(count(at30, "v3"), 1);
+    assert_eq!(count(at30, "start"), 4);
+    assert_eq!(
+        weight_at(&ticks, 30.0),
+        Some(0),
+        "the new canary starts at 0"
+    );
+    assert_eq!(weight_at(&ticks, 35.0), Some(25));
+    // v3's pause runs from t=35; promotion from t=95 one instance at a time
+    // (the surge is the largest step's 1 canary instance): done at t=110.
+    assert_eq!(out.t, 110.0);
+    let last = ticks.last().unwrap();
+    assert_eq!(count(last, "v3"), 4);
+    assert_eq!(count(last, "start") + count(last, "target"), 0);
+}
+
+#[test]
+fn canary_gpu_infeasible_fails_at_once_with_the_arithmetic() {
+    let mut sp = gpu_spec(4, 1, true);
+    sp.strategy = canary(4, vec![set_weight(25), pause(Some(10))]).strategy;
+    sp.on_failure.rollback = false;
+    let (out, _, _) = run(
+        sp.clone(),
+        Scenario {
+            gpus: a100(4),
+            instances: startup(1.0),
+            ..Scenario::default()
+        },
+    );
+    assert_eq!(out.result, Phase::Failed);
+    assert_eq!(out.t, 0.0);
+    assert!(
+        out.reason
+            .contains("canary (4 stable + 1 canary instance(s) at weight 25%) × 1 needs 5 GPUs (A100), 4 exist"),
+        "{}",
+        out.reason
+    );
+    // One GPU more: it fits and never holds more than 5.
+    let mut sim = Simulation::new(
+        ServiceName::parse("web").unwrap(),
+        sp,
+        Some(&start()),
+        &Scenario {
+            gpus: a100(5),
+            instances: startup(1.0),
+            ..Scenario::default()
+        },
+    )
+    .unwrap();
+    let out = sim.run(|t, _| {
+        let live: u32 = t.revisions.values().map(|c| c.0).sum();
+        assert!(live <= 5, "{live} instances at t={}", t.t);
+    });
+    assert_eq!(out.result, Phase::Complete, "{}", out.reason);
+}
+
+#[test]
+fn canary_first_deployment_rolls_out_in_full() {
+    let sp = canary(3, vec![set_weight(10), pause(None)]);
+    let mut sim = Simulation::new(
+        ServiceName::parse("web").unwrap(),
+        sp,
+        None,
+        &Scenario {
+            instances: startup(1.0),
+            ..Scenario::default()
+        },
+    )
+    .unwrap();
+    let mut weights = Vec::new();
+    let out = sim.run(|t, _| weights.push(t.weight));
+    assert_eq!(out.result, Phase::Complete, "{}", out.reason);
+    assert!(weights.iter().all(Option::is_none), "{weights:?}");
+}
+
+#[test]
+fn canary_never_ready_fails_at_the_deadline_naming_the_canary() {
+    let mut sp = canary(10, vec![set_weight(20), pause(None)]);
+    sp.progress_deadline_seconds = 60;
+    let mut revisions = std::collections::BTreeMap::new();
+    revisions.insert(
+        "target".to_string(),
+        Behaviour {
+            never_ready: true,
+            not_ready_reason: Some("readiness probe GET /healthz returned 503".into()),
+            ..Behaviour::default()
+        },
+    );
+    let sc = Scenario {
+        instances: startup(1.0),
+        revisions,
+        ..Scenario::default()
+    };
+    let (out, ticks, _) = run(sp, sc);
+    assert_eq!(out.result, Phase::Failed);
+    assert!(
+        out.reason.contains(
+            "2 of 2 new instances not ready for 60 s: readiness probe GET /healthz returned 503"
+        ),
+        "{}",
+        out.reason
+    );
+    assert_eq!(first_weight_at(&ticks, 60.0), Some(0));
+}
+
+#[test]
+fn canary_instances_follow_argo_rollouts_rounding() {
+    for (w, r, want) in [
+        (0, 4, 1),
+        (5, 20, 1),
+        (5, 21, 2),
+        (25, 4, 1),
+        (50, 4, 2),
+        (33, 10, 4),
+        (100, 7, 7),
+        (10, 0, 0),
+    ] {
+        assert_eq!(canary_instances(w, r), want, "weight {w} replicas {r}");
+    }
+}

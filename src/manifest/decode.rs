@@ -291,6 +291,10 @@ pub(crate) struct Obj<'n> {
 }
 
 impl<'n> Obj<'n> {
+    /// The field is present, even as `null` (`- analysis:` with nothing).
+    pub fn fields_has(&self, key: &str) -> bool {
+        self.fields.iter().any(|(k, _)| *k == key)
+    }
     /// The field's value; `null` counts as absent (`replicas:` with nothing).
     pub fn get(&self, key: &str) -> Option<&'n Node> {
         self.fields
@@ -1092,10 +1096,14 @@ fn default_strategy() -> Strategy {
     }
 }
 
-const STRATEGY_TYPES: &[&str] = &["RollingUpdate", "Recreate", "BlueGreen"];
+const STRATEGY_TYPES: &[&str] = &["RollingUpdate", "Recreate", "BlueGreen", "Canary"];
 
 fn strategy(cx: &mut Ctx<'_>, node: &Node, path: &str, ports: &[PortSpec]) -> Option<Strategy> {
-    let o = cx.obj(node, path, &["type", "rollingUpdate", "blueGreen"])?;
+    let o = cx.obj(
+        node,
+        path,
+        &["type", "rollingUpdate", "blueGreen", "canary"],
+    )?;
     let ty = match o.get("type") {
         None => "RollingUpdate".to_string(),
         Some(n) => {
@@ -1103,7 +1111,7 @@ fn strategy(cx: &mut Ctx<'_>, node: &Node, path: &str, ports: &[PortSpec]) -> Op
             if !STRATEGY_TYPES.contains(&t.as_str()) {
                 let hint = match closest(&t, STRATEGY_TYPES) {
                     Some(c) => format!("did you mean `{c}`?"),
-                    None => "use RollingUpdate, Recreate or BlueGreen".into(),
+                    None => "use RollingUpdate, Recreate, BlueGreen or Canary".into(),
                 };
                 cx.err_hint(
                     n.pos,
@@ -1120,6 +1128,7 @@ fn strategy(cx: &mut Ctx<'_>, node: &Node, path: &str, ports: &[PortSpec]) -> Op
     for (key, owner) in [
         ("rollingUpdate", "RollingUpdate"),
         ("blueGreen", "BlueGreen"),
+        ("canary", "Canary"),
     ] {
         if owner != ty
             && let Some(n) = o.get(key)
@@ -1134,6 +1143,18 @@ fn strategy(cx: &mut Ctx<'_>, node: &Node, path: &str, ports: &[PortSpec]) -> Op
     }
     match ty.as_str() {
         "Recreate" => Some(Strategy::Recreate),
+        "Canary" => {
+            let Some(n) = o.get("canary") else {
+                cx.err_hint(
+                    o.pos,
+                    &o.at("canary.steps"),
+                    "Canary needs steps",
+                    "add canary: { steps: [{ setWeight: 10 }, { pause: { duration: 60s } }] }",
+                );
+                return None;
+            };
+            canary(cx, n, &o.at("canary")).map(|canary| Strategy::Canary { canary })
+        }
         "RollingUpdate" => {
             let Some(n) = o.get("rollingUpdate") else {
                 return Some(default_strategy());
@@ -1214,6 +1235,214 @@ fn strategy(cx: &mut Ctx<'_>, node: &Node, path: &str, ports: &[PortSpec]) -> Op
             })
         }
     }
+}
+
+const CANARY_STEP_KINDS: &[&str] = &["setWeight", "pause", "analysis"];
+
+/// `strategy.canary`. Rules: at least one step; each step is one of
+/// `setWeight` (0..=100), `pause` (`duration` optional) or `analysis` (`{}`);
+/// weights never decrease (a canary only ramps up; `floyd abort` is the way
+/// back); `match` items need at least one header.
+fn canary(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<CanaryParams> {
+    let before = cx.diags.len();
+    let o = cx.obj(node, path, &["steps", "match", "mirror", "trafficRouting"])?;
+    let mut steps = Vec::new();
+    if let Some(n) = cx.required(&o, "steps")
+        && let Some(items) = cx.list(n, &o.at("steps"))
+    {
+        if items.is_empty() {
+            cx.err_hint(
+                n.pos,
+                &o.at("steps"),
+                "a canary needs at least one step",
+                "e.g. steps: [{ setWeight: 10 }, { pause: { duration: 60s } }]",
+            );
+        }
+        let mut last: Option<(u32, usize)> = None;
+        for (i, item) in items.iter().enumerate() {
+            let ip = format!("{}[{i}]", o.at("steps"));
+            let Some(so) = cx.obj(item, &ip, CANARY_STEP_KINDS) else {
+                continue;
+            };
+            let kinds: Vec<&str> = CANARY_STEP_KINDS
+                .iter()
+                .copied()
+                .filter(|k| so.fields_has(k))
+                .collect();
+            let step = match kinds.as_slice() {
+                [] if so.unknown > 0 => None,
+                [] => {
+                    cx.err_hint(
+                        so.pos,
+                        &ip,
+                        "a step needs one of setWeight, pause or analysis",
+                        "e.g. - setWeight: 10",
+                    );
+                    None
+                }
+                ["setWeight"] => {
+                    let wn = so.get("setWeight");
+                    match wn {
+                        None => {
+                            cx.err(so.pos, &so.at("setWeight"), "expected a weight 0..100");
+                            None
+                        }
+                        Some(wn) => {
+                            let w = cx.u32_in(wn, &so.at("setWeight"), 0, 100);
+                            if let (Some(w), Some((prev, at))) = (w, last)
+                                && w < prev
+                            {
+                                cx.err_hint(
+                                    wn.pos,
+                                    &so.at("setWeight"),
+                                    format!(
+                                        "weight {w} is below the {prev} of step {at}: canary weights never decrease"
+                                    ),
+                                    "order the steps by weight; `floyd abort` sends all traffic back",
+                                );
+                            }
+                            if let Some(w) = w {
+                                last = Some((w, i));
+                            }
+                            w.map(CanaryStep::SetWeight)
+                        }
+                    }
+                }
+                ["pause"] => {
+                    let pp = so.at("pause");
+                    match so.get("pause") {
+                        None => Some(CanaryStep::Pause(CanaryPause::default())),
+                        Some(pn) => cx.obj(pn, &pp, &["duration"]).and_then(|po| {
+                            let d = match po.get("duration") {
+                                Some(dn) => Some(cx.duration_secs(dn, &po.at("duration"))?),
+                                None => None,
+                            };
+                            Some(CanaryStep::Pause(CanaryPause {
+                                duration_seconds: d,
+                            }))
+                        }),
+                    }
+                }
+                ["analysis"] => {
+                    let ap = so.at("analysis");
+                    match so.get("analysis") {
+                        Some(an) if an.value != Value::Map(Vec::new()) => {
+                            cx.err_hint(
+                                an.pos,
+                                &ap,
+                                "analysis takes no parameters: it checks spec.gates",
+                                "write `- analysis: {}` and configure the checks under spec.gates",
+                            );
+                            None
+                        }
+                        _ => Some(CanaryStep::Analysis(CanaryAnalysis {})),
+                    }
+                }
+                _ => {
+                    let second = kinds.get(1).copied().unwrap_or("step");
+                    let pos = so.get(second).map_or(so.pos, |n| n.pos);
+                    cx.err_hint(
+                        pos,
+                        &so.at(second),
+                        format!("a list item is one step (found {})", kinds.join(" and ")),
+                        "write each step as its own `- ` item",
+                    );
+                    None
+                }
+            };
+            steps.extend(step);
+        }
+    }
+    let mut matches = Vec::new();
+    if let Some(n) = o.get("match")
+        && let Some(items) = cx.list(n, &o.at("match"))
+    {
+        for (i, item) in items.iter().enumerate() {
+            let ip = format!("{}[{i}]", o.at("match"));
+            let Some(mo) = cx.obj(item, &ip, &["headers"]) else {
+                continue;
+            };
+            let Some(hn) = cx.required(&mo, "headers") else {
+                continue;
+            };
+            let hp = mo.at("headers");
+            let Value::Map(entries) = &hn.value else {
+                cx.err(
+                    hn.pos,
+                    &hp,
+                    format!(
+                        "expected a mapping of header: value, found {}",
+                        hn.value.kind()
+                    ),
+                );
+                continue;
+            };
+            if entries.is_empty() {
+                cx.err_hint(
+                    hn.pos,
+                    &hp,
+                    "a match needs at least one header",
+                    "e.g. headers: { x-canary: \"true\" }",
+                );
+                continue;
+            }
+            let mut headers = BTreeMap::new();
+            for (k, v) in entries {
+                let Some(name) = k.key_text() else {
+                    cx.err(k.pos, &hp, "header names must be strings");
+                    continue;
+                };
+                let p = join(&hp, &name);
+                if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    cx.err_hint(
+                        k.pos,
+                        &p,
+                        format!("{name:?} is not a valid HTTP header name"),
+                        "use letters, digits and '-', e.g. x-canary",
+                    );
+                    continue;
+                }
+                let Some(value) = cx.text(v, &p) else {
+                    continue;
+                };
+                if hyper::header::HeaderValue::from_str(&value).is_err() {
+                    cx.err_hint(
+                        v.pos,
+                        &p,
+                        "not a valid HTTP header value",
+                        "use visible ASCII characters",
+                    );
+                    continue;
+                }
+                headers.insert(name.to_ascii_lowercase(), value);
+            }
+            matches.push(CanaryMatch { headers });
+        }
+    }
+    let mirror = opt_bool(cx, &o, "mirror", false);
+    let mut traffic_routing = None;
+    if let Some(n) = o.get("trafficRouting") {
+        let tp = o.at("trafficRouting");
+        if let Some(to) = cx.obj(n, &tp, &["gatewayAPI"])
+            && let Some(gn) = cx.required(&to, "gatewayAPI")
+            && let Some(go) = cx.obj(gn, &to.at("gatewayAPI"), &["httpRoute"])
+            && let Some(rn) = cx.required(&go, "httpRoute")
+            && let Some(route) = cx.nonempty_string(rn, &go.at("httpRoute"))
+        {
+            traffic_routing = Some(TrafficRouting {
+                gateway_api: GatewayApiRouting { http_route: route },
+            });
+        }
+    }
+    if cx.diags.len() > before {
+        return None;
+    }
+    Some(CanaryParams {
+        steps,
+        matches,
+        mirror: mirror?,
+        traffic_routing,
+    })
 }
 
 fn int_or_percent(

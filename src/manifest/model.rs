@@ -304,6 +304,9 @@ pub enum Strategy {
         #[serde(rename = "blueGreen")]
         blue_green: BlueGreenParams,
     },
+    Canary {
+        canary: CanaryParams,
+    },
 }
 
 impl Strategy {
@@ -312,6 +315,7 @@ impl Strategy {
             Strategy::RollingUpdate { .. } => "RollingUpdate",
             Strategy::Recreate => "Recreate",
             Strategy::BlueGreen { .. } => "BlueGreen",
+            Strategy::Canary { .. } => "Canary",
         }
     }
 }
@@ -335,6 +339,103 @@ pub struct BlueGreenParams {
     pub auto_promote: bool,
     /// Post-promotion gates run this long before the old revision is removed (default 30).
     pub scale_down_delay_seconds: u32,
+}
+
+/// Canary: the new revision takes a growing share of the traffic, step by
+/// step, with the gates checked throughout (see docs/engine.md "Canary").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryParams {
+    /// In order; at least one. Weights never decrease.
+    pub steps: Vec<CanaryStep>,
+    /// Requests matching any of these always go to the canary (A/B routing).
+    #[serde(default, rename = "match", skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<CanaryMatch>,
+    /// Copy every request that goes to the stable revision to the canary
+    /// too; the canary's answer is discarded (default false).
+    #[serde(default)]
+    pub mirror: bool,
+    /// Kubernetes: the router that shifts traffic by weight. Without one the
+    /// weight is approximated by the ratio of instances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_routing: Option<TrafficRouting>,
+}
+
+impl CanaryParams {
+    /// The weight in force once steps `..upto` are done (0 before the first `setWeight`).
+    pub fn weight_after(&self, upto: usize) -> u32 {
+        self.steps[..upto.min(self.steps.len())]
+            .iter()
+            .filter_map(|s| match s {
+                CanaryStep::SetWeight(w) => Some(*w),
+                _ => None,
+            })
+            .next_back()
+            .unwrap_or(0)
+    }
+    /// The highest weight of any step.
+    pub fn max_weight(&self) -> u32 {
+        self.weight_after(self.steps.len())
+    }
+}
+
+/// One canary step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum CanaryStep {
+    /// Send this percentage (0..=100) of the requests to the canary.
+    SetWeight(u32),
+    /// Wait this long, or (no duration) until `floyd promote`.
+    Pause(CanaryPause),
+    /// Wait until every gate passes with a result taken during this step; a failing gate aborts.
+    Analysis(CanaryAnalysis),
+}
+
+impl CanaryStep {
+    /// For status lines: `setWeight 5`, `pause 60s`, `pause (until promoted)`, `analysis`.
+    pub fn describe(&self) -> String {
+        match self {
+            CanaryStep::SetWeight(w) => format!("setWeight {w}"),
+            CanaryStep::Pause(CanaryPause {
+                duration_seconds: Some(d),
+            }) => format!("pause {d}s"),
+            CanaryStep::Pause(_) => "pause (until promoted)".to_string(),
+            CanaryStep::Analysis(_) => "analysis".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryPause {
+    /// None: until a person promotes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct CanaryAnalysis {}
+
+/// Requests whose headers all match (exact value; names case-insensitive).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanaryMatch {
+    /// Header names lowercased.
+    pub headers: BTreeMap<String, String>,
+}
+
+/// How the Kubernetes runtime shifts canary traffic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficRouting {
+    /// Gateway API: Floyd writes the backend weights of this HTTPRoute.
+    #[serde(rename = "gatewayAPI")]
+    pub gateway_api: GatewayApiRouting,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayApiRouting {
+    pub http_route: String,
 }
 
 /// A health gate. All must pass before each step completes.

@@ -208,3 +208,141 @@ fn syntax_errors_and_documents() {
         parse("spec: {{ values.x }}").unwrap_err()[0].starts_with("svc.yaml:1:7: template syntax")
     );
 }
+
+fn with_strategy(strategy: &str) -> String {
+    format!("{MINIMAL}  strategy:\n{strategy}")
+}
+
+#[test]
+fn canary_strategy_decodes_every_field() {
+    let text = with_strategy(
+        r#"    type: Canary
+    canary:
+      steps:
+        - setWeight: 5
+        - pause: { duration: 60s }
+        - setWeight: 25
+        - analysis: {}
+        - pause: {}
+        - pause:
+        - setWeight: 100
+      match:
+        - headers: { X-Canary: "true", x-user: "42" }
+      mirror: true
+      trafficRouting: { gatewayAPI: { httpRoute: web-route } }
+"#,
+    );
+    let s = parse(&text).unwrap();
+    let Strategy::Canary { canary } = &s.spec.strategy else {
+        panic!("{:?}", s.spec.strategy)
+    };
+    assert_eq!(
+        canary.steps,
+        vec![
+            CanaryStep::SetWeight(5),
+            CanaryStep::Pause(CanaryPause {
+                duration_seconds: Some(60)
+            }),
+            CanaryStep::SetWeight(25),
+            CanaryStep::Analysis(CanaryAnalysis {}),
+            CanaryStep::Pause(CanaryPause::default()),
+            CanaryStep::Pause(CanaryPause::default()),
+            CanaryStep::SetWeight(100),
+        ]
+    );
+    assert_eq!(canary.matches.len(), 1);
+    assert_eq!(
+        canary.matches[0]
+            .headers
+            .get("x-canary")
+            .map(String::as_str),
+        Some("true"),
+        "header names are lowercased"
+    );
+    assert!(canary.mirror);
+    assert_eq!(
+        canary
+            .traffic_routing
+            .as_ref()
+            .map(|t| t.gateway_api.http_route.as_str()),
+        Some("web-route")
+    );
+    assert_eq!(canary.max_weight(), 100);
+    assert_eq!(canary.weight_after(2), 5);
+    // The strategy is not part of the revision.
+    let plain = parse(MINIMAL).unwrap();
+    assert_eq!(s.revision, plain.revision);
+    // The rendered form reads back.
+    let json = serde_json::to_string(&s.spec.strategy).unwrap();
+    assert!(
+        json.contains(r#""steps":[{"setWeight":5},{"pause":{"durationSeconds":60}}"#),
+        "{json}"
+    );
+    let back: Strategy = serde_json::from_str(&json).unwrap();
+    assert_eq!(&back, &s.spec.strategy);
+}
+
+#[test]
+fn canary_errors_have_positions_and_paths() {
+    let text = with_strategy(
+        r#"    type: Canary
+    canary:
+      steps:
+        - setWeight: 50
+        - setWeight: 20
+        - setWeight: 101
+        - pause: { duration: soon }
+        - analysis: { gates: 1 }
+        - paws: {}
+        - { setWeight: 5, pause: {} }
+        - {}
+      match:
+        - headers: { "bad header": "x" }
+        - headers: {}
+      mirror: yes please
+"#,
+    );
+    let errs = parse(&text).unwrap_err();
+    assert_eq!(
+        errs,
+        vec![
+            "svc.yaml:12:22: spec.strategy.canary.steps[1].setWeight: weight 20 is below the 50 of step 0: canary weights never decrease (hint: order the steps by weight; `floyd abort` sends all traffic back)",
+            "svc.yaml:13:22: spec.strategy.canary.steps[2].setWeight: must be at most 100 (is 101)",
+            "svc.yaml:14:30: spec.strategy.canary.steps[3].pause.duration: expected a duration (hint: write seconds (`30`) or a duration like `30s`, `2m`, `1h`, `1m30s`)",
+            "svc.yaml:15:21: spec.strategy.canary.steps[4].analysis: analysis takes no parameters: it checks spec.gates (hint: write `- analysis: {}` and configure the checks under spec.gates)",
+            "svc.yaml:16:11: spec.strategy.canary.steps[5].paws: unknown field (hint: known fields here: setWeight, pause, analysis)",
+            "svc.yaml:17:34: spec.strategy.canary.steps[6].pause: a list item is one step (found setWeight and pause) (hint: write each step as its own `- ` item)",
+            "svc.yaml:18:11: spec.strategy.canary.steps[7]: a step needs one of setWeight, pause or analysis (hint: e.g. - setWeight: 10)",
+            "svc.yaml:20:22: spec.strategy.canary.match[0].headers.bad header: \"bad header\" is not a valid HTTP header name (hint: use letters, digits and '-', e.g. x-canary)",
+            "svc.yaml:21:20: spec.strategy.canary.match[1].headers: a match needs at least one header (hint: e.g. headers: { x-canary: \"true\" })",
+            "svc.yaml:22:15: spec.strategy.canary.mirror: expected true or false, found a string",
+        ]
+    );
+    let missing = parse(&with_strategy("    type: Canary\n")).unwrap_err();
+    assert_eq!(
+        missing,
+        vec![
+            "svc.yaml:8:5: spec.strategy.canary.steps: Canary needs steps (hint: add canary: { steps: [{ setWeight: 10 }, { pause: { duration: 60s } }] })"
+        ]
+    );
+    let empty = parse(&with_strategy(
+        "    type: Canary\n    canary: { steps: [] }\n",
+    ))
+    .unwrap_err();
+    assert_eq!(
+        empty,
+        vec![
+            "svc.yaml:9:22: spec.strategy.canary.steps: a canary needs at least one step (hint: e.g. steps: [{ setWeight: 10 }, { pause: { duration: 60s } }])"
+        ]
+    );
+    let wrong = parse(&with_strategy(
+        "    type: RollingUpdate\n    canary: { steps: [{ setWeight: 5 }] }\n",
+    ))
+    .unwrap_err();
+    assert!(
+        wrong[0].contains(
+            "spec.strategy.canary: canary parameters given, but the strategy type is RollingUpdate"
+        ),
+        "{wrong:?}"
+    );
+}

@@ -38,6 +38,22 @@ pub struct Observed {
     /// `successRate` gate.
     #[serde(default)]
     pub traffic: Vec<RevisionTraffic>,
+    /// The canary split in force (the last [`Action::SetWeight`]); `None`
+    /// when traffic is not split by weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanarySplit>,
+}
+
+/// A canary traffic split: `weight` percent of the requests to the ready
+/// instances of `canary`, the rest to those of `stable` (every other
+/// revision when `stable` is `None` or has no ready instance).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanarySplit {
+    pub canary: Revision,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable: Option<Revision>,
+    /// Percent, 0..=100.
+    pub weight: u32,
 }
 
 impl Observed {
@@ -196,6 +212,15 @@ pub enum Action {
     },
     /// Forget a revision that has no instances (revision history limit).
     DeleteRevision { revision: Revision },
+    /// Canary: split active traffic by weight (atomic, in-flight requests
+    /// finish where they are). `SetTraffic` replaces a split. Header
+    /// matches and mirroring come from the spec's `strategy.canary`.
+    SetWeight {
+        canary: Revision,
+        stable: Option<Revision>,
+        /// Percent of the requests for the canary, 0..=100.
+        weight: u32,
+    },
 }
 
 /// Errors of a runtime.

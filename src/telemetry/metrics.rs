@@ -45,6 +45,10 @@ pub struct RevisionLabels {
     pub revision: String,
 }
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabel {
+    pub service: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProductLabel {
     pub product: String,
 }
@@ -79,6 +83,8 @@ pub struct Metrics {
     pub lb_requests_total: Family<RevisionLabels, Counter>,
     /// Of those, 5xx answers and requests the instance failed.
     pub lb_errors_total: Family<RevisionLabels, Counter>,
+    /// Percent of the requests for each service's canary; 0 when none is in flight.
+    pub canary_weight: Family<ServiceLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -172,7 +178,14 @@ impl Metrics {
             "Requests of a revision answered 5xx or failed by the instance",
             lb_errors_total.clone(),
         );
+        let canary_weight = Family::<ServiceLabel, Gauge>::default();
+        r.register(
+            "canary_weight",
+            "Percent of the requests routed to each service's canary (0 when no canary is in flight)",
+            canary_weight.clone(),
+        );
         Metrics {
+            canary_weight,
             lb_requests_total,
             lb_errors_total,
             registry: std::sync::Arc::new(r),
@@ -196,6 +209,15 @@ impl Metrics {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Sets `floyd_canary_weight{service}` (creating it at 0 for a service first seen).
+    pub fn set_canary_weight(&self, service: &str, weight: u32) {
+        self.canary_weight
+            .get_or_create(&ServiceLabel {
+                service: service.to_string(),
+            })
+            .set(i64::from(weight));
     }
 
     /// Sets `floyd_rollout_phase{service}` to 1 for `phase` and 0 for every other phase.

@@ -23,6 +23,7 @@ struct FakeService {
     revisions: Vec<ObservedRevision>,
     active: Option<Revision>,
     preview: Option<Revision>,
+    canary: Option<floyd::runtime::CanarySplit>,
 }
 
 pub struct FakeRuntime {
@@ -188,6 +189,7 @@ impl Runtime for FakeRuntime {
             active: svc.active.clone(),
             preview: svc.preview.clone(),
             gpu,
+            canary: svc.canary.clone(),
             ..Observed::default()
         })
     }
@@ -233,6 +235,20 @@ impl Runtime for FakeRuntime {
                 Action::SetTraffic { active, preview } => {
                     svc.active = active.clone();
                     svc.preview = preview.clone();
+                    svc.canary = None;
+                }
+                Action::SetWeight {
+                    canary,
+                    stable,
+                    weight,
+                } => {
+                    svc.active = None;
+                    svc.preview = None;
+                    svc.canary = Some(floyd::runtime::CanarySplit {
+                        canary: canary.clone(),
+                        stable: stable.clone(),
+                        weight: *weight,
+                    });
                 }
                 Action::DeleteRevision { revision } => {
                     svc.revisions.retain(|r| &r.revision != revision);

@@ -45,6 +45,13 @@ pub fn fleet(hub: &Hub) {
     hub.set_service(llm);
     let mut checkout = view("checkout", Phase::Progressing);
     checkout.gpu = None;
+    checkout.strategy = "Canary".into();
+    checkout.canary = Some(floyd::engine::CanaryStatus {
+        step: 1,
+        steps: 6,
+        current: "pause 60s".into(),
+        weight: 5,
+    });
     hub.set_service(checkout);
     for name in ["billing", "search", "auth", "notifications", "worker"] {
         let mut v = complete(name);
@@ -124,6 +131,13 @@ async fn dashboard_live_in_chromium() {
         .eval("[...document.querySelectorAll('.card')].sort((a,b)=>a.style.order-b.style.order).map(c=>c.dataset.service)[0]")
         .await;
     assert_eq!(order, "llm-serve");
+    // A canary card shows its step and weight.
+    let canary = "document.querySelector('[data-service=\"checkout\"] .canary')";
+    assert_eq!(page.eval(&format!("{canary}.dataset.weight")).await, "5");
+    assert_eq!(
+        page.eval(&format!("{canary}.textContent")).await,
+        "canary step 2/6: pause 60s · weight 5%"
+    );
 
     // A rollout step happens while the page is open: it arrives over SSE.
     rollout_step(&s.hub);
@@ -143,6 +157,11 @@ async fn dashboard_live_in_chromium() {
     assert_eq!(
         page.eval(&format!("({bars})('checkout')")).await,
         serde_json::json!([["aaaaaaaaaa", 4, 0, 0, 4], ["bbbbbbbbbb", 0, 0, 2, 0]])
+    );
+    assert_eq!(
+        page.eval(&format!("{canary}.hidden")).await,
+        true,
+        "no canary line once rolled back"
     );
     let feed = page
         .wait_for(

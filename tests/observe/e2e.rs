@@ -23,9 +23,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Rollouts of real processes take seconds; this bounds every wait here.
-const LONG: Duration = Duration::from_secs(90);
+pub(crate) const LONG: Duration = Duration::from_secs(90);
 
-fn git(dir: &Path, args: &[&str]) -> String {
+pub(crate) fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
         .args(args)
         .current_dir(dir)
@@ -43,14 +43,14 @@ fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("port")
         .port()
 }
 
-fn web_yaml(version: &str, broken: bool, port: u16) -> String {
+pub(crate) fn web_yaml(version: &str, broken: bool, port: u16) -> String {
     let extra = if broken { ", \"--never-ready\"" } else { "" };
     format!(
         "apiVersion: floyd.dev/v1
@@ -141,16 +141,20 @@ async fn wait_phase(
 
 /// A bare remote seeded with `files` in one commit, a clone to change it,
 /// and the controller on the local runtime, wired like `floyd run`.
-struct Stack {
+pub(crate) struct Stack {
     _tmp: tempfile::TempDir,
-    work: std::path::PathBuf,
+    pub(crate) work: std::path::PathBuf,
     runtime: Arc<LocalRuntime>,
-    hub: Arc<Hub>,
+    pub(crate) hub: Arc<Hub>,
     stop: CancellationToken,
     controller: tokio::task::JoinHandle<Result<(), floyd::controller::Error>>,
 }
 
-async fn stack(files: &[(&str, String)], message: &str, gpus: Vec<GpuInventory>) -> Stack {
+pub(crate) async fn stack(
+    files: &[(&str, String)],
+    message: &str,
+    gpus: Vec<GpuInventory>,
+) -> Stack {
     let tmp = tempfile::tempdir().expect("tmp");
     let remote = tmp.path().join("remote.git");
     let work = tmp.path().join("work");
@@ -438,7 +442,7 @@ fn gated_web_yaml(version: &str, error_ratio: f64, port: u16) -> String {
     gated
 }
 
-async fn wait_view(
+pub(crate) async fn wait_view(
     hub: &Hub,
     what: &str,
     cond: impl Fn(&floyd::hub::ServiceView) -> bool,
@@ -462,7 +466,7 @@ async fn wait_view(
 impl Stack {
     /// Commits `services/web.yaml`, pushes it and tells the controller
     /// (as a webhook would); returns the commit.
-    fn push_web(&self, yaml: &str, message: &str) -> String {
+    pub(crate) fn push_web(&self, yaml: &str, message: &str) -> String {
         std::fs::write(self.work.join("services/web.yaml"), yaml).expect("write");
         git(&self.work, &["commit", "-q", "-am", message]);
         git(&self.work, &["push", "-q", "origin", "HEAD:main"]);
@@ -518,7 +522,7 @@ impl Stack {
         bad
     }
 
-    async fn finish(self) {
+    pub(crate) async fn finish(self) {
         self.stop.cancel();
         tokio::time::timeout(WAIT, self.controller)
             .await
@@ -530,7 +534,7 @@ impl Stack {
 }
 
 /// The next revert event: (pushed, revert commit, reverted commits).
-async fn next_revert(
+pub(crate) async fn next_revert(
     events: &mut tokio::sync::broadcast::Receiver<floyd::hub::Event>,
 ) -> (bool, Option<String>, Vec<String>) {
     loop {

@@ -195,3 +195,44 @@ fn alerts_match_the_chart() {
         }
     }
 }
+
+/// `floyd_canary_weight{service}`: 0 from the first view of every service,
+/// the weight while a canary is in flight, 0 again once it ended.
+#[test]
+fn canary_weight_per_service() {
+    let hub = floyd::hub::Hub::new();
+    let weight = |hub: &floyd::hub::Hub, service: &str| {
+        parse(&hub.metrics.encode())
+            .samples
+            .into_iter()
+            .find(|s| s.metric == "floyd_canary_weight" && s.labels.get("service") == Some(service))
+            .map(|s| match s.value {
+                Value::Gauge(v) | Value::Untyped(v) => v,
+                other => panic!("{other:?}"),
+            })
+    };
+    assert_eq!(weight(&hub, "web"), None);
+    hub.set_service(view("web", Phase::Progressing));
+    assert_eq!(weight(&hub, "web"), Some(0.0), "known services start at 0");
+    let mut shop = view("shop", Phase::Progressing);
+    shop.strategy = "Canary".into();
+    shop.canary = Some(floyd::engine::CanaryStatus {
+        step: 2,
+        steps: 6,
+        current: "setWeight 25".into(),
+        weight: 25,
+    });
+    hub.set_service(shop.clone());
+    assert_eq!(weight(&hub, "shop"), Some(25.0));
+    shop.phase = Phase::Failed;
+    hub.set_service(shop.clone());
+    assert_eq!(
+        weight(&hub, "shop"),
+        Some(0.0),
+        "a failed canary gets nothing"
+    );
+    let mut done = complete("shop");
+    done.strategy = "Canary".into();
+    hub.set_service(done);
+    assert_eq!(weight(&hub, "shop"), Some(0.0));
+}

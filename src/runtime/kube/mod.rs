@@ -221,6 +221,10 @@ struct Inner {
     pods: Option<PodCache>,
     /// Commits of revisions not yet created (see [`KubeRuntime::set_commit`]).
     commits: Mutex<HashMap<(ServiceName, Revision), String>>,
+    /// Canary splits asked for (`Action::SetWeight`). Without a traffic
+    /// router the weight is approximated by the ratio of ready pods: the
+    /// active Service selects every revision.
+    canary: Mutex<HashMap<ServiceName, runtime::CanarySplit>>,
     clock: fn() -> Time,
     event_seq: AtomicU64,
     /// Publish an Event per applied action (like the Deployment controller's
@@ -252,6 +256,7 @@ impl KubeRuntime {
                 cluster_gpu_view: false,
                 pods: None,
                 commits: Mutex::new(HashMap::new()),
+                canary: Mutex::new(HashMap::new()),
                 clock: Time::now_wall,
                 event_seq: AtomicU64::new(0),
                 action_events: false,
@@ -289,6 +294,7 @@ impl KubeRuntime {
                 cluster_gpu_view: i.cluster_gpu_view,
                 pods: None,
                 commits: Mutex::new(HashMap::new()),
+                canary: Mutex::new(HashMap::new()),
                 clock: i.clock,
                 event_seq: AtomicU64::new(0),
                 action_events: i.action_events,
@@ -755,7 +761,42 @@ impl KubeRuntime {
             Action::DeleteInstance { revision, instance } => {
                 self.delete_instance(service, revision, instance).await
             }
+            Action::SetWeight {
+                canary,
+                stable,
+                weight,
+            } => {
+                self.inner
+                    .canary
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(
+                        service.clone(),
+                        runtime::CanarySplit {
+                            canary: canary.clone(),
+                            stable: stable.clone(),
+                            weight: *weight,
+                        },
+                    );
+                if spec.ports.is_empty() {
+                    return Ok(());
+                }
+                // No traffic router: every ready pod of every revision, so
+                // the share follows the ratio of ready pods.
+                self.apply_service(service, spec, false, None).await?;
+                self.delete_optional(
+                    &self.svc_api(),
+                    "Service",
+                    &objects::preview_service_name(service),
+                )
+                .await
+            }
             Action::SetTraffic { active, preview } => {
+                self.inner
+                    .canary
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(service);
                 if spec.ports.is_empty() {
                     // A Service needs at least one port; nothing to route.
                     return Ok(());
@@ -800,6 +841,9 @@ fn describe(action: &Action) -> String {
             preview.as_ref().map_or("none", |r| r.as_str())
         ),
         Action::DeleteRevision { revision } => format!("delete revision {revision}"),
+        Action::SetWeight { canary, weight, .. } => {
+            format!("canary {canary} weight {weight}%")
+        }
     }
 }
 
@@ -836,6 +880,12 @@ fn action_event(service: &ServiceName, action: &Action) -> (&'static str, String
                 preview
                     .as_ref()
                     .map_or("none".to_string(), |r| format!("revision {r}"))
+            ),
+        ),
+        Action::SetWeight { canary, weight, .. } => (
+            "CanaryWeight",
+            format!(
+                "Canary revision {canary} weight {weight}% (no traffic router: approximated by the ratio of ready pods)"
             ),
         ),
         Action::DeleteRevision { revision } => (
@@ -938,7 +988,7 @@ impl runtime::Runtime for KubeRuntime {
             None => None,
         };
         let pod_refs: Vec<&Pod> = pods.iter().collect();
-        Ok(observe::observed(
+        let mut o = observe::observed(
             service,
             &rss,
             &pod_refs,
@@ -946,7 +996,15 @@ impl runtime::Runtime for KubeRuntime {
             preview.as_ref(),
             gpu_req,
             gpu,
-        ))
+        );
+        o.canary = self
+            .inner
+            .canary
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(service)
+            .cloned();
+        Ok(o)
     }
 
     async fn apply(

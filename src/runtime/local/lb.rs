@@ -6,6 +6,7 @@
 //! and, once the instance answers 101, tunnelled byte for byte.
 //!
 //! Owns: listening, picking a backend (round-robin or least-connections),
+//! the canary split (by weight, exact per request; header matches; mirroring),
 //! forwarding, counting responses per revision, and in-flight counts per
 //! instance (so a draining instance is stopped only when idle).
 //! Must not: decide which instances are routable; the runtime computes the
@@ -20,6 +21,7 @@
 
 use crate::manifest::Revision;
 use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderName, HeaderValue};
@@ -73,6 +75,62 @@ impl AsRef<Backend> for Backend {
 pub struct Routes {
     pub active: Vec<Backend>,
     pub preview: Vec<Backend>,
+    /// A canary split of the active traffic; `active` is then the stable side.
+    pub canary: Option<CanaryRoutes>,
+}
+
+/// The canary side of a split.
+#[derive(Debug, Default)]
+pub struct CanaryRoutes {
+    pub backends: Vec<Backend>,
+    /// Percent of the requests (header-matched ones aside) for the canary.
+    pub weight: u32,
+    /// A request matching every header of any one entry goes to the canary.
+    pub matches: Vec<Vec<(HeaderName, HeaderValue)>>,
+    /// Copy requests served by the stable side to the canary (answer discarded).
+    pub mirror: bool,
+}
+
+impl CanaryRoutes {
+    /// From the spec's `strategy.canary` (invalid header names or values,
+    /// which validation rejects, are skipped).
+    pub fn new(
+        backends: Vec<Backend>,
+        weight: u32,
+        matches: &[crate::manifest::CanaryMatch],
+        mirror: bool,
+    ) -> CanaryRoutes {
+        let matches = matches
+            .iter()
+            .map(|m| {
+                m.headers
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        Some((
+                            HeaderName::from_bytes(k.as_bytes()).ok()?,
+                            HeaderValue::from_str(v).ok()?,
+                        ))
+                    })
+                    .collect()
+            })
+            .collect();
+        CanaryRoutes {
+            backends,
+            weight: weight.min(100),
+            matches,
+            mirror,
+        }
+    }
+}
+
+/// Whether the `k`-th weighted request (0-based) goes to the canary: exactly
+/// `weight` of every 100 consecutive requests do, evenly interleaved (the
+/// two-backend case of smooth weighted round-robin, as a pure function of
+/// the sequence number: no lock, one atomic increment per request).
+pub fn weighted_to_canary(k: u64, weight: u32) -> bool {
+    let w = u64::from(weight.min(100));
+    let k = k % 100;
+    (k + 1) * w / 100 > k * w / 100
 }
 
 /// What a listener serves.
@@ -210,6 +268,46 @@ impl Target {
 struct Table {
     active: Vec<Target>,
     preview: Vec<Target>,
+    canary: Option<CanaryTable>,
+}
+
+/// Idle connections for mirrored (body-less) requests, by instance address.
+type MirrorPools = Arc<Mutex<HashMap<SocketAddr, Vec<SendRequest<Empty<Bytes>>>>>>;
+
+/// The canary side of the table. A new weight starts its sequence at 0, so
+/// the weight holds exactly from the switch on; a table swapped for another
+/// reason (an instance became ready) continues the sequence.
+struct CanaryTable {
+    targets: Vec<Target>,
+    weight: u32,
+    matches: Vec<Vec<(HeaderName, HeaderValue)>>,
+    mirror: bool,
+    /// Weighted (not header-matched) requests so far.
+    seq: AtomicU64,
+    /// Idle connections for mirrored requests (body-less), by instance address.
+    mirror_idle: MirrorPools,
+}
+
+impl CanaryTable {
+    fn matches(&self, h: &hyper::HeaderMap) -> bool {
+        self.matches.iter().any(|m| {
+            !m.is_empty()
+                && m.iter()
+                    .all(|(name, want)| h.get_all(name).iter().any(|v| v == want))
+        })
+    }
+
+    /// The side this request goes to: true for the canary.
+    fn to_canary(&self, h: &hyper::HeaderMap) -> bool {
+        if !self.matches.is_empty() && self.matches(h) {
+            return true;
+        }
+        match self.weight {
+            0 => false,
+            100.. => true,
+            w => weighted_to_canary(self.seq.fetch_add(1, Ordering::Relaxed), w),
+        }
+    }
 }
 
 /// The load balancer of one service.
@@ -304,9 +402,31 @@ impl Lb {
                 pools: ps,
             }
         };
+        // The same weight continues its sequence (instances coming and going
+        // swap the table too); a new weight starts from 0.
+        let previous = self.table();
+        let carried = |w: u32| {
+            previous
+                .canary
+                .as_ref()
+                .filter(|c| c.weight == w)
+                .map_or(0, |c| c.seq.load(Ordering::Relaxed))
+        };
+        let canary = routes.canary.map(|c| CanaryTable {
+            targets: c.backends.into_iter().map(&mut target).collect(),
+            seq: AtomicU64::new(carried(c.weight)),
+            weight: c.weight,
+            matches: c.matches,
+            mirror: c.mirror,
+            mirror_idle: previous
+                .canary
+                .as_ref()
+                .map_or_else(Default::default, |p| p.mirror_idle.clone()),
+        });
         let table = Table {
             active: routes.active.into_iter().map(&mut target).collect(),
             preview: routes.preview.into_iter().map(&mut target).collect(),
+            canary,
         };
         *pools = kept;
         let mut w = self.routes.write().unwrap_or_else(|e| e.into_inner());
@@ -703,8 +823,20 @@ async fn proxy(conn: &Conn, mut req: Request<Incoming>) -> Response<ProxyBody> {
     let mut req = Request::from_parts(parts, body);
 
     let table = lb.table();
-    let set = if kind.preview {
+    let set: &[Target] = if kind.preview {
         &table.preview
+    } else if let Some(c) = &table.canary {
+        let to_canary = c.to_canary(req.headers());
+        let (first, other) = if to_canary {
+            (&c.targets[..], &table.active[..])
+        } else {
+            (&table.active[..], &c.targets[..])
+        };
+        if !to_canary && c.mirror && upgrade.is_none() && req.body().is_end_stream() {
+            mirror(lb, c, &kind.port_name, &req);
+        }
+        // A side with no ready instance: the other one serves.
+        if first.is_empty() { other } else { first }
     } else {
         &table.active
     };
@@ -828,6 +960,93 @@ async fn proxy(conn: &Conn, mut req: Request<Incoming>) -> Response<ProxyBody> {
     }
 }
 
+/// Mirrored requests in flight per canary instance beyond which more are
+/// not mirrored (a slow canary must not pile up work in the proxy).
+const MAX_MIRROR_INFLIGHT: usize = 64;
+
+/// Sends a body-less copy of `req` to a canary instance and discards the
+/// answer (counted for the canary's revision, so the gates see it).
+fn mirror(lb: &Lb, c: &CanaryTable, port_name: &str, req: &Request<Incoming>) {
+    let Some(i) = lb.pick(&c.targets, &[]) else {
+        return;
+    };
+    let target = &c.targets[i];
+    let backend = &target.backend;
+    let Some(pool) = target.pool_for(port_name) else {
+        return;
+    };
+    if backend.inflight.load(Ordering::Relaxed) >= MAX_MIRROR_INFLIGHT {
+        return;
+    }
+    let mut copy = Request::new(Empty::<Bytes>::new());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = Version::HTTP_11;
+    *copy.headers_mut() = req.headers().clone();
+    if !copy.headers().contains_key(header::HOST) {
+        copy.headers_mut().insert(header::HOST, pool.host.clone());
+    }
+    backend.inflight.fetch_add(1, Ordering::AcqRel);
+    let guard = InflightGuard(backend.inflight.clone());
+    let counters = backend.counters.clone();
+    let addr = pool.addr;
+    let idle = c.mirror_idle.clone();
+    tokio::spawn(async move {
+        let _guard = guard;
+        counters.requests.fetch_add(1, Ordering::Relaxed);
+        let pooled = idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&addr)
+            .and_then(|v| v.pop());
+        let tx = match pooled {
+            Some(tx) if !tx.is_closed() => Ok(tx),
+            _ => connect_plain(addr).await,
+        };
+        let Ok(mut tx) = tx else {
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if tx.ready().await.is_err() {
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        match tx.send_request(copy).await {
+            Ok(resp) => {
+                if resp.status().is_server_error() {
+                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                if resp.into_body().collect().await.is_ok() && !tx.is_closed() {
+                    let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
+                    let v = idle.entry(addr).or_default();
+                    if v.len() < MAX_MIRROR_INFLIGHT {
+                        v.push(tx);
+                    }
+                }
+            }
+            Err(_) => {
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+}
+
+/// A new HTTP/1 connection for body-less requests (mirroring).
+async fn connect_plain(addr: SocketAddr) -> Result<SendRequest<Empty<Bytes>>, String> {
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("connect to {addr}: timed out"))?
+        .map_err(|e| format!("connect to {addr}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| format!("connect to {addr}: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(tx)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -885,7 +1104,7 @@ mod tests {
 
     /// An upstream that answers with what it received, one line per item,
     /// and counts the connections it accepted.
-    async fn echo() -> (u16, Arc<Count>) {
+    pub(super) async fn echo() -> (u16, Arc<Count>) {
         let accepted = Arc::new(Count::new(0));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -940,7 +1159,7 @@ mod tests {
         (port, accepted)
     }
 
-    fn routed(id: &str, port: u16, counters: &Arc<Counters>) -> Backend {
+    pub(super) fn routed(id: &str, port: u16, counters: &Arc<Counters>) -> Backend {
         Backend {
             instance: id.into(),
             revision: Revision("r".into()),
@@ -976,18 +1195,19 @@ mod tests {
     }
 
     /// A round-robin LB routing to `active`, listening on a free port.
-    async fn serving(active: Vec<Backend>) -> (Arc<Lb>, u16) {
+    pub(super) async fn serving(active: Vec<Backend>) -> (Arc<Lb>, u16) {
         let lb = Lb::new("s", LbPolicy::RoundRobin, tokio::runtime::Handle::current());
         lb.set_routes(Routes {
             active,
             preview: vec![],
+            canary: None,
         });
         let port = listen(&lb, false).await;
         (lb, port)
     }
 
     /// One raw HTTP/1.1 exchange on a new connection (`Connection: close`).
-    async fn raw(port: u16, head: &str, body: &str) -> String {
+    pub(super) async fn raw(port: u16, head: &str, body: &str) -> String {
         let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .unwrap();
@@ -1101,6 +1321,7 @@ mod tests {
         lb.set_routes(Routes {
             active: vec![routed("gone", closed_port(), &dead)],
             preview: vec![],
+            canary: None,
         });
         let out = raw(port, "GET / HTTP/1.1\r\nHost: x", "").await;
         assert!(out.starts_with("HTTP/1.1 502"), "{out}");
@@ -1262,5 +1483,183 @@ mod tests {
         let out = raw(port, "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: shout", "").await;
         assert!(out.starts_with("HTTP/1.1 400"), "{out}");
         lb.close();
+    }
+}
+
+#[cfg(test)]
+mod canary_tests {
+    use super::tests::{echo, raw, routed, serving};
+    use super::*;
+
+    #[test]
+    fn weighted_split_is_exact_and_even_for_every_weight() {
+        for w in 0..=100u32 {
+            // Exactly w of every 100 consecutive requests, from any start.
+            for start in [0u64, 37, 99, 1_000_003] {
+                let n = (start..start + 100)
+                    .filter(|&k| weighted_to_canary(k, w))
+                    .count();
+                assert_eq!(n, w as usize, "weight {w} from {start}");
+            }
+            // Evenly spread: between two canary requests at most
+            // ceil(100 / w) requests pass.
+            if w > 0 {
+                let hits: Vec<u64> = (0..300).filter(|&k| weighted_to_canary(k, w)).collect();
+                let max_gap = hits.windows(2).map(|p| p[1] - p[0]).max().unwrap_or(0);
+                assert!(
+                    max_gap <= u64::from(100u32.div_ceil(w)),
+                    "weight {w}: gap {max_gap}"
+                );
+            }
+        }
+        assert!(!weighted_to_canary(5, 0));
+        assert!(weighted_to_canary(5, 100));
+    }
+
+    fn split(
+        stable: Vec<Backend>,
+        canary: Vec<Backend>,
+        weight: u32,
+        matches: &[(&str, &str)],
+        mirror: bool,
+    ) -> Routes {
+        let m = if matches.is_empty() {
+            Vec::new()
+        } else {
+            vec![crate::manifest::CanaryMatch {
+                headers: matches
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            }]
+        };
+        Routes {
+            active: stable,
+            preview: vec![],
+            canary: Some(CanaryRoutes::new(canary, weight, &m, mirror)),
+        }
+    }
+
+    async fn wait_until(what: &str, f: impl Fn() -> bool) {
+        for _ in 0..200 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    #[tokio::test]
+    async fn canary_split_header_matches_mirror_and_empty_sides() {
+        let (s_port, _) = echo().await;
+        let (c_port, _) = echo().await;
+        let (cs, cc) = (Arc::new(Counters::default()), Arc::new(Counters::default()));
+        let stable = || vec![routed("s1", s_port, &cs)];
+        let canary = || vec![routed("c1", c_port, &cc)];
+        let (lb, port) = serving(vec![]).await;
+        let count = |c: &Counters| c.requests.load(Ordering::SeqCst);
+        for w in [5u32, 25, 50, 100] {
+            lb.set_routes(split(stable(), canary(), w, &[], false));
+            let (s0, c0) = (count(&cs), count(&cc));
+            for _ in 0..200 {
+                let out = raw(port, "GET / HTTP/1.1\r\nHost: x", "").await;
+                assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+            }
+            assert_eq!(count(&cc) - c0, 2 * w as u64, "weight {w}: exact share");
+            assert_eq!(count(&cs) - s0, 200 - 2 * w as u64, "weight {w}");
+        }
+        // Header matches go to the canary whatever the weight (names are
+        // case-insensitive, values exact); they do not shift the weighted count.
+        lb.set_routes(split(stable(), canary(), 0, &[("x-canary", "true")], false));
+        let (s0, c0) = (count(&cs), count(&cc));
+        for _ in 0..30 {
+            raw(port, "GET / HTTP/1.1\r\nHost: x\r\nX-Canary: true", "").await;
+        }
+        for _ in 0..10 {
+            raw(port, "GET / HTTP/1.1\r\nHost: x\r\nX-Canary: TRUE", "").await;
+        }
+        assert_eq!(count(&cc) - c0, 30);
+        assert_eq!(count(&cs) - s0, 10);
+        // Mirror: stable answers, the canary sees a copy (answer discarded,
+        // counted for its revision); requests with a body are not copied.
+        lb.set_routes(split(stable(), canary(), 0, &[], true));
+        let (s0, c0) = (count(&cs), count(&cc));
+        for _ in 0..20 {
+            let out = raw(port, "GET /?status=200 HTTP/1.1\r\nHost: x", "").await;
+            assert!(out.contains("GET /?status=200"), "{out}");
+        }
+        raw(port, "POST / HTTP/1.1\r\nHost: x", "body").await;
+        wait_until("20 mirrored requests", || count(&cc) - c0 == 20).await;
+        assert_eq!(count(&cs) - s0, 21);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(count(&cc) - c0, 20, "the POST was not mirrored");
+        // A mirrored 500 counts as the canary's error, not the client's.
+        let e0 = cc.errors.load(Ordering::SeqCst);
+        let out = raw(port, "GET /?status=500 HTTP/1.1\r\nHost: x", "").await;
+        assert!(out.starts_with("HTTP/1.1 500"), "the stable answer: {out}");
+        wait_until("the mirrored error", || {
+            cc.errors.load(Ordering::SeqCst) == e0 + 1
+        })
+        .await;
+        // A side with no ready instance: the other one serves (no 503).
+        lb.set_routes(split(stable(), vec![], 100, &[("x-canary", "true")], true));
+        let out = raw(port, "GET / HTTP/1.1\r\nHost: x\r\nX-Canary: true", "").await;
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        lb.set_routes(split(vec![], canary(), 0, &[], false));
+        let out = raw(port, "GET / HTTP/1.1\r\nHost: x", "").await;
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn weight_changes_never_drop_in_flight_requests() {
+        let (s_port, _) = echo().await;
+        let (c_port, _) = echo().await;
+        let (cs, cc) = (Arc::new(Counters::default()), Arc::new(Counters::default()));
+        let (lb, port) = serving(vec![]).await;
+        lb.set_routes(split(
+            vec![routed("s1", s_port, &cs)],
+            vec![routed("c1", c_port, &cc)],
+            0,
+            &[],
+            false,
+        ));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut clients = Vec::new();
+        for _ in 0..4 {
+            let stop = stop.clone();
+            clients.push(tokio::spawn(async move {
+                let (mut ok, mut bad) = (0u32, 0u32);
+                while !stop.load(Ordering::SeqCst) {
+                    let out = raw(port, "GET / HTTP/1.1\r\nHost: x", "").await;
+                    if out.starts_with("HTTP/1.1 200") {
+                        ok += 1;
+                    } else {
+                        bad += 1;
+                    }
+                }
+                (ok, bad)
+            }));
+        }
+        for w in [1u32, 5, 10, 25, 50, 75, 100, 0, 50] {
+            lb.set_routes(split(
+                vec![routed("s1", s_port, &cs)],
+                vec![routed("c1", c_port, &cc)],
+                w,
+                &[],
+                false,
+            ));
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        stop.store(true, Ordering::SeqCst);
+        let (mut ok, mut bad) = (0, 0);
+        for c in clients {
+            let (o, b) = c.await.unwrap();
+            ok += o;
+            bad += b;
+        }
+        assert_eq!(bad, 0, "{ok} answered");
+        assert!(ok > 20, "{ok}");
+        assert!(cc.requests.load(Ordering::SeqCst) > 0);
     }
 }

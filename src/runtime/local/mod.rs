@@ -49,7 +49,8 @@ pub use lb::{LbPolicy, LbThreads};
 use crate::engine::instances::{pick_for_deletion, slow_start_batches};
 use crate::manifest::{GpuInventory, Revision, ServiceName, ServiceSpec, Strategy};
 use crate::runtime::{
-    Action, Error, Instance, InstancePhase, Observed, ObservedRevision, RevisionTraffic, Runtime,
+    Action, CanarySplit, Error, Instance, InstancePhase, Observed, ObservedRevision,
+    RevisionTraffic, Runtime,
 };
 use crate::time::Time;
 use lb::{Backend, Lb, ListenerKind, Routes};
@@ -590,6 +591,8 @@ impl Inner {
             return;
         };
         let mut routes = Routes::default();
+        let split = svc.canary.clone();
+        let mut canary_backends = Vec::new();
         let ready: Vec<(String, Revision)> = svc
             .instances
             .values()
@@ -610,12 +613,47 @@ impl Inner {
                 inflight: i.inflight.clone(),
                 counters,
             };
-            if svc.active.as_ref().is_none_or(|a| a == &rev) {
+            if let Some(c) = &split {
+                if c.canary == rev {
+                    canary_backends.push(b.clone());
+                } else if c.stable.as_ref().is_none_or(|s| s == &rev) {
+                    routes.active.push(b.clone());
+                }
+            } else if svc.active.as_ref().is_none_or(|a| a == &rev) {
                 routes.active.push(b.clone());
             }
             if svc.preview.as_ref() == Some(&rev) {
                 routes.preview.push(b);
             }
+        }
+        if let Some(c) = split {
+            let params = svc.canary_params.clone();
+            if c.stable.is_some() && routes.active.is_empty() {
+                // The stable revision has no ready instance: every other
+                // ready revision serves the stable share.
+                for i in svc.instances.values() {
+                    if !i.terminating
+                        && i.phase == InstancePhase::Running
+                        && i.ready_since.is_some()
+                        && i.revision != c.canary
+                        && let Some(counters) = svc.counters.get(&i.revision)
+                    {
+                        routes.active.push(Backend {
+                            instance: i.id.clone(),
+                            revision: i.revision.clone(),
+                            ports: i.ports.clone(),
+                            inflight: i.inflight.clone(),
+                            counters: counters.clone(),
+                        });
+                    }
+                }
+            }
+            routes.canary = Some(lb::CanaryRoutes::new(
+                canary_backends,
+                c.weight,
+                params.as_ref().map_or(&[][..], |p| &p.matches[..]),
+                params.as_ref().is_some_and(|p| p.mirror),
+            ));
         }
         let lbs = self.lbs();
         if let Some(lb) = lbs.get(service) {
@@ -725,6 +763,7 @@ impl Inner {
             gpu,
             gates: Vec::new(),
             traffic,
+            canary: svc.canary.clone(),
         }
     }
 }
@@ -877,6 +916,10 @@ impl Runtime for LocalRuntime {
             svc.deleting = false;
             svc.ports = spec.ports.clone();
             svc.preview_port = preview_port(spec);
+            svc.canary_params = match &spec.strategy {
+                Strategy::Canary { canary } => Some(canary.clone()),
+                _ => None,
+            };
             svc.health = spec.health.clone();
             for a in actions {
                 match a {
@@ -915,6 +958,20 @@ impl Runtime for LocalRuntime {
                     Action::SetTraffic { active, preview } => {
                         svc.active = active.clone();
                         svc.preview = preview.clone();
+                        svc.canary = None;
+                    }
+                    Action::SetWeight {
+                        canary,
+                        stable,
+                        weight,
+                    } => {
+                        svc.active = None;
+                        svc.preview = None;
+                        svc.canary = Some(CanarySplit {
+                            canary: canary.clone(),
+                            stable: stable.clone(),
+                            weight: *weight,
+                        });
                     }
                     Action::DeleteRevision { revision } => {
                         let has_instances = svc.instances.values().any(|i| &i.revision == revision);
@@ -961,6 +1018,7 @@ impl Runtime for LocalRuntime {
             }
             svc.active = None;
             svc.preview = None;
+            svc.canary = None;
             self.inner.persist_locked(&st);
         }
         self.inner.refresh_routes(service);

@@ -10,8 +10,10 @@
 
 use super::gpu::{GpuPool, Placement};
 use super::lb::Counters;
-use crate::manifest::{HealthSpec, InstanceTemplate, PortSpec, Revision, ServiceName};
-use crate::runtime::InstancePhase;
+use crate::manifest::{
+    CanaryParams, HealthSpec, InstanceTemplate, PortSpec, Revision, ServiceName,
+};
+use crate::runtime::{CanarySplit, InstancePhase};
 use crate::time::Time;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -58,6 +60,12 @@ pub struct Svc {
     pub revisions: Vec<Rev>,
     pub active: Option<Revision>,
     pub preview: Option<Revision>,
+    /// Canary split of the active traffic (`Action::SetWeight`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanarySplit>,
+    /// Canary header matches and mirroring, from the spec's `strategy.canary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_params: Option<CanaryParams>,
     pub instances: BTreeMap<String, Inst>,
     /// Being deleted (prune): removed once its last instance has stopped.
     #[serde(default)]

@@ -19,7 +19,8 @@ pub mod scenario;
 pub use gpu::GpuPool;
 
 use super::{
-    Action, Error, GpuCapacity, Instance, InstancePhase, Observed, ObservedRevision, Runtime,
+    Action, CanarySplit, Error, GpuCapacity, Instance, InstancePhase, Observed, ObservedRevision,
+    Runtime,
 };
 use crate::engine::instances;
 use crate::manifest::{GpuInventory, InstanceTemplate, Revision, ServiceName, ServiceSpec};
@@ -101,6 +102,8 @@ struct SimService {
     revisions: Vec<SimRevision>,
     active: Option<Revision>,
     preview: Option<Revision>,
+    /// The canary split in force.
+    canary: Option<CanarySplit>,
     /// The timer this service is queued under (to drop stale heap entries).
     queued: Option<Time>,
     /// Could not create an instance for lack of GPUs: retry when one frees.
@@ -169,6 +172,7 @@ impl SimWorld {
             name: name.clone(),
             revisions: Vec::new(),
             active: None,
+            canary: None,
             preview: None,
             queued: None,
             waiting_for_gpu: false,
@@ -255,7 +259,14 @@ impl SimWorld {
             gpu,
             gates: Vec::new(),
             traffic: Vec::new(),
+            canary: svc.canary.clone(),
         }
+    }
+
+    /// The canary split of a service, if its traffic is split by weight.
+    pub fn canary_split(&self, service: &ServiceName) -> Option<&CanarySplit> {
+        let &s = self.index.get(service)?;
+        self.services[s].canary.as_ref()
     }
 
     /// Carries out the engine's actions at the current virtual time.
@@ -321,6 +332,21 @@ impl SimWorld {
             Action::SetTraffic { active, preview } => {
                 self.services[s].active = active.clone();
                 self.services[s].preview = preview.clone();
+                self.services[s].canary = None;
+            }
+            Action::SetWeight {
+                canary,
+                stable,
+                weight,
+            } => {
+                let svc = &mut self.services[s];
+                svc.active = None;
+                svc.preview = None;
+                svc.canary = Some(CanarySplit {
+                    canary: canary.clone(),
+                    stable: stable.clone(),
+                    weight: *weight,
+                });
             }
             Action::DeleteRevision { revision } => {
                 self.services[s]
@@ -609,6 +635,7 @@ impl SimWorld {
             self.services[s].revisions.clear();
             self.services[s].active = None;
             self.services[s].preview = None;
+            self.services[s].canary = None;
             self.gpu_freed();
         }
     }

@@ -144,6 +144,13 @@ pub struct Tick {
     pub events: Vec<String>,
     pub phase: Phase,
     pub reason: String,
+    /// Canary: the weight the runtime routes by (percent for the canary),
+    /// `None` when traffic is not split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    /// Canary: the step in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<engine::CanaryStatus>,
 }
 
 /// How a simulation ended.
@@ -375,7 +382,7 @@ impl Simulation {
     /// Runs to the end. `on_tick` sees every state change and the world.
     pub fn run(&mut self, mut on_tick: impl FnMut(&Tick, &SimWorld)) -> Outcome {
         let mut steps = 0u64;
-        let mut last: Option<(RevisionCounts, Phase)> = None;
+        let mut last: Option<(RevisionCounts, Phase, Option<u32>)> = None;
         let mut same_instant = 0u32;
         loop {
             let now = self.world.now();
@@ -394,6 +401,7 @@ impl Simulation {
             let mut restep = !d.actions.is_empty();
             let shown_phase = self.state.phase;
             let shown_reason = self.state.reason.clone();
+            let shown_canary = d.status.canary.clone();
             if self.state.phase == Phase::Failed {
                 let spec = &self.spec;
                 if engine::should_roll_back(spec, &self.state) {
@@ -432,9 +440,10 @@ impl Simulation {
             }
             let observed_after = self.world.observe(&self.name, None);
             let c = counts(&observed_after, self.spec.min_ready_seconds, now);
+            let weight = self.world.canary_split(&self.name).map(|c| c.weight);
             let changed = last
                 .as_ref()
-                .is_none_or(|(lc, lp)| *lc != c || *lp != self.state.phase);
+                .is_none_or(|(lc, lp, lw)| *lc != c || *lp != self.state.phase || *lw != weight);
             if changed || !events.is_empty() {
                 let tick = Tick {
                     t: self.rel(now),
@@ -442,9 +451,11 @@ impl Simulation {
                     events,
                     phase: shown_phase,
                     reason: shown_reason,
+                    weight,
+                    canary: shown_canary,
                 };
                 on_tick(&tick, &self.world);
-                last = Some((c, shown_phase));
+                last = Some((c, shown_phase, weight));
             }
             if let Some((result, reason)) = end {
                 return Outcome {
