@@ -426,7 +426,10 @@ async fn rolling_update_on_the_fake_cluster() {
     let rt = fake_rt(&fake);
     rolling(&rt, &Ctx::fake()).await;
     let svc = fake.get("services", "apps", "web").expect("active Service");
-    assert_eq!(svc["spec"]["selector"], json!({"floyd.dev/service": "web"}));
+    assert_eq!(
+        svc["spec"]["selector"],
+        json!({"floyd.dev/instance": "floyd", "floyd.dev/service": "web"})
+    );
     // Every write was a server-side apply as `floyd`, forced, or a create.
     for r in fake.requests().iter().filter(|r| r.starts_with("PATCH")) {
         assert!(

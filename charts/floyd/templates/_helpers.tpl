@@ -51,3 +51,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "floyd.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
+
+{{/* Install identity: floyd.dev/instance on every object Floyd creates. */}}
+{{- define "floyd.instance" -}}
+{{- default .Release.Name .Values.instance }}
+{{- end }}

@@ -3,8 +3,8 @@
 //! (or reflects) the objects and hands them here.
 
 use super::objects::{
-    ANN_CREATED_AT, ANN_TEMPLATE, LABEL_GPU_MEMORY, LABEL_GPU_PRODUCT, LABEL_REVISION,
-    LABEL_SERVICE, floyd_time, gpu_kind, gpu_resource, parse_time,
+    ANN_CREATED_AT, ANN_TEMPLATE, LABEL_GPU_MEMORY, LABEL_GPU_PRODUCT, LABEL_INSTANCE,
+    LABEL_REVISION, LABEL_SERVICE, floyd_time, gpu_kind, gpu_resource, parse_time,
 };
 use crate::manifest::{GpuRequest, InstanceTemplate, Revision, ServiceName};
 use crate::runtime::{GpuCapacity, Instance, InstancePhase, Observed, ObservedRevision};
@@ -311,6 +311,7 @@ pub fn gpu_capacity(
     req: &GpuRequest,
     nodes: &[Node],
     pods: &[Pod],
+    instance: &str,
     service: &ServiceName,
 ) -> GpuCapacity {
     let resource = gpu_resource(req);
@@ -342,7 +343,11 @@ pub fn gpu_capacity(
         }
         let units = pod_resource_units(p, &resource);
         used = used.saturating_add(units);
-        if label(&p.metadata, LABEL_SERVICE) == Some(service.as_str()) {
+        // Only this install's pods of the service are "held by" it; a
+        // same-named service of another install is someone else's.
+        if label(&p.metadata, LABEL_SERVICE) == Some(service.as_str())
+            && label(&p.metadata, LABEL_INSTANCE) == Some(instance)
+        {
             held = held.saturating_add(units);
         }
     }
@@ -367,7 +372,7 @@ mod tests {
     fn base(name: &str) -> serde_json::Value {
         json!({
             "metadata": {"name": name, "creationTimestamp": "2026-01-01T00:00:00Z",
-                          "labels": {"floyd.dev/service": "web", "floyd.dev/revision": "r1"}},
+                          "labels": {"floyd.dev/instance": "a", "floyd.dev/service": "web", "floyd.dev/revision": "r1"}},
             "spec": {"containers": [{"name": "app", "image": "x",
                        "resources": {"limits": {"nvidia.com/gpu": "1"}}}]},
         })
@@ -531,7 +536,7 @@ mod tests {
             gpu_pod("pend", "web", None, "Pending", false),       // unscheduled: holds nothing
         ];
         let web = ServiceName::parse("web").unwrap();
-        let c = gpu_capacity(&req, &nodes, &pods, &web);
+        let c = gpu_capacity(&req, &nodes, &pods, "a", &web);
         assert_eq!(
             c,
             GpuCapacity {
@@ -543,7 +548,7 @@ mod tests {
         );
         let mut big = req.clone();
         big.memory_mib = Some(100_000);
-        assert_eq!(gpu_capacity(&big, &nodes, &pods, &web).exist, 0);
+        assert_eq!(gpu_capacity(&big, &nodes, &pods, "a", &web).exist, 0);
     }
 
     #[test]
@@ -564,7 +569,13 @@ mod tests {
         v["spec"]["nodeName"] = json!("m");
         v["spec"]["containers"][0]["resources"] =
             json!({"limits": {"nvidia.com/mig-1g.10gb": "2"}});
-        let c = gpu_capacity(&req, &[n], &[pod(v)], &ServiceName::parse("web").unwrap());
+        let c = gpu_capacity(
+            &req,
+            &[n],
+            &[pod(v)],
+            "a",
+            &ServiceName::parse("web").unwrap(),
+        );
         assert_eq!((c.exist, c.free, c.held_by_service), (7, 5, 2));
         assert_eq!(c.kind, "mig-1g.10gb");
     }
