@@ -838,6 +838,7 @@ mod tests {
             active: None,
             preview: None,
             updated_at: Time::ZERO,
+            drift: Vec::new(),
         }
     }
 

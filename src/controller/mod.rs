@@ -959,6 +959,7 @@ async fn step_service(
             return (name, svc, None);
         }
     };
+    sh.hub.note_drift(name.as_str(), &observed.drift); // kube #15: floyd_drift_total
     // Gates of the revision being rolled out, unless the runtime reports
     // them itself (the simulator does). A rollback's target passed them when
     // it completed.
@@ -1417,6 +1418,7 @@ fn publish(
         active: observed.active.clone(),
         preview: observed.preview.clone(),
         updated_at: now,
+        drift: observed.drift.clone(), // kube #15: drift in the API
     });
     let mut labels = Vec::new();
     for r in &observed.revisions {

@@ -44,6 +44,12 @@ pub struct RevisionLabels {
     pub service: String,
     pub revision: String,
 }
+/// `floyd_drift_total{service,kind}`: kind is the drifted object's kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DriftLabels {
+    pub service: String,
+    pub kind: String,
+}
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProductLabel {
     pub product: String,
@@ -79,6 +85,8 @@ pub struct Metrics {
     pub lb_requests_total: Family<RevisionLabels, Counter>,
     /// Of those, 5xx answers and requests the instance failed.
     pub lb_errors_total: Family<RevisionLabels, Counter>,
+    /// Live objects found changed behind Floyd's back (each drift once).
+    pub drift_total: Family<DriftLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -172,7 +180,14 @@ impl Metrics {
             "Requests of a revision answered 5xx or failed by the instance",
             lb_errors_total.clone(),
         );
+        let drift_total = Family::<DriftLabels, Counter>::default();
+        r.register(
+            "drift",
+            "Live objects found different from what Floyd applied (hand edits, deletions), by service and object kind",
+            drift_total.clone(),
+        );
         Metrics {
+            drift_total,
             lb_requests_total,
             lb_errors_total,
             registry: std::sync::Arc::new(r),

@@ -98,6 +98,8 @@ impl Logged {
 /// One request a client sent with a body.
 #[derive(Debug, Clone)]
 pub struct Sent {
+    /// The [`CLIENT_HEADER`] value ("" when absent).
+    pub client: String,
     pub method: String,
     pub path: String,
     pub query: String,
@@ -662,6 +664,7 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             && method != Method::DELETE
         {
             db.sent.push(Sent {
+                client: client.clone(),
                 method: method.to_string(),
                 path: path.clone(),
                 query: query.clone(),

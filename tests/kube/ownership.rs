@@ -463,3 +463,109 @@ async fn a_leader_whose_lease_calls_hang_stops_writing_before_the_standby_takes_
         "interleaved writes: a's last at {last_a}, b's first at {first_b}"
     );
 }
+
+/// `kubectl set image rs/<rs> app=<image>` and `kubectl delete svc <svc>`,
+/// as another client.
+async fn hand_edit(fake: &FakeApi, rs: &str, image: &str, delete_service: Option<&str>) {
+    use kube::api::{Patch, PatchParams};
+    let client = fake.client_as(NS, "kubectl");
+    let rss: kube::Api<k8s_openapi::api::apps::v1::ReplicaSet> =
+        kube::Api::namespaced(client.clone(), NS);
+    // A strategic merge patch changes only the image; the fake speaks JSON
+    // merge patch, which replaces lists: send the whole list, image changed.
+    let mut containers =
+        fake.get("replicasets", NS, rs).unwrap()["spec"]["template"]["spec"]["containers"].clone();
+    containers[0]["image"] = json!(image);
+    rss.patch(
+        rs,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"template": {"spec": {"containers": containers}}}})),
+    )
+    .await
+    .expect("kubectl set image");
+    if let Some(svc) = delete_service {
+        let svcs: kube::Api<k8s_openapi::api::core::v1::Service> =
+            kube::Api::namespaced(client, NS);
+        svcs.delete(svc, &Default::default())
+            .await
+            .expect("kubectl delete svc");
+    }
+}
+
+fn image_of(fake: &FakeApi, rs: &str) -> String {
+    fake.get("replicasets", NS, rs).unwrap()["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn hand_edits_and_deleted_services_are_detected_corrected_or_only_reported() {
+    let fake = FakeApi::start(vec![FakeNode::cpu("node-1")]).await;
+    let a = install(&fake, "a");
+    let web = name("web");
+    let t = template("ghcr.io/acme/web:1");
+    let mut s = deploy(&a, &web, &t, 2).await;
+    let rs = format!("web-{}", rev(&t));
+    let o = a.observe(&web, Some(&s), Time::now_wall()).await.unwrap();
+    assert!(
+        o.drift.is_empty(),
+        "no drift after a deploy: {:#?}",
+        o.drift
+    );
+
+    // driftPolicy: correct (the default): reported once, put back at once.
+    hand_edit(&fake, &rs, "ghcr.io/acme/evil:1", Some("web")).await;
+    let o = a.observe(&web, Some(&s), Time::now_wall()).await.unwrap();
+    let kinds: Vec<(&str, bool, bool)> = o
+        .drift
+        .iter()
+        .map(|d| (d.kind.as_str(), d.corrected, d.new))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![("ReplicaSet", true, true), ("Service", true, true)]
+    );
+    assert!(
+        o.drift[0].message.contains("containers[0]") && o.drift[0].message.contains("evil"),
+        "{}",
+        o.drift[0].message
+    );
+    assert_eq!(o.drift[1].message, "deleted");
+    assert_eq!(image_of(&fake, &rs), "ghcr.io/acme/web:1");
+    assert!(
+        fake.get("services", NS, "web").is_some(),
+        "Service recreated"
+    );
+    let o = a.observe(&web, Some(&s), Time::now_wall()).await.unwrap();
+    assert!(o.drift.is_empty(), "corrected: {:#?}", o.drift);
+    let reasons: Vec<String> = fake
+        .list("events")
+        .iter()
+        .filter_map(|e| e["reason"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        reasons.iter().filter(|r| *r == "DriftCorrected").count(),
+        2,
+        "{reasons:?}"
+    );
+
+    // driftPolicy: report: reported (every observation; new only once), left alone.
+    s.drift_policy = floyd::manifest::DriftPolicy::Report;
+    hand_edit(&fake, &rs, "ghcr.io/acme/evil:2", None).await;
+    let writes_before = fake.log().iter().filter(|l| l.is_write()).count();
+    for round in 0..2 {
+        let o = a.observe(&web, Some(&s), Time::now_wall()).await.unwrap();
+        assert_eq!(o.drift.len(), 1, "{:#?}", o.drift);
+        assert!(!o.drift[0].corrected);
+        assert_eq!(o.drift[0].new, round == 0);
+    }
+    assert_eq!(image_of(&fake, &rs), "ghcr.io/acme/evil:2");
+    let writes: Vec<Logged> = fake.log().into_iter().filter(|l| l.is_write()).collect();
+    let after = &writes[writes_before..];
+    assert!(
+        after.len() == 1 && after[0].path.ends_with("/events"),
+        "only the DriftDetected event is written: {after:#?}"
+    );
+    validate_sent(&fake, "drift");
+}

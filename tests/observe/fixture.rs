@@ -195,6 +195,7 @@ pub fn view(name: &str, phase: Phase) -> ServiceView {
         active: None,
         preview: None,
         updated_at: Time::from_secs(1_790_000_100),
+        drift: Vec::new(),
     }
 }
 

@@ -81,7 +81,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use objects::{ANN_COMMIT, ANN_CREATED_AT, LABEL_SERVICE, RevisionMeta, STATE_KEY};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -268,7 +268,11 @@ struct Inner {
     /// write fails with [`Error::NotLeader`] before reaching the API server.
     /// `None`: no election, always writes.
     leader: Option<lease::Leadership>,
+    /// Drift reported and not corrected since: (service, kind, object, difference).
+    drift_seen: Mutex<HashSet<DriftKey>>,
 }
+
+type DriftKey = (ServiceName, &'static str, String, String);
 
 struct PodCache {
     store: Store<Pod>,
@@ -299,6 +303,7 @@ impl KubeRuntime {
                 event_seq: AtomicU64::new(0),
                 action_events: false,
                 leader: None,
+                drift_seen: Mutex::new(HashSet::new()),
             }),
         }
     }
@@ -340,6 +345,7 @@ impl KubeRuntime {
                 event_seq: AtomicU64::new(0),
                 action_events: i.action_events,
                 leader: i.leader.clone(),
+                drift_seen: Mutex::new(HashSet::new()),
             });
         }
         Arc::get_mut(&mut self.inner).expect("just made unique")
@@ -701,6 +707,105 @@ impl KubeRuntime {
             self.instance(),
             service,
         ))
+    }
+
+    /// Finds what drifted from what Floyd applies ([`observe::drift`]),
+    /// puts it back unless `spec.driftPolicy` is `report` (and only while
+    /// allowed to write), and announces each drift the first time this
+    /// process sees it with an Event (`DriftCorrected` / `DriftDetected`).
+    /// A failed correction is reported as not corrected and retried at the
+    /// next observation.
+    async fn handle_drift(
+        &self,
+        service: &ServiceName,
+        spec: &ServiceSpec,
+        rss: &[ReplicaSet],
+        active: Option<&Service>,
+        preview: Option<&Service>,
+    ) -> Vec<runtime::Drift> {
+        let findings = observe::drift(self.install(), service, spec, rss, active, preview);
+        let mut out = Vec::new();
+        for f in findings {
+            let correct = spec.drift_policy == crate::manifest::DriftPolicy::Correct
+                && self.may_write("apply", f.kind, &f.object).is_ok();
+            let corrected = correct
+                && {
+                    let result = match &f.fix {
+                        observe::Fix::ReplicaSet(rs) => self
+                            .rs_api()
+                            .patch(&f.object, &self.apply_params(), &Patch::Apply(rs.as_ref()))
+                            .await
+                            .map(|_| ())
+                            .map_err(api_err("apply", "ReplicaSet", self.namespace(), &f.object)),
+                        // Through the ownership check: a Service recreated by
+                        // someone else meanwhile is not taken over.
+                        observe::Fix::Service(svc) => {
+                            let preview = svc
+                                .metadata
+                                .annotations
+                                .as_ref()
+                                .and_then(|a| a.get(objects::ANN_ROLE))
+                                .is_some_and(|r| r == "preview");
+                            let revision = svc
+                                .spec
+                                .as_ref()
+                                .and_then(|s| s.selector.as_ref())
+                                .and_then(|s| s.get(objects::LABEL_REVISION))
+                                .map(|r| Revision(r.clone()));
+                            self.apply_service(service, spec, preview, revision.as_ref())
+                                .await
+                        }
+                    };
+                    match result {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::warn!(%service, object = %f.object, error = %e, "cannot correct drift");
+                            false
+                        }
+                    }
+                };
+            let key = (service.clone(), f.kind, f.object.clone(), f.message.clone());
+            let new = match self.inner.drift_seen.lock() {
+                Ok(mut seen) => {
+                    // A corrected drift is forgotten: the same edit again is new.
+                    if corrected {
+                        !seen.remove(&key)
+                    } else {
+                        seen.insert(key)
+                    }
+                }
+                Err(_) => false,
+            };
+            if new {
+                let (reason, verb) = if corrected {
+                    ("DriftCorrected", "put back as applied")
+                } else {
+                    ("DriftDetected", "left as it is")
+                };
+                let note = format!("{} {}: {} ({verb})", f.kind, f.object, f.message);
+                tracing::warn!(%service, kind = f.kind, object = %f.object, diff = %f.message, corrected, "drift");
+                if let Err(e) = self.record_event(service, reason, &note).await {
+                    tracing::warn!(%service, error = %e, "could not record an Event");
+                }
+            }
+            out.push(runtime::Drift {
+                kind: f.kind.to_string(),
+                object: f.object,
+                message: f.message,
+                corrected,
+                new,
+            });
+        }
+        // Drift of this service that is gone (fixed by hand, or by Git) is forgotten.
+        if let Ok(mut seen) = self.inner.drift_seen.lock() {
+            seen.retain(|(s, kind, object, message)| {
+                s != service
+                    || out
+                        .iter()
+                        .any(|d| d.kind == *kind && d.object == *object && d.message == *message)
+            });
+        }
+        out
     }
 
     async fn get_opt_service(&self, name: &str) -> Result<Option<Service>, Error> {
@@ -1177,7 +1282,7 @@ impl runtime::Runtime for KubeRuntime {
             None => None,
         };
         let pod_refs: Vec<&Pod> = pods.iter().collect();
-        Ok(observe::observed(
+        let mut observed = observe::observed(
             service,
             &rss,
             &pod_refs,
@@ -1185,7 +1290,13 @@ impl runtime::Runtime for KubeRuntime {
             preview.as_ref(),
             gpu_req,
             gpu,
-        ))
+        );
+        if let Some(spec) = spec {
+            observed.drift = self
+                .handle_drift(service, spec, &rss, active.as_ref(), preview.as_ref())
+                .await;
+        }
+        Ok(observed)
     }
 
     async fn apply(

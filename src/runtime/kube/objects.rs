@@ -660,6 +660,7 @@ pub fn is_warning_reason(reason: &str) -> bool {
         "Rollback",
         "Abort",
         "Error",
+        "DriftDetected",
     ]
     .iter()
     .any(|w| reason.contains(w))

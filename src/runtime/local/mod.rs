@@ -725,6 +725,7 @@ impl Inner {
             gpu,
             gates: Vec::new(),
             traffic,
+            drift: Vec::new(),
         }
     }
 }
