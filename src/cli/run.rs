@@ -110,6 +110,10 @@ pub struct Args {
     /// `rbac.clusterWideGpuAccounting`: list pods cluster-wide).
     #[arg(long, env = "FLOYD_CLUSTER_GPU_ACCOUNTING")]
     pub cluster_gpu_accounting: bool,
+    /// Origins or hosts (comma-separated, e.g. `https://floyd.example.com`)
+    /// whose web pages may send manual controls, besides this server itself.
+    #[arg(long, env = "FLOYD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
 }
 
 fn instance_name(s: &str) -> Result<String, String> {
@@ -158,6 +162,7 @@ impl Args {
             lease_renew_deadline: Duration::from_secs(10),
             lease_retry_period: Duration::from_secs(2),
             cluster_gpu_accounting: false,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -344,10 +349,17 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
     let addr = listener.local_addr()?;
     let stop = CancellationToken::new();
+    if api_token.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            listen = %addr,
+            "manual controls (promote, abort, pause, resume) are open to anyone who can reach {addr}: set --api-token-file"
+        );
+    }
     let server_cfg = crate::server::Config {
         webhook_secret,
         branch: args.branch.clone(),
         api_token,
+        allowed_origins: args.allowed_origins.clone(),
         ..crate::server::Config::default()
     };
     let server = {

@@ -38,6 +38,7 @@ impl Server {
             webhook_secret: Some(Secret::new(HOOK_SECRET)),
             branch: "main".into(),
             max_body_bytes: 64 * 1024,
+            allowed_origins: Vec::new(),
         })
         .await
     }
