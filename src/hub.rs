@@ -46,6 +46,10 @@ pub struct ServiceView {
     pub active: Option<Revision>,
     pub preview: Option<Revision>,
     pub updated_at: Time,
+    /// Live objects that differ from what Floyd applied, as last observed
+    /// (see `spec.driftPolicy`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<crate::runtime::Drift>,
     /// Canary rollouts: the step in progress and the weight (see [`canary_view`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryStatus>,
@@ -326,6 +330,18 @@ impl Hub {
         if changed {
             self.metrics.set_phase(&view.name, view.phase);
             let _ = self.events.send(Event::Service { service: view });
+        }
+    }
+    /// Counts drift seen for the first time in `floyd_drift_total`.
+    pub fn note_drift(&self, service: &str, drift: &[crate::runtime::Drift]) {
+        for d in drift.iter().filter(|d| d.new) {
+            self.metrics
+                .drift_total
+                .get_or_create(&crate::telemetry::metrics::DriftLabels {
+                    service: service.to_string(),
+                    kind: d.kind.clone(),
+                })
+                .inc();
         }
     }
     pub fn remove_service(&self, name: &str) {

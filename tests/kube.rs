@@ -18,6 +18,8 @@ mod cluster;
 mod engine_loop;
 #[path = "kube/fake_api.rs"]
 mod fake_api;
+#[path = "kube/ownership.rs"]
+mod ownership;
 #[path = "kube/rollouts.rs"]
 mod rollouts;
 #[path = "kube/scenarios.rs"]

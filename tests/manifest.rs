@@ -319,6 +319,29 @@ statuss: {}
         ],
     ),
     (
+        "service names colliding with generated or cluster-owned Kubernetes names",
+        &[
+            (
+                "services/a.yaml",
+                "apiVersion: floyd.dev/v1\nkind: Service\nmetadata: { name: web }\nspec: { template: { command: [a] } }\n---\napiVersion: floyd.dev/v1\nkind: Service\nmetadata: { name: web-preview }\nspec: { template: { command: [a] } }\n",
+            ),
+            (
+                "services/k.yaml",
+                "apiVersion: floyd.dev/v1\nkind: Service\nmetadata:\n  name: kubernetes\nspec: { template: { command: [a] } }\n",
+            ),
+            (
+                "services/s.yaml",
+                "apiVersion: floyd.dev/v1\nkind: Service\nmetadata: { name: floyd-state-x }\nspec: { template: { command: [a] } }\n",
+            ),
+        ],
+        None,
+        &[
+            "services/a.yaml:8:19: metadata.name: \"web-preview\" is the name of the preview Service Floyd makes for service \"web\"; rename one of them (hint: Floyd names a blue-green preview Service <name>-preview and state ConfigMaps floyd-state-<name>)",
+            "services/k.yaml:4:9: metadata.name: \"kubernetes\" is reserved: it is the API server's own Service in namespace default; rename the service (hint: Floyd names a blue-green preview Service <name>-preview and state ConfigMaps floyd-state-<name>)",
+            "services/s.yaml:3:19: metadata.name: names starting with \"floyd-state-\" are reserved for Floyd's state ConfigMaps; rename the service (hint: Floyd names a blue-green preview Service <name>-preview and state ConfigMaps floyd-state-<name>)",
+        ],
+    ),
+    (
         "YAML syntax error",
         &[(
             "services/a.yaml",

@@ -425,7 +425,13 @@ pub fn control(a: ServiceArgs, cmd: Command) -> anyhow::Result<u8> {
         urlencode(&a.service)
     );
     let body: serde_json::Value = c.rt.block_on(async {
-        let mut req = c.http.post(&url).timeout(Duration::from_secs(20));
+        // A JSON body: what the server asks of controls sent without a token.
+        let mut req = c
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body("{}")
+            .timeout(Duration::from_secs(20));
         if let Some(t) = &c.token {
             req = req.bearer_auth(t.expose());
         }
@@ -869,6 +875,7 @@ mod tests {
             preview: None,
             updated_at: Time::ZERO,
             canary: None,
+            drift: Vec::new(),
         }
     }
 

@@ -88,6 +88,36 @@ pub struct Args {
     /// name no `address`.
     #[arg(long, env = "FLOYD_PROMETHEUS_URL", value_parser = prometheus_url)]
     pub prometheus_url: Option<String>,
+    /// Install identity (kube runtime): the `floyd.dev/instance` label on
+    /// every object; Floyd lists, changes and deletes only objects with it.
+    /// The chart sets the release name.
+    #[arg(long, env = "FLOYD_INSTANCE", default_value = crate::runtime::kube::objects::DEFAULT_INSTANCE, value_parser = instance_name)]
+    pub instance: String,
+    /// Name of the leader-election Lease (kube runtime).
+    #[arg(long, env = "FLOYD_LEASE_NAME", default_value = "floyd-leader")]
+    pub lease_name: String,
+    /// A leader not renewing for this long may be replaced by a standby.
+    #[arg(long, env = "FLOYD_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+    /// A leader that cannot renew within this long stops acting (shorter
+    /// than --lease-duration); also the deadline of each Lease call.
+    #[arg(long, env = "FLOYD_LEASE_RENEW_DEADLINE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub lease_renew_deadline: Duration,
+    /// How often the leader renews and standbys retry.
+    #[arg(long, env = "FLOYD_LEASE_RETRY_PERIOD", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub lease_retry_period: Duration,
+    /// Count GPUs held by pods of every namespace (needs the chart's
+    /// `rbac.clusterWideGpuAccounting`: list pods cluster-wide).
+    #[arg(long, env = "FLOYD_CLUSTER_GPU_ACCOUNTING")]
+    pub cluster_gpu_accounting: bool,
+    /// Origins or hosts (comma-separated, e.g. `https://floyd.example.com`)
+    /// whose web pages may send manual controls, besides this server itself.
+    #[arg(long, env = "FLOYD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+}
+
+fn instance_name(s: &str) -> Result<String, String> {
+    crate::runtime::kube::objects::check_instance(s).map(|()| s.to_string())
 }
 
 fn prometheus_url(s: &str) -> Result<String, String> {
@@ -126,6 +156,13 @@ impl Args {
             lb_bind: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             lb_policy: crate::runtime::local::LbPolicy::RoundRobin,
             prometheus_url: None,
+            instance: crate::runtime::kube::objects::DEFAULT_INSTANCE.into(),
+            lease_name: "floyd-leader".into(),
+            lease_duration: Duration::from_secs(15),
+            lease_renew_deadline: Duration::from_secs(10),
+            lease_retry_period: Duration::from_secs(2),
+            cluster_gpu_accounting: false,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -196,8 +233,26 @@ pub async fn make_runtime(args: &Args, gpus: Vec<GpuInventory>) -> anyhow::Resul
             })
         }
         "kube" => {
-            let kube = crate::runtime::kube::KubeRuntime::from_env(Some(&args.namespace)).await?;
-            let elector = Arc::new(kube.leader_elector("floyd-leader"));
+            let mut lease = crate::runtime::kube::LeaseConfig::new(
+                &args.lease_name,
+                &crate::runtime::kube::identity_from_env(),
+            );
+            lease.lease_duration = args.lease_duration;
+            lease.renew_deadline = args.lease_renew_deadline;
+            lease.retry_period = args.lease_retry_period;
+            lease.check().map_err(|e| {
+                super::CliError::usage(format!(
+                    "--lease-duration/--lease-renew-deadline/--lease-retry-period: {e}"
+                ))
+            })?;
+            let kube =
+                crate::runtime::kube::KubeRuntime::from_env(Some(&args.namespace), &args.instance)
+                    .await?
+                    .with_cluster_gpu_view(args.cluster_gpu_accounting);
+            let elector = Arc::new(kube.leader_elector_with(lease));
+            // Writes stop the moment leadership lapses, not when the
+            // controller next looks.
+            let kube = kube.with_leadership(elector.leadership());
             Ok(Built {
                 runtime: Arc::new(kube),
                 local: None,
@@ -294,10 +349,17 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
     let addr = listener.local_addr()?;
     let stop = CancellationToken::new();
+    if api_token.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            listen = %addr,
+            "manual controls (promote, abort, pause, resume) are open to anyone who can reach {addr}: set --api-token-file"
+        );
+    }
     let server_cfg = crate::server::Config {
         webhook_secret,
         branch: args.branch.clone(),
         api_token,
+        allowed_origins: args.allowed_origins.clone(),
         ..crate::server::Config::default()
     };
     let server = {

@@ -148,6 +148,7 @@ pub(super) fn publish(
         preview: observed.preview.clone(),
         updated_at: now,
         canary: crate::hub::canary_view(&rec.spec, &rec.state),
+        drift: observed.drift.clone(),
     });
     let mut labels = Vec::new();
     for r in &observed.revisions {

@@ -40,6 +40,7 @@ pub(super) async fn step_service(
             return (name, svc, out);
         }
     };
+    sh.hub.note_drift(name.as_str(), &observed.drift);
     // Gates of the revision being rolled out, unless the runtime reports
     // them itself (the simulator does). A rollback's target passed them when
     // it completed.

@@ -391,6 +391,7 @@ const SPEC_FIELDS: &[&str] = &[
     "strategy",
     "gates",
     "onFailure",
+    "driftPolicy",
 ];
 pub(crate) const API_VERSION: &str = "floyd.dev/v1";
 
@@ -508,6 +509,10 @@ fn spec(cx: &mut Ctx<'_>, node: &Node) -> Option<ServiceSpec> {
         Some(n) => on_failure(cx, n, "spec.onFailure"),
         None => Some(OnFailure::default()),
     };
+    let drift_policy = match o.get("driftPolicy") {
+        Some(n) => drift_policy(cx, n, &o.at("driftPolicy")),
+        None => Some(DriftPolicy::Correct),
+    };
     if cx.diags.len() > before {
         return None;
     }
@@ -522,7 +527,25 @@ fn spec(cx: &mut Ctx<'_>, node: &Node) -> Option<ServiceSpec> {
         strategy: strategy?,
         gates,
         on_failure: on_failure?,
+        drift_policy: drift_policy?,
     })
+}
+
+fn drift_policy(cx: &mut Ctx<'_>, n: &Node, path: &str) -> Option<DriftPolicy> {
+    let s = cx.string(n, path)?;
+    match s.as_str() {
+        "correct" => Some(DriftPolicy::Correct),
+        "report" => Some(DriftPolicy::Report),
+        _ => {
+            cx.err_hint(
+                n.pos,
+                path,
+                format!("unknown driftPolicy {s:?}"),
+                "use correct (default: put hand edits back) or report (only report them)",
+            );
+            None
+        }
+    }
 }
 
 fn opt_u32(

@@ -221,6 +221,25 @@ pub(super) fn assemble<'a>(
             services.push(service.clone());
         }
     }
+    // Names that collide with objects Floyd generates or the cluster owns
+    // (see `runtime::kube::objects::reserved_name_conflict`).
+    for (name, (file, pos)) in &seen {
+        let all = seen.keys().map(ServiceName::as_str);
+        if let Some(message) =
+            crate::runtime::kube::objects::reserved_name_conflict(name.as_str(), all)
+        {
+            diags.push(Diagnostic {
+                file: file.clone(),
+                line: pos.line,
+                column: pos.col,
+                path: "metadata.name".into(),
+                message,
+                hint: Some(
+                    "Floyd names a blue-green preview Service <name>-preview and state ConfigMaps floyd-state-<name>".into(),
+                ),
+            });
+        }
+    }
     if !diags.is_empty() {
         sort_diagnostics(&mut diags);
         return Err(Error::Invalid(diags));

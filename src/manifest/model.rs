@@ -142,6 +142,28 @@ pub struct ServiceSpec {
     #[serde(default)]
     pub gates: Vec<Gate>,
     pub on_failure: OnFailure,
+    /// What the runtime does when the live objects no longer match what
+    /// Floyd applied (a hand edit, a deleted Service): `correct` (default)
+    /// puts them back on the next resync, `report` only reports.
+    #[serde(default, skip_serializing_if = "DriftPolicy::is_correct")]
+    pub drift_policy: DriftPolicy,
+}
+
+/// `spec.driftPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum DriftPolicy {
+    /// Report the drift and put the objects back as Floyd applied them.
+    #[default]
+    Correct,
+    /// Report the drift (event, API, metric), change nothing.
+    Report,
+}
+
+impl DriftPolicy {
+    pub fn is_correct(&self) -> bool {
+        *self == DriftPolicy::Correct
+    }
 }
 
 impl ServiceSpec {
@@ -566,6 +588,7 @@ impl ServiceSpec {
             min_ready_seconds: 0,
             progress_deadline_seconds: 600,
             revision_history_limit: 10,
+            drift_policy: DriftPolicy::Correct,
             strategy: Strategy::RollingUpdate {
                 rolling_update: RollingUpdateParams {
                     max_surge: IntOrPercent::Percent(25),

@@ -38,6 +38,11 @@ pub struct Observed {
     /// `successRate` gate.
     #[serde(default)]
     pub traffic: Vec<RevisionTraffic>,
+    /// Live objects that no longer match what Floyd applied (kube: a hand
+    /// edit of a ReplicaSet's pod template or of a Service, a deleted
+    /// Service), found by this observation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<Drift>,
     /// The canary split in force (the last [`Action::SetWeight`]); `None`
     /// when traffic is not split by weight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -54,6 +59,24 @@ pub struct CanarySplit {
     pub stable: Option<Revision>,
     /// Percent, 0..=100.
     pub weight: u32,
+}
+
+/// One object that drifted from what Floyd applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Drift {
+    /// `ReplicaSet` or `Service`.
+    pub kind: String,
+    /// The object's name.
+    pub object: String,
+    /// What differs, e.g. `spec.template.spec.containers[0].image: "web:1" (applied) != "web:evil" (live)`.
+    pub message: String,
+    /// Put back as applied during this observation (`driftPolicy: correct`).
+    pub corrected: bool,
+    /// First seen by this process (not reported before): counted once in
+    /// `floyd_drift_total`.
+    #[serde(default)]
+    pub new: bool,
 }
 
 impl Observed {

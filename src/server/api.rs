@@ -142,7 +142,8 @@ pub(crate) fn parse_command(s: &str) -> Option<(Command, &'static str)> {
 }
 
 /// `POST /api/v1/services/{name}/{promote,abort,pause,resume}`.
-/// Order of checks: token (401), command (400), service (404), then the
+/// Order of checks: token (401), origin, host and content type (403, 415;
+/// [`super::check_control_origin`]), command (400), service (404), then the
 /// controller's answer (409 refused, 503 not running, 504 no answer).
 pub(crate) async fn control(
     State(st): State<AppState>,
@@ -174,6 +175,12 @@ pub(crate) async fn control(
             Some(_) => {}
         }
     }
+    super::check_control_origin(
+        &headers,
+        &st.config.allowed_origins,
+        st.config.api_token.is_some(),
+    )
+    .map_err(|(code, message)| ApiError::new(code, message))?;
     let Some((cmd, cmd_name)) = parse_command(&command) else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

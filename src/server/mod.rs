@@ -90,6 +90,83 @@ pub struct Config {
     pub api_token: Option<Secret>,
     /// Largest accepted webhook body; larger ones get 413.
     pub max_body_bytes: usize,
+    /// Origins (`https://floyd.example.com`) or hosts (`floyd.example.com`,
+    /// with `:port` when not the default) allowed in the `Origin` and `Host`
+    /// headers of manual controls, besides this server's own address
+    /// (`--allowed-origins`). See [`check_control_origin`].
+    pub allowed_origins: Vec<String>,
+}
+
+/// Whether a manual control (`POST /api/v1/services/{name}/{command}`)
+/// may come from where it says it comes from: protection for an operator's
+/// browser against other web pages (cross-site requests, DNS rebinding).
+///
+/// - `Origin` (sent by browsers), when present, must be this server itself
+///   (the same host and port as `Host`) or in `allowed`.
+/// - Without a bearer token (`authenticated` false), `Host` must be an IP
+///   address (what a rebinding page cannot produce), `localhost`, or in
+///   `allowed`, and the body must be declared `application/json`: a web page
+///   can only send that cross-origin after a CORS preflight, which Floyd
+///   never grants.
+///
+/// Returns the status and the message to answer with when refused.
+pub fn check_control_origin(
+    headers: &axum::http::HeaderMap,
+    allowed: &[String],
+    authenticated: bool,
+) -> Result<(), (StatusCode, String)> {
+    let get = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
+    let host = get(header::HOST).unwrap_or("").trim().to_ascii_lowercase();
+    let listed = |hostport: &str| {
+        allowed.iter().any(|a| {
+            let a = a.trim().trim_end_matches('/').to_ascii_lowercase();
+            let a = a
+                .split_once("://")
+                .map_or(a.as_str(), |(_, rest)| rest)
+                .to_string();
+            a == hostport
+        })
+    };
+    if let Some(origin) = get(header::ORIGIN) {
+        let o = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+        let o_host = o.split_once("://").map_or(o.as_str(), |(_, rest)| rest);
+        if o_host != host && !listed(o_host) {
+            return Err((
+                StatusCode::FORBIDDEN,
+                format!(
+                    "Origin {origin} is not this server ({host}); manual controls from other web pages are refused (allow it with --allowed-origins)"
+                ),
+            ));
+        }
+    }
+    if authenticated {
+        return Ok(());
+    }
+    let name = match host.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) && !h.ends_with(':') => h,
+        _ => host.as_str(),
+    };
+    let ip = name.trim_start_matches('[').trim_end_matches(']');
+    if !(ip.parse::<std::net::IpAddr>().is_ok() || name == "localhost" || listed(&host)) {
+        return Err((
+            StatusCode::FORBIDDEN,
+            format!(
+                "Host {host:?} is not an address of this server; without --api-token-file manual controls are accepted only for an IP address, localhost or --allowed-origins"
+            ),
+        ));
+    }
+    let json = get(header::CONTENT_TYPE).is_some_and(|ct| {
+        ct.split(';')
+            .next()
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+    });
+    if !json {
+        return Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "manual controls need `Content-Type: application/json` (or `Authorization: Bearer <token>` with --api-token-file)".to_string(),
+        ));
+    }
+    Ok(())
 }
 
 impl Default for Config {
@@ -99,6 +176,7 @@ impl Default for Config {
             branch: "main".to_string(),
             api_token: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            allowed_origins: Vec::new(),
         }
     }
 }

@@ -44,6 +44,12 @@ pub struct RevisionLabels {
     pub service: String,
     pub revision: String,
 }
+/// `floyd_drift_total{service,kind}`: kind is the drifted object's kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DriftLabels {
+    pub service: String,
+    pub kind: String,
+}
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabel {
     pub service: String,
@@ -85,6 +91,8 @@ pub struct Metrics {
     pub lb_errors_total: Family<RevisionLabels, Counter>,
     /// Percent of the requests for each service's canary; 0 when none is in flight.
     pub canary_weight: Family<ServiceLabel, Gauge>,
+    /// Live objects found changed behind Floyd's back (each drift once).
+    pub drift_total: Family<DriftLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -184,8 +192,15 @@ impl Metrics {
             "Percent of the requests routed to each service's canary (0 when no canary is in flight)",
             canary_weight.clone(),
         );
+        let drift_total = Family::<DriftLabels, Counter>::default();
+        r.register(
+            "drift",
+            "Live objects found different from what Floyd applied (hand edits, deletions), by service and object kind",
+            drift_total.clone(),
+        );
         Metrics {
             canary_weight,
+            drift_total,
             lb_requests_total,
             lb_errors_total,
             registry: std::sync::Arc::new(r),

@@ -547,6 +547,7 @@ async fn webhooks_through_the_server_fetch_once_per_delivery_and_readyz_tracks_g
         branch: "main".into(),
         api_token: None,
         max_body_bytes: 64 * 1024,
+        allowed_origins: Vec::new(),
     };
     let s2 = stop.clone();
     let hub = h.hub.clone();

@@ -156,7 +156,9 @@ fn default_values_render_a_hardened_controller_that_validates() {
         "ClusterRoleBinding",
         "Service",
         "Deployment",
-        "Pod", // the `helm test` hook
+        "Secret",        // the generated API token
+        "NetworkPolicy", // only scraper and ingress reach the port
+        "Pod",           // the `helm test` hook
     ]
     .iter()
     .map(|s| s.to_string())
@@ -199,9 +201,45 @@ fn default_values_render_a_hardened_controller_that_validates() {
     let mounts = mounts_of(d);
     assert!(volume(d, &mounts["/var/lib/floyd"])["emptyDir"].is_object());
     assert!(volume(d, &mounts["/tmp"])["emptyDir"].is_object());
-    // No secrets configured: no secret env, no Secret objects, ever.
+    // No secrets configured: no webhook secret; the API token is generated
+    // (Floyd listens on 0.0.0.0 in the pod: controls always need a token)
+    // and the deployment reads it from the generated Secret.
     assert!(!env.contains_key("FLOYD_WEBHOOK_SECRET_FILE"));
-    assert!(!kinds(&objs).contains("Secret"));
+    let secret = one(&objs, "Secret");
+    assert_eq!(secret["metadata"]["name"], "floyd-api-token");
+    let token = secret["data"]["token"].as_str().expect("token");
+    assert!(token.len() >= 40, "a random token: {token}");
+    assert_eq!(env["FLOYD_API_TOKEN_FILE"], "/etc/floyd/api/token");
+    assert_eq!(
+        volume(d, &mounts["/etc/floyd/api"])["secret"]["secretName"],
+        "floyd-api-token"
+    );
+    // Install identity and leader-election timings reach the binary.
+    assert_eq!(env["FLOYD_INSTANCE"], "floyd");
+    assert_eq!(env["FLOYD_LEASE_NAME"], "floyd");
+    assert_eq!(env["FLOYD_LEASE_DURATION"], "15s");
+    assert_eq!(env["FLOYD_LEASE_RENEW_DEADLINE"], "10s");
+    assert_eq!(env["FLOYD_LEASE_RETRY_PERIOD"], "2s");
+    // The NetworkPolicy admits only the scraper and the ingress controller.
+    let np = one(&objs, "NetworkPolicy");
+    assert_eq!(np["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
+    let from = np["spec"]["ingress"][0]["from"].as_array().unwrap();
+    let namespaces: Vec<&str> = from
+        .iter()
+        .map(|p| {
+            p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(namespaces, vec!["monitoring", "ingress-nginx"]);
+    assert_eq!(np["spec"]["ingress"][0]["ports"][0]["port"], "http");
+    for (k, v) in np["spec"]["podSelector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(&d["spec"]["template"]["metadata"]["labels"][k], v);
+    }
     // Service for webhooks and metrics selects the controller pods.
     let svc = one(&objs, "Service");
     assert_eq!(svc["spec"]["ports"][0]["targetPort"], "http");
@@ -226,7 +264,7 @@ fn full_values_render_ha_ingress_and_monitoring_that_validate() {
     }
     assert!(
         !kinds(&objs).contains("Secret"),
-        "secrets are referenced, never inlined"
+        "given secrets are referenced, never inlined or generated"
     );
     let operator = validate_rendered("full values", &objs);
     assert_eq!(operator.len(), 2);
@@ -387,7 +425,7 @@ fn rbac_grants_nothing_beyond_the_list() {
     let role_allowed = spec(&[
         ("apps", "replicasets", RW),
         ("apps", "replicasets/scale", &["get", "update", "patch"]),
-        ("", "pods", &["get", "list", "watch", "patch", "delete"]),
+        ("", "pods", &["get", "list", "watch", "delete"]),
         ("", "services", RW),
         ("", "configmaps", RW),
         ("", "events", &["create", "patch"]),
@@ -406,7 +444,7 @@ fn rbac_grants_nothing_beyond_the_list() {
             &["get", "list", "create", "patch", "delete"],
         ),
         ("apps", "replicasets/scale", &["patch"]),
-        ("", "pods", &["list", "watch", "patch", "delete"]),
+        ("", "pods", &["get", "list", "watch", "delete"]),
         ("", "services", &["get", "create", "patch", "delete"]),
         ("", "configmaps", &["get", "create", "patch", "delete"]),
         ("events.k8s.io", "events", &["create"]),
@@ -459,6 +497,36 @@ fn rbac_grants_nothing_beyond_the_list() {
         };
         assert_eq!(role["metadata"]["namespace"], target);
     }
+}
+
+#[test]
+fn leader_election_timings_that_could_split_do_not_render() {
+    let c = chart();
+    let c = c.to_str().unwrap();
+    let Some((ok, text)) = helm(&[
+        "template",
+        "floyd",
+        c,
+        "--set",
+        "git.repo=https://x/y.git",
+        "--set",
+        "leaderElection.renewDeadlineSeconds=15",
+    ]) else {
+        return;
+    };
+    assert!(!ok, "renew deadline = lease duration renders:\n{text}");
+    assert!(
+        text.contains("retryPeriodSeconds < renewDeadlineSeconds < leaseDurationSeconds"),
+        "{text}"
+    );
+    // An explicit install identity is used instead of the release name.
+    let Some(objs) = render("default-values.yaml", &["--set", "instance=prod-eu"]) else {
+        return;
+    };
+    assert_eq!(
+        env_of(one(&objs, "Deployment"))["FLOYD_INSTANCE"],
+        "prod-eu"
+    );
 }
 
 #[test]

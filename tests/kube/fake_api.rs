@@ -14,7 +14,12 @@
 //! Server-side apply is emulated for one manager per object: fields the
 //! manager applied before and left out now are removed, the rest is merged.
 //! Every body a client sends (create, replace, apply) is recorded so tests can
-//! check it with `kubernetes-validate`.
+//! check it with `kubernetes-validate`, and every request is logged with the
+//! client that sent it (header [`CLIENT_HEADER`], see [`FakeApi::client_as`]).
+//!
+//! Faults for tests: [`FakeApi::hang`] makes matching requests never answer
+//! (a hung API server or network), [`FakeApi::pause_replicaset_controller`]
+//! delays the ReplicaSet controller.
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -70,9 +75,31 @@ impl FakeNode {
     }
 }
 
+/// The header naming the client in the request log.
+pub const CLIENT_HEADER: &str = "x-fake-client";
+
+/// One request, as the server saw it.
+#[derive(Debug, Clone)]
+pub struct Logged {
+    /// The [`CLIENT_HEADER`] value ("" when absent).
+    pub client: String,
+    pub method: String,
+    pub path: String,
+    pub query: String,
+}
+
+impl Logged {
+    /// Whether it changes something (create, replace, patch, delete).
+    pub fn is_write(&self) -> bool {
+        matches!(self.method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE")
+    }
+}
+
 /// One request a client sent with a body.
 #[derive(Debug, Clone)]
 pub struct Sent {
+    /// The [`CLIENT_HEADER`] value ("" when absent).
+    pub client: String,
     pub method: String,
     pub path: String,
     pub query: String,
@@ -91,6 +118,10 @@ struct Db {
     log: Vec<(u64, &'static str, Key, Value)>,
     sent: Vec<Sent>,
     requests: Vec<String>,
+    logged: Vec<Logged>,
+    /// (client or any, path fragment): requests that never get an answer.
+    hangs: Vec<(Option<String>, String)>,
+    replicaset_controller_paused: bool,
     // Kubelet timing, by pod key.
     bound_at: HashMap<Key, Instant>,
     deleted_at: HashMap<Key, Instant>,
@@ -402,6 +433,9 @@ impl FakeApi {
                 log: Vec::new(),
                 sent: Vec::new(),
                 requests: Vec::new(),
+                logged: Vec::new(),
+                hangs: Vec::new(),
+                replicaset_controller_paused: false,
                 bound_at: HashMap::new(),
                 deleted_at: HashMap::new(),
                 last_crash: HashMap::new(),
@@ -457,11 +491,62 @@ impl FakeApi {
 
     /// A `kube::Client` talking plain HTTP to this server.
     pub fn client(&self, namespace: &str) -> kube::Client {
+        self.client_as(namespace, "")
+    }
+
+    /// A client whose requests are logged as `who`'s.
+    pub fn client_as(&self, namespace: &str, who: &str) -> kube::Client {
         let url: axum::http::Uri = format!("http://{}", self.addr).parse().unwrap();
         let mut cfg = kube::Config::new(url);
         cfg.default_namespace = namespace.to_string();
         cfg.read_timeout = Some(Duration::from_secs(30));
+        if !who.is_empty() {
+            cfg.headers.push((
+                axum::http::HeaderName::from_static(CLIENT_HEADER),
+                axum::http::HeaderValue::from_str(who).unwrap(),
+            ));
+        }
         kube::Client::try_from(cfg).unwrap()
+    }
+
+    /// Every request with its client, in order of arrival.
+    pub fn log(&self) -> Vec<Logged> {
+        self.shared.db.lock().unwrap().logged.clone()
+    }
+
+    /// Requests of `client` (any client when `None`) whose path contains
+    /// `path_fragment` are logged and then never answered.
+    pub fn hang(&self, client: Option<&str>, path_fragment: &str) {
+        self.shared
+            .db
+            .lock()
+            .unwrap()
+            .hangs
+            .push((client.map(str::to_string), path_fragment.to_string()));
+    }
+
+    /// Stops (or restarts) the simulated ReplicaSet controller: replica
+    /// counts are not reconciled while it is paused.
+    pub fn pause_replicaset_controller(&self, paused: bool) {
+        self.shared.db.lock().unwrap().replicaset_controller_paused = paused;
+    }
+
+    /// Stores `obj` as if someone else had created it (kind and apiVersion
+    /// filled in from `resource`).
+    pub fn insert(&self, resource: &str, namespace: &str, obj: Value) {
+        let mut db = self.shared.db.lock().unwrap();
+        let name = obj["metadata"]["name"].as_str().unwrap().to_string();
+        let (kind, api_version) = match resource {
+            "replicasets" => ("ReplicaSet", "apps/v1"),
+            "services" => ("Service", "v1"),
+            "configmaps" => ("ConfigMap", "v1"),
+            "pods" => ("Pod", "v1"),
+            "leases" => ("Lease", "coordination.k8s.io/v1"),
+            other => panic!("insert: resource {other} not supported"),
+        };
+        let key = (resource.to_string(), namespace.to_string(), name);
+        let obj = db.new_object(&key, api_version, kind, &obj);
+        db.put(key, obj, "ADDED");
     }
 
     pub fn set_behavior(&self, image: &str, b: Behavior) {
@@ -520,6 +605,12 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
+    let client = req
+        .headers()
+        .get(CLIENT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let bytes: Bytes = match axum::body::to_bytes(req.into_body(), 16 << 20).await {
         Ok(b) => b,
         Err(e) => return status(400, "BadRequest", e.to_string()),
@@ -550,6 +641,22 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             Err(e) => return status(400, "BadRequest", format!("body is not JSON: {e}")),
         }
     };
+    let hung = {
+        let mut db = shared.db.lock().unwrap();
+        db.logged.push(Logged {
+            client: client.clone(),
+            method: method.to_string(),
+            path: path.clone(),
+            query: query.clone(),
+        });
+        db.hangs.iter().any(|(c, frag)| {
+            c.as_ref().is_none_or(|c| *c == client) && path.contains(frag.as_str())
+        })
+    };
+    if hung {
+        // A hung server: the client's own deadline is the only way out.
+        std::future::pending::<()>().await;
+    }
     {
         let mut db = shared.db.lock().unwrap();
         db.requests.push(format!("{method} {path}?{query}"));
@@ -557,6 +664,7 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             && method != Method::DELETE
         {
             db.sent.push(Sent {
+                client: client.clone(),
                 method: method.to_string(),
                 path: path.clone(),
                 query: query.clone(),
@@ -778,6 +886,20 @@ fn serve(
                     format!("{} \"{name}\" not found", route.resource),
                 );
             };
+            if let Some(uid) = body
+                .as_ref()
+                .and_then(|b| b["preconditions"]["uid"].as_str())
+                && live["metadata"]["uid"].as_str() != Some(uid)
+            {
+                return status(
+                    409,
+                    "Conflict",
+                    format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        live["metadata"]["uid"].as_str().unwrap_or("")
+                    ),
+                );
+            }
             if kind == "Pod" {
                 let obj = mark_deleted(db, &k, live);
                 return ok(StatusCode::OK, &obj);
@@ -923,10 +1045,11 @@ fn simulate(db: &mut Db) {
     }
 
     // ReplicaSet controller.
+    let paused = db.replicaset_controller_paused;
     let rss: Vec<(Key, Value)> = db
         .objects
         .iter()
-        .filter(|(k, _)| k.0 == "replicasets")
+        .filter(|(k, _)| k.0 == "replicasets" && !paused)
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     for (rk, rs) in rss {

@@ -383,9 +383,14 @@ fn fake_rt(fake: &FakeApi) -> KubeRuntime {
     KubeRuntime::new(fake.client("apps"), "apps").with_identity("floyd-test-0")
 }
 
-/// Every body Floyd sent, validated; plus the Service shapes on the fake cluster.
+/// Every body Floyd sent (not the test's own `kubectl` client), validated;
+/// plus the Service shapes on the fake cluster.
 pub fn validate_sent(fake: &FakeApi, label: &str) {
-    let sent = fake.sent();
+    let sent: Vec<_> = fake
+        .sent()
+        .into_iter()
+        .filter(|s| s.client != "kubectl")
+        .collect();
     for s in &sent {
         // The API server rejects a body whose name differs from the URL's.
         let segs: Vec<&str> = s.path.rsplit('/').collect();
@@ -426,7 +431,10 @@ async fn rolling_update_on_the_fake_cluster() {
     let rt = fake_rt(&fake);
     rolling(&rt, &Ctx::fake()).await;
     let svc = fake.get("services", "apps", "web").expect("active Service");
-    assert_eq!(svc["spec"]["selector"], json!({"floyd.dev/service": "web"}));
+    assert_eq!(
+        svc["spec"]["selector"],
+        json!({"floyd.dev/instance": "floyd", "floyd.dev/service": "web"})
+    );
     // Every write was a server-side apply as `floyd`, forced, or a create.
     for r in fake.requests().iter().filter(|r| r.starts_with("PATCH")) {
         assert!(

@@ -137,7 +137,7 @@ fn scale_body(name: &str, n: u32) -> Value {
 }
 
 fn service_body(name: &str, role: &str, revision: Option<&str>) -> Value {
-    let mut selector = json!({"floyd.dev/service": "web"});
+    let mut selector = json!({"floyd.dev/instance": "floyd", "floyd.dev/service": "web"});
     if let Some(r) = revision {
         selector["floyd.dev/revision"] = json!(r);
     }
@@ -145,7 +145,7 @@ fn service_body(name: &str, role: &str, revision: Option<&str>) -> Value {
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": name, "namespace": "apps",
                      "labels": {"app.kubernetes.io/managed-by": "floyd", "app.kubernetes.io/name": "web",
-                                "floyd.dev/service": "web"},
+                                "floyd.dev/instance": "floyd", "floyd.dev/service": "web"},
                      "annotations": {"floyd.dev/role": role}},
         "spec": {"selector": selector,
                  "ports": [{"name": "http", "port": 8080, "targetPort": 8080, "protocol": "TCP"}]},
@@ -158,17 +158,19 @@ fn rs_body(t: &InstanceTemplate, revision: &str, replicas: u32) -> Value {
         "metadata": {
             "name": format!("web-{revision}"), "namespace": "apps",
             "labels": {"app.kubernetes.io/managed-by": "floyd", "app.kubernetes.io/name": "web",
-                       "floyd.dev/service": "web", "floyd.dev/revision": revision},
+                       "floyd.dev/instance": "floyd", "floyd.dev/service": "web", "floyd.dev/revision": revision},
             "annotations": {"floyd.dev/revision": revision, "floyd.dev/created-at": CLOCK_TEXT,
                             "floyd.dev/commit": "c0ffee",
                             "floyd.dev/template": serde_json::to_string(t).unwrap()},
         },
         "spec": {
             "replicas": replicas,
-            "selector": {"matchLabels": {"floyd.dev/service": "web", "floyd.dev/revision": revision}},
+            "selector": {"matchLabels": {"floyd.dev/instance": "floyd", "floyd.dev/service": "web",
+                                         "floyd.dev/revision": revision}},
             "template": {
                 "metadata": {"labels": {"app.kubernetes.io/managed-by": "floyd", "app.kubernetes.io/name": "web",
-                                        "floyd.dev/service": "web", "floyd.dev/revision": revision}},
+                                        "floyd.dev/instance": "floyd", "floyd.dev/service": "web",
+                                        "floyd.dev/revision": revision}},
                 "spec": {
                     "terminationGracePeriodSeconds": 30,
                     "containers": [{
@@ -219,12 +221,18 @@ async fn first_deploy_applies_the_replica_set_the_service_and_scales() {
             replicas: 3,
         },
     ];
+    // Every write is preceded by a read of the object it writes (ownership).
     let script = vec![
+        expect("GET", &format!("{SVC}/web")).not_found(),
         expect("GET", &format!("{RS}/web-1111111111")).not_found(),
         expect("PATCH", &format!("{RS}/web-1111111111{APPLY}")).body(rs_body(&t, "1111111111", 0)),
+        expect("GET", &format!("{SVC}/web")).not_found(),
         expect("PATCH", &format!("{SVC}/web{APPLY}")).body(service_body("web", "active", None)),
+        expect("GET", &format!("{SVC}/web")).reply(200, service_body("web", "active", None)),
         expect("PATCH", &format!("{SVC}/web{APPLY}")).body(service_body("web", "active", None)),
-        expect("DELETE", &format!("{SVC}/web-preview?")).not_found(),
+        // No preview Service: nothing to delete, no DELETE sent.
+        expect("GET", &format!("{SVC}/web-preview")).not_found(),
+        expect("GET", &format!("{RS}/web-1111111111")).reply(200, rs_body(&t, "1111111111", 0)),
         expect("PATCH", &format!("{RS}/web-1111111111/scale{APPLY}"))
             .body(scale_body("web-1111111111", 3)),
     ];
@@ -240,8 +248,10 @@ async fn create_revision_of_an_existing_replica_set_keeps_its_count_and_creation
     let mut want = rs_body(&t, "1111111111", 4);
     want["metadata"]["annotations"]["floyd.dev/created-at"] = json!("2023-01-01T00:00:00.000Z");
     let script = vec![
+        expect("GET", &format!("{SVC}/web")).reply(200, service_body("web", "active", None)),
         expect("GET", &format!("{RS}/web-1111111111")).reply(200, live),
         expect("PATCH", &format!("{RS}/web-1111111111{APPLY}")).body(want),
+        expect("GET", &format!("{SVC}/web")).reply(200, service_body("web", "active", None)),
         expect("PATCH", &format!("{SVC}/web{APPLY}")),
     ];
     let actions = vec![Action::CreateRevision {
@@ -264,20 +274,16 @@ async fn rolling_step_scales_new_up_then_old_down_by_scale_subresource() {
             replicas: 2,
         },
     ];
+    let t = template("ghcr.io/acme/web:1");
     let script = vec![
+        expect("GET", &format!("{RS}/web-2222222222")).reply(200, rs_body(&t, "2222222222", 1)),
         expect("PATCH", &format!("{RS}/web-2222222222/scale{APPLY}"))
             .body(scale_body("web-2222222222", 2)),
+        expect("GET", &format!("{RS}/web-1111111111")).reply(200, rs_body(&t, "1111111111", 3)),
         expect("PATCH", &format!("{RS}/web-1111111111/scale{APPLY}"))
             .body(scale_body("web-1111111111", 2)),
     ];
-    run_apply(
-        rt,
-        handle,
-        spec(4, template("ghcr.io/acme/web:1")),
-        actions,
-        script,
-    )
-    .await;
+    run_apply(rt, handle, spec(4, t.clone()), actions, script).await;
 }
 
 #[tokio::test]
@@ -285,7 +291,7 @@ async fn scaling_a_missing_revision_is_no_such_revision() {
     let (rt, handle) = runtime();
     let server = tokio::spawn(serve(
         handle,
-        vec![expect("PATCH", &format!("{RS}/web-2222222222/scale{APPLY}")).not_found()],
+        vec![expect("GET", &format!("{RS}/web-2222222222")).not_found()],
     ));
     let err = rt
         .apply(
@@ -319,24 +325,33 @@ async fn blue_green_preview_then_switch_moves_selectors_and_drops_the_preview() 
             preview: None,
         },
     ];
+    let mut live_preview = service_body("web-preview", "preview", Some("2222222222"));
+    live_preview["metadata"]["uid"] = json!("uid-preview");
     let script = vec![
+        expect("GET", &format!("{SVC}/web")).not_found(),
         expect("PATCH", &format!("{SVC}/web{APPLY}")).body(service_body(
             "web",
             "active",
             Some("1111111111"),
         )),
+        expect("GET", &format!("{SVC}/web-preview")).not_found(),
         expect("PATCH", &format!("{SVC}/web-preview{APPLY}")).body(service_body(
             "web-preview",
             "preview",
             Some("2222222222"),
         )),
+        expect("GET", &format!("{SVC}/web"))
+            .reply(200, service_body("web", "active", Some("1111111111"))),
         expect("PATCH", &format!("{SVC}/web{APPLY}")).body(service_body(
             "web",
             "active",
             Some("2222222222"),
         )),
-        expect("DELETE", &format!("{SVC}/web-preview?"))
-            .body(json!({"propagationPolicy": "Background"})),
+        expect("GET", &format!("{SVC}/web-preview")).reply(200, live_preview),
+        // Deleted only as the object read: its UID is the precondition.
+        expect("DELETE", &format!("{SVC}/web-preview?")).body(
+            json!({"propagationPolicy": "Background", "preconditions": {"uid": "uid-preview"}}),
+        ),
     ];
     run_apply(rt, handle, s, actions, script).await;
 }
@@ -346,10 +361,12 @@ async fn blue_green_create_revision_leaves_the_active_service_alone() {
     let (rt, handle) = runtime();
     let t = template("ghcr.io/acme/web:1");
     let s = blue_green(spec(3, t.clone()));
+    let t2 = t.clone();
     let script = vec![
         expect("GET", &format!("{RS}/web-2222222222")).not_found(),
         expect("PATCH", &format!("{RS}/web-2222222222{APPLY}")),
-        // No Service write follows: the next request is the scale.
+        // No Service read or write follows: the next requests are the scale.
+        expect("GET", &format!("{RS}/web-2222222222")).reply(200, rs_body(&t2, "2222222222", 0)),
         expect("PATCH", &format!("{RS}/web-2222222222/scale{APPLY}")),
     ];
     let actions = vec![
@@ -370,12 +387,15 @@ async fn rollback_scales_stable_up_bad_down_records_an_event_and_saves_state() {
     let (rt, handle) = runtime();
     let t = template("ghcr.io/acme/web:1");
     let script = vec![
+        expect("GET", &format!("{RS}/web-1111111111")).reply(200, rs_body(&t, "1111111111", 0)),
         expect("PATCH", &format!("{RS}/web-1111111111/scale{APPLY}")).body(scale_body("web-1111111111", 3)),
+        expect("GET", &format!("{RS}/web-2222222222")).reply(200, rs_body(&t, "2222222222", 3)),
         expect("PATCH", &format!("{RS}/web-2222222222/scale{APPLY}")).body(scale_body("web-2222222222", 0)),
         expect("POST", "/apis/events.k8s.io/v1/namespaces/apps/events?").body(json!({
             "apiVersion": "events.k8s.io/v1", "kind": "Event",
             "metadata": {"name": "web.18bcfe568000000", "namespace": "apps",
-                         "labels": {"app.kubernetes.io/managed-by": "floyd", "floyd.dev/service": "web"}},
+                         "labels": {"app.kubernetes.io/managed-by": "floyd", "floyd.dev/instance": "floyd",
+                                    "floyd.dev/service": "web"}},
             "eventTime": "2023-11-14T22:13:20.000000Z",
             "action": "Rollout", "reason": "RolledBack",
             "note": "rolled back to 1111111111: 2222222222 did not become ready",
@@ -384,11 +404,12 @@ async fn rollback_scales_stable_up_bad_down_records_an_event_and_saves_state() {
             "regarding": {"apiVersion": "v1", "kind": "Service", "name": "web", "namespace": "apps"},
         })).reply(201, json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "x"},
                                "eventTime": "2023-11-14T22:13:20.000000Z"})),
+        expect("GET", "/api/v1/namespaces/apps/configmaps/floyd-state-web").not_found(),
         expect("PATCH", &format!("/api/v1/namespaces/apps/configmaps/floyd-state-web{APPLY}")).body(json!({
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "floyd-state-web", "namespace": "apps",
                          "labels": {"app.kubernetes.io/managed-by": "floyd", "app.kubernetes.io/name": "web",
-                                    "floyd.dev/service": "web"}},
+                                    "floyd.dev/instance": "floyd", "floyd.dev/service": "web"}},
             "data": {"state.json": "{\"phase\":\"RolledBack\"}"},
         })),
     ];
@@ -423,24 +444,50 @@ async fn rollback_scales_stable_up_bad_down_records_an_event_and_saves_state() {
     server.await.unwrap();
 }
 
+fn pod_body(name: &str, revision: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": "apps", "uid": format!("uid-{name}"),
+                        "labels": {"app.kubernetes.io/managed-by": "floyd", "floyd.dev/instance": "floyd",
+                                   "floyd.dev/service": "web", "floyd.dev/revision": revision}}})
+}
+
 #[tokio::test]
-async fn delete_instance_marks_the_pod_cheapest_lowers_the_count_then_deletes_it() {
+async fn delete_instance_deletes_the_pod_first_then_lowers_the_count() {
     let (rt, handle) = runtime();
     let t = template("ghcr.io/acme/web:1");
+    let pod = "web-1111111111-abcde";
     let script = vec![
         expect("GET", &format!("{RS}/web-1111111111")).reply(200, rs_body(&t, "1111111111", 3)),
-        expect("PATCH", &format!("/api/v1/namespaces/apps/pods/web-1111111111-abcde{APPLY}")).body(json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "web-1111111111-abcde", "namespace": "apps",
-                         "annotations": {"controller.kubernetes.io/pod-deletion-cost": "-2147483648"}},
-        })).reply(200, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-1111111111-abcde"}})),
-        expect("PATCH", &format!("{RS}/web-1111111111/scale{APPLY}")).body(scale_body("web-1111111111", 2)),
-        expect("DELETE", "/api/v1/namespaces/apps/pods/web-1111111111-abcde?")
-            .reply(200, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-1111111111-abcde"}})),
+        expect("GET", &format!("/api/v1/namespaces/apps/pods/{pod}"))
+            .reply(200, pod_body(pod, "1111111111")),
+        // The pod read, by UID: a same-named newer pod is never deleted.
+        expect("DELETE", &format!("/api/v1/namespaces/apps/pods/{pod}?"))
+            .body(json!({"preconditions": {"uid": format!("uid-{pod}")}}))
+            .reply(200, pod_body(pod, "1111111111")),
+        expect("PATCH", &format!("{RS}/web-1111111111/scale{APPLY}"))
+            .body(scale_body("web-1111111111", 2)),
     ];
     let actions = vec![Action::DeleteInstance {
         revision: r1(),
-        instance: "web-1111111111-abcde".into(),
+        instance: pod.into(),
+    }];
+    run_apply(rt, handle, spec(3, t), actions, script).await;
+}
+
+#[tokio::test]
+async fn delete_instance_of_a_gone_pod_only_lowers_the_count() {
+    let (rt, handle) = runtime();
+    let t = template("ghcr.io/acme/web:1");
+    let pod = "web-1111111111-abcde";
+    let script = vec![
+        expect("GET", &format!("{RS}/web-1111111111")).reply(200, rs_body(&t, "1111111111", 3)),
+        expect("GET", &format!("/api/v1/namespaces/apps/pods/{pod}")).not_found(),
+        expect("PATCH", &format!("{RS}/web-1111111111/scale{APPLY}"))
+            .body(scale_body("web-1111111111", 2)),
+    ];
+    let actions = vec![Action::DeleteInstance {
+        revision: r1(),
+        instance: pod.into(),
     }];
     run_apply(rt, handle, spec(3, t), actions, script).await;
 }
@@ -455,7 +502,8 @@ async fn gpu_capacity_is_read_from_nodes_and_unfinished_pods() {
         let mut p = json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": n, "namespace": "apps", "creationTimestamp": "2026-01-01T00:00:00Z",
-                         "labels": {"floyd.dev/service": "web", "floyd.dev/revision": "1111111111"}},
+                         "labels": {"floyd.dev/instance": "floyd", "floyd.dev/service": "web",
+                                    "floyd.dev/revision": "1111111111"}},
             "spec": {"nodeName": node, "containers": [{"name": "app", "image": "x",
                       "resources": {"limits": {"nvidia.com/gpu": "1"}}}]},
             "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True",
@@ -474,7 +522,7 @@ async fn gpu_capacity_is_read_from_nodes_and_unfinished_pods() {
         {"metadata": {"name": "gpu-2", "labels": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}},
          "status": {"allocatable": {"nvidia.com/gpu": "8"}}},
     ]});
-    let sel = "labelSelector=app.kubernetes.io%2Fmanaged-by%3Dfloyd%2Cfloyd.dev%2Fservice%3Dweb";
+    let sel = "labelSelector=app.kubernetes.io%2Fmanaged-by%3Dfloyd%2Cfloyd.dev%2Finstance%3Dfloyd%2Cfloyd.dev%2Fservice%3Dweb";
     let script = vec![
         expect("GET", &format!("{RS}?&{sel}")).reply(
             200,
@@ -539,7 +587,7 @@ async fn leader_election_creates_renews_respects_and_takes_over_the_lease() {
         expect("POST", "/apis/coordination.k8s.io/v1/namespaces/apps/leases?").body(json!({
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
             "metadata": {"name": "floyd-leader", "namespace": "apps",
-                         "labels": {"app.kubernetes.io/managed-by": "floyd"}},
+                         "labels": {"app.kubernetes.io/managed-by": "floyd", "floyd.dev/instance": "floyd"}},
             "spec": {"holderIdentity": "floyd-1", "leaseDurationSeconds": 15,
                      "acquireTime": "2026-01-01T00:00:00.000000Z", "renewTime": "2026-01-01T00:00:00.000000Z",
                      "leaseTransitions": 0}})),

@@ -232,6 +232,7 @@ async fn controls_without_controller_are_503() {
     let (code, body) = json(
         client()
             .post(format!("http://{addr}/api/v1/services/web/pause"))
+            .header("content-type", "application/json")
             .send()
             .await
             .expect("post"),
@@ -247,12 +248,135 @@ async fn open_controls_without_token() {
     let (code, _) = json(
         client()
             .post(s.at("/api/v1/services/web/pause"))
+            .header("content-type", "application/json")
+            .body("{}")
             .send()
             .await
             .expect("post"),
     )
     .await;
     assert_eq!(code, StatusCode::ACCEPTED);
+    s.shutdown().await;
+}
+
+/// What a web page in the operator's browser can send to a Floyd on
+/// loopback without a token: a form POST (no JSON), a cross-origin fetch
+/// (Origin of the page), a DNS-rebinding request (Host of the attacker's
+/// name). Each is refused before the controller hears of it.
+#[tokio::test]
+async fn controls_without_token_refuse_cross_site_requests() {
+    let s = Server::start_with(floyd::server::Config {
+        allowed_origins: vec!["https://floyd.example.com".into()],
+        ..floyd::server::Config::default()
+    })
+    .await;
+    s.hub.set_service(view("web", Phase::Progressing));
+    let url = s.at("/api/v1/services/web/pause");
+    let own = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    // (headers, expected status, words of the error)
+    type Headers = Vec<(&'static str, String)>;
+    let cases: Vec<(Headers, StatusCode, &str)> = vec![
+        (
+            vec![("content-type", "application/x-www-form-urlencoded".into())],
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type: application/json",
+        ),
+        (
+            vec![
+                ("content-type", "application/json".into()),
+                ("origin", "https://evil.example".into()),
+            ],
+            StatusCode::FORBIDDEN,
+            "Origin https://evil.example",
+        ),
+        (
+            vec![
+                ("content-type", "application/json".into()),
+                ("host", "rebind.evil.example:9180".into()),
+            ],
+            StatusCode::FORBIDDEN,
+            "Host \"rebind.evil.example:9180\"",
+        ),
+        // Same origin (the dashboard) and the allow-list pass (ACCEPTED
+        // here: reached the controller).
+        (
+            vec![
+                ("content-type", "application/json".into()),
+                ("origin", format!("http://{own}")),
+            ],
+            StatusCode::ACCEPTED,
+            "",
+        ),
+        (
+            vec![
+                ("content-type", "application/json; charset=utf-8".into()),
+                ("host", "floyd.example.com".into()),
+                ("origin", "https://floyd.example.com".into()),
+            ],
+            StatusCode::ACCEPTED,
+            "",
+        ),
+    ];
+    for (i, (headers, want, words)) in cases.into_iter().enumerate() {
+        let mut req = client().post(&url).body("{}");
+        for (k, v) in &headers {
+            req = req.header(*k, v.as_str());
+        }
+        let (code, body) = json(req.send().await.expect("post")).await;
+        if want == StatusCode::ACCEPTED {
+            // Reached the controller (which may refuse a second pause).
+            assert!(
+                code == StatusCode::ACCEPTED || code == StatusCode::CONFLICT,
+                "case {i}: {code} {body}"
+            );
+            continue;
+        }
+        assert_eq!(code, want, "case {i}: {body}");
+        assert!(
+            body["error"].as_str().unwrap_or("").contains(words),
+            "case {i}: {body}"
+        );
+    }
+    s.shutdown().await;
+}
+
+/// With a token, a bearer-authenticated request needs no JSON body, but a
+/// browser's cross-origin request is still refused.
+#[tokio::test]
+async fn controls_with_token_still_refuse_foreign_origins() {
+    let s = Server::start_with(floyd::server::Config {
+        api_token: Some(floyd::server::Secret::new("t0k")),
+        ..floyd::server::Config::default()
+    })
+    .await;
+    s.hub.set_service(view("web", Phase::Progressing));
+    let url = s.at("/api/v1/services/web/pause");
+    let (code, body) = json(
+        client()
+            .post(&url)
+            .bearer_auth("t0k")
+            .header("origin", "https://evil.example")
+            .send()
+            .await
+            .expect("post"),
+    )
+    .await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
+    let (code, body) = json(
+        client()
+            .post(&url)
+            .bearer_auth("t0k")
+            .send()
+            .await
+            .expect("post"),
+    )
+    .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
     s.shutdown().await;
 }
 

@@ -38,6 +38,7 @@ impl Server {
             webhook_secret: Some(Secret::new(HOOK_SECRET)),
             branch: "main".into(),
             max_body_bytes: 64 * 1024,
+            allowed_origins: Vec::new(),
         })
         .await
     }
@@ -196,6 +197,7 @@ pub fn view(name: &str, phase: Phase) -> ServiceView {
         preview: None,
         updated_at: Time::from_secs(1_790_000_100),
         canary: None,
+        drift: Vec::new(),
     }
 }
 

@@ -51,3 +51,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "floyd.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
+
+{{/* The Secret holding the API token: the given one, or the generated one. */}}
+{{- define "floyd.apiTokenSecret" -}}
+{{- default (printf "%s-api-token" (include "floyd.fullname" .)) .Values.api.existingSecret }}
+{{- end }}
+
+{{/* Install identity: floyd.dev/instance on every object Floyd creates. */}}
+{{- define "floyd.instance" -}}
+{{- default .Release.Name .Values.instance }}
+{{- end }}

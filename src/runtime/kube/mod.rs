@@ -7,7 +7,19 @@
 //! Owns: translating the engine's [`Action`]s into API calls and API objects
 //! back into [`Observed`]. Must not: decide rollout steps (the engine does),
 //! create Deployments (Floyd's engine is the rollout controller), or touch
-//! objects without the `app.kubernetes.io/managed-by=floyd` label.
+//! objects that are not its own.
+//!
+//! # Ownership
+//!
+//! Every object carries `app.kubernetes.io/managed-by=floyd`,
+//! `floyd.dev/instance=<install>` ([`KubeRuntime::with_instance`], the
+//! chart's release name) and `floyd.dev/service=<service>`. Every list,
+//! watch and selector names the install, so two installs in one namespace
+//! never see each other's objects (nor prune them). Before every write or
+//! delete of a named object the runtime reads it; when it exists and is not
+//! this install's object for this service ([`objects::owner_of`]), the
+//! action fails with [`Error::Foreign`] saying who owns it, and nothing is
+//! written.
 //!
 //! Reads: pods come from a watch-fed cache ([`KubeRuntime::with_pod_watch`],
 //! a kube-runtime watcher re-listed every resync period) when enabled, from a
@@ -29,7 +41,7 @@
 //! use tokio_util::sync::CancellationToken;
 //!
 //! // `floyd run --runtime kube --namespace apps` (FLOYD_NAMESPACE).
-//! let rt = KubeRuntime::from_env(Some("apps")).await?;
+//! let rt = KubeRuntime::from_env(Some("apps"), "prod").await?; // FLOYD_INSTANCE
 //!
 //! // Leader election: only the leader steps rollouts; standbys serve /healthz.
 //! let elector = std::sync::Arc::new(rt.leader_elector("floyd")); // FLOYD_LEASE_NAME
@@ -68,15 +80,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use objects::{
-    ANN_COMMIT, ANN_CREATED_AT, ANN_DELETION_COST, LABEL_SERVICE, RevisionMeta, STATE_KEY,
-};
-use std::collections::{BTreeSet, HashMap};
+use objects::{ANN_COMMIT, ANN_CREATED_AT, LABEL_SERVICE, RevisionMeta, STATE_KEY};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use lease::{LeaderElector, LeaseConfig};
+pub use lease::{LeaderElector, Leadership, LeaseConfig};
 
 /// The field manager of every server-side apply Floyd sends.
 pub const FIELD_MANAGER: &str = "floyd";
@@ -115,6 +125,25 @@ pub enum Error {
         revision: String,
         name: String,
     },
+    #[error(
+        "kube: service {service}: {kind} {namespace}/{name} already exists and is not this install's to change: it belongs to {owner}; rename the service, or delete or relabel that object"
+    )]
+    Foreign {
+        service: String,
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        owner: String,
+    },
+    #[error(
+        "kube: {verb} {kind} {namespace}/{name}: not the leader (the Lease is held by another replica or could not be renewed in time); nothing was written"
+    )]
+    NotLeader {
+        verb: &'static str,
+        kind: &'static str,
+        namespace: String,
+        name: String,
+    },
     #[error("kube: lease {namespace}/{name}: {message}")]
     Lease {
         namespace: String,
@@ -147,9 +176,16 @@ impl From<Error> for runtime::Error {
                     "service {service}: revision {revision} does not exist"
                 )),
             },
-            Error::Connect(_) | Error::Transport { .. } => {
+            Error::Connect(_) | Error::Transport { .. } | Error::NotLeader { .. } => {
                 runtime::Error::Unavailable(e.to_string())
             }
+            Error::Foreign { ref service, .. } => match ServiceName::parse(service) {
+                Ok(service) => runtime::Error::Apply {
+                    service,
+                    message: e.to_string(),
+                },
+                Err(_) => runtime::Error::Other(e.to_string()),
+            },
             Error::Api { code, .. } if code >= 500 || code == 429 => {
                 runtime::Error::Unavailable(e.to_string())
             }
@@ -212,6 +248,8 @@ pub struct KubeRuntime {
 struct Inner {
     client: kube::Client,
     namespace: String,
+    /// The install identity (`floyd.dev/instance`) on every object.
+    instance: String,
     field_manager: String,
     /// Who writes events and holds leases: the pod name in a cluster.
     identity: String,
@@ -230,7 +268,15 @@ struct Inner {
     /// Publish an Event per applied action (like the Deployment controller's
     /// "Scaled up replica set" events).
     action_events: bool,
+    /// Leadership (from [`LeaderElector::subscribe`]): while `false`, every
+    /// write fails with [`Error::NotLeader`] before reaching the API server.
+    /// `None`: no election, always writes.
+    leader: Option<lease::Leadership>,
+    /// Drift reported and not corrected since: (service, kind, object, difference).
+    drift_seen: Mutex<HashSet<DriftKey>>,
 }
+
+type DriftKey = (ServiceName, &'static str, String, String);
 
 struct PodCache {
     store: Store<Pod>,
@@ -251,6 +297,7 @@ impl KubeRuntime {
             inner: Arc::new(Inner {
                 client,
                 namespace: namespace.into(),
+                instance: objects::DEFAULT_INSTANCE.to_string(),
                 field_manager: FIELD_MANAGER.to_string(),
                 identity: identity_from_env(),
                 cluster_gpu_view: false,
@@ -260,15 +307,18 @@ impl KubeRuntime {
                 clock: Time::now_wall,
                 event_seq: AtomicU64::new(0),
                 action_events: false,
+                leader: None,
+                drift_seen: Mutex::new(HashSet::new()),
             }),
         }
     }
 
     /// The controller's constructor: a client from `KUBECONFIG` or the
     /// in-cluster service account, the given namespace (or the client's
-    /// default: the pod's own namespace in a cluster), and a pod watch
-    /// re-listed every 5 minutes. Must be called inside a tokio runtime.
-    pub async fn from_env(namespace: Option<&str>) -> Result<KubeRuntime, Error> {
+    /// default: the pod's own namespace in a cluster), install identity
+    /// `instance`, and a pod watch re-listed every 5 minutes. Must be called
+    /// inside a tokio runtime.
+    pub async fn from_env(namespace: Option<&str>, instance: &str) -> Result<KubeRuntime, Error> {
         let client = kube::Client::try_default()
             .await
             .map_err(|e| Error::Connect(e.to_string()))?;
@@ -277,6 +327,7 @@ impl KubeRuntime {
             .map(str::to_string)
             .unwrap_or_else(|| client.default_namespace().to_string());
         Ok(KubeRuntime::new(client, ns)
+            .with_instance(instance)
             .with_action_events(true)
             .with_pod_watch(Duration::from_secs(300)))
     }
@@ -289,6 +340,7 @@ impl KubeRuntime {
             self.inner = Arc::new(Inner {
                 client: i.client.clone(),
                 namespace: i.namespace.clone(),
+                instance: i.instance.clone(),
                 field_manager: i.field_manager.clone(),
                 identity: i.identity.clone(),
                 cluster_gpu_view: i.cluster_gpu_view,
@@ -298,6 +350,8 @@ impl KubeRuntime {
                 clock: i.clock,
                 event_seq: AtomicU64::new(0),
                 action_events: i.action_events,
+                leader: i.leader.clone(),
+                drift_seen: Mutex::new(HashSet::new()),
             });
         }
         Arc::get_mut(&mut self.inner).expect("just made unique")
@@ -307,6 +361,25 @@ impl KubeRuntime {
     #[must_use]
     pub fn with_field_manager(mut self, manager: impl Into<String>) -> Self {
         self.inner_mut().field_manager = manager.into();
+        self
+    }
+
+    /// The install identity (`floyd.dev/instance`, `--instance`): which
+    /// objects are this install's. Set it before [`KubeRuntime::with_pod_watch`]
+    /// (the watch selects by it). Check it with [`objects::check_instance`].
+    #[must_use]
+    pub fn with_instance(mut self, instance: impl Into<String>) -> Self {
+        self.inner_mut().instance = instance.into();
+        self
+    }
+
+    /// Writes only while `leader` holds (an elector's
+    /// [`LeaderElector::leadership`]): a replica that lost the Lease or could
+    /// not renew it within the renew deadline stops writing at once,
+    /// whatever its controller is doing.
+    #[must_use]
+    pub fn with_leadership(mut self, leader: lease::Leadership) -> Self {
+        self.inner_mut().leader = Some(leader);
         self
     }
 
@@ -350,7 +423,9 @@ impl KubeRuntime {
         let api: Api<Pod> = Api::namespaced(self.inner.client.clone(), &self.inner.namespace);
         let (store, writer) = reflector::store();
         let synced = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(run_pod_cache(api, writer, synced.clone(), resync)).abort_handle();
+        let selector = objects::managed_selector(&self.inner.instance);
+        let task = tokio::spawn(run_pod_cache(api, writer, synced.clone(), resync, selector))
+            .abort_handle();
         self.inner_mut().pods = Some(PodCache {
             store,
             synced,
@@ -367,6 +442,61 @@ impl KubeRuntime {
     }
     pub fn identity(&self) -> &str {
         &self.inner.identity
+    }
+    /// The install identity (`floyd.dev/instance`).
+    pub fn instance(&self) -> &str {
+        &self.inner.instance
+    }
+    fn install(&self) -> objects::Install<'_> {
+        objects::Install {
+            namespace: &self.inner.namespace,
+            instance: &self.inner.instance,
+        }
+    }
+
+    /// Fails unless this replica may write (see [`KubeRuntime::with_leadership`]).
+    fn may_write(&self, verb: &'static str, kind: &'static str, name: &str) -> Result<(), Error> {
+        match &self.inner.leader {
+            Some(l) if !l.holds() => Err(Error::NotLeader {
+                verb,
+                kind,
+                namespace: self.namespace().to_string(),
+                name: name.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads `name` and checks that it is this install's object for
+    /// `service` (and `role`, for Services). `Ok(None)`: it does not exist.
+    async fn read_owned<K>(
+        &self,
+        api: &Api<K>,
+        kind: &'static str,
+        name: &str,
+        service: &ServiceName,
+        role: Option<&str>,
+    ) -> Result<Option<K>, Error>
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let obj = api
+            .get_opt(name)
+            .await
+            .map_err(api_err("get", kind, self.namespace(), name))?;
+        if let Some(o) = &obj
+            && let objects::Owner::Foreign(owner) =
+                objects::owner_of(o.meta(), self.instance(), service, role)
+        {
+            return Err(Error::Foreign {
+                service: service.to_string(),
+                kind,
+                namespace: self.namespace().to_string(),
+                name: name.to_string(),
+                owner,
+            });
+        }
+        Ok(obj)
     }
 
     /// Whether the pod watch has completed its first list.
@@ -435,7 +565,10 @@ impl KubeRuntime {
     /// ConfigMap is created on first save). Only the leader should call it.
     pub async fn save_state(&self, service: &ServiceName, json: &str) -> Result<(), Error> {
         let name = objects::state_config_map_name(service);
-        let cm = objects::state_config_map(self.namespace(), service, json);
+        self.may_write("apply", "ConfigMap", &name)?;
+        self.read_owned(&self.cm_api(), "ConfigMap", &name, service, None)
+            .await?;
+        let cm = objects::state_config_map(self.install(), service, json);
         self.cm_api()
             .patch(&name, &self.apply_params(), &Patch::Apply(&cm))
             .await
@@ -464,6 +597,10 @@ impl KubeRuntime {
                         (
                             objects::LABEL_MANAGED_BY.to_string(),
                             objects::MANAGED_BY.to_string(),
+                        ),
+                        (
+                            objects::LABEL_INSTANCE.to_string(),
+                            self.instance().to_string(),
                         ),
                         (LABEL_SERVICE.to_string(), service.to_string()),
                     ]
@@ -494,6 +631,7 @@ impl KubeRuntime {
             }),
             ..KEvent::default()
         };
+        self.may_write("create", "Event", &name)?;
         let api: Api<KEvent> = Api::namespaced(self.inner.client.clone(), self.namespace());
         api.create(&PostParams::default(), &ev)
             .await
@@ -502,21 +640,25 @@ impl KubeRuntime {
     }
 
     /// A leader elector on Lease `lease_name` in this runtime's namespace,
-    /// with this runtime's identity and default timings.
+    /// with this runtime's identity, install and default timings.
     pub fn leader_elector(&self, lease_name: &str) -> LeaderElector {
-        LeaderElector::new(
-            self.inner.client.clone(),
-            self.namespace(),
-            LeaseConfig::new(lease_name, &self.inner.identity),
-        )
+        self.leader_elector_with(LeaseConfig::new(lease_name, &self.inner.identity))
+    }
+
+    /// A leader elector with the given timings (its `instance` is this
+    /// runtime's) in this runtime's namespace.
+    pub fn leader_elector_with(&self, mut cfg: LeaseConfig) -> LeaderElector {
+        cfg.instance = self.inner.instance.clone();
+        LeaderElector::new(self.inner.client.clone(), self.namespace(), cfg)
     }
 
     async fn list_pods(&self, service: &ServiceName) -> Result<Vec<Pod>, Error> {
-        let selector = objects::service_selector(service);
+        let selector = objects::service_selector(self.instance(), service);
         if let Some(cache) = &self.inner.pods
             && cache.synced.load(Ordering::Acquire)
         {
-            // The cache holds only Floyd's pods (its watch selects managed-by).
+            // The cache holds only this install's pods (its watch selects
+            // managed-by and instance).
             return Ok(cache
                 .store
                 .state_filter(|p| {
@@ -564,7 +706,112 @@ impl KubeRuntime {
             .await
             .map_err(api_err("list", "Pod", scope, ""))?
             .items;
-        Ok(observe::gpu_capacity(req, &nodes, &pods, service))
+        Ok(observe::gpu_capacity(
+            req,
+            &nodes,
+            &pods,
+            self.instance(),
+            service,
+        ))
+    }
+
+    /// Finds what drifted from what Floyd applies ([`observe::drift`]),
+    /// puts it back unless `spec.driftPolicy` is `report` (and only while
+    /// allowed to write), and announces each drift the first time this
+    /// process sees it with an Event (`DriftCorrected` / `DriftDetected`).
+    /// A failed correction is reported as not corrected and retried at the
+    /// next observation.
+    async fn handle_drift(
+        &self,
+        service: &ServiceName,
+        spec: &ServiceSpec,
+        rss: &[ReplicaSet],
+        active: Option<&Service>,
+        preview: Option<&Service>,
+    ) -> Vec<runtime::Drift> {
+        let findings = observe::drift(self.install(), service, spec, rss, active, preview);
+        let mut out = Vec::new();
+        for f in findings {
+            let correct = spec.drift_policy == crate::manifest::DriftPolicy::Correct
+                && self.may_write("apply", f.kind, &f.object).is_ok();
+            let corrected = correct
+                && {
+                    let result = match &f.fix {
+                        observe::Fix::ReplicaSet(rs) => self
+                            .rs_api()
+                            .patch(&f.object, &self.apply_params(), &Patch::Apply(rs.as_ref()))
+                            .await
+                            .map(|_| ())
+                            .map_err(api_err("apply", "ReplicaSet", self.namespace(), &f.object)),
+                        // Through the ownership check: a Service recreated by
+                        // someone else meanwhile is not taken over.
+                        observe::Fix::Service(svc) => {
+                            let preview = svc
+                                .metadata
+                                .annotations
+                                .as_ref()
+                                .and_then(|a| a.get(objects::ANN_ROLE))
+                                .is_some_and(|r| r == "preview");
+                            let revision = svc
+                                .spec
+                                .as_ref()
+                                .and_then(|s| s.selector.as_ref())
+                                .and_then(|s| s.get(objects::LABEL_REVISION))
+                                .map(|r| Revision(r.clone()));
+                            self.apply_service(service, spec, preview, revision.as_ref())
+                                .await
+                        }
+                    };
+                    match result {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::warn!(%service, object = %f.object, error = %e, "cannot correct drift");
+                            false
+                        }
+                    }
+                };
+            let key = (service.clone(), f.kind, f.object.clone(), f.message.clone());
+            let new = match self.inner.drift_seen.lock() {
+                Ok(mut seen) => {
+                    // A corrected drift is forgotten: the same edit again is new.
+                    if corrected {
+                        !seen.remove(&key)
+                    } else {
+                        seen.insert(key)
+                    }
+                }
+                Err(_) => false,
+            };
+            if new {
+                let (reason, verb) = if corrected {
+                    ("DriftCorrected", "put back as applied")
+                } else {
+                    ("DriftDetected", "left as it is")
+                };
+                let note = format!("{} {}: {} ({verb})", f.kind, f.object, f.message);
+                tracing::warn!(%service, kind = f.kind, object = %f.object, diff = %f.message, corrected, "drift");
+                if let Err(e) = self.record_event(service, reason, &note).await {
+                    tracing::warn!(%service, error = %e, "could not record an Event");
+                }
+            }
+            out.push(runtime::Drift {
+                kind: f.kind.to_string(),
+                object: f.object,
+                message: f.message,
+                corrected,
+                new,
+            });
+        }
+        // Drift of this service that is gone (fixed by hand, or by Git) is forgotten.
+        if let Ok(mut seen) = self.inner.drift_seen.lock() {
+            seen.retain(|(s, kind, object, message)| {
+                s != service
+                    || out
+                        .iter()
+                        .any(|d| d.kind == *kind && d.object == *object && d.message == *message)
+            });
+        }
+        out
     }
 
     async fn get_opt_service(&self, name: &str) -> Result<Option<Service>, Error> {
@@ -585,13 +832,21 @@ impl KubeRuntime {
     ) -> Result<(), Error> {
         let name = objects::replica_set_name(service, revision);
         let ns = self.namespace();
+        self.may_write("apply", "ReplicaSet", &name)?;
+        let with_service =
+            !matches!(spec.strategy, Strategy::BlueGreen { .. }) && !spec.ports.is_empty();
+        if with_service {
+            // Refuse before writing anything: a revision whose Service
+            // cannot be applied would be half a deployment.
+            let svc = objects::active_service_name(service);
+            self.read_owned(&self.svc_api(), "Service", &svc, service, Some("active"))
+                .await?;
+        }
         // Re-applying an existing revision keeps its replica count, creation
         // time and commit: CreateRevision must never scale anything.
-        let existing =
-            self.rs_api()
-                .get_opt(&name)
-                .await
-                .map_err(api_err("get", "ReplicaSet", ns, &name))?;
+        let existing = self
+            .read_owned(&self.rs_api(), "ReplicaSet", &name, service, None)
+            .await?;
         let ann = existing
             .as_ref()
             .and_then(|r| r.metadata.annotations.clone())
@@ -614,7 +869,15 @@ impl KubeRuntime {
                 .unwrap_or_else(self.inner.clock),
             commit: noted.or_else(|| ann.get(ANN_COMMIT).cloned()),
         };
-        let rs = objects::replica_set(ns, service, revision, spec, template, &meta, replicas)?;
+        let rs = objects::replica_set(
+            self.install(),
+            service,
+            revision,
+            spec,
+            template,
+            &meta,
+            replicas,
+        )?;
         self.rs_api()
             .patch(&name, &self.apply_params(), &Patch::Apply(&rs))
             .await
@@ -622,7 +885,7 @@ impl KubeRuntime {
         // Rolling and Recreate: the Service selects every revision, so it can
         // exist from the first revision on. Blue-green waits for SetTraffic:
         // applying a service-wide selector there would mix revisions.
-        if !matches!(spec.strategy, Strategy::BlueGreen { .. }) && !spec.ports.is_empty() {
+        if with_service {
             self.apply_service(service, spec, false, None).await?;
         }
         Ok(())
@@ -635,8 +898,12 @@ impl KubeRuntime {
         preview: bool,
         revision: Option<&Revision>,
     ) -> Result<(), Error> {
-        let obj = objects::service_object(self.namespace(), service, spec, preview, revision);
+        let obj = objects::service_object(self.install(), service, spec, preview, revision);
         let name = obj.metadata.name.clone().unwrap_or_default();
+        self.may_write("apply", "Service", &name)?;
+        let role = if preview { "preview" } else { "active" };
+        self.read_owned(&self.svc_api(), "Service", &name, service, Some(role))
+            .await?;
         self.svc_api()
             .patch(&name, &self.apply_params(), &Patch::Apply(&obj))
             .await
@@ -645,6 +912,29 @@ impl KubeRuntime {
     }
 
     async fn scale(
+        &self,
+        service: &ServiceName,
+        revision: &Revision,
+        replicas: u32,
+    ) -> Result<(), Error> {
+        let name = objects::replica_set_name(service, revision);
+        self.may_write("apply", "ReplicaSet/scale", &name)?;
+        if self
+            .read_owned(&self.rs_api(), "ReplicaSet", &name, service, None)
+            .await?
+            .is_none()
+        {
+            return Err(Error::NoSuchRevision {
+                service: service.to_string(),
+                revision: revision.to_string(),
+                name,
+            });
+        }
+        self.scale_owned(service, revision, replicas).await
+    }
+
+    /// [`Self::scale`] of a ReplicaSet already checked to be this install's.
+    async fn scale_owned(
         &self,
         service: &ServiceName,
         revision: &Revision,
@@ -679,6 +969,30 @@ impl KubeRuntime {
         }
     }
 
+    /// Deletes pod `pod` of `revision` and lowers the ReplicaSet's count by
+    /// one, so that exactly that pod goes.
+    ///
+    /// Invariant: no pod of the ReplicaSet other than `pod` that existed
+    /// before the call is deleted because of it, whatever the ReplicaSet
+    /// controller does meanwhile. Hence the order:
+    ///
+    /// 1. The pod is deleted first (with its UID as precondition, so a
+    ///    same-named newer pod is never hit). From then on it is terminating
+    ///    and no longer one of the ReplicaSet's replicas.
+    /// 2. The count is lowered. If the ReplicaSet controller noticed the
+    ///    missing replica in between, it has created one replacement; that
+    ///    pod is the newest and not ready, which the controller removes
+    ///    first on the scale-down (unassigned < pending < not ready <
+    ///    ready, newest first). If it had not noticed yet, the count already
+    ///    matches and nothing else is removed.
+    ///
+    /// Lowering the count first instead (with a low `pod-deletion-cost`)
+    /// lets the controller pick the victim: any not-ready pod ranks before
+    /// the cost, and a controller whose cache has not seen the annotation
+    /// yet picks by age, so a second pod would go.
+    ///
+    /// A pod that is already gone (or already terminating) is not an error:
+    /// only the count is lowered.
     async fn delete_instance(
         &self,
         service: &ServiceName,
@@ -687,58 +1001,83 @@ impl KubeRuntime {
     ) -> Result<(), Error> {
         let ns = self.namespace();
         let rs_name = objects::replica_set_name(service, revision);
+        self.may_write("delete", "Pod", pod)?;
         let rs = self
-            .rs_api()
-            .get_opt(&rs_name)
-            .await
-            .map_err(api_err("get", "ReplicaSet", ns, &rs_name))?
+            .read_owned(&self.rs_api(), "ReplicaSet", &rs_name, service, None)
+            .await?
             .ok_or_else(|| Error::NoSuchRevision {
                 service: service.to_string(),
                 revision: revision.to_string(),
                 name: rs_name.clone(),
             })?;
         let replicas = rs.spec.and_then(|s| s.replicas).unwrap_or(0).max(0) as u32;
-        // 1. The lowest deletion cost makes the ReplicaSet controller pick
-        //    this pod when the scale-down below races with our own delete.
-        let mark = serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": pod, "namespace": ns,
-                         "annotations": {ANN_DELETION_COST: i32::MIN.to_string()}},
-        });
-        match self
-            .pod_api()
-            .patch(pod, &self.apply_params(), &Patch::Apply(&mark))
-            .await
-        {
-            Ok(_) => {}
-            // Already gone: only the count needs lowering.
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(api_err("apply", "Pod", ns, pod)(e)),
-        }
-        // 2. Lower the count first, so the ReplicaSet controller never sees a
-        //    missing replica and starts a replacement...
-        self.scale(service, revision, replicas.saturating_sub(1))
+        let live = self
+            .read_owned(&self.pod_api(), "Pod", pod, service, None)
             .await?;
-        // 3. ...then delete the pod itself, in case the controller removed
-        //    another one (a not-ready pod ranks before any deletion cost).
-        match self.pod_api().delete(pod, &DeleteParams::default()).await {
-            Ok(_) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(api_err("delete", "Pod", ns, pod)(e)),
+        if let Some(p) = live
+            && p.metadata.deletion_timestamp.is_none()
+        {
+            if p.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(objects::LABEL_REVISION))
+                .map(String::as_str)
+                != Some(revision.as_str())
+            {
+                return Err(Error::Spec {
+                    service: service.to_string(),
+                    message: format!(
+                        "pod {pod} is not an instance of revision {revision}; not deleted"
+                    ),
+                });
+            }
+            let mut dp = DeleteParams::default();
+            if let Some(uid) = p.metadata.uid.clone() {
+                dp = dp.preconditions(kube::api::Preconditions {
+                    uid: Some(uid),
+                    resource_version: None,
+                });
+            }
+            match self.pod_api().delete(pod, &dp).await {
+                Ok(_) => {}
+                // Gone meanwhile, or replaced by a same-named pod (UID
+                // precondition failed): the chosen pod is gone either way.
+                Err(e)
+                    if is_not_found(&e) || matches!(&e, kube::Error::Api(s) if s.code == 409) => {}
+                Err(e) => return Err(api_err("delete", "Pod", ns, pod)(e)),
+            }
         }
+        self.scale_owned(service, revision, replicas.saturating_sub(1))
+            .await
     }
 
-    async fn delete_optional<K>(
+    /// Deletes `name` when it exists and is this install's object for
+    /// `service` (and `role`); absent is fine, foreign is [`Error::Foreign`].
+    /// The UID read is the delete's precondition, so an object recreated
+    /// by someone else in between is never deleted.
+    async fn delete_owned<K>(
         &self,
         api: &Api<K>,
         kind: &'static str,
         name: &str,
+        service: &ServiceName,
+        role: Option<&str>,
     ) -> Result<(), Error>
     where
         K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     {
-        match api.delete(name, &DeleteParams::background()).await {
+        self.may_write("delete", kind, name)?;
+        let Some(obj) = self.read_owned(api, kind, name, service, role).await? else {
+            return Ok(());
+        };
+        let mut dp = DeleteParams::background();
+        if let Some(uid) = obj.meta().uid.clone() {
+            dp = dp.preconditions(kube::api::Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            });
+        }
+        match api.delete(name, &dp).await {
             Ok(_) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(api_err("delete", kind, self.namespace(), name)(e)),
@@ -784,10 +1123,12 @@ impl KubeRuntime {
                 // No traffic router: every ready pod of every revision, so
                 // the share follows the ratio of ready pods.
                 self.apply_service(service, spec, false, None).await?;
-                self.delete_optional(
+                self.delete_owned(
                     &self.svc_api(),
                     "Service",
                     &objects::preview_service_name(service),
+                    service,
+                    Some("preview"),
                 )
                 .await
             }
@@ -806,20 +1147,24 @@ impl KubeRuntime {
                 match preview {
                     Some(p) => self.apply_service(service, spec, true, Some(p)).await,
                     None => {
-                        self.delete_optional(
+                        self.delete_owned(
                             &self.svc_api(),
                             "Service",
                             &objects::preview_service_name(service),
+                            service,
+                            Some("preview"),
                         )
                         .await
                     }
                 }
             }
             Action::DeleteRevision { revision } => {
-                self.delete_optional(
+                self.delete_owned(
                     &self.rs_api(),
                     "ReplicaSet",
                     &objects::replica_set_name(service, revision),
+                    service,
+                    None,
                 )
                 .await
             }
@@ -911,9 +1256,10 @@ async fn run_pod_cache(
     mut writer: reflector::store::Writer<Pod>,
     synced: Arc<AtomicBool>,
     resync: Duration,
+    selector: String,
 ) {
     loop {
-        let cfg = watcher::Config::default().labels(&objects::managed_selector());
+        let cfg = watcher::Config::default().labels(&selector);
         let stream = watcher(api.clone(), cfg).default_backoff();
         let deadline = tokio::time::sleep(resync);
         tokio::pin!(stream, deadline);
@@ -946,7 +1292,7 @@ impl runtime::Runtime for KubeRuntime {
 
     async fn services(&self) -> Result<Vec<ServiceName>, runtime::Error> {
         let ns = self.namespace();
-        let sel = objects::managed_selector();
+        let sel = objects::managed_selector(self.instance());
         let rss = self
             .rs_api()
             .list(&ListParams::default().labels(&sel))
@@ -968,7 +1314,7 @@ impl runtime::Runtime for KubeRuntime {
         _now: Time,
     ) -> Result<Observed, runtime::Error> {
         let ns = self.namespace();
-        let sel = objects::service_selector(service);
+        let sel = objects::service_selector(self.instance(), service);
         let rss = self
             .rs_api()
             .list(&ListParams::default().labels(&sel))
@@ -988,7 +1334,7 @@ impl runtime::Runtime for KubeRuntime {
             None => None,
         };
         let pod_refs: Vec<&Pod> = pods.iter().collect();
-        let mut o = observe::observed(
+        let mut observed = observe::observed(
             service,
             &rss,
             &pod_refs,
@@ -997,14 +1343,19 @@ impl runtime::Runtime for KubeRuntime {
             gpu_req,
             gpu,
         );
-        o.canary = self
+        observed.canary = self
             .inner
             .canary
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(service)
             .cloned();
-        Ok(o)
+        if let Some(spec) = spec {
+            observed.drift = self
+                .handle_drift(service, spec, &rss, active.as_ref(), preview.as_ref())
+                .await;
+        }
+        Ok(observed)
     }
 
     async fn apply(
@@ -1049,7 +1400,7 @@ impl runtime::Runtime for KubeRuntime {
 
     async fn delete_service(&self, service: &ServiceName) -> Result<(), runtime::Error> {
         let ns = self.namespace();
-        let sel = objects::service_selector(service);
+        let sel = objects::service_selector(self.instance(), service);
         let rss = self
             .rs_api()
             .list(&ListParams::default().labels(&sel))
@@ -1057,19 +1408,23 @@ impl runtime::Runtime for KubeRuntime {
             .map_err(api_err("list", "ReplicaSet", ns, &sel))?;
         for rs in rss.items {
             if let Some(name) = rs.metadata.name {
-                self.delete_optional(&self.rs_api(), "ReplicaSet", &name)
+                self.delete_owned(&self.rs_api(), "ReplicaSet", &name, service, None)
                     .await?;
             }
         }
         let svc = self.svc_api();
-        self.delete_optional(&svc, "Service", &objects::active_service_name(service))
+        let active = objects::active_service_name(service);
+        self.delete_owned(&svc, "Service", &active, service, Some("active"))
             .await?;
-        self.delete_optional(&svc, "Service", &objects::preview_service_name(service))
+        let preview = objects::preview_service_name(service);
+        self.delete_owned(&svc, "Service", &preview, service, Some("preview"))
             .await?;
-        self.delete_optional(
+        self.delete_owned(
             &self.cm_api(),
             "ConfigMap",
             &objects::state_config_map_name(service),
+            service,
+            None,
         )
         .await?;
         Ok(())

@@ -26,6 +26,12 @@ pub const LABEL_NAME: &str = "app.kubernetes.io/name";
 /// `app.kubernetes.io/managed-by=floyd`: how Floyd finds (and garbage-collects) its objects.
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "floyd";
+/// `floyd.dev/instance=<install>`: which Floyd install owns the object
+/// (`--instance`, the chart's release name). Floyd lists, changes and
+/// deletes only objects carrying its own.
+pub const LABEL_INSTANCE: &str = "floyd.dev/instance";
+/// The install identity when `--instance` is not given.
+pub const DEFAULT_INSTANCE: &str = "floyd";
 pub const LABEL_SERVICE: &str = "floyd.dev/service";
 pub const LABEL_REVISION: &str = "floyd.dev/revision";
 /// ReplicaSet annotations: what a restarted controller needs to resume.
@@ -65,13 +71,139 @@ pub fn preview_service_name(service: &ServiceName) -> String {
 pub fn state_config_map_name(service: &ServiceName) -> String {
     format!("floyd-state-{service}")
 }
-/// Label selector for everything of one service.
-pub fn service_selector(service: &ServiceName) -> String {
-    format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_SERVICE}={service}")
+/// Label selector for everything of one service of one install.
+pub fn service_selector(instance: &str, service: &ServiceName) -> String {
+    format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_INSTANCE}={instance},{LABEL_SERVICE}={service}")
 }
-/// Label selector for everything Floyd manages.
-pub fn managed_selector() -> String {
-    format!("{LABEL_MANAGED_BY}={MANAGED_BY}")
+/// Label selector for everything one Floyd install manages.
+pub fn managed_selector(instance: &str) -> String {
+    format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_INSTANCE}={instance}")
+}
+
+/// Checks an install identity (`--instance`): it is a label value, so at
+/// most 63 characters of `[A-Za-z0-9-_.]`, starting and ending with a letter
+/// or digit. The error says what is wrong; the caller names the flag.
+pub fn check_instance(instance: &str) -> Result<(), String> {
+    if instance.is_empty() {
+        return Err("must not be empty (it names this install: use the Helm release name)".into());
+    }
+    if instance.len() > 63 {
+        return Err(format!(
+            "{instance:?} is {} characters; a label value has at most 63",
+            instance.len()
+        ));
+    }
+    if let Some(c) = instance
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "{instance:?} contains {c:?}; use letters, digits, '-', '_' and '.'"
+        ));
+    }
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    if !edge(instance.chars().next()) || !edge(instance.chars().last()) {
+        return Err(format!(
+            "{instance:?} must start and end with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+/// Who owns an object Floyd is about to write or delete, judged from its
+/// labels. Only [`Owner::Ours`] may be changed or deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// This install, this service (and role, for Services).
+    Ours,
+    /// Someone else; the text says who, for the error message.
+    Foreign(String),
+}
+
+/// Whose object `meta` is, for install `instance`, Floyd service `service`
+/// and (Services only) role `role` (`active`/`preview`).
+pub fn owner_of(
+    meta: &ObjectMeta,
+    instance: &str,
+    service: &ServiceName,
+    role: Option<&str>,
+) -> Owner {
+    let labels = meta.labels.as_ref();
+    let get = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+    match get(LABEL_MANAGED_BY) {
+        Some(MANAGED_BY) => {}
+        Some(other) => {
+            return Owner::Foreign(format!("managed by {other:?} ({LABEL_MANAGED_BY}={other})"));
+        }
+        None => {
+            return Owner::Foreign(format!(
+                "not managed by Floyd (no {LABEL_MANAGED_BY} label)"
+            ));
+        }
+    }
+    match get(LABEL_INSTANCE) {
+        Some(i) if i == instance => {}
+        Some(i) => return Owner::Foreign(format!("Floyd install {i:?} ({LABEL_INSTANCE}={i})")),
+        None => {
+            return Owner::Foreign(format!(
+                "Floyd without an install identity (no {LABEL_INSTANCE} label); to adopt it, label it {LABEL_INSTANCE}={instance}"
+            ));
+        }
+    }
+    match get(LABEL_SERVICE) {
+        Some(s) if s == service.as_str() => {}
+        other => {
+            return Owner::Foreign(format!(
+                "Floyd service {:?} of this install",
+                other.unwrap_or("")
+            ));
+        }
+    }
+    if let Some(want) = role {
+        let have = meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANN_ROLE))
+            .map(String::as_str);
+        if have != Some(want) {
+            return Owner::Foreign(format!(
+                "the {} Service of Floyd service {service}, not its {want} Service",
+                have.unwrap_or("unknown")
+            ));
+        }
+    }
+    Owner::Ours
+}
+
+/// Service names Floyd refuses because a Kubernetes object it generates, or
+/// one the cluster owns, would have the same name. `names` are every
+/// service of the release; returns the reason for `name`, if any.
+///
+/// - `kubernetes`: the API server's own Service in `default`.
+/// - `<other>-preview`: the blue-green preview Service of service `<other>`.
+/// - `floyd-state-...`: the prefix of Floyd's state ConfigMaps.
+pub fn reserved_name_conflict<'a>(
+    name: &str,
+    mut names: impl Iterator<Item = &'a str>,
+) -> Option<String> {
+    if name == "kubernetes" {
+        return Some(
+            "\"kubernetes\" is reserved: it is the API server's own Service in namespace default; rename the service".into(),
+        );
+    }
+    if name.starts_with("floyd-state-") {
+        return Some(
+            "names starting with \"floyd-state-\" are reserved for Floyd's state ConfigMaps; rename the service".into(),
+        );
+    }
+    if let Some(base) = name.strip_suffix("-preview")
+        && names.any(|n| n == base)
+    {
+        return Some(format!(
+            "{name:?} is the name of the preview Service Floyd makes for service {base:?}; rename one of them"
+        ));
+    }
+    None
 }
 
 /// Checks that a Floyd service name also fits Kubernetes' stricter rules for
@@ -100,16 +232,30 @@ pub fn check_service_name(service: &ServiceName) -> Result<(), Error> {
     Ok(())
 }
 
-fn base_labels(service: &ServiceName) -> BTreeMap<String, String> {
+/// Where Floyd's objects go and whose they are: the namespace and the
+/// install identity ([`LABEL_INSTANCE`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Install<'a> {
+    pub namespace: &'a str,
+    pub instance: &'a str,
+}
+
+/// The labels on every object Floyd makes for `service`.
+pub fn base_labels(instance: &str, service: &ServiceName) -> BTreeMap<String, String> {
     BTreeMap::from([
         (LABEL_NAME.to_string(), service.to_string()),
         (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+        (LABEL_INSTANCE.to_string(), instance.to_string()),
         (LABEL_SERVICE.to_string(), service.to_string()),
     ])
 }
 
-fn revision_labels(service: &ServiceName, revision: &Revision) -> BTreeMap<String, String> {
-    let mut l = base_labels(service);
+fn revision_labels(
+    instance: &str,
+    service: &ServiceName,
+    revision: &Revision,
+) -> BTreeMap<String, String> {
+    let mut l = base_labels(instance, service);
     l.insert(LABEL_REVISION.to_string(), revision.to_string());
     l
 }
@@ -252,6 +398,7 @@ fn container_port_name(name: &str) -> Option<String> {
 
 /// The pod template of one revision.
 pub fn pod_template(
+    instance: &str,
     service: &ServiceName,
     revision: &Revision,
     spec: &ServiceSpec,
@@ -359,7 +506,7 @@ pub fn pod_template(
     };
     Ok(PodTemplateSpec {
         metadata: Some(ObjectMeta {
-            labels: Some(revision_labels(service, revision)),
+            labels: Some(revision_labels(instance, service, revision)),
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {
@@ -384,7 +531,7 @@ pub struct RevisionMeta {
 
 /// The ReplicaSet of one revision with `replicas` pods.
 pub fn replica_set(
-    namespace: &str,
+    install: Install<'_>,
     service: &ServiceName,
     revision: &Revision,
     spec: &ServiceSpec,
@@ -404,15 +551,18 @@ pub fn replica_set(
     if let Some(c) = &meta.commit {
         annotations.insert(ANN_COMMIT.to_string(), c.clone());
     }
+    // The install is part of the selector: another install's pods never
+    // count as this ReplicaSet's replicas.
     let selector = BTreeMap::from([
+        (LABEL_INSTANCE.to_string(), install.instance.to_string()),
         (LABEL_SERVICE.to_string(), service.to_string()),
         (LABEL_REVISION.to_string(), revision.to_string()),
     ]);
     Ok(ReplicaSet {
         metadata: ObjectMeta {
             name: Some(replica_set_name(service, revision)),
-            namespace: Some(namespace.to_string()),
-            labels: Some(revision_labels(service, revision)),
+            namespace: Some(install.namespace.to_string()),
+            labels: Some(revision_labels(install.instance, service, revision)),
             annotations: Some(annotations),
             ..ObjectMeta::default()
         },
@@ -424,7 +574,13 @@ pub fn replica_set(
                 match_labels: Some(selector),
                 ..LabelSelector::default()
             },
-            template: Some(pod_template(service, revision, spec, template)?),
+            template: Some(pod_template(
+                install.instance,
+                service,
+                revision,
+                spec,
+                template,
+            )?),
         }),
         status: None,
     })
@@ -432,13 +588,16 @@ pub fn replica_set(
 
 /// A Service routing to `revision` (or to every revision of the service when `None`).
 pub fn service_object(
-    namespace: &str,
+    install: Install<'_>,
     service: &ServiceName,
     spec: &ServiceSpec,
     preview: bool,
     revision: Option<&Revision>,
 ) -> Service {
-    let mut selector = BTreeMap::from([(LABEL_SERVICE.to_string(), service.to_string())]);
+    let mut selector = BTreeMap::from([
+        (LABEL_INSTANCE.to_string(), install.instance.to_string()),
+        (LABEL_SERVICE.to_string(), service.to_string()),
+    ]);
     if let Some(r) = revision {
         selector.insert(LABEL_REVISION.to_string(), r.to_string());
     }
@@ -450,8 +609,8 @@ pub fn service_object(
     Service {
         metadata: ObjectMeta {
             name: Some(name),
-            namespace: Some(namespace.to_string()),
-            labels: Some(base_labels(service)),
+            namespace: Some(install.namespace.to_string()),
+            labels: Some(base_labels(install.instance, service)),
             annotations: Some(BTreeMap::from([(
                 ANN_ROLE.to_string(),
                 if preview { "preview" } else { "active" }.to_string(),
@@ -479,12 +638,12 @@ pub fn service_object(
 }
 
 /// The ConfigMap holding one service's state JSON.
-pub fn state_config_map(namespace: &str, service: &ServiceName, json: &str) -> ConfigMap {
+pub fn state_config_map(install: Install<'_>, service: &ServiceName, json: &str) -> ConfigMap {
     ConfigMap {
         metadata: ObjectMeta {
             name: Some(state_config_map_name(service)),
-            namespace: Some(namespace.to_string()),
-            labels: Some(base_labels(service)),
+            namespace: Some(install.namespace.to_string()),
+            labels: Some(base_labels(install.instance, service)),
             ..ObjectMeta::default()
         },
         data: Some(BTreeMap::from([(STATE_KEY.to_string(), json.to_string())])),
@@ -501,6 +660,7 @@ pub fn is_warning_reason(reason: &str) -> bool {
         "Rollback",
         "Abort",
         "Error",
+        "DriftDetected",
     ]
     .iter()
     .any(|w| reason.contains(w))
@@ -526,6 +686,11 @@ mod tests {
     fn svc(s: &str) -> ServiceName {
         ServiceName::parse(s).unwrap()
     }
+
+    const INSTALL: Install<'static> = Install {
+        namespace: "d",
+        instance: "a",
+    };
 
     #[test]
     fn kube_arg_translates_floyd_variables() {
@@ -634,7 +799,10 @@ mod tests {
         };
         let rev = Revision::from("abcdef0123");
         let rs = replica_set(
-            "apps",
+            Install {
+                namespace: "apps",
+                instance: "prod",
+            },
             &svc("web"),
             &rev,
             &spec,
@@ -653,6 +821,11 @@ mod tests {
             "floyd"
         );
         assert_eq!(v["metadata"]["labels"]["floyd.dev/revision"], "abcdef0123");
+        assert_eq!(v["metadata"]["labels"]["floyd.dev/instance"], "prod");
+        assert_eq!(
+            v["spec"]["template"]["metadata"]["labels"]["floyd.dev/instance"],
+            "prod"
+        );
         assert_eq!(v["metadata"]["annotations"]["floyd.dev/commit"], "c0ffee");
         assert_eq!(
             v["metadata"]["annotations"]["floyd.dev/created-at"],
@@ -668,7 +841,7 @@ mod tests {
         assert_eq!(v["spec"]["replicas"], 0);
         assert_eq!(
             v["spec"]["selector"]["matchLabels"],
-            serde_json::json!({"floyd.dev/service": "web", "floyd.dev/revision": "abcdef0123"})
+            serde_json::json!({"floyd.dev/instance": "prod", "floyd.dev/service": "web", "floyd.dev/revision": "abcdef0123"})
         );
         let pod = &v["spec"]["template"]["spec"];
         let c = &pod["containers"][0];
@@ -705,7 +878,7 @@ mod tests {
     fn replica_set_without_image_is_an_error_that_says_what_to_add() {
         let spec = ServiceSpec::with_defaults(1, InstanceTemplate::command(["./x"]));
         let e = replica_set(
-            "d",
+            INSTALL,
             &svc("web"),
             &Revision::from("r"),
             &spec,
@@ -725,15 +898,154 @@ mod tests {
     fn services_select_by_revision_only_when_asked() {
         let spec = ServiceSpec::with_defaults(1, InstanceTemplate::default());
         let all =
-            serde_json::to_value(service_object("d", &svc("web"), &spec, false, None)).unwrap();
+            serde_json::to_value(service_object(INSTALL, &svc("web"), &spec, false, None)).unwrap();
         assert_eq!(
             all["spec"]["selector"],
-            serde_json::json!({"floyd.dev/service": "web"})
+            serde_json::json!({"floyd.dev/instance": "a", "floyd.dev/service": "web"})
         );
         let rev = Revision::from("r1");
-        let p = serde_json::to_value(service_object("d", &svc("web"), &spec, true, Some(&rev)))
-            .unwrap();
+        let p = serde_json::to_value(service_object(
+            INSTALL,
+            &svc("web"),
+            &spec,
+            true,
+            Some(&rev),
+        ))
+        .unwrap();
         assert_eq!(p["metadata"]["name"], "web-preview");
         assert_eq!(p["spec"]["selector"]["floyd.dev/revision"], "r1");
+    }
+
+    fn meta(labels: &[(&str, &str)], role: Option<&str>) -> ObjectMeta {
+        ObjectMeta {
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            annotations: role.map(|r| BTreeMap::from([(ANN_ROLE.to_string(), r.to_string())])),
+            ..ObjectMeta::default()
+        }
+    }
+
+    #[test]
+    fn only_objects_of_this_install_service_and_role_are_ours() {
+        let web = svc("web");
+        let ours = [
+            (LABEL_MANAGED_BY, "floyd"),
+            (LABEL_INSTANCE, "a"),
+            (LABEL_SERVICE, "web"),
+        ];
+        assert_eq!(owner_of(&meta(&ours, None), "a", &web, None), Owner::Ours);
+        assert_eq!(
+            owner_of(&meta(&ours, Some("active")), "a", &web, Some("active")),
+            Owner::Ours
+        );
+        // (labels, role on the object, role wanted, text the reason must contain)
+        type Labels<'a> = Vec<(&'a str, &'a str)>;
+        let cases: Vec<(Labels, Option<&str>, Option<&str>, &str)> = vec![
+            (vec![], None, None, "not managed by Floyd"),
+            (
+                vec![(LABEL_MANAGED_BY, "Helm")],
+                None,
+                None,
+                "managed by \"Helm\"",
+            ),
+            (
+                vec![
+                    (LABEL_MANAGED_BY, "floyd"),
+                    (LABEL_INSTANCE, "b"),
+                    (LABEL_SERVICE, "web"),
+                ],
+                None,
+                None,
+                "Floyd install \"b\"",
+            ),
+            (
+                vec![(LABEL_MANAGED_BY, "floyd"), (LABEL_SERVICE, "web")],
+                None,
+                None,
+                "label it floyd.dev/instance=a",
+            ),
+            (
+                vec![
+                    (LABEL_MANAGED_BY, "floyd"),
+                    (LABEL_INSTANCE, "a"),
+                    (LABEL_SERVICE, "api"),
+                ],
+                None,
+                None,
+                "Floyd service \"api\"",
+            ),
+            (
+                ours.to_vec(),
+                Some("active"),
+                Some("preview"),
+                "not its preview Service",
+            ),
+        ];
+        for (i, (labels, role, want_role, reason)) in cases.into_iter().enumerate() {
+            match owner_of(&meta(&labels, role), "a", &web, want_role) {
+                Owner::Foreign(r) => {
+                    assert!(r.contains(reason), "case {i}: {r:?} lacks {reason:?}")
+                }
+                Owner::Ours => panic!("case {i}: foreign object taken as ours"),
+            }
+        }
+    }
+
+    #[test]
+    fn service_names_colliding_with_generated_or_cluster_names_are_reserved() {
+        let names = [
+            "web",
+            "web-preview",
+            "api",
+            "kubernetes",
+            "floyd-state-x",
+            "db-preview",
+        ];
+        let got: Vec<(&str, bool)> = names
+            .iter()
+            .map(|n| {
+                (
+                    *n,
+                    reserved_name_conflict(n, names.iter().copied()).is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("web", false),
+                ("web-preview", true),
+                ("api", false),
+                ("kubernetes", true),
+                ("floyd-state-x", true),
+                // No service "db": nothing generates this name.
+                ("db-preview", false),
+            ]
+        );
+        let e = reserved_name_conflict("web-preview", names.iter().copied()).unwrap();
+        assert!(
+            e.contains("preview Service") && e.contains("\"web\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn install_identities_are_label_values() {
+        for ok in ["floyd", "prod-eu.1", "a", &"x".repeat(63)] {
+            assert!(check_instance(ok).is_ok(), "{ok}");
+        }
+        for (bad, why) in [
+            ("", "empty"),
+            ("-a", "start and end"),
+            ("a b", "contains ' '"),
+            (&"x".repeat(64) as &str, "at most 63"),
+        ] {
+            let e = check_instance(bad).unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
     }
 }

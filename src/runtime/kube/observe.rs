@@ -3,15 +3,17 @@
 //! (or reflects) the objects and hands them here.
 
 use super::objects::{
-    ANN_CREATED_AT, ANN_TEMPLATE, LABEL_GPU_MEMORY, LABEL_GPU_PRODUCT, LABEL_REVISION,
-    LABEL_SERVICE, floyd_time, gpu_kind, gpu_resource, parse_time,
+    ANN_COMMIT, ANN_CREATED_AT, ANN_TEMPLATE, Install, LABEL_GPU_MEMORY, LABEL_GPU_PRODUCT,
+    LABEL_INSTANCE, LABEL_REVISION, LABEL_SERVICE, RevisionMeta, active_service_name, floyd_time,
+    gpu_kind, gpu_resource, parse_time, preview_service_name, replica_set, service_object,
 };
-use crate::manifest::{GpuRequest, InstanceTemplate, Revision, ServiceName};
+use crate::manifest::{GpuRequest, InstanceTemplate, Revision, ServiceName, ServiceSpec, Strategy};
 use crate::runtime::{GpuCapacity, Instance, InstancePhase, Observed, ObservedRevision};
 use crate::time::Time;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use serde_json::{Value, json};
 
 /// Container waiting reasons that mean "this will not become ready by itself soon".
 const STUCK_REASONS: &[&str] = &[
@@ -275,6 +277,7 @@ pub fn observed(
         gates: Vec::new(),
         traffic: Vec::new(),
         canary: None,
+        drift: Vec::new(),
     }
 }
 
@@ -312,6 +315,7 @@ pub fn gpu_capacity(
     req: &GpuRequest,
     nodes: &[Node],
     pods: &[Pod],
+    instance: &str,
     service: &ServiceName,
 ) -> GpuCapacity {
     let resource = gpu_resource(req);
@@ -343,7 +347,11 @@ pub fn gpu_capacity(
         }
         let units = pod_resource_units(p, &resource);
         used = used.saturating_add(units);
-        if label(&p.metadata, LABEL_SERVICE) == Some(service.as_str()) {
+        // Only this install's pods of the service are "held by" it; a
+        // same-named service of another install is someone else's.
+        if label(&p.metadata, LABEL_SERVICE) == Some(service.as_str())
+            && label(&p.metadata, LABEL_INSTANCE) == Some(instance)
+        {
             held = held.saturating_add(units);
         }
     }
@@ -353,6 +361,205 @@ pub fn gpu_capacity(
         free: exist.saturating_sub(used),
         held_by_service: held,
     }
+}
+
+/// Where `expected` (what Floyd applies) is not found in `live`, as
+/// `path: applied != live`. Fields only in `live` are not drift: the API
+/// server fills in defaults (`imagePullPolicy`, `dnsPolicy`, ...), which is
+/// why this compares field by field instead of hashing both. Lists must have
+/// the same length (an added env var or container is drift); resource
+/// quantities compare by value (`1000m` = `1`).
+pub fn first_difference(expected: &Value, live: &Value, path: &str) -> Option<String> {
+    let differ = || Some(format!("{path}: {expected} (applied) != {live} (live)"));
+    match (expected, live) {
+        (Value::Null, _) => None,
+        (Value::Object(e), Value::Object(l)) => e.iter().find_map(|(k, ev)| {
+            let p = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            match l.get(k) {
+                Some(lv) => first_difference(ev, lv, &p),
+                None if ev.is_null() => None,
+                None => Some(format!("{p}: {ev} (applied) is missing (live)")),
+            }
+        }),
+        (Value::Array(e), Value::Array(l)) => {
+            if e.len() != l.len() {
+                return Some(format!(
+                    "{path}: {} item(s) applied, {} live",
+                    e.len(),
+                    l.len()
+                ));
+            }
+            e.iter()
+                .zip(l)
+                .enumerate()
+                .find_map(|(i, (ev, lv))| first_difference(ev, lv, &format!("{path}[{i}]")))
+        }
+        (Value::String(e), Value::String(l)) => {
+            if e == l || quantity_value(e).is_some_and(|a| quantity_value(l) == Some(a)) {
+                None
+            } else {
+                differ()
+            }
+        }
+        (e, l) if e == l => None,
+        _ => differ(),
+    }
+}
+
+/// A Kubernetes quantity (`500m`, `64Mi`, `1.5`, `2e3`) in thousandths of
+/// its unit, when `s` is one. Enough to tell the API server's canonical form
+/// of a quantity from a different value.
+fn quantity_value(s: &str) -> Option<i128> {
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+'))
+        .unwrap_or(s.len());
+    let (num, suffix) = s.split_at(split);
+    let num: f64 = num.parse().ok()?;
+    let mult: f64 = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        e if e.starts_with(['e', 'E']) => 10f64.powi(e[1..].parse().ok()?),
+        _ => return None,
+    };
+    Some((num * mult * 1000.0).round() as i128)
+}
+
+/// What to apply to put a drifted object back.
+#[derive(Debug, Clone)]
+pub enum Fix {
+    ReplicaSet(Box<ReplicaSet>),
+    Service(Box<Service>),
+}
+
+/// One drifted object and its fix.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    pub kind: &'static str,
+    pub object: String,
+    pub message: String,
+    pub fix: Fix,
+}
+
+/// Compares the live ReplicaSets and Services of `service` with what Floyd
+/// applies for `spec` (pod templates rebuilt from each revision's template
+/// annotation; Service ports, selector keys and labels), and says what
+/// drifted and how to put it back. A missing active Service of a
+/// non-blue-green service with ports and revisions is drift too (blue-green
+/// Services are recreated by the engine's next traffic switch).
+pub fn drift(
+    install: Install<'_>,
+    service: &ServiceName,
+    spec: &ServiceSpec,
+    replica_sets: &[ReplicaSet],
+    active: Option<&Service>,
+    preview: Option<&Service>,
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for rs in replica_sets
+        .iter()
+        .filter(|rs| label(&rs.metadata, LABEL_SERVICE) == Some(service.as_str()))
+        .filter(|rs| rs.metadata.deletion_timestamp.is_none())
+    {
+        let Some(revision) = label(&rs.metadata, LABEL_REVISION).map(|r| Revision(r.to_string()))
+        else {
+            continue;
+        };
+        let ann = rs.metadata.annotations.as_ref();
+        let Some(template) = ann
+            .and_then(|a| a.get(ANN_TEMPLATE))
+            .and_then(|s| serde_json::from_str::<InstanceTemplate>(s).ok())
+        else {
+            continue;
+        };
+        let meta = RevisionMeta {
+            created_at: ann
+                .and_then(|a| a.get(ANN_CREATED_AT))
+                .and_then(|s| parse_time(s))
+                .unwrap_or(Time::ZERO),
+            commit: ann.and_then(|a| a.get(ANN_COMMIT)).cloned(),
+        };
+        let replicas = rs
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(0)
+            .max(0) as u32;
+        let Ok(want) = replica_set(
+            install, service, &revision, spec, &template, &meta, replicas,
+        ) else {
+            continue;
+        };
+        let applied =
+            serde_json::to_value(want.spec.as_ref().map(|s| &s.template)).unwrap_or(Value::Null);
+        let live =
+            serde_json::to_value(rs.spec.as_ref().map(|s| &s.template)).unwrap_or(Value::Null);
+        if let Some(d) = first_difference(&applied, &live, "spec.template") {
+            out.push(Finding {
+                kind: "ReplicaSet",
+                object: rs.metadata.name.clone().unwrap_or_default(),
+                message: d,
+                fix: Fix::ReplicaSet(Box::new(want)),
+            });
+        }
+    }
+    if spec.ports.is_empty() {
+        return out;
+    }
+    let blue_green = matches!(spec.strategy, Strategy::BlueGreen { .. });
+    for (live, is_preview) in [(active, false), (preview, true)] {
+        let name = if is_preview {
+            preview_service_name(service)
+        } else {
+            active_service_name(service)
+        };
+        match live {
+            Some(live) => {
+                let want = service_object(
+                    install,
+                    service,
+                    spec,
+                    is_preview,
+                    selected_revision(live).as_ref(),
+                );
+                let e = json!({"metadata": {"labels": want.metadata.labels}, "spec": want.spec});
+                let l = json!({"metadata": {"labels": live.metadata.labels}, "spec": live.spec});
+                if let Some(d) = first_difference(&e, &l, "") {
+                    out.push(Finding {
+                        kind: "Service",
+                        object: name,
+                        message: d,
+                        fix: Fix::Service(Box::new(want)),
+                    });
+                }
+            }
+            None if !is_preview && !blue_green && !replica_sets.is_empty() => out.push(Finding {
+                kind: "Service",
+                object: name,
+                message: "deleted".to_string(),
+                fix: Fix::Service(Box::new(service_object(
+                    install, service, spec, false, None,
+                ))),
+            }),
+            None => {}
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -368,7 +575,7 @@ mod tests {
     fn base(name: &str) -> serde_json::Value {
         json!({
             "metadata": {"name": name, "creationTimestamp": "2026-01-01T00:00:00Z",
-                          "labels": {"floyd.dev/service": "web", "floyd.dev/revision": "r1"}},
+                          "labels": {"floyd.dev/instance": "a", "floyd.dev/service": "web", "floyd.dev/revision": "r1"}},
             "spec": {"containers": [{"name": "app", "image": "x",
                        "resources": {"limits": {"nvidia.com/gpu": "1"}}}]},
         })
@@ -532,7 +739,7 @@ mod tests {
             gpu_pod("pend", "web", None, "Pending", false),       // unscheduled: holds nothing
         ];
         let web = ServiceName::parse("web").unwrap();
-        let c = gpu_capacity(&req, &nodes, &pods, &web);
+        let c = gpu_capacity(&req, &nodes, &pods, "a", &web);
         assert_eq!(
             c,
             GpuCapacity {
@@ -544,7 +751,7 @@ mod tests {
         );
         let mut big = req.clone();
         big.memory_mib = Some(100_000);
-        assert_eq!(gpu_capacity(&big, &nodes, &pods, &web).exist, 0);
+        assert_eq!(gpu_capacity(&big, &nodes, &pods, "a", &web).exist, 0);
     }
 
     #[test]
@@ -565,8 +772,52 @@ mod tests {
         v["spec"]["nodeName"] = json!("m");
         v["spec"]["containers"][0]["resources"] =
             json!({"limits": {"nvidia.com/mig-1g.10gb": "2"}});
-        let c = gpu_capacity(&req, &[n], &[pod(v)], &ServiceName::parse("web").unwrap());
+        let c = gpu_capacity(
+            &req,
+            &[n],
+            &[pod(v)],
+            "a",
+            &ServiceName::parse("web").unwrap(),
+        );
         assert_eq!((c.exist, c.free, c.held_by_service), (7, 5, 2));
         assert_eq!(c.kind, "mig-1g.10gb");
+    }
+
+    #[test]
+    fn drift_compares_what_floyd_applied_not_what_the_server_added() {
+        // (applied, live, difference expected at)
+        let cases = [
+            (json!({"a": 1}), json!({"a": 1, "defaulted": "x"}), None),
+            (
+                json!({"image": "web:1"}),
+                json!({"image": "web:2"}),
+                Some("t.image"),
+            ),
+            (
+                json!({"env": [{"n": 1}]}),
+                json!({"env": [{"n": 1}, {"n": 2}]}),
+                Some("t.env"),
+            ),
+            (json!({"cpu": "1000m"}), json!({"cpu": "1"}), None),
+            (json!({"memory": "1Gi"}), json!({"memory": "1024Mi"}), None),
+            (json!({"cpu": "500m"}), json!({"cpu": "1"}), Some("t.cpu")),
+            (
+                json!({"ports": [{"port": 80}]}),
+                json!({"ports": [{"port": 81}]}),
+                Some("t.ports[0].port"),
+            ),
+            (json!({"gone": {"x": 1}}), json!({}), Some("t.gone")),
+        ];
+        for (i, (applied, live, at)) in cases.into_iter().enumerate() {
+            let d = first_difference(&applied, &live, "t");
+            match at {
+                None => assert_eq!(d, None, "case {i}"),
+                Some(p) => assert!(
+                    d.as_deref()
+                        .is_some_and(|d| d.starts_with(&format!("{p}:"))),
+                    "case {i}: {d:?}"
+                ),
+            }
+        }
     }
 }

@@ -764,6 +764,7 @@ impl Inner {
             gates: Vec::new(),
             traffic,
             canary: svc.canary.clone(),
+            drift: Vec::new(),
         }
     }
 }

@@ -1,0 +1,571 @@
+//! A shared cluster: two installs in one namespace, objects Floyd does not
+//! own, deletions racing the ReplicaSet controller, and a leader whose
+//! Lease calls hang. Every assertion is on the fake API server's request
+//! log (who sent which write) or on the objects it holds.
+
+use super::fake_api::{FakeApi, FakeNode, Logged};
+use super::rollouts::validate_sent;
+use super::support::*;
+use floyd::manifest::{InstanceTemplate, ServiceName, ServiceSpec};
+use floyd::runtime::kube::{KubeRuntime, LeaseConfig};
+use floyd::runtime::{Action, Observed, Runtime};
+use floyd::time::Time;
+use pretty_assertions::assert_eq;
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+const NS: &str = "apps";
+
+/// A runtime of install `instance` whose requests the fake logs as `instance`'s.
+fn install(fake: &FakeApi, instance: &str) -> KubeRuntime {
+    KubeRuntime::new(fake.client_as(NS, instance), NS)
+        .with_instance(instance)
+        .with_identity(format!("floyd-{instance}-0"))
+}
+
+async fn wait_for(
+    rt: &KubeRuntime,
+    service: &ServiceName,
+    spec: &ServiceSpec,
+    what: &str,
+    pred: impl Fn(&Observed) -> bool,
+) -> Observed {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = rt
+            .observe(service, Some(spec), Time::now_wall())
+            .await
+            .expect("observe");
+        if pred(&o) {
+            return o;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}; last observed:\n{o:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Creates the revision of `t`, scales it to `n`, waits until all are ready,
+/// saves state and records an event: every kind of object Floyd writes.
+async fn deploy(rt: &KubeRuntime, svc: &ServiceName, t: &InstanceTemplate, n: u32) -> ServiceSpec {
+    let s = spec(n, t.clone());
+    let r = rev(t);
+    rt.apply(
+        svc,
+        &s,
+        &[
+            Action::CreateRevision {
+                revision: r.clone(),
+                template: t.clone(),
+            },
+            Action::Scale {
+                revision: r.clone(),
+                replicas: n,
+            },
+        ],
+    )
+    .await
+    .expect("deploy");
+    wait_for(rt, svc, &s, "all ready", |o| {
+        o.revision(&r).is_some_and(|x| x.ready() == n)
+    })
+    .await;
+    rt.save_state(svc, r#"{"rollout":null}"#)
+        .await
+        .expect("save state");
+    rt.record_event(svc, "RolloutComplete", "done")
+        .await
+        .expect("event");
+    s
+}
+
+/// The controller's prune: every service the runtime reports that is not in
+/// `desired` is deleted.
+async fn prune(rt: &KubeRuntime, desired: &[&ServiceName]) -> Vec<ServiceName> {
+    let mut pruned = Vec::new();
+    for s in rt.services().await.expect("services") {
+        if !desired.contains(&&s) {
+            rt.delete_service(&s).await.expect("prune");
+            pruned.push(s);
+        }
+    }
+    pruned
+}
+
+/// The object name a request addresses (`.../<resource>/<name>[/<sub>]`).
+fn target(l: &Logged) -> Option<String> {
+    let segs: Vec<&str> = l.path.trim_matches('/').split('/').collect();
+    let i = segs.iter().position(|s| *s == "namespaces")?;
+    segs.get(i + 3).map(|s| s.to_string())
+}
+
+/// Whether `name` is one of the objects of Floyd service `service`.
+fn belongs_to(name: &str, service: &str) -> bool {
+    name == service
+        || name.starts_with(&format!("{service}-"))
+        || name.starts_with(&format!("{service}."))
+        || name == format!("floyd-state-{service}")
+}
+
+/// Objects (kind/name) of the fake cluster carrying `instance`'s label.
+fn objects_of(fake: &FakeApi, instance: &str) -> BTreeSet<String> {
+    ["replicasets", "pods", "services", "configmaps", "events"]
+        .iter()
+        .flat_map(|r| {
+            fake.list(r)
+                .into_iter()
+                .filter(|o| o["metadata"]["labels"]["floyd.dev/instance"] == instance)
+                .filter(|o| o["metadata"].get("deletionTimestamp").is_none())
+                .map(move |o| format!("{r}/{}", o["metadata"]["name"].as_str().unwrap_or("")))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn two_installs_in_one_namespace_with_prune_never_touch_each_others_objects() {
+    let fake = FakeApi::start(vec![FakeNode::cpu("node-1")]).await;
+    let (a, b) = (install(&fake, "a"), install(&fake, "b"));
+    let (web, api) = (name("web"), name("api"));
+    deploy(&a, &web, &template("ghcr.io/acme/web:1"), 2).await;
+    deploy(&b, &api, &template("ghcr.io/acme/api:1"), 2).await;
+    let b_objects = objects_of(&fake, "b");
+    assert!(
+        b_objects.len() >= 6,
+        "B has a ReplicaSet, pods, a Service, state, an event: {b_objects:?}"
+    );
+
+    // Each install sees only its own services, so its prune leaves the
+    // other's alone...
+    assert_eq!(a.services().await.unwrap(), vec![web.clone()]);
+    assert_eq!(b.services().await.unwrap(), vec![api.clone()]);
+    assert!(prune(&a, &[&web]).await.is_empty());
+    assert!(prune(&b, &[&api]).await.is_empty());
+    // ...even when its Git repository removes everything.
+    assert_eq!(prune(&a, &[]).await, vec![web.clone()]);
+    let gone = wait_for(&a, &web, &spec(0, template("x")), "web pruned", |o| {
+        o.revisions.is_empty()
+    })
+    .await;
+    assert!(gone.active.is_none());
+    assert!(fake.get("services", NS, "web").is_none());
+    assert!(fake.get("configmaps", NS, "floyd-state-web").is_none());
+
+    assert_eq!(
+        objects_of(&fake, "b"),
+        b_objects,
+        "B's objects are untouched"
+    );
+    let log = fake.log();
+    let foreign: Vec<&Logged> = log
+        .iter()
+        .filter(|l| l.is_write())
+        .filter(|l| {
+            let t = target(l).unwrap_or_default();
+            (l.client == "a" && belongs_to(&t, "api")) || (l.client == "b" && belongs_to(&t, "web"))
+        })
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "writes to the other install's objects: {foreign:#?}"
+    );
+    // Every list of A named its install.
+    for l in log.iter().filter(|l| l.client == "a" && l.method == "GET") {
+        if l.query.contains("labelSelector") {
+            assert!(
+                l.query.contains("floyd.dev%2Finstance%3Da"),
+                "unscoped list: {} {}?{}",
+                l.method,
+                l.path,
+                l.query
+            );
+        }
+    }
+    validate_sent(&fake, "two installs");
+}
+
+fn foreign_service(name: &str, managed_by: Option<&str>, instance: Option<&str>) -> Value {
+    let mut labels = serde_json::Map::new();
+    if let Some(m) = managed_by {
+        labels.insert("app.kubernetes.io/managed-by".into(), json!(m));
+    }
+    if let Some(i) = instance {
+        labels.insert("floyd.dev/instance".into(), json!(i));
+        labels.insert("floyd.dev/service".into(), json!(name));
+    }
+    json!({"metadata": {"name": name, "labels": labels, "annotations": {"floyd.dev/role": "active"}},
+           "spec": {"selector": {"app": "theirs"}, "ports": [{"name": "http", "port": 80}]}})
+}
+
+#[tokio::test]
+async fn a_foreign_service_named_like_a_floyd_service_is_refused_and_untouched() {
+    let fake = FakeApi::start(vec![FakeNode::cpu("node-1")]).await;
+    let a = install(&fake, "a");
+    // (service name, who owns the existing Service, words the error must have)
+    let cases = [
+        ("web", Some("Helm"), None, "managed by \"Helm\""),
+        ("db", None, None, "not managed by Floyd"),
+        ("cache", Some("floyd"), Some("b"), "Floyd install \"b\""),
+    ];
+    for (svc, managed_by, instance, owner) in cases {
+        fake.insert("services", NS, foreign_service(svc, managed_by, instance));
+        let before = fake.get("services", NS, svc).unwrap();
+        let t = template("ghcr.io/acme/web:1");
+        let s = spec(1, t.clone());
+        let writes_before = fake.log().iter().filter(|l| l.is_write()).count();
+        let err = a
+            .apply(
+                &name(svc),
+                &s,
+                &[Action::CreateRevision {
+                    revision: rev(&t),
+                    template: t.clone(),
+                }],
+            )
+            .await
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            err.contains(&format!("Service {NS}/{svc}")) && err.contains(owner),
+            "{svc}: {err}"
+        );
+        // Nothing written at all: not the Service, not even the ReplicaSet.
+        let writes: Vec<Logged> = fake.log().into_iter().filter(|l| l.is_write()).collect();
+        assert_eq!(
+            writes.len(),
+            writes_before,
+            "{svc}: {:#?}",
+            &writes[writes_before..]
+        );
+        assert_eq!(
+            fake.get("services", NS, svc).unwrap(),
+            before,
+            "{svc} untouched"
+        );
+        // Prune and deletion leave it alone too.
+        a.delete_service(&name(svc))
+            .await
+            .expect_err("not ours to delete");
+        assert_eq!(fake.get("services", NS, svc).unwrap(), before);
+    }
+    // A blue-green preview Service name held by another service.
+    fake.insert(
+        "services",
+        NS,
+        foreign_service("shop-preview", Some("floyd"), Some("a")),
+    );
+    let t = template("ghcr.io/acme/shop:1");
+    let s = blue_green(spec(1, t.clone()));
+    let err = a
+        .apply(
+            &name("shop"),
+            &s,
+            &[Action::SetTraffic {
+                active: None,
+                preview: Some(rev(&t)),
+            }],
+        )
+        .await
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains("shop-preview") && err.contains("Floyd service"),
+        "{err}"
+    );
+}
+
+/// Pods of `rs` that are not terminating.
+fn live_pods(fake: &FakeApi, rs: &str) -> BTreeSet<String> {
+    fake.list("pods")
+        .into_iter()
+        .filter(|p| p["metadata"]["ownerReferences"][0]["name"] == rs)
+        .filter(|p| p["metadata"].get("deletionTimestamp").is_none())
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Pods of `rs` ever deleted (by anyone), from the watch log of the fake.
+fn deleted_pods(fake: &FakeApi, before: &BTreeSet<String>) -> BTreeSet<String> {
+    before
+        .iter()
+        .filter(|p| {
+            fake.get("pods", NS, p)
+                .is_none_or(|v| v["metadata"].get("deletionTimestamp").is_some())
+        })
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn deleting_a_chosen_pod_removes_exactly_that_pod() {
+    let fake = FakeApi::start(vec![FakeNode::cpu("node-1")]).await;
+    let a = install(&fake, "a");
+    let web = name("web");
+    let t = template("ghcr.io/acme/web:1");
+    let s = deploy(&a, &web, &t, 4).await;
+    let r = rev(&t);
+    let rs = format!("web-{r}");
+    let delete = |pod: String| Action::DeleteInstance {
+        revision: r.clone(),
+        instance: pod,
+    };
+    // The oldest pod: the one the ReplicaSet controller would remove last.
+    let oldest = |fake: &FakeApi| {
+        let mut pods: Vec<Value> = fake
+            .list("pods")
+            .into_iter()
+            .filter(|p| p["metadata"].get("deletionTimestamp").is_none())
+            .collect();
+        pods.sort_by_key(|p| {
+            p["metadata"]["creationTimestamp"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        });
+        pods[0]["metadata"]["name"].as_str().unwrap().to_string()
+    };
+
+    // 1. A ReplicaSet controller that does not run during the call.
+    let before = live_pods(&fake, &rs);
+    let chosen = oldest(&fake);
+    fake.pause_replicaset_controller(true);
+    a.apply(&web, &s, &[delete(chosen.clone())])
+        .await
+        .expect("delete");
+    fake.pause_replicaset_controller(false);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        deleted_pods(&fake, &before),
+        BTreeSet::from([chosen.clone()])
+    );
+    assert_eq!(
+        fake.get("replicasets", NS, &rs).unwrap()["spec"]["replicas"],
+        3
+    );
+
+    // 2. A controller running meanwhile (it may create a replacement and
+    //    remove it again; never another existing pod).
+    let before = live_pods(&fake, &rs);
+    let chosen = oldest(&fake);
+    a.apply(&web, &s, &[delete(chosen.clone())])
+        .await
+        .expect("delete");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        deleted_pods(&fake, &before),
+        BTreeSet::from([chosen.clone()])
+    );
+    assert_eq!(live_pods(&fake, &rs).len(), 2);
+
+    // 3. The pod is already gone (deleted by someone else): not an error,
+    //    and only the count is lowered.
+    let before = live_pods(&fake, &rs);
+    let chosen = oldest(&fake);
+    fake.pause_replicaset_controller(true);
+    kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(fake.client_as(NS, "kubectl"), NS)
+        .delete(&chosen, &Default::default())
+        .await
+        .expect("someone else deletes it");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(fake.get("pods", NS, &chosen).is_none(), "gone");
+    a.apply(&web, &s, &[delete(chosen.clone())])
+        .await
+        .expect("a gone pod is not an error");
+    fake.pause_replicaset_controller(false);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        deleted_pods(&fake, &before),
+        BTreeSet::from([chosen.clone()])
+    );
+    assert_eq!(live_pods(&fake, &rs).len(), 1);
+    assert_eq!(
+        fake.get("replicasets", NS, &rs).unwrap()["spec"]["replicas"],
+        1
+    );
+    validate_sent(&fake, "chosen pod");
+}
+
+#[tokio::test]
+async fn a_leader_whose_lease_calls_hang_stops_writing_before_the_standby_takes_over() {
+    let fake = FakeApi::start(vec![]).await;
+    let cfg = |who: &str| {
+        let mut c = LeaseConfig::new("floyd-leader", who);
+        c.lease_duration = Duration::from_secs(3);
+        c.renew_deadline = Duration::from_millis(1500);
+        c.retry_period = Duration::from_millis(200);
+        c
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut writers = Vec::new();
+    let mut electors = Vec::new();
+    for who in ["a", "b"] {
+        let rt = install(&fake, who).with_instance("shared");
+        let el = Arc::new(rt.leader_elector_with(cfg(who)));
+        let rt = rt.with_leadership(el.leadership());
+        tokio::spawn({
+            let (el, stop) = (el.clone(), stop.clone());
+            async move { el.run(stop).await }
+        });
+        if who == "a" {
+            let mut rx = el.subscribe();
+            tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|l| *l))
+                .await
+                .expect("a leads")
+                .unwrap();
+        }
+        // The controller's writes: as fast as it can while it believes it leads.
+        writers.push(tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let web = name("web");
+                while !stop.is_cancelled() {
+                    let _ = rt.save_state(&web, r#"{"rollout":null}"#).await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }));
+        electors.push(el);
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(electors[0].is_leader() && !electors[1].is_leader());
+    // The API server stops answering a's Lease calls (not its other calls).
+    fake.hang(Some("a"), "/leases/");
+    let mut rx = electors[1].subscribe();
+    tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|l| *l))
+        .await
+        .expect("b takes over")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    stop.cancel();
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(!electors[0].is_leader(), "a stepped down");
+
+    let writes: Vec<Logged> = fake
+        .log()
+        .into_iter()
+        .filter(|l| l.is_write() && l.path.contains("/configmaps/"))
+        .collect();
+    let last_a = writes
+        .iter()
+        .rposition(|l| l.client == "a")
+        .expect("a wrote");
+    let first_b = writes
+        .iter()
+        .position(|l| l.client == "b")
+        .expect("b wrote");
+    assert!(
+        last_a < first_b,
+        "interleaved writes: a's last at {last_a}, b's first at {first_b}"
+    );
+}
+
+/// `kubectl set image rs/<rs> app=<image>` and `kubectl delete svc <svc>`,
+/// as another client.
+async fn hand_edit(fake: &FakeApi, rs: &str, image: &str, delete_service: Option<&str>) {
+    use kube::api::{Patch, PatchParams};
+    let client = fake.client_as(NS, "kubectl");
+    let rss: kube::Api<k8s_openapi::api::apps::v1::ReplicaSet> =
+        kube::Api::namespaced(client.clone(), NS);
+    // A strategic merge patch changes only the image; the fake speaks JSON
+    // merge patch, which replaces lists: send the whole list, image changed.
+    let mut containers =
+        fake.get("replicasets", NS, rs).unwrap()["spec"]["template"]["spec"]["containers"].clone();
+    containers[0]["image"] = json!(image);
+    rss.patch(
+        rs,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"template": {"spec": {"containers": containers}}}})),
+    )
+    .await
+    .expect("kubectl set image");
+    if let Some(svc) = delete_service {
+        let svcs: kube::Api<k8s_openapi::api::core::v1::Service> =
+            kube::Api::namespaced(client, NS);
+        svcs.delete(svc, &Default::default())
+            .await
+            .expect("kubectl delete svc");
+    }
+}
+
+fn image_of(fake: &FakeApi, rs: &str) -> String {
+    fake.get("replicasets", NS, rs).unwrap()["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn hand_edits_and_deleted_services_are_detected_corrected_or_only_reported() {
+    let fake = FakeApi::start(vec![FakeNode::cpu("node-1")]).await;
+    let a = install(&fake, "a");
+    let web = name("web");
+    let t = template("ghcr.io/acme/web:1");
+    let mut s = deploy(&a, &web, &t, 2).await;
+    let rs = format!("web-{}", rev(&t));
+    let o = a.observe(&web, Some(&s), Time::now_wall()).await.unwrap();
+    assert!(
+        o.drift.is_empty(),
+        "no drift after a deploy: {:#?}",
+        o.drift
+    );
+
+    // driftPolicy: correct (the default): reported once, put back at once.
+    hand_edit(&fake, &rs, "ghcr.io/acme/evil:1", Some("web")).await;
+    let o = a.observe(&web, Some(&s), Time::now_wall()).await.unwrap();
+    let kinds: Vec<(&str, bool, bool)> = o
+        .drift
+        .iter()
+        .map(|d| (d.kind.as_str(), d.corrected, d.new))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![("ReplicaSet", true, true), ("Service", true, true)]
+    );
+    assert!(
+        o.drift[0].message.contains("containers[0]") && o.drift[0].message.contains("evil"),
+        "{}",
+        o.drift[0].message
+    );
+    assert_eq!(o.drift[1].message, "deleted");
+    assert_eq!(image_of(&fake, &rs), "ghcr.io/acme/web:1");
+    assert!(
+        fake.get("services", NS, "web").is_some(),
+        "Service recreated"
+    );
+    let o = a.observe(&web, Some(&s), Time::now_wall()).await.unwrap();
+    assert!(o.drift.is_empty(), "corrected: {:#?}", o.drift);
+    let reasons: Vec<String> = fake
+        .list("events")
+        .iter()
+        .filter_map(|e| e["reason"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        reasons.iter().filter(|r| *r == "DriftCorrected").count(),
+        2,
+        "{reasons:?}"
+    );
+
+    // driftPolicy: report: reported (every observation; new only once), left alone.
+    s.drift_policy = floyd::manifest::DriftPolicy::Report;
+    hand_edit(&fake, &rs, "ghcr.io/acme/evil:2", None).await;
+    let writes_before = fake.log().iter().filter(|l| l.is_write()).count();
+    for round in 0..2 {
+        let o = a.observe(&web, Some(&s), Time::now_wall()).await.unwrap();
+        assert_eq!(o.drift.len(), 1, "{:#?}", o.drift);
+        assert!(!o.drift[0].corrected);
+        assert_eq!(o.drift[0].new, round == 0);
+    }
+    assert_eq!(image_of(&fake, &rs), "ghcr.io/acme/evil:2");
+    let writes: Vec<Logged> = fake.log().into_iter().filter(|l| l.is_write()).collect();
+    let after = &writes[writes_before..];
+    assert!(
+        after.len() == 1 && after[0].path.ends_with("/events"),
+        "only the DriftDetected event is written: {after:#?}"
+    );
+    validate_sent(&fake, "drift");
+}
