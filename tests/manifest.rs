@@ -424,6 +424,73 @@ fn broken_repos_report_every_error_with_positions() {
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
 
+/// Two services on one port both validated, and at run time the second
+/// load balancer could not bind while `status` said Complete (issue #20).
+#[test]
+fn duplicate_ports_across_services_name_both_places() {
+    let svc = |name: &str, ports: &str, strategy: &str| {
+        format!(
+            "apiVersion: floyd.dev/v1\nkind: Service\nmetadata: {{ name: {name} }}\nspec:\n  template: {{ command: [app] }}\n  ports:\n{ports}{strategy}"
+        )
+    };
+    let a = svc("a", "    - { name: http, port: 8080 }\n", "");
+    let b = svc(
+        "b",
+        "    - { name: admin, port: 9000 }\n    - { name: http, port: 8080 }\n",
+        "",
+    );
+    let c = svc(
+        "c",
+        "    - { name: http, port: 8181 }\n",
+        "  strategy:\n    type: BlueGreen\n    blueGreen: { previewPort: 9000 }\n",
+    );
+    let d = svc(
+        "d",
+        "    - { name: http, port: 8282 }\n",
+        "  strategy:\n    type: BlueGreen\n    blueGreen: { previewPort: 9100 }\n",
+    );
+    let e = svc("e", "    - { name: http, port: 9100 }\n", "");
+    let repo = Repo::with(&[
+        ("services/a.yaml", &a),
+        ("services/b.yaml", &b),
+        ("services/c.yaml", &c),
+        ("services/d.yaml", &d),
+        ("services/e.yaml", &e),
+    ]);
+    let hint = "(hint: each service port and previewPort must be unique across all services: its load balancer binds it)";
+    assert_eq!(
+        repo.load(None).unwrap_err(),
+        vec![
+            format!(
+                "services/b.yaml:8:27: spec.ports[1].port: port 8080 of service \"b\" is also used by service \"a\" at services/a.yaml:7:27 (spec.ports[0].port) {hint}"
+            ),
+            format!(
+                "services/c.yaml:10:31: spec.strategy.blueGreen.previewPort: port 9000 of service \"c\" is also used by service \"b\" at services/b.yaml:7:28 (spec.ports[0].port) {hint}"
+            ),
+            format!(
+                "services/e.yaml:7:27: spec.ports[0].port: port 9100 of service \"e\" is also used by service \"d\" at services/d.yaml:10:31 (spec.strategy.blueGreen.previewPort) {hint}"
+            ),
+        ]
+    );
+    // Distinct ports: valid.
+    let e = svc("e", "    - { name: http, port: 9200 }\n", "");
+    repo.write("services/e.yaml", e.as_bytes());
+    repo.write("services/b.yaml", svc("b", "    - { name: http, port: 8081 }\n", "").as_bytes());
+    repo.write(
+        "services/c.yaml",
+        svc("c", "    - { name: http, port: 8181 }\n", "  strategy:\n    type: BlueGreen\n    blueGreen: { previewPort: 9001 }\n").as_bytes(),
+    );
+    assert_eq!(repo.load(None).map(|r| r.services.len()), Ok(5));
+    // `floyd validate` exits 2 and prints both places.
+    repo.write("services/e.yaml", svc("e", "    - { name: http, port: 8080 }\n", "").as_bytes());
+    let (code, _, err) = floyd(&["validate", repo.path().to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("services/e.yaml:7:27: spec.ports[0].port: port 8080") && err.contains("services/a.yaml:7:27"),
+        "{err}"
+    );
+}
+
 #[test]
 fn unusable_files_are_reported_with_where() {
     let repo = Repo::with(&[]);
