@@ -475,18 +475,30 @@ fn duplicate_ports_across_services_name_both_places() {
     // Distinct ports: valid.
     let e = svc("e", "    - { name: http, port: 9200 }\n", "");
     repo.write("services/e.yaml", e.as_bytes());
-    repo.write("services/b.yaml", svc("b", "    - { name: http, port: 8081 }\n", "").as_bytes());
+    repo.write(
+        "services/b.yaml",
+        svc("b", "    - { name: http, port: 8081 }\n", "").as_bytes(),
+    );
     repo.write(
         "services/c.yaml",
-        svc("c", "    - { name: http, port: 8181 }\n", "  strategy:\n    type: BlueGreen\n    blueGreen: { previewPort: 9001 }\n").as_bytes(),
+        svc(
+            "c",
+            "    - { name: http, port: 8181 }\n",
+            "  strategy:\n    type: BlueGreen\n    blueGreen: { previewPort: 9001 }\n",
+        )
+        .as_bytes(),
     );
     assert_eq!(repo.load(None).map(|r| r.services.len()), Ok(5));
     // `floyd validate` exits 2 and prints both places.
-    repo.write("services/e.yaml", svc("e", "    - { name: http, port: 8080 }\n", "").as_bytes());
+    repo.write(
+        "services/e.yaml",
+        svc("e", "    - { name: http, port: 8080 }\n", "").as_bytes(),
+    );
     let (code, _, err) = floyd(&["validate", repo.path().to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.contains("services/e.yaml:7:27: spec.ports[0].port: port 8080") && err.contains("services/a.yaml:7:27"),
+        err.contains("services/e.yaml:7:27: spec.ports[0].port: port 8080")
+            && err.contains("services/a.yaml:7:27"),
         "{err}"
     );
 }
@@ -1000,4 +1012,51 @@ fn large_repos_load_in_parallel_with_the_same_results() {
     assert_eq!(names.len(), 399);
     assert_eq!(r.service("svc-250").unwrap().spec.replicas, 1);
     assert_eq!(r.service("svc-3").unwrap().spec.replicas, 2);
+}
+
+/// One name for the output format of every command (`FLOYD_OUTPUT`); the
+/// old `FLOYD_VALIDATE_OUTPUT` still works for `validate` when it is unset.
+#[test]
+fn output_format_environment_variables() {
+    let ex = examples();
+    let run = |envs: &[(&str, &str)], args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_floyd"));
+        c.args(args)
+            .env_remove("FLOYD_OUTPUT")
+            .env_remove("FLOYD_VALIDATE_OUTPUT")
+            .env_remove("FLOYD_CONFIG_DIR")
+            .env_remove("FLOYD_ENVIRONMENT");
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        let out = c.output().expect("run floyd");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let dir = ex.to_str().unwrap();
+    for envs in [
+        &[("FLOYD_OUTPUT", "json")][..],
+        &[("FLOYD_VALIDATE_OUTPUT", "json")][..],
+        &[("FLOYD_OUTPUT", "json"), ("FLOYD_VALIDATE_OUTPUT", "text")][..],
+    ] {
+        let (code, out) = run(envs, &["validate", dir]);
+        assert_eq!(code, Some(0));
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{envs:?}: {e}: {out}"));
+        assert_eq!(v["valid"], true);
+    }
+    let (_, out) = run(
+        &[("FLOYD_OUTPUT", "text"), ("FLOYD_VALIDATE_OUTPUT", "json")],
+        &["validate", dir],
+    );
+    assert!(out.starts_with("ok: 3 services"), "{out}");
+    // `text` for render is YAML, so one FLOYD_OUTPUT=text serves every command.
+    let (code, out) = run(&[("FLOYD_OUTPUT", "text")], &["render", dir]);
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with("services:"), "{out}");
+    let (code, out) = run(&[("FLOYD_OUTPUT", "json")], &["render", dir]);
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with('{'), "{out}");
 }

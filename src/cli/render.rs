@@ -26,7 +26,10 @@ pub struct Args {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
+    /// YAML (`text` is accepted too, so one `FLOYD_OUTPUT` serves every command).
+    #[value(alias = "text")]
     Yaml,
+    /// JSON.
     Json,
 }
 

@@ -13,24 +13,37 @@ pub struct Args {
     /// Config repository directory.
     #[arg(default_value = ".", env = "FLOYD_CONFIG_DIR")]
     pub dir: PathBuf,
-    /// Output format.
-    #[arg(
-        long,
-        short = 'o',
-        value_enum,
-        default_value = "text",
-        env = "FLOYD_VALIDATE_OUTPUT"
-    )]
-    pub output: Output,
+    /// Output format [default: text]. `FLOYD_VALIDATE_OUTPUT`, the older
+    /// name of `FLOYD_OUTPUT`, is still read when `FLOYD_OUTPUT` is unset.
+    #[arg(long, short = 'o', value_enum, env = "FLOYD_OUTPUT")]
+    pub output: Option<Output>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
+    /// Problems on stderr, one `file:line:col: field.path: message` line each.
     Text,
+    /// One JSON object on stdout (for CI annotations).
     Json,
 }
 
+/// `--output`, else the old `FLOYD_VALIDATE_OUTPUT`, else text.
+fn output(args: &Args) -> anyhow::Result<Output> {
+    if let Some(o) = args.output {
+        return Ok(o);
+    }
+    match std::env::var("FLOYD_VALIDATE_OUTPUT") {
+        Ok(v) if !v.is_empty() => <Output as clap::ValueEnum>::from_str(&v, true).map_err(|_| {
+            super::CliError::usage(format!(
+                "FLOYD_VALIDATE_OUTPUT={v:?}: use text or json (FLOYD_OUTPUT is the current name)"
+            ))
+        }),
+        _ => Ok(Output::Text),
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<u8> {
+    let format = output(&args)?;
     let repo = ConfigRepo::read(&args.dir).map_err(|e| super::CliError::usage(e.to_string()))?;
     let envs = repo.environments();
     let targets: Vec<Option<&str>> = std::iter::once(None)
@@ -65,7 +78,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     }
     let code = if problems.is_empty() { 0 } else { 2 };
 
-    if args.output == Output::Json {
+    if format == Output::Json {
         let out = serde_json::json!({
             "valid": problems.is_empty(),
             "services": base_services,

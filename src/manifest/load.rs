@@ -222,9 +222,14 @@ pub(super) fn assemble<'a>(
             seen.insert(service.name.clone(), (rel.to_path_buf(), *name_pos));
             for claim in claims {
                 match ports.get(&claim.port) {
-                    Some((other, other_file, first)) => {
-                        diags.push(port_conflict(rel, &service.name, claim, other, other_file, first))
-                    }
+                    Some((other, other_file, first)) => diags.push(port_conflict(
+                        rel,
+                        &service.name,
+                        claim,
+                        other,
+                        other_file,
+                        first,
+                    )),
                     None => {
                         ports.insert(claim.port, (service.name.clone(), rel.to_path_buf(), claim));
                     }
