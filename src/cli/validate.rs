@@ -106,18 +106,28 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         println!("ok: {base_services} services, environments: {envs}");
         return Ok(0);
     }
-    for (mut d, labels) in problems.iter().cloned() {
-        if labels.len() < targets.len() {
-            d.message = format!("{} [{}]", d.message, labels.join(", "));
-        }
+    let shown: Vec<Diagnostic> = problems
+        .iter()
+        .cloned()
+        .map(|(mut d, labels)| {
+            if labels.len() < targets.len() {
+                d.message = format!("{} [{}]", d.message, labels.join(", "));
+            }
+            d
+        })
+        .collect();
+    report(&shown, &args.dir.display().to_string());
+    Ok(code)
+}
+
+/// The reporter of every command that reads files: one
+/// `file:line:col: field.path: message (hint: ...)` line per problem on
+/// stderr, then `error: N problem(s) in <what>`.
+pub(crate) fn report(problems: &[Diagnostic], what: &str) {
+    for d in problems {
         eprintln!("{d}");
     }
-    eprintln!(
-        "error: {} problem(s) in {}",
-        problems.len(),
-        args.dir.display()
-    );
-    Ok(code)
+    eprintln!("error: {} problem(s) in {what}", problems.len());
 }
 
 /// A diagnostic's file as the user can open it from where they ran `floyd`.
