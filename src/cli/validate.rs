@@ -61,7 +61,13 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
                 }
             }
             Err(Error::Invalid(diags)) => {
-                for d in diags {
+                for mut d in diags {
+                    // The renderer names the environment for the controller's
+                    // logs; here the tag says which renders it showed up in,
+                    // so the same problem is printed once.
+                    if let Some(e) = env {
+                        d.message = d.message.replace(&format!(" (environment {e})"), "");
+                    }
                     match problems.iter_mut().find(|(p, _)| *p == d) {
                         Some((_, labels)) => labels.push(label),
                         None => problems.push((d, vec![label])),

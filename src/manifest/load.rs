@@ -850,6 +850,37 @@ fn mig_slices(cx: &mut Ctx<'_>, n: &Node, path: &str) -> BTreeMap<String, u32> {
     out
 }
 
+/// The events a notification target can ask for (the kinds
+/// `server::notify` sends; a test keeps the two lists equal).
+pub const NOTIFICATION_EVENTS: &[&str] = &[
+    "started",
+    "completed",
+    "failed",
+    "rolledBack",
+    "degraded",
+    "revertPushed",
+    "revertFailed",
+];
+
+/// The known event a mistyped one most likely means: the same name in
+/// another case or with `-`/`_` (`rolled-back`), a name it contains
+/// (`rollout-failed`), or a close spelling.
+fn event_like(word: &str) -> Option<&'static str> {
+    let norm = |s: &str| {
+        s.chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect::<String>()
+            .to_ascii_lowercase()
+    };
+    let w = norm(word);
+    NOTIFICATION_EVENTS
+        .iter()
+        .find(|k| norm(k) == w)
+        .or_else(|| NOTIFICATION_EVENTS.iter().find(|k| w.contains(&norm(k))))
+        .copied()
+        .or_else(|| decode::closest(word, NOTIFICATION_EVENTS))
+}
+
 fn notifications(cx: &mut Ctx<'_>, n: &Node, path: &str) -> Vec<NotificationTarget> {
     let mut out = Vec::new();
     let Some(items) = cx.list(n, path) else {
@@ -883,7 +914,27 @@ fn notifications(cx: &mut Ctx<'_>, n: &Node, path: &str) -> Vec<NotificationTarg
         };
         let events = o
             .get("events")
-            .and_then(|e| cx.string_list(e, &o.at("events")))
+            .and_then(|e| {
+                let list = cx.string_list(e, &o.at("events"))?;
+                let items = match &e.value {
+                    Value::Seq(items) => items.as_slice(),
+                    _ => &[],
+                };
+                let mut ok = true;
+                for (j, (name, node)) in list.iter().zip(items).enumerate() {
+                    if NOTIFICATION_EVENTS.contains(&name.as_str()) {
+                        continue;
+                    }
+                    ok = false;
+                    let p = format!("{}[{j}]", o.at("events"));
+                    let hint = match event_like(name) {
+                        Some(c) => format!("did you mean `{c}`?"),
+                        None => format!("known events: {}", NOTIFICATION_EVENTS.join(", ")),
+                    };
+                    cx.err_hint(node.pos, &p, format!("unknown event {name:?}"), hint);
+                }
+                ok.then_some(list)
+            })
             .unwrap_or_default();
         if let (Some(url), Some(format)) = (url, format) {
             out.push(NotificationTarget {

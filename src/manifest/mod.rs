@@ -12,7 +12,7 @@ mod template;
 pub mod tree;
 mod yaml;
 
-pub use load::{CONFIG_FILE, ConfigRepo, MAX_FILE_BYTES, SERVICES_DIR};
+pub use load::{CONFIG_FILE, ConfigRepo, MAX_FILE_BYTES, NOTIFICATION_EVENTS, SERVICES_DIR};
 
 pub use model::*;
 pub use revision::revision_of;

@@ -208,3 +208,12 @@ fn syntax_errors_and_documents() {
         parse("spec: {{ values.x }}").unwrap_err()[0].starts_with("svc.yaml:1:7: template syntax")
     );
 }
+
+#[test]
+fn notification_events_are_the_kinds_floyd_sends() {
+    let sent: Vec<&str> = crate::server::notify::NotificationKind::ALL
+        .iter()
+        .map(|k| k.as_str())
+        .collect();
+    assert_eq!(sent, NOTIFICATION_EVENTS);
+}
