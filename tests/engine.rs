@@ -151,18 +151,18 @@ fn example_scenarios_behave_as_documented() {
 fn rolling_example_follows_the_worked_example() {
     let out = simulate(&["examples-repo/simulations/rolling-10.yaml", "--json"]);
     let lines = json_lines(&out);
+    // Revisions are keyed by label; the first line maps labels to revisions.
     let labels = lines[0]["labels"]
         .as_object()
         .expect("labels on the first line")
         .clone();
-    let rev = |name: &str| {
+    assert_eq!(labels.keys().collect::<Vec<_>>(), ["start", "target"]);
+    assert!(
         labels
-            .iter()
-            .find(|(_, v)| *v == name)
-            .map(|(k, _)| k.clone())
-            .unwrap()
-    };
-    let (start, target) = (rev("start"), rev("target"));
+            .values()
+            .all(|v| v.as_str().is_some_and(|r| r.len() == 10))
+    );
+    let (start, target) = ("start".to_string(), "target".to_string());
     let at = |t: f64| {
         let l = lines
             .iter()
@@ -209,6 +209,243 @@ fn bad_input_exits_2_with_a_position() {
     }
     let out = simulate(&["/nonexistent/sim.yaml"]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// `floyd simulate` like the other commands (issue #20): several files or a
+/// directory, `-o json` (and `--json`), revisions named by label in a stable
+/// order, blue-green traffic shown, every error positioned with a hint.
+#[test]
+fn simulate_takes_files_and_directories_with_stable_labelled_columns() {
+    let sims = "examples-repo/simulations";
+    // A directory: every file, one result each; a failure makes it exit 1.
+    let out = simulate(&[sims]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let headers: Vec<&str> = text.lines().filter(|l| l.starts_with("== ")).collect();
+    assert_eq!(headers.len(), EXAMPLES.len(), "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("result: ")).count(),
+        EXAMPLES.len()
+    );
+    // Several files that all complete: 0.
+    let ok = [
+        format!("{sims}/rolling-10.yaml"),
+        format!("{sims}/blue-green.yaml"),
+    ];
+    let out = simulate(&[&ok[0], &ok[1], "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let lines = json_lines(&out);
+    assert!(
+        lines.iter().all(|l| l["file"].is_string()),
+        "many files: each line says which"
+    );
+    // Columns: start before target on every line, in text and JSON alike.
+    for (file, ..) in EXAMPLES {
+        let path = format!("{sims}/{file}");
+        let text = simulate(&[&path]);
+        for l in String::from_utf8_lossy(&text.stdout)
+            .lines()
+            .filter(|l| l.starts_with("t="))
+        {
+            if let (Some(s), Some(t)) = (l.find(" start "), l.find(" target ")) {
+                assert!(s < t, "{file}: {l}");
+            }
+        }
+        let out = simulate(&[&path, "-o", "json"]);
+        let lines = json_lines(&out);
+        let labels = lines[0]["labels"].as_object().expect("labels").clone();
+        let hashes: Vec<&str> = labels.values().filter_map(|v| v.as_str()).collect();
+        for l in &lines {
+            if let Some(revs) = l["revision"].as_object() {
+                let keys: Vec<&String> = revs.keys().collect();
+                assert!(keys.iter().all(|k| labels.contains_key(*k)), "{file}: {l}");
+                if let (Some(s), Some(t)) = (
+                    keys.iter().position(|k| *k == "start"),
+                    keys.iter().position(|k| *k == "target"),
+                ) {
+                    assert!(s < t, "{file}: {l}");
+                }
+            }
+            let event = l["event"].as_str().or(l["reason"].as_str()).unwrap_or("");
+            assert!(
+                !hashes.iter().any(|h| event.contains(h)),
+                "{file}: hash in {l}"
+            );
+        }
+        // --json is still accepted and means -o json.
+        assert_eq!(simulate(&[&path, "--json"]).stdout, out.stdout);
+    }
+    // Blue-green: which revision is active and which is preview.
+    let bg = simulate(&[&ok[1]]);
+    let t = String::from_utf8_lossy(&bg.stdout);
+    assert!(t.contains("active start  preview target"), "{t}");
+    assert!(t.contains("active target  preview -"), "{t}");
+    let lines = json_lines(&simulate(&[&ok[1], "-o", "json"]));
+    assert_eq!(lines[0]["active"], "start");
+    assert_eq!(lines[0]["preview"], "target");
+}
+
+#[test]
+fn simulate_reports_every_problem_of_every_file_with_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let gated = "service:\n  apiVersion: floyd.dev/v1\n  kind: Service\n  metadata: { name: web }\n  spec:\n    replicas: 1\n    template: { command: [\"./web\"] }\nscenario:\n  gates:\n    - { pass: 10 }\n";
+    let a = dir.path().join("a.yaml");
+    std::fs::write(&a, gated).unwrap();
+    let b = dir.path().join("b.yaml");
+    std::fs::write(
+        &b,
+        "service:\n  apiVersion: floyd.dev/v1\n  kind: Service\n  metadata: { name: web }\n  spec:\n    replicas: -1\n    template: { command: [\"./web\"], bogus: 1 }\n",
+    )
+    .unwrap();
+    let out = simulate(&[dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let a = a.display();
+    let b = b.display();
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 4, "{err}");
+    assert_eq!(
+        lines[0],
+        format!(
+            "{a}:9:3: scenario.gates: 1 scripted gate(s) but the service has 0 gate(s) (hint: give one entry per gate of service.spec.gates, in the same order (0), or leave scenario.gates out)"
+        )
+    );
+    assert!(
+        lines[1].starts_with(&format!("{b}:6:15: service.spec.replicas: ")),
+        "{err}"
+    );
+    assert!(
+        lines[2].starts_with(&format!(
+            "{b}:7:37: service.spec.template.bogus: unknown field (hint: "
+        )),
+        "{err}"
+    );
+    assert!(lines[3].starts_with("error: 3 problem(s) in "), "{err}");
+}
+
+/// `floyd simulate <config-repo> --service web [--from <rev>]`: the start
+/// is the service as rendered at `--from` (default HEAD~1).
+#[test]
+fn simulate_a_service_from_a_config_repo() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("config");
+    let copy = |from: &Path, to: &Path| {
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_file() {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    };
+    std::fs::create_dir_all(repo.join("services")).unwrap();
+    copy(&repo_root().join("examples-repo"), &repo);
+    copy(
+        &repo_root().join("examples-repo/services"),
+        &repo.join("services"),
+    );
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@localhost",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .current_dir(&repo)
+            .output()
+            .expect("git");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-qm", "initial"]);
+    let web = repo.join("services/web.yaml");
+    let text = std::fs::read_to_string(&web).unwrap();
+    std::fs::write(
+        &web,
+        text.replacen("\"{{ values.webVersion }}\"", "\"9.9.9\"", 1),
+    )
+    .unwrap();
+    assert_ne!(
+        std::fs::read_to_string(&web).unwrap(),
+        text,
+        "the edit changed web.yaml"
+    );
+    git(&["commit", "-qam", "web: 9.9.9"]);
+    let r = repo.to_str().unwrap();
+
+    let out = simulate(&[r, "--service", "web"]);
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{t}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(t.starts_with("simulating web ("), "{t}");
+    assert!(
+        t.contains("(HEAD~1, ") && t.contains("(the working tree)"),
+        "{t}"
+    );
+    assert!(
+        t.lines()
+            .last()
+            .is_some_and(|l| l.starts_with("result: Complete")),
+        "{t}"
+    );
+    assert!(t.contains(" start ") && t.contains(" target "), "{t}");
+    // The same revision at --from HEAD: nothing to roll out.
+    let out = simulate(&[r, "--service", "web", "--from", "HEAD"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to roll out"));
+    // A service the old commit lacks: a first deployment (no start column).
+    let out = simulate(&[r, "--service", "api", "--from", "HEAD", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0));
+    // Bad input: 2; not a Git repository: 3.
+    for (args, code, want) in [
+        (vec![r, "--service", "nope"], 2, "defines no such service"),
+        (
+            vec![r, "--service", "web", "--from", "no-such-rev"],
+            2,
+            "--from \"no-such-rev\"",
+        ),
+        (vec![r, "--from", "HEAD"], 2, "--service"),
+    ] {
+        let out = simulate(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    let plain = dir.path().join("plain");
+    std::fs::create_dir_all(plain.join("services")).unwrap();
+    copy(
+        &repo_root().join("examples-repo/services"),
+        &plain.join("services"),
+    );
+    copy(&repo_root().join("examples-repo"), &plain);
+    let out = simulate(&[plain.to_str().unwrap(), "--service", "web"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    if Command::new("git")
+        .args(["rev-parse"])
+        .current_dir(&plain)
+        .output()
+        .is_ok_and(|o| !o.status.success())
+    {
+        assert_eq!(out.status.code(), Some(3), "{err}");
+        assert!(err.contains("cannot open the Git repository"), "{err}");
+    }
+}
+
+fn repo_root() -> PathBuf {
+    repo()
 }
 
 // ---- properties ---------------------------------------------------------------

@@ -906,7 +906,7 @@ async fn logs_rotate_and_floyd_logs_prints_them() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     rt.shutdown().await;
 }
 

@@ -461,6 +461,85 @@ fn broken_repos_report_every_error_with_positions() {
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
 
+/// Two services on one port both validated, and at run time the second
+/// load balancer could not bind while `status` said Complete (issue #20).
+#[test]
+fn duplicate_ports_across_services_name_both_places() {
+    let svc = |name: &str, ports: &str, strategy: &str| {
+        format!(
+            "apiVersion: floyd.dev/v1\nkind: Service\nmetadata: {{ name: {name} }}\nspec:\n  template: {{ command: [app] }}\n  ports:\n{ports}{strategy}"
+        )
+    };
+    let a = svc("a", "    - { name: http, port: 8080 }\n", "");
+    let b = svc(
+        "b",
+        "    - { name: admin, port: 9000 }\n    - { name: http, port: 8080 }\n",
+        "",
+    );
+    let c = svc(
+        "c",
+        "    - { name: http, port: 8181 }\n",
+        "  strategy:\n    type: BlueGreen\n    blueGreen: { previewPort: 9000 }\n",
+    );
+    let d = svc(
+        "d",
+        "    - { name: http, port: 8282 }\n",
+        "  strategy:\n    type: BlueGreen\n    blueGreen: { previewPort: 9100 }\n",
+    );
+    let e = svc("e", "    - { name: http, port: 9100 }\n", "");
+    let repo = Repo::with(&[
+        ("services/a.yaml", &a),
+        ("services/b.yaml", &b),
+        ("services/c.yaml", &c),
+        ("services/d.yaml", &d),
+        ("services/e.yaml", &e),
+    ]);
+    let hint = "(hint: each service port and previewPort must be unique across all services: its load balancer binds it)";
+    assert_eq!(
+        repo.load(None).unwrap_err(),
+        vec![
+            format!(
+                "services/b.yaml:8:27: spec.ports[1].port: port 8080 of service \"b\" is also used by service \"a\" at services/a.yaml:7:27 (spec.ports[0].port) {hint}"
+            ),
+            format!(
+                "services/c.yaml:10:31: spec.strategy.blueGreen.previewPort: port 9000 of service \"c\" is also used by service \"b\" at services/b.yaml:7:28 (spec.ports[0].port) {hint}"
+            ),
+            format!(
+                "services/e.yaml:7:27: spec.ports[0].port: port 9100 of service \"e\" is also used by service \"d\" at services/d.yaml:10:31 (spec.strategy.blueGreen.previewPort) {hint}"
+            ),
+        ]
+    );
+    // Distinct ports: valid.
+    let e = svc("e", "    - { name: http, port: 9200 }\n", "");
+    repo.write("services/e.yaml", e.as_bytes());
+    repo.write(
+        "services/b.yaml",
+        svc("b", "    - { name: http, port: 8081 }\n", "").as_bytes(),
+    );
+    repo.write(
+        "services/c.yaml",
+        svc(
+            "c",
+            "    - { name: http, port: 8181 }\n",
+            "  strategy:\n    type: BlueGreen\n    blueGreen: { previewPort: 9001 }\n",
+        )
+        .as_bytes(),
+    );
+    assert_eq!(repo.load(None).map(|r| r.services.len()), Ok(5));
+    // `floyd validate` exits 2 and prints both places.
+    repo.write(
+        "services/e.yaml",
+        svc("e", "    - { name: http, port: 8080 }\n", "").as_bytes(),
+    );
+    let (code, _, err) = floyd(&["validate", repo.path().to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("services/e.yaml:7:27: spec.ports[0].port: port 8080")
+            && err.contains("services/a.yaml:7:27"),
+        "{err}"
+    );
+}
+
 #[test]
 fn unusable_files_are_reported_with_where() {
     let repo = Repo::with(&[]);
@@ -971,4 +1050,217 @@ fn large_repos_load_in_parallel_with_the_same_results() {
     assert_eq!(names.len(), 399);
     assert_eq!(r.service("svc-250").unwrap().spec.replicas, 1);
     assert_eq!(r.service("svc-3").unwrap().spec.replicas, 2);
+}
+
+/// One name for the output format of every command (`FLOYD_OUTPUT`); the
+/// old `FLOYD_VALIDATE_OUTPUT` still works for `validate` when it is unset.
+#[test]
+fn output_format_environment_variables() {
+    let ex = examples();
+    let run = |envs: &[(&str, &str)], args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_floyd"));
+        c.args(args)
+            .env_remove("FLOYD_OUTPUT")
+            .env_remove("FLOYD_VALIDATE_OUTPUT")
+            .env_remove("FLOYD_CONFIG_DIR")
+            .env_remove("FLOYD_ENVIRONMENT");
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        let out = c.output().expect("run floyd");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let dir = ex.to_str().unwrap();
+    for envs in [
+        &[("FLOYD_OUTPUT", "json")][..],
+        &[("FLOYD_VALIDATE_OUTPUT", "json")][..],
+        &[("FLOYD_OUTPUT", "json"), ("FLOYD_VALIDATE_OUTPUT", "text")][..],
+    ] {
+        let (code, out) = run(envs, &["validate", dir]);
+        assert_eq!(code, Some(0));
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{envs:?}: {e}: {out}"));
+        assert_eq!(v["valid"], true);
+    }
+    let (_, out) = run(
+        &[("FLOYD_OUTPUT", "text"), ("FLOYD_VALIDATE_OUTPUT", "json")],
+        &["validate", dir],
+    );
+    assert!(out.starts_with("ok: 4 services"), "{out}");
+    // `text` for render is YAML, so one FLOYD_OUTPUT=text serves every command.
+    let (code, out) = run(&[("FLOYD_OUTPUT", "text")], &["render", dir]);
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with("services:"), "{out}");
+    let (code, out) = run(&[("FLOYD_OUTPUT", "json")], &["render", dir]);
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with('{'), "{out}");
+}
+
+/// Every field a manifest can set, for the render round trip.
+const FULL: &str = r#"apiVersion: floyd.dev/v1
+kind: Service
+metadata:
+  name: inference
+spec:
+  replicas: 4
+  template:
+    image: ghcr.io/acme/inference:1.4.2
+    command: ["./serve", "--port", "${PORT}"]
+    env: { LOG_LEVEL: info, WORKERS: 4, DEBUG: false, EMPTY: }
+    workingDir: /srv
+    resources:
+      cpu: 500m
+      memory: 256Mi
+      gpu: { count: 2, product: NVIDIA-A100-SXM4-80GB, memoryMiB: 81920, sharing: mig, profile: 1g.10gb, allowInPlace: false }
+    terminationGracePeriodSeconds: 5
+  ports: [{ name: http, port: 18080 }, { name: metrics, port: 18090 }]
+  health:
+    readiness: { http: { path: /healthz, port: http }, periodSeconds: 2, failureThreshold: 3, timeoutSeconds: 1 }
+    liveness:  { tcp: { port: 18090 }, initialDelaySeconds: 5 }
+    startup: { exec: { command: [test, -f, /tmp/ready] }, failureThreshold: 30 }
+  minReadySeconds: 5
+  progressDeadlineSeconds: 300
+  revisionHistoryLimit: 3
+  strategy:
+    type: BlueGreen
+    blueGreen: { previewPort: 18081, autoPromote: false, scaleDownDelaySeconds: 1m }
+  gates:
+    - successRate: { min: 0.99, window: 30s }
+    - prometheus: { query: "sum(rate(x[1m]))", address: "http://127.0.0.1:9090", max: 0.01, onNoData: pass }
+    - webhook: { url: "https://approve.example.com/hook?token=abc&team=web", timeoutSeconds: 5, onNoData: fail }
+  onFailure: { rollback: true, revert: false }
+"#;
+
+/// What `floyd render` prints, written back as a config repo: each
+/// service's `spec` under `apiVersion`/`kind`/`metadata`.
+fn rendered_as_repo(rendered: &str, redacted_secrets: bool) -> Repo {
+    let v: serde_json::Value = serde_saphyr::from_str(rendered).expect("render output is YAML");
+    let repo = Repo::with(&[]);
+    for s in v["services"].as_array().expect("services") {
+        let name = s["name"].as_str().expect("name");
+        let doc = serde_json::json!({
+            "apiVersion": "floyd.dev/v1",
+            "kind": "Service",
+            "metadata": { "name": name },
+            "spec": s["spec"],
+        });
+        let mut text = serde_json::to_string_pretty(&doc).unwrap();
+        if redacted_secrets {
+            // What a person does with a redacted URL: put the secret back.
+            text = text.replace("token=***", "token=abc");
+        }
+        repo.write(&format!("services/{name}.yaml"), text.as_bytes());
+    }
+    repo
+}
+
+/// `floyd render` wrote `windowSeconds`, which `validate` rejects, so its
+/// output could not be fed back (issue #20). Now every field round-trips.
+#[test]
+fn render_output_validates_and_loads_back_the_same() {
+    let full = Repo::with(&[("services/inference.yaml", FULL)]);
+    let ex = examples();
+    for (dir, env) in [
+        (full.path(), None),
+        (ex.as_path(), None),
+        (ex.as_path(), Some("prod")),
+        (ex.as_path(), Some("staging")),
+    ] {
+        let mut args = vec!["render", dir.to_str().unwrap()];
+        if let Some(e) = env {
+            args.extend(["-e", e]);
+        }
+        let (code, out, err) = floyd(&args);
+        assert_eq!(code, 0, "{err}");
+        let back = rendered_as_repo(&out, true);
+        let (code, _, err) = floyd(&["validate", back.path().to_str().unwrap()]);
+        assert_eq!(
+            code, 0,
+            "render output of {dir:?} {env:?} does not validate:\n{err}"
+        );
+        let original = manifest::load_release(dir, env).unwrap();
+        let reloaded = back.load(None).unwrap();
+        assert_eq!(reloaded.services.len(), original.services.len());
+        for (a, b) in original.services.iter().zip(&reloaded.services) {
+            assert_eq!((&a.name, &a.revision), (&b.name, &b.revision));
+            assert_eq!(a.spec, b.spec, "{}", a.name);
+        }
+    }
+}
+
+/// Gate and notification URLs can carry credentials in their query; `render`
+/// prints them redacted, as the logs do.
+#[test]
+fn render_redacts_secret_looking_query_strings() {
+    let full = Repo::with(&[("services/inference.yaml", FULL)]);
+    for o in ["yaml", "json"] {
+        let (code, out, err) = floyd(&["render", full.path().to_str().unwrap(), "-o", o]);
+        assert_eq!(code, 0, "{err}");
+        assert!(!out.contains("token=abc"), "{out}");
+        assert!(
+            out.contains("https://approve.example.com/hook?token=***&team=web"),
+            "{out}"
+        );
+    }
+}
+
+/// `events: [rollout-failed]` (once in docs/manifest.md) validated and the
+/// notification never fired; an undefined value printed once per
+/// environment (issue #20).
+#[test]
+fn event_names_are_checked_and_each_problem_is_printed_once() {
+    let repo = Repo::with(&[
+        (
+            "floyd.yaml",
+            "values: { a: 1 }\nenvironments: { prod: { values: { a: 2 } }, staging: {} }\nnotifications:\n  - { url: \"http://x/h\", events: [failed, rollout-failed, rolled-back, Completed, zzz] }\n",
+        ),
+        (
+            "services/web.yaml",
+            "apiVersion: floyd.dev/v1\nkind: Service\nmetadata: { name: web }\nspec:\n  replicas: {{ values.nope }}\n  template: { command: [a] }\n",
+        ),
+    ]);
+    let dir = repo.path().to_str().unwrap();
+    let (code, _, err) = floyd(&["validate", dir]);
+    assert_eq!(code, 2);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            format!(
+                "{dir}/floyd.yaml:4:43: notifications[0].events[1]: unknown event \"rollout-failed\" (hint: did you mean `failed`?)"
+            ),
+            format!(
+                "{dir}/floyd.yaml:4:59: notifications[0].events[2]: unknown event \"rolled-back\" (hint: did you mean `rolledBack`?)"
+            ),
+            format!(
+                "{dir}/floyd.yaml:4:72: notifications[0].events[3]: unknown event \"Completed\" (hint: did you mean `completed`?)"
+            ),
+            format!(
+                "{dir}/floyd.yaml:4:83: notifications[0].events[4]: unknown event \"zzz\" (hint: known events: started, completed, failed, rolledBack, degraded, revertPushed, revertFailed)"
+            ),
+            format!(
+                "{dir}/services/web.yaml:5:16: template: `values.nope` is undefined (hint: define it under `values:` in floyd.yaml, or in the environment's values)"
+            ),
+            format!("error: 5 problem(s) in {dir}"),
+        ]
+    );
+    // docs/manifest.md's own example validates.
+    let docs =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/manifest.md"))
+            .unwrap();
+    let line = docs
+        .lines()
+        .find(|l| l.contains("format: slack, events:"))
+        .expect("the docs' notification example");
+    let repo = Repo::with(&[
+        ("floyd.yaml", &format!("notifications:\n{line}\n")),
+        (
+            "services/web.yaml",
+            "apiVersion: floyd.dev/v1\nkind: Service\nmetadata: { name: web }\nspec: { template: { command: [a] } }\n",
+        ),
+    ]);
+    assert_eq!(repo.load(None).map(|r| r.notifications.len()), Ok(1));
 }

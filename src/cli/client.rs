@@ -1,8 +1,8 @@
 //! API clients: `floyd status|history|watch|promote|abort|pause|resume|diff`.
 //!
 //! Thin HTTP clients of the JSON API (`docs/api.md`): they never read the
-//! controller's state any other way. Errors are one line; an unreachable
-//! server is exit 1.
+//! controller's state any other way. Errors are one line. Exit codes follow
+//! the convention in `cli` (3: the server cannot be reached).
 
 use super::CliError;
 use crate::engine::{Command, Phase};
@@ -18,15 +18,18 @@ use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
 pub struct ServerArgs {
-    /// Floyd's API address.
+    /// Floyd's API address (where `floyd run` listens).
     #[arg(long, env = "FLOYD_SERVER", default_value = "http://127.0.0.1:9180")]
     pub server: String,
-    /// Output format: `text` or `json`.
-    #[arg(long, short = 'o', default_value = "text")]
-    pub output: String,
-    /// Bearer token file for manual controls.
-    #[arg(long, env = "FLOYD_API_TOKEN_FILE")]
-    pub api_token_file: Option<PathBuf>,
+    /// Output format.
+    #[arg(
+        long,
+        short = 'o',
+        value_enum,
+        default_value = "text",
+        env = "FLOYD_OUTPUT"
+    )]
+    pub output: Output,
 }
 
 #[derive(Debug, clap::Args)]
@@ -35,26 +38,46 @@ pub struct StatusArgs {
     pub server: ServerArgs,
 }
 
+/// A read-only command about one service.
 #[derive(Debug, clap::Args)]
-pub struct ServiceArgs {
+pub struct ReadArgs {
+    /// Service name (`metadata.name`).
     pub service: String,
     #[command(flatten)]
     pub server: ServerArgs,
 }
 
+/// A manual control of one service's rollout.
+#[derive(Debug, clap::Args)]
+pub struct ControlArgs {
+    /// Service name (`metadata.name`).
+    pub service: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// File holding the bearer token the server was started with
+    /// (`floyd run --api-token-file`); needed only when it was.
+    #[arg(long, env = "FLOYD_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct DiffArgs {
-    #[arg(default_value = ".")]
+    /// Config repository directory.
+    #[arg(default_value = ".", env = "FLOYD_CONFIG_DIR")]
     pub dir: PathBuf,
+    /// Environment from floyd.yaml to render.
     #[arg(long, short = 'e', env = "FLOYD_ENVIRONMENT")]
     pub environment: Option<String>,
     #[command(flatten)]
     pub server: ServerArgs,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Output {
+/// Output format of the API clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Tables and lines for a person.
     Text,
+    /// JSON, the API's shapes.
     Json,
 }
 
@@ -73,15 +96,9 @@ struct ErrorBody {
 }
 
 impl Client {
-    fn new(a: &ServerArgs) -> anyhow::Result<Client> {
-        let output = match a.output.as_str() {
-            "text" => Output::Text,
-            "json" => Output::Json,
-            other => {
-                return Err(CliError::usage(format!("-o {other:?}: use text or json")));
-            }
-        };
-        let token = match &a.api_token_file {
+    fn new(a: &ServerArgs, token_file: Option<&std::path::Path>) -> anyhow::Result<Client> {
+        let output = a.output;
+        let token = match token_file {
             Some(p) => Some(Secret::from_file(p).map_err(|e| CliError::usage(e.to_string()))?),
             None => None,
         };
@@ -117,7 +134,7 @@ impl Client {
         } else {
             e.without_url_ref()
         };
-        CliError::failed(format!(
+        CliError::unreachable(format!(
             "cannot reach Floyd at {}: {why} (is `floyd run` running? set --server or FLOYD_SERVER)",
             self.base
         ))
@@ -137,7 +154,12 @@ impl Client {
         } else {
             ""
         };
-        Err(CliError::failed(format!("{}: {msg}{hint}", code.as_u16())))
+        let msg = format!("{}: {msg}{hint}", code.as_u16());
+        Err(match status_exit_code(code) {
+            1 => CliError::failed(msg),
+            2 => CliError::usage(msg),
+            _ => CliError::unreachable(msg),
+        })
     }
 
     async fn get_async<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
@@ -151,7 +173,7 @@ impl Client {
         let res = self.check(res).await?;
         res.json()
             .await
-            .map_err(|e| CliError::failed(format!("unexpected answer from {path}: {e}")))
+            .map_err(|e| CliError::unreachable(format!("unexpected answer from {path}: {e}")))
     }
 
     fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
@@ -161,6 +183,19 @@ impl Client {
     fn print_json<T: Serialize>(&self, v: &T) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(v)?);
         Ok(())
+    }
+}
+
+/// The exit code for an API error status: the request was wrong (unknown
+/// service, missing token) 2; refused as asked (nothing to promote) 1; the
+/// server could not serve it (controller not running, timeout) 3.
+fn status_exit_code(code: reqwest::StatusCode) -> u8 {
+    if code == reqwest::StatusCode::CONFLICT {
+        1
+    } else if code.is_client_error() {
+        2
+    } else {
+        3
     }
 }
 
@@ -317,7 +352,7 @@ pub fn status_table(services: &[ServiceView]) -> String {
 }
 
 pub fn status(a: StatusArgs) -> anyhow::Result<u8> {
-    let c = Client::new(&a.server)?;
+    let c = Client::new(&a.server, None)?;
     let list: ServiceList = c.get("/api/v1/services")?;
     if c.output == Output::Json {
         c.print_json(&list)?;
@@ -339,8 +374,8 @@ fn when(t: crate::time::Time) -> String {
     humantime::format_rfc3339_seconds(st).to_string()
 }
 
-pub fn history(a: ServiceArgs) -> anyhow::Result<u8> {
-    let c = Client::new(&a.server)?;
+pub fn history(a: ReadArgs) -> anyhow::Result<u8> {
+    let c = Client::new(&a.server, None)?;
     let h: History = c.get(&format!(
         "/api/v1/services/{}/history",
         urlencode(&a.service)
@@ -411,8 +446,8 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-pub fn control(a: ServiceArgs, cmd: Command) -> anyhow::Result<u8> {
-    let c = Client::new(&a.server)?;
+pub fn control(a: ControlArgs, cmd: Command) -> anyhow::Result<u8> {
+    let c = Client::new(&a.server, a.api_token_file.as_deref())?;
     let verb = match cmd {
         Command::Promote => "promote",
         Command::Abort => "abort",
@@ -439,7 +474,7 @@ pub fn control(a: ServiceArgs, cmd: Command) -> anyhow::Result<u8> {
         let res = c.check(res).await?;
         res.json::<serde_json::Value>()
             .await
-            .map_err(|e| CliError::failed(format!("unexpected answer: {e}")))
+            .map_err(|e| CliError::unreachable(format!("unexpected answer: {e}")))
     })?;
     if c.output == Output::Json {
         c.print_json(&body)?;
@@ -645,8 +680,8 @@ impl SseParser {
     }
 }
 
-pub fn watch(a: ServiceArgs) -> anyhow::Result<u8> {
-    let c = Client::new(&a.server)?;
+pub fn watch(a: ReadArgs) -> anyhow::Result<u8> {
+    let c = Client::new(&a.server, None)?;
     let name = a.service.clone();
     c.rt.block_on(async {
         // Subscribe first so nothing between the snapshot and the stream is lost.
@@ -675,7 +710,7 @@ pub fn watch(a: ServiceArgs) -> anyhow::Result<u8> {
         let mut parser = SseParser::default();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| {
-                CliError::failed(format!("lost the event stream from {}: {e}", c.base))
+                CliError::unreachable(format!("lost the event stream from {}: {e}", c.base))
             })?;
             for (event, data) in parser.feed(&chunk) {
                 match event.as_str() {
@@ -701,7 +736,7 @@ pub fn watch(a: ServiceArgs) -> anyhow::Result<u8> {
                 }
             }
         }
-        Err(CliError::failed(format!(
+        Err(CliError::unreachable(format!(
             "the event stream from {} ended before the rollout of {name} did",
             c.base
         )))
@@ -827,7 +862,7 @@ fn change_line(c: &Change) -> String {
 }
 
 pub fn diff(a: DiffArgs) -> anyhow::Result<u8> {
-    let c = Client::new(&a.server)?;
+    let c = Client::new(&a.server, None)?;
     let release = crate::manifest::load_release(&a.dir, a.environment.as_deref())
         .map_err(|e| CliError::usage(e.to_string()))?;
     let live: ServiceList = c.get("/api/v1/services")?;

@@ -11,15 +11,71 @@ use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Service name (`metadata.name`).
     pub service: String,
+    /// Only this revision: any unique prefix of at least 4 characters
+    /// (`floyd status` shows 8).
     #[arg(long)]
     pub revision: Option<String>,
-    /// Follow.
+    /// Keep printing new lines (and new instances) until interrupted.
     #[arg(short = 'f', long)]
     pub follow: bool,
     /// State directory of the controller.
     #[arg(long, env = "FLOYD_STATE_DIR", default_value = ".floyd")]
     pub state_dir: PathBuf,
+}
+
+/// Shortest revision prefix accepted (`floyd status` shows 8 characters).
+pub const MIN_PREFIX: usize = 4;
+
+/// The one revision among `known` that `prefix` names: a unique prefix of
+/// at least [`MIN_PREFIX`] characters (or the whole revision).
+pub fn resolve_revision<'a>(prefix: &str, known: &'a [String]) -> Result<&'a str, String> {
+    let list = || {
+        if known.is_empty() {
+            "none".to_string()
+        } else {
+            known.join(", ")
+        }
+    };
+    if let Some(exact) = known.iter().find(|k| *k == prefix) {
+        return Ok(exact);
+    }
+    if prefix.chars().count() < MIN_PREFIX {
+        return Err(format!(
+            "--revision {prefix:?}: give at least {MIN_PREFIX} characters; revisions: {}",
+            list()
+        ));
+    }
+    let matches: Vec<&String> = known.iter().filter(|k| k.starts_with(prefix)).collect();
+    match matches.as_slice() {
+        [one] => Ok(one),
+        [] => Err(format!(
+            "--revision {prefix:?}: no such revision; revisions: {}",
+            list()
+        )),
+        many => Err(format!(
+            "--revision {prefix:?} is ambiguous: {}",
+            many.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// The revisions with logs under `root`, sorted.
+fn revisions(root: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(root)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
 }
 
 /// Current log files (`*.log`) of a service, by instance, with their revision.
@@ -65,12 +121,20 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         .join("local")
         .join("logs")
         .join(&args.service);
-    let files = log_files(&root, args.revision.as_deref());
+    let revision = match &args.revision {
+        Some(p) => Some(
+            resolve_revision(p, &revisions(&root))
+                .map_err(super::CliError::usage)?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let files = log_files(&root, revision.as_deref());
     if files.is_empty() && !args.follow {
-        return Err(super::CliError::failed(format!(
+        return Err(super::CliError::usage(format!(
             "no logs for service {}{} under {} (is --state-dir the controller's state directory?)",
             args.service,
-            args.revision
+            revision
                 .as_deref()
                 .map(|r| format!(" revision {r}"))
                 .unwrap_or_default(),
@@ -111,7 +175,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     }
     loop {
         std::thread::sleep(Duration::from_millis(250));
-        for (path, (rev, inst)) in log_files(&root, args.revision.as_deref()) {
+        for (path, (rev, inst)) in log_files(&root, revision.as_deref()) {
             let prefix = format!("[{inst} {rev}]");
             let Ok(mut f) = std::fs::File::open(&path) else {
                 continue;
@@ -138,5 +202,43 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             }
         }
         out.flush()?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve_revision;
+
+    #[test]
+    fn revisions_by_unique_prefix() {
+        let known = vec![
+            "0a1b2c3d4e".to_string(),
+            "0a1bffffff".to_string(),
+            "9f9f9f9f9f".to_string(),
+        ];
+        let table: &[(&str, Result<&str, &str>)] = &[
+            ("9f9f", Ok("9f9f9f9f9f")),
+            ("9f9f9f9f", Ok("9f9f9f9f9f")),
+            ("0a1b2", Ok("0a1b2c3d4e")),
+            ("0a1b", Err("ambiguous: 0a1b2c3d4e, 0a1bffffff")),
+            (
+                "9f9",
+                Err("at least 4 characters; revisions: 0a1b2c3d4e, 0a1bffffff, 9f9f9f9f9f"),
+            ),
+            ("abcd", Err("no such revision; revisions: 0a1b2c3d4e")),
+        ];
+        for (prefix, want) in table {
+            let got = resolve_revision(prefix, &known);
+            match (got, want) {
+                (Ok(g), Ok(w)) => assert_eq!(g, *w, "{prefix}"),
+                (Err(g), Err(w)) => assert!(g.contains(w), "{prefix}: {g}"),
+                (g, w) => panic!("{prefix}: got {g:?}, want {w:?}"),
+            }
+        }
+        assert!(
+            resolve_revision("abc", &[])
+                .unwrap_err()
+                .contains("revisions: none")
+        );
     }
 }

@@ -2,13 +2,17 @@
 //! file each). `main.rs` only calls [`main`]. Every flag can also be set
 //! from the environment (`FLOYD_*`), which is how the Helm chart configures Floyd.
 //!
-//! Exit codes everywhere: 0 success, 1 the operation ran and failed (rollout
-//! failed, diff found changes, server unreachable), 2 bad input or usage.
+//! Exit codes everywhere (see [`EXIT_CODES`]): 0 success or nothing to
+//! report, 1 the command's negative answer (diff has changes, watch saw the
+//! rollout fail, status has unhealthy services), 2 usage or invalid input,
+//! 3 cannot reach the server or the repository. The contract lists 0/1/2;
+//! 3 is an extension so scripts can tell "no" from "could not ask".
 
 pub mod bench;
 pub mod client;
 pub mod demo;
 pub mod logs;
+pub mod reference;
 pub mod render;
 pub mod run;
 pub mod sample_app;
@@ -18,9 +22,21 @@ pub mod validate;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+/// The exit-code convention of every command, as `--help` prints it.
+pub const EXIT_CODES: &str = "Exit codes: 0 success or nothing to report; 1 the command's negative answer \
+(diff has changes, watch saw the rollout fail, status has unhealthy services); \
+2 usage or invalid input; 3 cannot reach the server or the repository.";
+
 /// Floyd: GitOps sync with its own progressive-delivery engine.
 #[derive(Debug, Parser)]
-#[command(name = "floyd", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "floyd",
+    version,
+    about,
+    long_about = None,
+    propagate_version = true,
+    after_help = EXIT_CODES
+)]
 pub struct Cli {
     /// Log format: `text` for a terminal, `json` for log collectors.
     #[arg(long, global = true, env = "FLOYD_LOG_FORMAT", default_value = "text")]
@@ -34,38 +50,96 @@ pub struct Cli {
 #[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the controller until SIGINT/SIGTERM.
+    #[command(
+        after_help = "Exit codes: 0 clean shutdown; 1 the controller stopped on an \
+        error; 2 invalid flags (e.g. --listen cannot bind, a secret file cannot be read)."
+    )]
     Run(run::Args),
     /// Try Floyd in one command: a scratch Git remote, the controller, the dashboard.
+    #[command(
+        after_help = "Exit codes: 0 stopped with Ctrl-C, or --scenario behaved as told; \
+        1 --scenario did not (what went wrong is printed); 2 invalid flags."
+    )]
     Demo(demo::Args),
     /// Load, validate and render every environment of a config repo.
+    #[command(
+        after_help = "Exit codes: 0 valid; 2 invalid (every problem is printed as \
+        file:line:col: field.path: message), or the directory cannot be read."
+    )]
     Validate(validate::Args),
     /// Print the rendered release (services with revisions).
+    #[command(
+        after_help = "Exit codes: 0 printed; 2 the config repo is invalid or the \
+        environment unknown. The output reads back with `floyd validate`."
+    )]
     Render(render::Args),
     /// What a sync would change against the live state.
+    #[command(
+        after_help = "Exit codes: 0 no changes; 1 a sync would change something; \
+        2 invalid config repo or flags; 3 cannot reach the server."
+    )]
     Diff(client::DiffArgs),
     /// Live state of every service.
+    #[command(
+        after_help = "Exit codes: 0 every service is healthy (or there is none yet); \
+        1 a service is Failed or Degraded; 2 invalid flags; 3 cannot reach the server."
+    )]
     Status(client::StatusArgs),
     /// Rollout history of a service.
-    History(client::ServiceArgs),
+    #[command(
+        after_help = "Exit codes: 0 printed; 2 unknown service or invalid flags; \
+        3 cannot reach the server."
+    )]
+    History(client::ReadArgs),
     /// Follow a rollout with progress bars until it ends.
-    Watch(client::ServiceArgs),
+    #[command(
+        after_help = "Exit codes: 0 the rollout completed (or the service is settled \
+        and Complete); 1 it ended Failed, RolledBack or Degraded; 2 unknown service or invalid \
+        flags; 3 cannot reach the server, or lost it before the rollout ended."
+    )]
+    Watch(client::ReadArgs),
     /// Promote a blue-green rollout waiting for manual promotion.
-    Promote(client::ServiceArgs),
+    #[command(after_help = CONTROL_EXIT_CODES)]
+    Promote(client::ControlArgs),
     /// Abort the in-flight rollout (back to the last good revision).
-    Abort(client::ServiceArgs),
+    #[command(after_help = CONTROL_EXIT_CODES)]
+    Abort(client::ControlArgs),
     /// Pause the in-flight rollout.
-    Pause(client::ServiceArgs),
+    #[command(after_help = CONTROL_EXIT_CODES)]
+    Pause(client::ControlArgs),
     /// Resume a paused rollout.
-    Resume(client::ServiceArgs),
+    #[command(after_help = CONTROL_EXIT_CODES)]
+    Resume(client::ControlArgs),
     /// Run the engine on the simulated runtime in virtual time.
+    #[command(
+        after_help = "Exit codes: 0 every simulated rollout completed; 1 one failed; \
+        2 an invalid file, flag or service; 3 the config repository cannot be opened."
+    )]
     Simulate(simulate::Args),
     /// Show an instance's logs (local runtime).
+    #[command(
+        after_help = "Exit codes: 0 printed; 2 no logs for that service or revision \
+        (unknown service, ambiguous revision prefix, or not the controller's --state-dir)."
+    )]
     Logs(logs::Args),
     /// A small HTTP workload for demos and tests.
+    #[command(
+        after_help = "Exit codes: 0 stopped by SIGTERM or SIGINT; otherwise what \
+        --exit-code says."
+    )]
     SampleApp(sample_app::Args),
-    /// Benchmarks (results go in docs/benchmarks.md).
+    /// Print this command-line reference as Markdown, or write man pages.
+    #[command(after_help = "Exit codes: 0 written; 2 the --man directory cannot be created.")]
+    Reference(reference::Args),
+    /// Benchmarks: not built into the binary; run `cargo bench` (docs/benchmarks.md).
+    #[command(hide = true)]
     Bench(bench::Args),
 }
+
+/// The exit codes of the manual controls, as their `--help` prints them.
+const CONTROL_EXIT_CODES: &str = "Exit codes: 0 accepted; 1 refused (e.g. nothing to promote); \
+    2 unknown service, missing or wrong token, invalid flags; 3 cannot reach the server, or the \
+    controller is not running.";
 
 /// An error carrying its exit code. Anything else that reaches `main` exits 1.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +162,14 @@ impl CliError {
     pub fn failed(message: impl Into<String>) -> anyhow::Error {
         CliError {
             code: 1,
+            message: message.into(),
+        }
+        .into()
+    }
+    /// The server or the repository could not be reached: exit 3.
+    pub fn unreachable(message: impl Into<String>) -> anyhow::Error {
+        CliError {
+            code: 3,
             message: message.into(),
         }
         .into()
@@ -139,6 +221,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Simulate(a) => simulate::run(a),
         Command::Logs(a) => logs::run(a),
         Command::SampleApp(a) => sample_app::run(a),
+        Command::Reference(a) => reference::run(a),
         Command::Bench(a) => bench::run(a),
     }
 }

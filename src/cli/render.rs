@@ -1,7 +1,7 @@
 //! `floyd render [<dir>] [--environment <name>] [-o yaml|json]`: prints the
 //! rendered release, `{"services": [{"name", "revision", "spec"}]}`.
 
-use crate::manifest::{Error, Release, Revision, ServiceName, ServiceSpec, load_release};
+use crate::manifest::{Error, Gate, Release, Revision, ServiceName, ServiceSpec, load_release};
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -26,7 +26,10 @@ pub struct Args {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
+    /// YAML (`text` is accepted too, so one `FLOYD_OUTPUT` serves every command).
+    #[value(alias = "text")]
     Yaml,
+    /// JSON.
     Json,
 }
 
@@ -43,16 +46,86 @@ struct RenderedService<'a> {
     spec: &'a ServiceSpec,
 }
 
-/// The release as `floyd render` prints it.
+/// Query parameters whose values are credentials more often than not.
+const SECRET_PARAMS: &[&str] = &[
+    "token",
+    "access_token",
+    "auth",
+    "key",
+    "apikey",
+    "api_key",
+    "secret",
+    "password",
+    "passwd",
+    "sig",
+    "signature",
+    "code",
+];
+
+/// A URL fit for printing: the values of secret-looking query parameters
+/// (`?token=...`) and any password in the userinfo become `***`; the rest
+/// (host, path, other parameters) stays so the output is still useful.
+pub fn redact_url(url: &str) -> String {
+    let url = crate::source::redact_url(url);
+    let Some((base, rest)) = url.split_once('?') else {
+        return url;
+    };
+    let (query, fragment) = match rest.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (rest, None),
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if is_secret_param(k) => format!("{k}=***"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    let mut out = format!("{base}?{}", query.join("&"));
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
+}
+
+fn is_secret_param(key: &str) -> bool {
+    let k = key.to_ascii_lowercase().replace('-', "_");
+    SECRET_PARAMS.contains(&k.as_str())
+        || k.ends_with("_token")
+        || k.ends_with("_key")
+        || k.ends_with("_secret")
+}
+
+/// The spec with the URLs it carries redacted.
+fn redacted(spec: &ServiceSpec) -> ServiceSpec {
+    let mut spec = spec.clone();
+    for g in &mut spec.gates {
+        match g {
+            Gate::Webhook { url, .. } => *url = redact_url(url),
+            Gate::Prometheus {
+                address: Some(a), ..
+            } => *a = redact_url(a),
+            _ => {}
+        }
+    }
+    spec
+}
+
+/// The release as `floyd render` prints it. The specs are in manifest form
+/// (they validate as `spec:` of a `kind: Service` document), with
+/// secret-looking URL parts redacted.
 pub fn to_text(release: &Release, output: Output) -> anyhow::Result<String> {
+    let specs: Vec<ServiceSpec> = release.services.iter().map(|s| redacted(&s.spec)).collect();
     let r = Rendered {
         services: release
             .services
             .iter()
-            .map(|s| RenderedService {
+            .zip(&specs)
+            .map(|(s, spec)| RenderedService {
                 name: &s.name,
                 revision: &s.revision,
-                spec: &s.spec,
+                spec,
             })
             .collect(),
     };
@@ -76,5 +149,29 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             Ok(2)
         }
         Err(e) => Err(super::CliError::usage(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn secret_looking_url_parts_are_redacted() {
+        for (url, want) in [
+            (
+                "https://approve.example.com/hook?token=abc&team=web",
+                "https://approve.example.com/hook?token=***&team=web",
+            ),
+            (
+                "http://h/x?API-Key=1&x_secret=2&sig=3&page=4#frag",
+                "http://h/x?API-Key=***&x_secret=***&sig=***&page=4#frag",
+            ),
+            ("https://user:pw@h/x", "https://***@h/x"),
+            ("http://127.0.0.1:9090", "http://127.0.0.1:9090"),
+            ("http://h/x?flag", "http://h/x?flag"),
+        ] {
+            assert_eq!(redact_url(url), want, "{url}");
+        }
     }
 }

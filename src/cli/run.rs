@@ -25,27 +25,38 @@ pub struct Args {
     /// Config repository: URL (https, ssh, git, file) or local path.
     #[arg(long, env = "FLOYD_REPO")]
     pub repo: String,
+    /// Branch to track (and to push revert commits to).
     #[arg(long, env = "FLOYD_BRANCH", default_value = "main")]
     pub branch: String,
     /// Sub-directory of the repo holding floyd.yaml and services/.
     #[arg(long, env = "FLOYD_PATH")]
     pub path: Option<PathBuf>,
-    #[arg(long, env = "FLOYD_RUNTIME", default_value = "local")]
-    pub runtime: String,
+    /// Where instances run.
+    #[arg(long, env = "FLOYD_RUNTIME", value_enum, default_value = "local")]
+    pub runtime: RuntimeKind,
+    /// Environment from floyd.yaml to render (default: the base values only).
     #[arg(long, env = "FLOYD_ENVIRONMENT")]
     pub environment: Option<String>,
+    /// Address of the HTTP server: dashboard, API, webhooks, /metrics.
     #[arg(long, env = "FLOYD_LISTEN", default_value = "127.0.0.1:9180")]
     pub listen: SocketAddr,
+    /// Directory for Floyd's state: the store, the Git mirror, instance logs.
     #[arg(long, env = "FLOYD_STATE_DIR", default_value = ".floyd")]
     pub state_dir: PathBuf,
+    /// Check the remote for new commits this often (webhooks trigger a check at once).
     #[arg(long, env = "FLOYD_POLL_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
+    /// File holding the shared secret that push webhooks are signed with.
     #[arg(long, env = "FLOYD_WEBHOOK_SECRET_FILE")]
     pub webhook_secret_file: Option<PathBuf>,
+    /// File holding a bearer token required by the manual controls
+    /// (promote, abort, pause, resume); without it they are open.
     #[arg(long, env = "FLOYD_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
+    /// Roll back a failed rollout but push no revert commit to Git.
     #[arg(long, env = "FLOYD_NO_REVERT")]
     pub no_revert: bool,
+    /// Author and committer of revert commits, `Name <email>`.
     #[arg(
         long,
         env = "FLOYD_GIT_AUTHOR",
@@ -131,6 +142,15 @@ fn prometheus_url(s: &str) -> Result<String, String> {
     }
 }
 
+/// The runtimes `--runtime` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeKind {
+    /// Processes on this machine, each behind a load balancer on its service port.
+    Local,
+    /// Kubernetes Deployments and Services (in-cluster or from the kubeconfig).
+    Kube,
+}
+
 impl Args {
     /// The defaults of every flag, for embedding (`floyd demo`, tests).
     pub fn new(repo: impl Into<String>, state_dir: impl Into<PathBuf>) -> Args {
@@ -138,7 +158,7 @@ impl Args {
             repo: repo.into(),
             branch: "main".into(),
             path: None,
-            runtime: "local".into(),
+            runtime: RuntimeKind::Local,
             environment: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 9180)),
             state_dir: state_dir.into(),
@@ -211,8 +231,8 @@ pub struct Built {
 /// Builds the runtime named by `--runtime`. `gpus` is floyd.yaml's declared
 /// inventory (used when `--gpus` is not given).
 pub async fn make_runtime(args: &Args, gpus: Vec<GpuInventory>) -> anyhow::Result<Built> {
-    match args.runtime.as_str() {
-        "local" => {
+    match args.runtime {
+        RuntimeKind::Local => {
             let mut cfg = LocalConfig::new(&args.state_dir);
             cfg.gpus = match &args.gpus {
                 Some(g) => parse_gpus_flag(g)
@@ -232,7 +252,7 @@ pub async fn make_runtime(args: &Args, gpus: Vec<GpuInventory>) -> anyhow::Resul
                 elector: None,
             })
         }
-        "kube" => {
+        RuntimeKind::Kube => {
             let mut lease = crate::runtime::kube::LeaseConfig::new(
                 &args.lease_name,
                 &crate::runtime::kube::identity_from_env(),
@@ -259,9 +279,6 @@ pub async fn make_runtime(args: &Args, gpus: Vec<GpuInventory>) -> anyhow::Resul
                 elector: Some(elector),
             })
         }
-        other => Err(super::CliError::usage(format!(
-            "--runtime {other:?}: use local or kube"
-        ))),
     }
 }
 
@@ -297,7 +314,7 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
         mirror: args.state_dir.join("repo.git"),
         credentials,
     })?);
-    let gpus = if args.runtime == "local" && args.gpus.is_none() {
+    let gpus = if args.runtime == RuntimeKind::Local && args.gpus.is_none() {
         let s = src.clone();
         let a = Args {
             repo: String::new(),
@@ -336,17 +353,23 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
         tracing::warn!(error = %e, "cannot prune old webhook delivery ids");
     }
 
+    let secret = |f: &std::path::Path, flag: &str| {
+        crate::server::Secret::from_file(f)
+            .map_err(|e| super::CliError::usage(format!("{flag}: {e}")))
+    };
     let webhook_secret = match &args.webhook_secret_file {
-        Some(f) => Some(crate::server::Secret::from_file(f)?),
+        Some(f) => Some(secret(f, "--webhook-secret-file")?),
         None => None,
     };
     let api_token = match &args.api_token_file {
-        Some(f) => Some(crate::server::Secret::from_file(f)?),
+        Some(f) => Some(secret(f, "--api-token-file")?),
         None => None,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
+        .map_err(|e| {
+            super::CliError::usage(format!("--listen {}: cannot bind: {e}", args.listen))
+        })?;
     let addr = listener.local_addr()?;
     let stop = CancellationToken::new();
     if api_token.is_none() && !addr.ip().is_loopback() {

@@ -40,6 +40,7 @@ pub struct Args {
     /// Exit with `--exit-code` this many seconds after start.
     #[arg(long, env = "SAMPLE_CRASH_AFTER")]
     pub crash_after: Option<f64>,
+    /// Exit status of the `--crash-after` exit.
     #[arg(long, env = "SAMPLE_EXIT_CODE", default_value_t = 1)]
     pub exit_code: u8,
     /// Share of `/` requests answered with 500 (0.0 - 1.0), spread evenly.

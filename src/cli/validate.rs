@@ -13,24 +13,37 @@ pub struct Args {
     /// Config repository directory.
     #[arg(default_value = ".", env = "FLOYD_CONFIG_DIR")]
     pub dir: PathBuf,
-    /// Output format.
-    #[arg(
-        long,
-        short = 'o',
-        value_enum,
-        default_value = "text",
-        env = "FLOYD_VALIDATE_OUTPUT"
-    )]
-    pub output: Output,
+    /// Output format [default: text]. `FLOYD_VALIDATE_OUTPUT`, the older
+    /// name of `FLOYD_OUTPUT`, is still read when `FLOYD_OUTPUT` is unset.
+    #[arg(long, short = 'o', value_enum, env = "FLOYD_OUTPUT")]
+    pub output: Option<Output>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
+    /// Problems on stderr, one `file:line:col: field.path: message` line each.
     Text,
+    /// One JSON object on stdout (for CI annotations).
     Json,
 }
 
+/// `--output`, else the old `FLOYD_VALIDATE_OUTPUT`, else text.
+fn output(args: &Args) -> anyhow::Result<Output> {
+    if let Some(o) = args.output {
+        return Ok(o);
+    }
+    match std::env::var("FLOYD_VALIDATE_OUTPUT") {
+        Ok(v) if !v.is_empty() => <Output as clap::ValueEnum>::from_str(&v, true).map_err(|_| {
+            super::CliError::usage(format!(
+                "FLOYD_VALIDATE_OUTPUT={v:?}: use text or json (FLOYD_OUTPUT is the current name)"
+            ))
+        }),
+        _ => Ok(Output::Text),
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<u8> {
+    let format = output(&args)?;
     let repo = ConfigRepo::read(&args.dir).map_err(|e| super::CliError::usage(e.to_string()))?;
     let envs = repo.environments();
     let targets: Vec<Option<&str>> = std::iter::once(None)
@@ -48,7 +61,13 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
                 }
             }
             Err(Error::Invalid(diags)) => {
-                for d in diags {
+                for mut d in diags {
+                    // The renderer names the environment for the controller's
+                    // logs; here the tag says which renders it showed up in,
+                    // so the same problem is printed once.
+                    if let Some(e) = env {
+                        d.message = d.message.replace(&format!(" (environment {e})"), "");
+                    }
                     match problems.iter_mut().find(|(p, _)| *p == d) {
                         Some((_, labels)) => labels.push(label),
                         None => problems.push((d, vec![label])),
@@ -65,7 +84,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     }
     let code = if problems.is_empty() { 0 } else { 2 };
 
-    if args.output == Output::Json {
+    if format == Output::Json {
         let out = serde_json::json!({
             "valid": problems.is_empty(),
             "services": base_services,
@@ -93,18 +112,28 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         println!("ok: {base_services} services, environments: {envs}");
         return Ok(0);
     }
-    for (mut d, labels) in problems.iter().cloned() {
-        if labels.len() < targets.len() {
-            d.message = format!("{} [{}]", d.message, labels.join(", "));
-        }
+    let shown: Vec<Diagnostic> = problems
+        .iter()
+        .cloned()
+        .map(|(mut d, labels)| {
+            if labels.len() < targets.len() {
+                d.message = format!("{} [{}]", d.message, labels.join(", "));
+            }
+            d
+        })
+        .collect();
+    report(&shown, &args.dir.display().to_string());
+    Ok(code)
+}
+
+/// The reporter of every command that reads files: one
+/// `file:line:col: field.path: message (hint: ...)` line per problem on
+/// stderr, then `error: N problem(s) in <what>`.
+pub(crate) fn report(problems: &[Diagnostic], what: &str) {
+    for d in problems {
         eprintln!("{d}");
     }
-    eprintln!(
-        "error: {} problem(s) in {}",
-        problems.len(),
-        args.dir.display()
-    );
-    Ok(code)
+    eprintln!("error: {} problem(s) in {what}", problems.len());
 }
 
 /// A diagnostic's file as the user can open it from where they ran `floyd`.

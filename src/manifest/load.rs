@@ -197,9 +197,11 @@ pub(super) fn assemble<'a>(
     let mut services: Vec<Service> = Vec::new();
     // name → (file, mapped position) of its first definition.
     let mut seen: BTreeMap<ServiceName, (PathBuf, Pos)> = BTreeMap::new();
+    // port → the first service claiming it, with where.
+    let mut ports: BTreeMap<u16, (ServiceName, PathBuf, &Claim)> = BTreeMap::new();
     for (rel, result) in results {
         diags.extend(result.diags.iter().cloned());
-        for (service, name_pos) in &result.services {
+        for (service, name_pos, claims) in &result.services {
             if let Some((first_file, first_pos)) = seen.get(&service.name) {
                 diags.push(Diagnostic {
                     file: rel.to_path_buf(),
@@ -218,6 +220,21 @@ pub(super) fn assemble<'a>(
                 continue;
             }
             seen.insert(service.name.clone(), (rel.to_path_buf(), *name_pos));
+            for claim in claims {
+                match ports.get(&claim.port) {
+                    Some((other, other_file, first)) => diags.push(port_conflict(
+                        rel,
+                        &service.name,
+                        claim,
+                        other,
+                        other_file,
+                        first,
+                    )),
+                    None => {
+                        ports.insert(claim.port, (service.name.clone(), rel.to_path_buf(), claim));
+                    }
+                }
+            }
             services.push(service.clone());
         }
     }
@@ -253,12 +270,104 @@ pub(super) fn assemble<'a>(
     })
 }
 
-/// What one file yields: its services (with where each name is written)
-/// and its problems.
+/// What one file yields: its services (with where each name is written and
+/// the ports each one claims) and its problems.
 #[derive(Debug, Clone, Default)]
 pub(super) struct FileResult {
-    pub(super) services: Vec<(Service, Pos)>,
+    pub(super) services: Vec<(Service, Pos, Vec<Claim>)>,
     pub(super) diags: Vec<Diagnostic>,
+}
+
+/// A port a service's load balancer listens on (a service port or a
+/// blue-green preview port): two services cannot both hold one, on any
+/// runtime that binds it. Kept with where the manifest writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Claim {
+    pub(super) port: u16,
+    /// Field path, e.g. `spec.ports[0].port`.
+    pub(super) path: String,
+    /// Position in the user's file (already mapped through templates).
+    pub(super) pos: Pos,
+}
+
+/// The ports `spec` claims, positioned through the document they were decoded from.
+fn claims(spec: &ServiceSpec, doc: &Node, map: &dyn PosMap) -> Vec<Claim> {
+    let at = |path: &[&str], fallback: Pos| -> Pos {
+        let mut n = doc;
+        for seg in path {
+            let next = match (&n.value, seg.parse::<usize>()) {
+                (Value::Seq(items), Ok(i)) => items.get(i),
+                (Value::Map(entries), _) => entries
+                    .iter()
+                    .find(|(k, _)| k.as_str() == Some(seg))
+                    .map(|(_, v)| v),
+                _ => None,
+            };
+            match next {
+                Some(v) => n = v,
+                None => return map.map(fallback),
+            }
+        }
+        map.map(n.pos)
+    };
+    let mut out: Vec<Claim> = spec
+        .ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let idx = i.to_string();
+            Claim {
+                port: p.port,
+                path: format!("spec.ports[{i}].port"),
+                pos: at(&["spec", "ports", &idx, "port"], doc.pos),
+            }
+        })
+        .collect();
+    if let Strategy::BlueGreen { blue_green } = &spec.strategy
+        && let Some(port) = blue_green.preview_port
+    {
+        out.push(Claim {
+            port,
+            path: "spec.strategy.blueGreen.previewPort".into(),
+            pos: at(&["spec", "strategy", "blueGreen", "previewPort"], doc.pos),
+        });
+    }
+    out
+}
+
+/// The diagnostic for `claim` of `service` (in `file`) on a port that
+/// `other` already holds at `first` (in `other_file`).
+fn port_conflict(
+    file: &Path,
+    service: &ServiceName,
+    claim: &Claim,
+    other: &ServiceName,
+    other_file: &Path,
+    first: &Claim,
+) -> Diagnostic {
+    let whose = if other == service {
+        "this service".to_string()
+    } else {
+        format!("service {:?}", other.as_str())
+    };
+    Diagnostic {
+        file: file.to_path_buf(),
+        line: claim.pos.line,
+        column: claim.pos.col,
+        path: claim.path.clone(),
+        message: format!(
+            "port {} of service {:?} is also used by {whose} at {}:{}:{} ({})",
+            claim.port,
+            service.as_str(),
+            other_file.display(),
+            first.pos.line,
+            first.pos.col,
+            first.path
+        ),
+        hint: Some(
+            "each service port and previewPort must be unique across all services: its load balancer binds it".into(),
+        ),
+    }
 }
 
 /// Files per worker below which threads cost more than they save.
@@ -361,6 +470,7 @@ fn load_file(rel: &Path, text: &str, renderer: &Renderer) -> FileResult {
             continue;
         };
         let name_pos = map.map(d.name_pos);
+        let claims = claims(&d.spec, doc, map);
         out.services.push((
             Service {
                 revision: revision_of(&d.spec.template),
@@ -369,6 +479,7 @@ fn load_file(rel: &Path, text: &str, renderer: &Renderer) -> FileResult {
                 file: Some(rel.to_path_buf()),
             },
             name_pos,
+            claims,
         ));
     }
     out
@@ -758,6 +869,37 @@ fn mig_slices(cx: &mut Ctx<'_>, n: &Node, path: &str) -> BTreeMap<String, u32> {
     out
 }
 
+/// The events a notification target can ask for (the kinds
+/// `server::notify` sends; a test keeps the two lists equal).
+pub const NOTIFICATION_EVENTS: &[&str] = &[
+    "started",
+    "completed",
+    "failed",
+    "rolledBack",
+    "degraded",
+    "revertPushed",
+    "revertFailed",
+];
+
+/// The known event a mistyped one most likely means: the same name in
+/// another case or with `-`/`_` (`rolled-back`), a name it contains
+/// (`rollout-failed`), or a close spelling.
+fn event_like(word: &str) -> Option<&'static str> {
+    let norm = |s: &str| {
+        s.chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect::<String>()
+            .to_ascii_lowercase()
+    };
+    let w = norm(word);
+    NOTIFICATION_EVENTS
+        .iter()
+        .find(|k| norm(k) == w)
+        .or_else(|| NOTIFICATION_EVENTS.iter().find(|k| w.contains(&norm(k))))
+        .copied()
+        .or_else(|| decode::closest(word, NOTIFICATION_EVENTS))
+}
+
 fn notifications(cx: &mut Ctx<'_>, n: &Node, path: &str) -> Vec<NotificationTarget> {
     let mut out = Vec::new();
     let Some(items) = cx.list(n, path) else {
@@ -791,7 +933,27 @@ fn notifications(cx: &mut Ctx<'_>, n: &Node, path: &str) -> Vec<NotificationTarg
         };
         let events = o
             .get("events")
-            .and_then(|e| cx.string_list(e, &o.at("events")))
+            .and_then(|e| {
+                let list = cx.string_list(e, &o.at("events"))?;
+                let items = match &e.value {
+                    Value::Seq(items) => items.as_slice(),
+                    _ => &[],
+                };
+                let mut ok = true;
+                for (j, (name, node)) in list.iter().zip(items).enumerate() {
+                    if NOTIFICATION_EVENTS.contains(&name.as_str()) {
+                        continue;
+                    }
+                    ok = false;
+                    let p = format!("{}[{j}]", o.at("events"));
+                    let hint = match event_like(name) {
+                        Some(c) => format!("did you mean `{c}`?"),
+                        None => format!("known events: {}", NOTIFICATION_EVENTS.join(", ")),
+                    };
+                    cx.err_hint(node.pos, &p, format!("unknown event {name:?}"), hint);
+                }
+                ok.then_some(list)
+            })
             .unwrap_or_default();
         if let (Some(url), Some(format)) = (url, format) {
             out.push(NotificationTarget {

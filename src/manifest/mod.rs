@@ -12,7 +12,7 @@ mod template;
 pub mod tree;
 mod yaml;
 
-pub use load::{CONFIG_FILE, ConfigRepo, MAX_FILE_BYTES, SERVICES_DIR};
+pub use load::{CONFIG_FILE, ConfigRepo, MAX_FILE_BYTES, NOTIFICATION_EVENTS, SERVICES_DIR};
 
 pub use model::*;
 pub use revision::revision_of;
@@ -147,6 +147,43 @@ fn parse_service_into(text: &str, file: &Path, diags: &mut Vec<Diagnostic>) -> O
         spec: d.spec,
         file: Some(file.to_path_buf()),
     })
+}
+
+/// Where the field at `path` is written in the YAML `text` (1-based line
+/// and column): `path` is dotted, with `[i]` for list items, e.g.
+/// `scenario.events[0].at`. A path that does not resolve all the way gives
+/// the position of its deepest part that does; `None` when the text is not
+/// YAML. For files whose other errors come from elsewhere (`floyd simulate`).
+pub fn yaml_position(text: &str, path: &str) -> Option<(usize, usize)> {
+    let docs = yaml::parse_documents(text).ok()?;
+    let mut node = docs.first()?;
+    let mut pos = node.pos;
+    let segments = path
+        .split('.')
+        .flat_map(|s| s.split('['))
+        .filter(|s| !s.is_empty());
+    for seg in segments {
+        let next = match (&node.value, seg.strip_suffix(']')) {
+            (yaml::Value::Seq(items), Some(i)) => i
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| items.get(i))
+                .map(|n| (n.pos, n)),
+            (yaml::Value::Map(entries), None) => entries
+                .iter()
+                .find(|(k, _)| k.as_str() == Some(seg))
+                .map(|(k, v)| (k.pos, v)),
+            _ => None,
+        };
+        match next {
+            Some((p, n)) => {
+                pos = p;
+                node = n;
+            }
+            None => break,
+        }
+    }
+    Some((pos.line, pos.col))
 }
 
 /// File order, then position: the order a person reads the files in.

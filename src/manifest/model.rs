@@ -219,8 +219,14 @@ pub struct GpuRequest {
     /// GPU product (e.g. `NVIDIA-A100-SXM4-80GB`); any product when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub product: Option<String>,
-    /// Minimum memory per GPU in MiB.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Minimum memory per GPU in MiB. Written `memoryMiB` as in manifests;
+    /// `memoryMib` (what earlier versions stored) still reads.
+    #[serde(
+        default,
+        rename = "memoryMiB",
+        alias = "memoryMib",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub memory_mib: Option<u64>,
     pub sharing: GpuSharing,
     /// When no GPU is free for a surge instance and maxUnavailable is 0, replace
@@ -430,8 +436,14 @@ impl CanaryStep {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct CanaryPause {
-    /// None: until a person promotes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Seconds; None: until a person promotes. Written as `duration` (the
+    /// manifest's name, so `floyd render` output validates).
+    #[serde(
+        default,
+        rename = "duration",
+        alias = "durationSeconds",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub duration_seconds: Option<u32>,
 }
 
@@ -467,7 +479,9 @@ pub enum Gate {
     /// Share of non-5xx responses of the new revision over `window`.
     SuccessRate {
         min: f64,
-        #[serde(rename = "windowSeconds")]
+        /// Seconds. Written `window` as in manifests (so `floyd render`
+        /// output validates); `windowSeconds` (earlier versions) still reads.
+        #[serde(rename = "window", alias = "windowSeconds")]
         window_seconds: u32,
         #[serde(rename = "onNoData")]
         on_no_data: OnNoData,

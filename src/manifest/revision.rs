@@ -15,7 +15,17 @@ pub fn revision_of(template: &InstanceTemplate) -> Revision {
     }
     // serde_json::Value's maps are BTreeMaps (no `preserve_order` feature), so
     // serialising through Value sorts every key.
-    let value = serde_json::to_value(&t).expect("templates always serialise");
+    let mut value = serde_json::to_value(&t).expect("templates always serialise");
+    // The GPU memory key was serialised `memoryMib` when revisions were first
+    // hashed; it is `memoryMiB` now (as in manifests). Hash the old key so
+    // that no running service gets a new revision from the rename.
+    if let Some(gpu) = value
+        .pointer_mut("/resources/gpu")
+        .and_then(|g| g.as_object_mut())
+        && let Some(m) = gpu.remove("memoryMiB")
+    {
+        gpu.insert("memoryMib".into(), m);
+    }
     let canonical = serde_json::to_vec(&value).expect("values always serialise");
     let digest = Sha256::digest(&canonical);
     Revision(hex::encode(digest)[..10].to_string())
@@ -24,6 +34,33 @@ pub fn revision_of(template: &InstanceTemplate) -> Revision {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Pinned: a GPU template's revision must not change across versions
+    /// (renaming the serialised memory key once would have changed it).
+    #[test]
+    fn gpu_memory_revision_is_pinned() {
+        let mut t = InstanceTemplate::command(["x"]);
+        t.resources.gpu = Some(crate::manifest::GpuRequest {
+            count: 1,
+            product: Some("NVIDIA-A100-SXM4-80GB".into()),
+            memory_mib: Some(81920),
+            sharing: crate::manifest::GpuSharing::Exclusive,
+            allow_in_place: true,
+        });
+        let json = serde_json::to_string(&t).unwrap();
+        assert!(json.contains("\"memoryMiB\":81920"), "{json}");
+        let old_form = serde_json::to_value(&t)
+            .unwrap()
+            .to_string()
+            .replace("memoryMiB", "memoryMib");
+        let old_value: serde_json::Value = serde_json::from_str(&old_form).unwrap();
+        let want =
+            hex::encode(Sha256::digest(serde_json::to_vec(&old_value).unwrap()))[..10].to_string();
+        assert_eq!(revision_of(&t).as_str(), want);
+        // And the stored form of earlier versions still reads.
+        let back: InstanceTemplate = serde_json::from_str(&old_form).unwrap();
+        assert_eq!(back, t);
+    }
 
     #[test]
     fn env_order_does_not_change_revision() {

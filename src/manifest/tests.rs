@@ -275,7 +275,7 @@ fn canary_strategy_decodes_every_field() {
     // The rendered form reads back.
     let json = serde_json::to_string(&s.spec.strategy).unwrap();
     assert!(
-        json.contains(r#""steps":[{"setWeight":5},{"pause":{"durationSeconds":60}}"#),
+        json.contains(r#""steps":[{"setWeight":5},{"pause":{"duration":60}}"#),
         "{json}"
     );
     let back: Strategy = serde_json::from_str(&json).unwrap();
@@ -345,4 +345,13 @@ fn canary_errors_have_positions_and_paths() {
         ),
         "{wrong:?}"
     );
+}
+
+#[test]
+fn notification_events_are_the_kinds_floyd_sends() {
+    let sent: Vec<&str> = crate::server::notify::NotificationKind::ALL
+        .iter()
+        .map(|k| k.as_str())
+        .collect();
+    assert_eq!(sent, NOTIFICATION_EVENTS);
 }

@@ -75,8 +75,9 @@ async fn history_marks_reverts() {
     assert!(lines[2].contains("Failed") && lines[2].contains("progress deadline exceeded"));
     assert!(lines[2].contains("42s"), "{t}");
 
+    // An unknown service is invalid input: exit 2.
     let out = floyd(&["history", "nope", "--server", &s.url]).await;
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("404"), "{}", text(&out.stderr));
     s.shutdown().await;
 }
@@ -166,8 +167,9 @@ async fn promote_and_abort_with_token_file() {
     std::fs::write(&token, format!("{TOKEN}\n")).expect("token file");
     let tok = token.to_str().expect("utf-8 path");
 
+    // No token: invalid input, exit 2.
     let out = floyd(&["promote", "llm", "--server", &s.url]).await;
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
@@ -217,25 +219,254 @@ async fn promote_and_abort_with_token_file() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unreachable_server_is_one_line_exit_1() {
+async fn unreachable_server_is_one_line_exit_3() {
     // Bind and drop to get a port nobody listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("port")
         .port();
     let url = format!("http://127.0.0.1:{port}");
+    let examples = examples_repo();
     for args in [
         vec!["status", "--server", &url],
         vec!["history", "web", "--server", &url],
         vec!["watch", "web", "--server", &url],
         vec!["abort", "web", "--server", &url],
+        vec!["diff", &examples, "--server", &url],
     ] {
         let out = floyd(&args).await;
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(out.status.code(), Some(3), "{args:?}");
         let err = text(&out.stderr);
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.contains("cannot reach Floyd at"), "{err}");
     }
     let out = floyd(&["status", "--server", &url, "-o", "yaml"]).await;
     assert_eq!(out.status.code(), Some(2));
+}
+
+fn examples_repo() -> String {
+    format!("{}/examples-repo", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The live view of a service exactly as `release` renders it.
+fn settled(s: &floyd::manifest::Service) -> floyd::hub::ServiceView {
+    let mut v = complete(s.name.as_str());
+    v.replicas = s.spec.replicas;
+    v.current_revision = Some(s.revision.clone());
+    v.target_revision = Some(s.revision.clone());
+    v.revisions = vec![counts(
+        s.revision.as_str(),
+        s.spec.replicas,
+        s.spec.replicas,
+        0,
+    )];
+    v
+}
+
+/// One convention for every command (issue #20): 0 success or nothing to
+/// report, 1 the negative answer, 2 usage or invalid input, 3 the server
+/// cannot be reached. Each command's `--help` says what its codes mean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_per_command() {
+    let s = Server::start().await;
+    let ex = examples_repo();
+    let down = {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        format!("http://127.0.0.1:{port}")
+    };
+    let bad = tempfile::tempdir().expect("tmp");
+    std::fs::create_dir_all(bad.path().join("services")).expect("dir");
+    std::fs::write(
+        bad.path().join("services/x.yaml"),
+        "apiVersion: floyd.dev/v1\nkind: Service\nmetadata: { name: x }\nspec: { replicas: -1, template: { command: [x] } }\n",
+    )
+    .expect("write");
+    let bad = bad.path().to_str().expect("utf-8").to_string();
+
+    let code = |out: Output| out.status.code();
+    // status: 0 healthy / none, 1 unhealthy, 2 usage, 3 unreachable.
+    assert_eq!(code(floyd(&["status", "--server", &s.url]).await), Some(0));
+    // diff: changes against an empty server.
+    assert_eq!(
+        code(floyd(&["diff", &ex, "--server", &s.url]).await),
+        Some(1)
+    );
+    let release = floyd::manifest::load_release(std::path::Path::new(&ex), None).expect("examples");
+    for svc in &release.services {
+        s.hub.set_service(settled(svc));
+    }
+    let out = floyd(&["diff", &ex, "--server", &s.url]).await;
+    assert_eq!(code(out), Some(0));
+    assert_eq!(
+        code(floyd(&["diff", &bad, "--server", &s.url]).await),
+        Some(2)
+    );
+    assert_eq!(code(floyd(&["status", "--server", &s.url]).await), Some(0));
+    s.hub.set_service(view("pay", Phase::Degraded));
+    assert_eq!(code(floyd(&["status", "--server", &s.url]).await), Some(1));
+    assert_eq!(
+        code(floyd(&["status", "--server", &s.url, "-o", "yaml"]).await),
+        Some(2)
+    );
+    assert_eq!(
+        code(floyd(&["status", "--server", "localhost"]).await),
+        Some(2)
+    );
+    assert_eq!(code(floyd(&["status", "--server", &down]).await), Some(3));
+    // watch: a settled Complete service is nothing to wait for; unknown: 2.
+    assert_eq!(
+        code(floyd(&["watch", "web", "--server", &s.url]).await),
+        Some(0)
+    );
+    assert_eq!(
+        code(floyd(&["watch", "pay", "--server", &s.url]).await),
+        Some(1)
+    );
+    assert_eq!(
+        code(floyd(&["watch", "nope", "--server", &s.url]).await),
+        Some(2)
+    );
+    assert_eq!(
+        code(floyd(&["watch", "web", "--server", &down]).await),
+        Some(3)
+    );
+    assert_eq!(
+        code(floyd(&["history", "web", "--server", &s.url]).await),
+        Some(0)
+    );
+    assert_eq!(
+        code(floyd(&["history", "web", "--server", &down]).await),
+        Some(3)
+    );
+    // Manual controls: refused 1, unknown service or no token 2.
+    let tok_dir = tempfile::tempdir().expect("tmp");
+    let tok = tok_dir.path().join("token");
+    std::fs::write(&tok, TOKEN).expect("token");
+    let tok = tok.to_str().expect("utf-8");
+    let control = |svc: &'static str| {
+        let url = s.url.clone();
+        let tok = tok.to_string();
+        async move { floyd(&["pause", svc, "--server", &url, "--api-token-file", &tok]).await }
+    };
+    assert_eq!(code(control("web").await), Some(1));
+    assert_eq!(code(control("nope").await), Some(2));
+    assert_eq!(
+        code(floyd(&["pause", "web", "--server", &s.url]).await),
+        Some(2)
+    );
+    assert_eq!(
+        code(floyd(&["pause", "web", "--server", &down, "--api-token-file", tok]).await),
+        Some(3)
+    );
+    // Read-only commands do not take a token.
+    assert_eq!(
+        code(
+            floyd(&[
+                "status",
+                "--server",
+                &s.url,
+                "--api-token-file",
+                "/dev/null"
+            ])
+            .await
+        ),
+        Some(2)
+    );
+    // Offline commands.
+    assert_eq!(code(floyd(&["validate", &ex]).await), Some(0));
+    assert_eq!(code(floyd(&["validate", &bad]).await), Some(2));
+    assert_eq!(code(floyd(&["render", &ex]).await), Some(0));
+    assert_eq!(code(floyd(&["render", &bad]).await), Some(2));
+    let sims = format!("{ex}/simulations");
+    assert_eq!(
+        code(floyd(&["simulate", &format!("{sims}/rolling-10.yaml")]).await),
+        Some(0)
+    );
+    assert_eq!(
+        code(floyd(&["simulate", &format!("{sims}/failing-rollback.yaml")]).await),
+        Some(1)
+    );
+    assert_eq!(
+        code(floyd(&["simulate", &format!("{bad}/services/x.yaml")]).await),
+        Some(2)
+    );
+    assert_eq!(
+        code(floyd(&["logs", "web", "--state-dir", &bad]).await),
+        Some(2)
+    );
+    assert_eq!(code(floyd(&["reference"]).await), Some(0));
+    assert_eq!(code(floyd(&["no-such-command"]).await), Some(2));
+    assert_eq!(code(floyd(&["--help"]).await), Some(0));
+    // Every command's --help states its exit codes.
+    let out = floyd(&["--help"]).await;
+    assert!(
+        words(&out.stdout).contains("3 cannot reach the server or the repository"),
+        "{}",
+        text(&out.stdout)
+    );
+    for cmd in [
+        "run",
+        "demo",
+        "validate",
+        "render",
+        "diff",
+        "status",
+        "history",
+        "watch",
+        "promote",
+        "abort",
+        "pause",
+        "resume",
+        "simulate",
+        "logs",
+        "sample-app",
+        "reference",
+    ] {
+        let out = floyd(&[cmd, "--help"]).await;
+        assert_eq!(code(out.clone()), Some(0), "{cmd}");
+        assert!(
+            words(&out.stdout).contains("Exit codes: 0 "),
+            "{cmd} --help: {}",
+            text(&out.stdout)
+        );
+    }
+    s.shutdown().await;
+}
+
+/// docs/cli.md is what `floyd reference` prints (regenerate it with
+/// `cargo run -- reference > docs/cli.md`), and man pages render.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_reference_is_up_to_date() {
+    let out = floyd(&["reference"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let path = format!("{}/docs/cli.md", env!("CARGO_MANIFEST_DIR"));
+    if std::env::var_os("FLOYD_UPDATE_DOCS").is_some() {
+        std::fs::write(&path, &out.stdout).expect("write docs/cli.md");
+    }
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        checked_in == text(&out.stdout),
+        "docs/cli.md is out of date: run `cargo run -- reference > docs/cli.md` (or FLOYD_UPDATE_DOCS=1 cargo nextest run --test observe cli_reference)"
+    );
+    let man = tempfile::tempdir().expect("tmp");
+    let out = floyd(&["reference", "--man", man.path().to_str().expect("utf-8")]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let run = std::fs::read_to_string(man.path().join("floyd-run.1")).expect("floyd-run.1");
+    assert!(
+        run.contains(".TH floyd-run") && run.contains("state\\-dir"),
+        "{run}"
+    );
+    assert!(man.path().join("floyd.1").exists());
+    assert!(
+        !man.path().join("floyd-bench.1").exists(),
+        "hidden commands get no page"
+    );
+}
+
+/// The text with every run of whitespace as one space (help output wraps).
+fn words(b: &[u8]) -> String {
+    text(b).split_whitespace().collect::<Vec<_>>().join(" ")
 }

@@ -199,6 +199,23 @@ impl Simulation {
         start: Option<&TemplateChange>,
         scenario: &Scenario,
     ) -> Result<Simulation, ScenarioError> {
+        let start = start.map(|c| {
+            (
+                c.apply(&spec.template),
+                c.name.clone().unwrap_or_else(|| "start".into()),
+            )
+        });
+        Self::from_start(name, spec, start, scenario)
+    }
+
+    /// Like [`Simulation::new`] with the starting revision's whole template
+    /// and its label (a config repo at an earlier commit, for instance).
+    pub fn from_start(
+        name: ServiceName,
+        spec: ServiceSpec,
+        start: Option<(InstanceTemplate, String)>,
+        scenario: &Scenario,
+    ) -> Result<Simulation, ScenarioError> {
         for (index, e) in scenario.events.iter().enumerate() {
             let n = usize::from(e.command.is_some())
                 + usize::from(e.new_revision.is_some())
@@ -231,13 +248,9 @@ impl Simulation {
         let target = revision_of(&spec.template);
         let mut labels = BTreeMap::new();
         let mut stable = None;
-        if let Some(change) = start {
-            let t = change.apply(&spec.template);
+        if let Some((t, label)) = start {
             let rev = revision_of(&t);
-            labels.insert(
-                rev.clone(),
-                change.name.clone().unwrap_or_else(|| "start".into()),
-            );
+            labels.insert(rev.clone(), label);
             if let Some(b) = scenario.revisions.get("start") {
                 world.set_behaviour(&name, &rev, b.clone());
             }
