@@ -13,6 +13,9 @@ mod e2e;
 #[path = "gitops/policy_e2e.rs"]
 mod policy_e2e;
 
+#[path = "gitops/revert_facts.rs"]
+mod revert_facts;
+
 use floyd::controller::policy::plan_revert;
 use floyd::source::{Credentials, GitSource, RevertOutcome, RevertRequest, SourceConfig};
 use support::{GitServer, Work};
