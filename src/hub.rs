@@ -155,6 +155,8 @@ pub struct Hub {
     leader: AtomicBool,
     /// Why the state store cannot be written (None: it can).
     persistence: Mutex<Option<String>>,
+    /// The controller loop's last turn, ms since the epoch (0: never ran).
+    heartbeat: AtomicU64,
     /// Bumped on every change of the service views (cache key for readers).
     version: AtomicU64,
     pub metrics: Metrics,
@@ -186,6 +188,7 @@ impl Hub {
             git_reachable: AtomicBool::new(true),
             leader: AtomicBool::new(true),
             persistence: Mutex::new(None),
+            heartbeat: AtomicU64::new(0),
             version: AtomicU64::new(0),
             metrics: Metrics::new(),
         }
@@ -374,6 +377,21 @@ impl Hub {
     }
     pub fn set_synced(&self) {
         self.synced_once.store(true, Ordering::Relaxed);
+    }
+    /// The controller loop is alive at `now` (every turn of it calls this).
+    pub fn beat(&self, now: crate::time::Time) {
+        self.heartbeat.store(now.0.max(1), Ordering::Relaxed);
+    }
+    /// When the controller loop last turned (None: no controller ran yet).
+    pub fn last_beat(&self) -> Option<crate::time::Time> {
+        match self.heartbeat.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(crate::time::Time(t)),
+        }
+    }
+    /// The controller loop stopped for good (its task ended): liveness fails.
+    pub fn set_dead(&self) {
+        self.heartbeat.store(1, Ordering::Relaxed);
     }
     pub fn set_persistence_error(&self, why: Option<String>) {
         *self.persistence.lock().expect("hub lock") = why;

@@ -7,6 +7,9 @@ mod support;
 #[path = "gitops/fake.rs"]
 mod fake;
 
+#[path = "gitops/harness.rs"]
+mod harness;
+
 #[path = "gitops/e2e.rs"]
 mod e2e;
 

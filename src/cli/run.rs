@@ -53,6 +53,10 @@ pub struct Args {
     /// (promote, abort, pause, resume); without it they are open.
     #[arg(long, env = "FLOYD_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
+    /// A fetch or revert push with no answer from the remote for this long is
+    /// reported as failed (and retried later); the controller never waits on Git.
+    #[arg(long, env = "FLOYD_GIT_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub git_timeout: Duration,
     /// Roll back a failed rollout but push no revert commit to Git.
     #[arg(long, env = "FLOYD_NO_REVERT")]
     pub no_revert: bool,
@@ -163,6 +167,7 @@ impl Args {
             listen: SocketAddr::from(([127, 0, 0, 1], 9180)),
             state_dir: state_dir.into(),
             poll_interval: Duration::from_secs(30),
+            git_timeout: Duration::from_secs(60),
             webhook_secret_file: None,
             api_token_file: None,
             no_revert: false,
@@ -194,6 +199,8 @@ pub struct Running {
     pub runtime: Arc<dyn Runtime>,
     local: Option<Arc<LocalRuntime>>,
     stop: CancellationToken,
+    /// Cancelled when the controller task ended, asked to or not.
+    died: CancellationToken,
     controller: tokio::task::JoinHandle<Result<(), controller::Error>>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     _watch: Option<source::watch::RepoWatch>,
@@ -440,10 +447,37 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
     cfg.prometheus_url = args.prometheus_url.clone();
     cfg.author_name = author_name;
     cfg.author_email = author_email;
+    cfg.git_timeout = args.git_timeout;
     let ctl = Controller::new(hub.clone(), runtime.clone(), src.clone(), store, cfg);
+    let died = CancellationToken::new();
     let controller = {
-        let stop = stop.clone();
-        tokio::spawn(async move { ctl.run(async move { stop.cancelled().await }).await })
+        let (stop, died, hub) = (stop.clone(), died.clone(), hub.clone());
+        let fail_after = debug_fail_after();
+        let inner = tokio::spawn(async move {
+            if let Some(d) = fail_after {
+                // Debug builds only: a controller task that dies, for the
+                // fault suite (FLOYD_DEBUG_FAIL_CONTROLLER_AFTER).
+                tokio::select! {
+                    r = ctl.run(async move { stop.cancelled().await }) => r,
+                    _ = tokio::time::sleep(d) => panic!("injected controller failure (FLOYD_DEBUG_FAIL_CONTROLLER_AFTER)"),
+                }
+            } else {
+                ctl.run(async move { stop.cancelled().await }).await
+            }
+        });
+        // However the controller task ends, liveness must say so; unless
+        // asked to stop, the process then exits non-zero.
+        tokio::spawn(async move {
+            let r = match inner.await {
+                Ok(r) => r,
+                Err(e) => Err(controller::Error::Other(format!(
+                    "controller task failed: {e}"
+                ))),
+            };
+            hub.set_dead();
+            died.cancel();
+            r
+        })
     };
     tracing::info!(
         remote = src.remote(),
@@ -458,11 +492,23 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
         runtime,
         local,
         stop,
+        died,
         controller,
         server,
         _watch: watch,
         leave_running: args.leave_running,
     })
+}
+
+/// `FLOYD_DEBUG_FAIL_CONTROLLER_AFTER` (debug builds only): kill the
+/// controller task after this long, to test what a dead controller looks like.
+fn debug_fail_after() -> Option<Duration> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    std::env::var("FLOYD_DEBUG_FAIL_CONTROLLER_AFTER")
+        .ok()
+        .and_then(|v| humantime::parse_duration(&v).ok())
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -490,9 +536,22 @@ pub fn run(args: Args, log_format: crate::telemetry::LogFormat) -> anyhow::Resul
     rt.block_on(async {
         let running = start(&args).await?;
         println!("floyd: dashboard and API on http://{}", running.addr);
-        signal().await;
-        tracing::info!("shutting down: finishing the current step");
-        running.shutdown().await?;
-        Ok(0)
+        let died = running.died.clone();
+        tokio::select! {
+            _ = signal() => {
+                tracing::info!("shutting down: finishing the current step");
+                running.shutdown().await?;
+                Ok(0)
+            }
+            _ = died.cancelled() => {
+                // /healthz answers 503 from now on; give probes a moment to see it.
+                tracing::error!("the controller stopped unexpectedly; exiting");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                match running.shutdown().await {
+                    Ok(()) => Err(anyhow::anyhow!("the controller stopped unexpectedly")),
+                    Err(e) => Err(e.context("the controller stopped unexpectedly")),
+                }
+            }
+        }
     })
 }

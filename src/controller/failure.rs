@@ -1,21 +1,24 @@
 //! A rollout failed: carry out what [`policy::on_failure`] decides (roll
-//! back, restore, or leave it), then revert in Git through the mirror's
-//! single writer, re-planned by [`policy::plan_revert`] on every attempt.
+//! back, restore, or leave it) at once, and queue the revert; the loop's Git
+//! worker pushes it (re-planned by [`policy::plan_revert`] on every attempt)
+//! and [`revert_finished`] records the outcome. A remote that is down or
+//! hangs delays the revert (retried with backoff), never the rollback.
 
-use super::publish::{history_entry, start_history};
-use super::{Shared, Svc, policy};
+use super::publish::start_history;
+use super::{Shared, Svc, git, policy};
 use crate::engine::Phase;
 use crate::hub::Event;
 use crate::manifest::ServiceName;
 use crate::runtime::Observed;
 use crate::source::{self, RevertOutcome, RevertRequest};
-use crate::store::{RevertRecord, RolloutRecord};
+use crate::store::{PendingRevert, RevertRecord, RolloutRecord};
 use crate::telemetry::metrics::ResultLabel;
 use crate::time::Time;
 use std::sync::Arc;
+use std::time::Duration;
 
-/// Failed: roll back or restore, then revert in Git. Returns the revert
-/// commit to sync (pushed now, or already on the branch).
+/// Failed: roll back or restore now; a revert is queued on the record
+/// (`pending_revert`) for the loop's Git worker.
 pub(super) async fn handle_failure(
     sh: &Arc<Shared>,
     name: &ServiceName,
@@ -23,7 +26,7 @@ pub(super) async fn handle_failure(
     rec: &mut RolloutRecord,
     observed: &Observed,
     now: Time,
-) -> Option<String> {
+) {
     let failed = rec.clone();
     let reason = failed.state.reason.clone();
     let failed_is_floyd_revert = match &failed.commit {
@@ -73,42 +76,85 @@ pub(super) async fn handle_failure(
             None
         }
     };
-    sh.persist_record(name, rec);
-    let (failed_commit, base) = match plan.revert {
-        policy::RevertIntent::Skip => return None,
-        policy::RevertIntent::Degrade(why) => {
-            degrade(sh, name, rec, why);
-            return None;
+    match plan.revert {
+        policy::RevertIntent::Skip => {}
+        policy::RevertIntent::Degrade(why) => degrade(sh, name, rec, why),
+        policy::RevertIntent::Revert {
+            failed: commit,
+            base,
+        } => {
+            // Pushed by the loop's Git worker, off the loop (see `git.rs`).
+            rec.pending_revert = Some(PendingRevert {
+                failed: commit,
+                base,
+                failed_revision: failed.state.target.clone(),
+                rolled_back_to: rolled_back_to
+                    .or(failed.state.stable.as_ref().map(|r| r.to_string()))
+                    .unwrap_or_else(|| "none".into()),
+                reason,
+                files: failed.files.clone(),
+                attempts: 0,
+                next_at: now,
+                last_error: None,
+            });
         }
-        policy::RevertIntent::Revert { failed, base } => (failed, base),
-    };
-    let req = RevertRequest {
+    }
+    sh.persist_record(name, rec);
+}
+
+/// The request for a pending revert of `name`.
+pub(super) fn revert_request(sh: &Shared, name: &ServiceName, p: &PendingRevert) -> RevertRequest {
+    RevertRequest {
         service: name.to_string(),
-        failed_commit: failed_commit.sha.clone(),
-        base,
-        files: failed.files.clone(),
+        failed_commit: p.failed.sha.clone(),
+        base: p.base.clone(),
+        files: p.files.clone(),
         subdir: sh.cfg.path.clone(),
         environment: sh.cfg.environment.clone(),
-        failed_revision: failed.state.target.to_string(),
-        rolled_back_to: rolled_back_to
-            .or(failed.state.stable.as_ref().map(|r| r.to_string()))
-            .unwrap_or_else(|| "none".into()),
-        reason: reason.clone(),
+        failed_revision: p.failed_revision.to_string(),
+        rolled_back_to: p.rolled_back_to.clone(),
+        reason: p.reason.clone(),
         author_name: sh.cfg.author_name.clone(),
         author_email: sh.cfg.author_email.clone(),
-    };
-    let src = sh.source.clone();
-    let req2 = req.clone();
-    let out = tokio::task::spawn_blocking(move || src.revert(&req2, policy::plan_revert))
-        .await
-        .map_err(|e| source::Error::Git(e.to_string()))
-        .and_then(|r| r);
+    }
+}
+
+/// Wait before the next attempt after `attempts` failed ones: 2, 4, 8 … s,
+/// at most 5 minutes.
+fn retry_after(attempts: u32) -> Duration {
+    Duration::from_secs(2u64 << attempts.min(8)).min(Duration::from_secs(300))
+}
+
+/// A revert attempt for `name` ended. `svc` is the service (None: it was
+/// pruned meanwhile). Returns the commit to sync (a revert on the branch).
+pub(super) fn revert_finished(
+    sh: &Shared,
+    name: &ServiceName,
+    svc: Option<&mut Svc>,
+    req: &RevertRequest,
+    out: Result<RevertOutcome, source::Error>,
+    now: Time,
+) -> Option<String> {
+    // The record still waits for this revert (a newer desired state drops it).
+    let mut rec = svc.and_then(|s| s.record.as_mut()).filter(|r| {
+        r.pending_revert
+            .as_ref()
+            .is_some_and(|p| p.failed.sha == req.failed_commit)
+    });
     let count = |r: &str| {
         sh.hub
             .metrics
             .revert_commits_total
             .get_or_create(&ResultLabel { result: r.into() })
             .inc();
+    };
+    let failed_sha = req.failed_commit.clone();
+    let settle = |rec: &mut Option<&mut RolloutRecord>, f: &dyn Fn(&mut RolloutRecord)| {
+        if let Some(r) = rec.as_deref_mut() {
+            r.pending_revert = None;
+            f(r);
+            sh.persist_record(name, r);
+        }
     };
     match out {
         Ok(RevertOutcome::Pushed {
@@ -119,20 +165,22 @@ pub(super) async fn handle_failure(
         }) => {
             tracing::info!(service = %name, revert = %new, reverted = ?reverted, services = ?services, attempts, "revert commit pushed");
             count("pushed");
-            rec.revert_commit = Some(new.clone());
-            sh.persist_record(name, rec);
+            let new2 = new.clone();
+            settle(&mut rec, &|r| r.revert_commit = Some(new2.clone()));
             // The failed rollout's history entry names the revert.
-            let mut e = history_entry(name.as_str(), &failed);
-            e.ended_at = Some(now);
-            e.result = Phase::Failed;
-            e.reason = reason.clone();
-            e.revert_commit = Some(new.clone());
-            sh.write_history(&e);
-            sh.hub.record_history(e);
+            if let Some(mut e) = sh.hub.history(name.as_str()).into_iter().rev().find(|e| {
+                e.result == Phase::Failed
+                    && !e.rollback
+                    && e.commit.as_ref().is_some_and(|c| c.sha == failed_sha)
+            }) {
+                e.revert_commit = Some(new.clone());
+                sh.write_history(&e);
+                sh.hub.record_history(e);
+            }
             let message = format!("reverted {} commit(s) that broke {name}", reverted.len());
             sh.write_revert(&RevertRecord {
                 service: name.to_string(),
-                failed_commit: failed_commit.sha.clone(),
+                failed_commit: failed_sha,
                 reverted: reverted.clone(),
                 revert_commit: Some(new.clone()),
                 ok: true,
@@ -151,61 +199,81 @@ pub(super) async fn handle_failure(
         Ok(RevertOutcome::AlreadyReverted { by }) => {
             tracing::info!(service = %name, revert = %by, "the failed commit is already reverted on the branch");
             count("already");
-            rec.revert_commit = Some(by.clone());
-            sh.persist_record(name, rec);
+            let by2 = by.clone();
+            settle(&mut rec, &|r| r.revert_commit = Some(by2.clone()));
             sh.hub.emit(Event::Revert {
                 service: name.to_string(),
                 commit: Some(by.clone()),
-                reverted: vec![failed_commit.sha.clone()],
+                reverted: vec![failed_sha.clone()],
                 ok: true,
-                message: format!("commit {} was already reverted by {by}", failed_commit.sha),
+                message: format!("commit {failed_sha} was already reverted by {by}"),
             });
             Some(by)
         }
-        Ok(RevertOutcome::NothingToRevert) => {
+        Ok(other) => {
             count("skipped");
-            degrade(
-                sh,
-                name,
-                rec,
-                format!(
+            let why = match other {
+                RevertOutcome::NothingToRevert => format!(
                     "no commit since {} changed {name}; not reverting — fix it by hand",
                     req.base
                 ),
-            );
-            None
-        }
-        Ok(RevertOutcome::ChangedSince { commits }) => {
-            count("skipped");
-            degrade(
-                sh,
-                name,
-                rec,
-                format!(
-                    "{name} changed again after {} (in {}); not reverting over a newer change",
-                    failed_commit.sha,
+                RevertOutcome::ChangedSince { commits } => format!(
+                    "{name} changed again after {failed_sha} (in {}); not reverting over a newer change",
                     commits.join(", ")
                 ),
-            );
+                RevertOutcome::Refused { reason } => reason,
+                RevertOutcome::Pushed { .. } | RevertOutcome::AlreadyReverted { .. } => {
+                    unreachable!("handled above")
+                }
+            };
+            match rec {
+                Some(r) => {
+                    r.pending_revert = None;
+                    degrade(sh, name, r, why);
+                }
+                None => tracing::warn!(service = %name, "{why}"),
+            }
             None
         }
-        Ok(RevertOutcome::Refused { reason }) => {
-            count("skipped");
-            degrade(sh, name, rec, reason);
+        Err(e) if git::transient(&e) => {
+            count("retry");
+            if let Some(r) = rec
+                && let Some(p) = r.pending_revert.as_mut()
+            {
+                p.attempts += 1;
+                let wait = retry_after(p.attempts);
+                p.next_at = now.plus(wait);
+                p.last_error = Some(e.to_string());
+                tracing::warn!(service = %name, error = %e, attempts = p.attempts, retry_in = ?wait, "revert not pushed; will try again");
+                sh.persist_record(name, r);
+            }
             None
         }
         Err(e) => {
             count("error");
             sh.write_revert(&RevertRecord {
                 service: name.to_string(),
-                failed_commit: failed_commit.sha.clone(),
+                failed_commit: failed_sha,
                 reverted: vec![],
                 revert_commit: None,
                 ok: false,
                 message: e.to_string(),
                 at: now,
             });
-            degrade(sh, name, rec, format!("revert failed: {e}"));
+            match rec {
+                Some(r) => {
+                    r.pending_revert = None;
+                    let why = match &e {
+                        source::Error::PushRejected { message, .. } => format!(
+                            "the remote refused the revert push ({message}); if the branch is protected, revert commit {} by hand or through a pull request",
+                            req.failed_commit
+                        ),
+                        _ => format!("revert failed: {e}"),
+                    };
+                    degrade(sh, name, r, why);
+                }
+                None => tracing::warn!(service = %name, error = %e, "revert failed"),
+            }
             None
         }
     }

@@ -19,6 +19,7 @@
 
 mod failure;
 mod gates;
+mod git;
 pub mod policy;
 mod publish;
 mod step;
@@ -69,6 +70,9 @@ pub struct Config {
     pub work_dir: PathBuf,
     /// Prometheus server for `prometheus` gates that name no `address`.
     pub prometheus_url: Option<String>,
+    /// A fetch or revert push that takes longer is reported as failed (the
+    /// loop never waits for Git; see `controller/git.rs`).
+    pub git_timeout: Duration,
 }
 
 impl Config {
@@ -84,6 +88,7 @@ impl Config {
             author_email: "floyd@localhost".into(),
             work_dir,
             prometheus_url: None,
+            git_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -228,6 +233,17 @@ pub struct Controller {
     fetch_failures: u32,
     /// A commit to sync now (a revert we just pushed).
     pending_sync: Option<String>,
+    /// Fetches and revert pushes, off the loop.
+    git: git::GitWorker,
+    git_rx: Option<tokio::sync::mpsc::UnboundedReceiver<git::GitDone>>,
+    /// When to look at the remote next.
+    next_poll: Instant,
+    /// A fetch was asked for while another Git operation ran (`true`: the
+    /// webhook named the new tip, fetch without asking first).
+    fetch_wanted: Option<bool>,
+    /// A Git operation was started and its [`git::GitDone`] not handled yet
+    /// (the worker's own `busy` clears a moment before the event arrives).
+    git_in_flight: bool,
     /// Rollout notifications (`floyd.yaml` `notifications`), started by `run`.
     notifier: Option<Arc<crate::server::notify::Notifier>>,
     cluster_state_rx: Option<tokio::sync::mpsc::UnboundedReceiver<(ServiceName, String)>>,
@@ -245,7 +261,13 @@ impl Controller {
         cfg: Config,
     ) -> Controller {
         let (cluster_state, cluster_state_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (git, git_rx) = git::GitWorker::new(cfg.git_timeout);
         Controller {
+            git,
+            git_rx: Some(git_rx),
+            next_poll: Instant::now(),
+            fetch_wanted: None,
+            git_in_flight: false,
             sh: Arc::new(Shared {
                 gates: gates::GateRunner::new(cfg.prometheus_url.clone()),
                 hub,
@@ -369,10 +391,12 @@ impl Controller {
         self.notifier = Some(notifier);
         let mut triggers = self.sh.hub.take_fetch_triggers();
         let mut commands = self.sh.hub.take_commands();
+        let mut git_done = self.git_rx.take();
         tokio::pin!(shutdown);
         let mut resumed = false;
-        let mut next_poll = Instant::now();
+        self.next_poll = Instant::now();
         loop {
+            self.sh.hub.beat(Time::now_wall());
             if !self.sh.hub.is_leader() {
                 // A standby replica: serve the API, touch nothing.
                 tokio::select! {
@@ -391,42 +415,29 @@ impl Controller {
                     self.sync(&sha).await;
                 }
             }
-            let mut fetch_now = false;
-            // A webhook says the branch moved: fetch at once, without asking
-            // for the tip first (one round trip less).
-            let mut announced = false;
-            if Instant::now() >= next_poll {
-                fetch_now = true;
+            if Instant::now() >= self.next_poll {
+                self.want_fetch(false);
             }
-            if !fetch_now {
-                let sleep_until = self.next_wake(next_poll);
-                tokio::select! {
-                    biased;
-                    _ = &mut shutdown => break,
-                    Some(t) = recv_opt(&mut triggers) => {
-                        tracing::debug!(source = %t.source, "fetch requested");
-                        // Several webhooks at once make one fetch.
-                        if let Some(rx) = triggers.as_mut() {
-                            while rx.try_recv().is_ok() {}
+            let sleep_until = self.next_wake(self.next_poll);
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                Some(done) = recv_opt(&mut git_done) => self.git_done(done).await,
+                Some(t) = recv_opt(&mut triggers) => {
+                    tracing::debug!(source = %t.source, "fetch requested");
+                    // Several webhooks at once make one fetch. A webhook that
+                    // names the new tip: fetch at once, without asking for
+                    // the tip first (one round trip less).
+                    let mut announced = t.after.is_some();
+                    if let Some(rx) = triggers.as_mut() {
+                        while let Ok(t) = rx.try_recv() {
+                            announced |= t.after.is_some();
                         }
-                        fetch_now = true;
-                        announced = t.after.is_some();
                     }
-                    Some(cmd) = recv_opt(&mut commands) => self.command(cmd).await,
-                    _ = tokio::time::sleep_until(sleep_until.into()) => {}
+                    self.want_fetch(announced);
                 }
-            }
-            if fetch_now {
-                let ok = self.check_remote(announced).await;
-                let interval = self.sh.cfg.poll_interval;
-                next_poll = Instant::now()
-                    + if ok {
-                        source::jittered(interval)
-                    } else {
-                        // Back off while the remote is down: 1, 2, 4, 8 × interval, at most 5 min.
-                        (interval * 2u32.pow(self.fetch_failures.min(3)))
-                            .min(Duration::from_secs(300).max(interval))
-                    };
+                Some(cmd) = recv_opt(&mut commands) => self.command(cmd).await,
+                _ = tokio::time::sleep_until(sleep_until.into()) => {}
             }
             if let Some(sha) = self.pending_sync.take() {
                 self.sync(&sha).await;
@@ -437,14 +448,119 @@ impl Controller {
         Ok(())
     }
 
+    /// Starts a fetch now, or as soon as the running Git operation ends.
+    fn want_fetch(&mut self, announced: bool) {
+        let announced = announced || self.fetch_wanted.unwrap_or(false);
+        if !self.git_in_flight && self.git.start_fetch(self.sh.source.clone(), announced) {
+            self.git_in_flight = true;
+            self.fetch_wanted = None;
+            // The next poll is planned when this one ends.
+            self.next_poll = Instant::now() + Duration::from_secs(24 * 3600);
+        } else {
+            self.fetch_wanted = Some(announced);
+        }
+    }
+
+    /// A Git operation ended: record it, sync a new tip, start what waited.
+    async fn git_done(&mut self, done: git::GitDone) {
+        self.git_in_flight = false;
+        match done {
+            git::GitDone::Fetched { result, elapsed } => {
+                let ok = self.fetched(result, elapsed).await;
+                let interval = self.sh.cfg.poll_interval;
+                self.next_poll = Instant::now()
+                    + if ok {
+                        source::jittered(interval)
+                    } else {
+                        // Back off while the remote is down: 1, 2, 4, 8 × interval, at most 5 min.
+                        (interval * 2u32.pow(self.fetch_failures.min(3)))
+                            .min(Duration::from_secs(300).max(interval))
+                    };
+            }
+            git::GitDone::Reverted {
+                service,
+                req,
+                result,
+            } => {
+                let now = Time::now_wall();
+                if let Err(e) = &result
+                    && git::transient(e)
+                {
+                    self.sh.hub.set_git_reachable(false);
+                }
+                let sync = failure::revert_finished(
+                    &self.sh,
+                    &service,
+                    self.services.get_mut(&service),
+                    &req,
+                    result,
+                    now,
+                );
+                if let Some(svc) = self.services.get_mut(&service) {
+                    svc.dirty |= svc.record.is_some();
+                }
+                self.queue.insert(service);
+                if sync.is_some() {
+                    self.sh.hub.set_git_reachable(true);
+                    self.sync_mirror_tip().await;
+                }
+            }
+        }
+        if let Some(announced) = self.fetch_wanted {
+            self.fetch_wanted = None;
+            self.want_fetch(announced);
+        }
+    }
+
+    /// Syncs the mirror's tip when it is not what was synced last (a revert
+    /// just pushed moved it).
+    async fn sync_mirror_tip(&mut self) {
+        let src = self.sh.source.clone();
+        let tip = tokio::task::spawn_blocking(move || src.local_tip())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten();
+        if let Some(tip) = tip
+            && self.synced.as_deref() != Some(tip.as_str())
+        {
+            self.sync(&tip).await;
+        }
+    }
+
+    /// Starts the revert of the first service whose revert is due, unless a
+    /// Git operation runs (reverts take turns with fetches).
+    fn start_due_revert(&mut self, now: Time) {
+        if self.git_in_flight || self.git.busy() {
+            return;
+        }
+        let due = self.services.iter().find_map(|(n, s)| {
+            let p = s.record.as_ref()?.pending_revert.as_ref()?;
+            (p.next_at <= now).then(|| (n.clone(), failure::revert_request(&self.sh, n, p)))
+        });
+        if let Some((name, req)) = due {
+            tracing::info!(service = %name, failed = %req.failed_commit, "pushing the revert");
+            self.git_in_flight = self.git.start_revert(self.sh.source.clone(), name, req);
+        }
+    }
+
     fn next_wake(&self, next_poll: Instant) -> Instant {
         let now = Time::now_wall();
         let mut at = next_poll;
         let resync = self.last_resync.plus(self.sh.cfg.resync_interval);
+        let reverts = self.services.values().filter_map(|s| {
+            s.record
+                .as_ref()?
+                .pending_revert
+                .as_ref()
+                .map(|p| p.next_at)
+                .filter(|_| !self.git_in_flight && !self.git.busy())
+        });
         for t in self
             .services
             .values()
             .filter_map(|s| s.wake_at)
+            .chain(reverts)
             .chain(std::iter::once(resync))
         {
             let d = t.since(now);
@@ -456,31 +572,18 @@ impl Controller {
         at
     }
 
-    /// Polls (ls-remote, then fetch if moved; `fetch` straight away when a
-    /// webhook announced a new tip); syncs a new tip. False when the remote
-    /// could not be reached.
-    async fn check_remote(&mut self, fetch: bool) -> bool {
-        let src = self.sh.source.clone();
-        let started = Instant::now();
-        let res = tokio::task::spawn_blocking(move || {
-            if fetch {
-                let before = src.local_tip()?;
-                let tip = src.fetch()?;
-                Ok((before.as_deref() != Some(tip.as_str())).then_some(tip))
-            } else {
-                src.poll()
-            }
-        })
-        .await;
+    /// A poll or fetch ended: metrics, Git readiness, and a sync of the new
+    /// tip. False when the remote could not be reached.
+    async fn fetched(
+        &mut self,
+        res: Result<Option<String>, source::Error>,
+        elapsed: Duration,
+    ) -> bool {
         self.sh
             .hub
             .metrics
             .git_fetch_duration_seconds
-            .observe(started.elapsed().as_secs_f64());
-        let res = match res {
-            Ok(r) => r,
-            Err(e) => Err(source::Error::Git(format!("fetch task failed: {e}"))),
-        };
+            .observe(elapsed.as_secs_f64());
         match res {
             Ok(tip) => {
                 self.sh
@@ -506,12 +609,7 @@ impl Controller {
                 self.sh.hub.set_git_reachable(true);
                 // The mirror's tip, not only what this poll fetched: a revert
                 // attempt may have fetched a newer tip already.
-                let tip = self.sh.source.local_tip().ok().flatten().or(tip);
-                if let Some(t) = tip
-                    && self.synced.as_deref() != Some(t.as_str())
-                {
-                    self.sync(&t).await;
-                }
+                self.sync_mirror_tip().await;
                 true
             }
             Err(e) => {
@@ -583,6 +681,7 @@ impl Controller {
             }
         }
         if self.queue.is_empty() {
+            self.start_due_revert(now);
             return;
         }
         let batch: Vec<(ServiceName, Svc)> = std::mem::take(&mut self.queue)
@@ -590,7 +689,7 @@ impl Controller {
             .filter_map(|n| self.services.remove(&n).map(|s| (n, s)))
             .collect();
         let sh = self.sh.clone();
-        let results: Vec<(ServiceName, Svc, step::StepOutcome)> = futures::stream::iter(batch)
+        let results: Vec<(ServiceName, Svc)> = futures::stream::iter(batch)
             .map(|(n, s)| {
                 // One span per rollout step: every log line of it names the
                 // service and the revision being rolled out.
@@ -608,28 +707,10 @@ impl Controller {
             .buffer_unordered(self.sh.cfg.max_concurrent.max(1))
             .collect()
             .await;
-        for (n, s, out) in results {
+        for (n, s) in results {
             self.services.insert(n, s);
-            if out.sync.is_some() {
-                self.pending_sync = out.sync;
-            }
         }
-        if self.pending_sync.take().is_some() {
-            // Render the revert right away: Git and the runtime agree again.
-            // The mirror's tip, which holds every revert pushed this turn.
-            let src = self.sh.source.clone();
-            let tip = tokio::task::spawn_blocking(move || src.local_tip())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .flatten();
-            if let Some(tip) = tip
-                && self.synced.as_deref() != Some(tip.as_str())
-            {
-                Box::pin(self.sync(&tip)).await;
-            }
-            Box::pin(self.process()).await;
-        }
+        self.start_due_revert(now);
         self.persist_dirty();
     }
 

@@ -9,23 +9,15 @@ use crate::time::Time;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// What a step asks of the loop afterwards.
-#[derive(Debug, Default)]
-pub(super) struct StepOutcome {
-    /// A commit to sync now (a revert just pushed).
-    pub sync: Option<String>,
-}
-
 /// One step of one service at `now`.
 pub(super) async fn step_service(
     sh: Arc<Shared>,
     name: ServiceName,
     mut svc: Svc,
     now: Time,
-) -> (ServiceName, Svc, StepOutcome) {
-    let mut out = StepOutcome::default();
+) -> (ServiceName, Svc) {
     let Some(mut rec) = svc.record.clone() else {
-        return (name, svc, out);
+        return (name, svc);
     };
     if !rec.state.is_rollback
         && let Some(c) = &rec.commit
@@ -37,7 +29,7 @@ pub(super) async fn step_service(
         Err(e) => {
             tracing::warn!(service = %name, error = %e, "observe failed; retrying");
             svc.wake_at = Some(now.plus(Duration::from_secs(2)));
-            return (name, svc, out);
+            return (name, svc);
         }
     };
     sh.hub.note_drift(name.as_str(), &observed.drift);
@@ -80,7 +72,7 @@ pub(super) async fn step_service(
             rec.state.reason = format!("runtime: {e}");
             svc.wake_at = Some(now.plus(Duration::from_secs(1)));
             svc.record = Some(rec);
-            return (name, svc, out);
+            return (name, svc);
         }
         rec.state = d.state;
         status_revisions = Some(d.status.revisions);
@@ -133,9 +125,7 @@ pub(super) async fn step_service(
                 end_history(&sh, &name, &rec, now, Phase::Failed);
                 count_rollout(&sh, &name, &strategy, "Failed", &rec, now);
                 if !rec.failure_handled {
-                    out.sync =
-                        failure::handle_failure(&sh, &name, &mut svc, &mut rec, &observed, now)
-                            .await;
+                    failure::handle_failure(&sh, &name, &mut svc, &mut rec, &observed, now).await;
                 }
             }
             _ => {}
@@ -177,5 +167,5 @@ pub(super) async fn step_service(
     if svc.dirty {
         sh.persist_svc(&name, &mut svc);
     }
-    (name, svc, out)
+    (name, svc)
 }

@@ -336,8 +336,25 @@ async fn dashboard() -> Response {
         .into_response()
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// The controller loop turns at least every resync interval (10 s by
+/// default); one that has not turned for this long is stuck or dead.
+pub const LIVENESS_STALE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Liveness: the process answers and the controller loop (when one runs)
+/// turned within [`LIVENESS_STALE`]. A stuck or dead loop answers 503, so
+/// a supervisor (kubelet, systemd) restarts Floyd.
+async fn healthz(axum::extract::State(st): axum::extract::State<AppState>) -> Response {
+    match st.hub.last_beat() {
+        Some(t) if crate::time::Time::now_wall().since(t) > LIVENESS_STALE => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "controller loop stalled: last turn {} s ago\n",
+                crate::time::Time::now_wall().since(t).as_secs()
+            ),
+        )
+            .into_response(),
+        _ => "ok\n".into_response(),
+    }
 }
 
 #[derive(Serialize)]

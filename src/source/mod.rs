@@ -59,6 +59,10 @@ pub enum Error {
     Revert { service: String, message: String },
     #[error("git: {0}")]
     Git(String),
+    #[error(
+        "git remote: no answer to the {what} within {seconds} s (the remote hangs or is very slow)"
+    )]
+    Timeout { what: &'static str, seconds: u64 },
 }
 
 impl Error {

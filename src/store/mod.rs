@@ -87,6 +87,30 @@ pub struct RolloutRecord {
     /// Git still renders it (the revert is pending, refused or disabled).
     #[serde(default)]
     pub rejected: Option<Desired>,
+    /// A revert Floyd still has to push (the remote was unreachable, or the
+    /// attempt is queued behind another Git operation).
+    #[serde(default)]
+    pub pending_revert: Option<PendingRevert>,
+}
+
+/// A revert decided but not pushed yet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingRevert {
+    /// The commit whose desired state failed.
+    pub failed: CommitInfo,
+    /// Revert the commits after this one (the last Complete commit, or the
+    /// desired state restored).
+    pub base: String,
+    pub failed_revision: Revision,
+    /// What runs instead (for the message).
+    pub rolled_back_to: String,
+    pub reason: String,
+    pub files: Vec<String>,
+    /// Attempts that failed so far, and when to try again.
+    pub attempts: u32,
+    pub next_at: crate::time::Time,
+    #[serde(default)]
+    pub last_error: Option<String>,
 }
 
 /// One commit's desired state of a service.
@@ -126,6 +150,7 @@ impl RolloutRecord {
             previous: None,
             created_by: None,
             rejected: None,
+            pending_revert: None,
         }
     }
 

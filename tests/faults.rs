@@ -1,0 +1,314 @@
+//! The fault suite: what Floyd does when things break. Real Git servers,
+//! real processes, loopback only; each scenario bounded in time.
+//!
+//! 1. A Git remote that accepts connections and never answers, then recovers.
+//! 2. A push refused by a protected branch (a `pre-receive` hook).
+//! 3. A branch force-pushed to unrelated history.
+//! 4. A dead controller task (`floyd run` with an injected failure).
+
+#[path = "gitops/support.rs"]
+mod support;
+
+#[path = "gitops/fake.rs"]
+mod fake;
+
+#[path = "gitops/harness.rs"]
+#[allow(dead_code)]
+mod harness;
+
+use floyd::engine::{Command, Phase};
+use harness::{Harness, Opts, service_yaml};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use support::git;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+/// A TCP proxy in front of the Git server that can be made to hang: while
+/// `hang` is set it accepts connections and never answers; cleared, it
+/// forwards (and closes the connections it held, as a recovered network would).
+struct Proxy {
+    url: String,
+    hang: Arc<AtomicBool>,
+    held: Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    async fn start(target_url: &str) -> Proxy {
+        let target = target_url
+            .strip_prefix("git://")
+            .and_then(|r| r.split('/').next())
+            .unwrap()
+            .to_string();
+        let path = target_url.splitn(4, '/').nth(3).unwrap().to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("git://{}/{path}", listener.local_addr().unwrap());
+        let hang = Arc::new(AtomicBool::new(false));
+        let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (h, k) = (hang.clone(), held.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if h.load(Ordering::SeqCst) {
+                    k.lock().unwrap().push(client);
+                    continue;
+                }
+                let target = target.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                    let _ = client.shutdown().await;
+                });
+            }
+        });
+        Proxy { url, hang, held }
+    }
+
+    fn hang(&self, on: bool) {
+        self.hang.store(on, Ordering::SeqCst);
+        if !on {
+            self.held.lock().unwrap().clear();
+        }
+    }
+
+    fn held(&self) -> usize {
+        self.held.lock().unwrap().len()
+    }
+}
+
+fn reverts_on(h: &Harness) -> Vec<String> {
+    h.server
+        .log()
+        .into_iter()
+        .filter(|l| l.contains(" Revert"))
+        .collect()
+}
+
+/// Scenario 1: the remote hangs after a bad commit was fetched. The rollout
+/// still fails and is rolled back during the outage, commands are answered,
+/// the revert waits; after recovery it is pushed exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_remote_delays_the_revert_but_not_the_rollback() {
+    let mut h = Harness::new(Opts::default()).await;
+    let proxy = Proxy::start(&h.server.url).await;
+    h.stop().await;
+    h.start(Opts {
+        remote_url: Some(proxy.url.clone()),
+        git_timeout: Some(Duration::from_secs(2)),
+        ..Opts::default()
+    });
+    let c0 = h.server.tip();
+    let v1 = h.wait_complete_at("web", &c0).await;
+    let bad = h.push_web("v2", true, "web: v2 (never ready)");
+    h.wait_view(
+        "rolling to the bad commit",
+        "web",
+        Duration::from_secs(20),
+        |v| v.commit.as_ref().is_some_and(|c| c.sha == bad),
+    )
+    .await;
+    proxy.hang(true);
+    let hung_at = Instant::now();
+    // Rolled back while Git hangs (deadline 2 s).
+    let v = h
+        .wait_view(
+            "rolled back during the outage",
+            "web",
+            Duration::from_secs(30),
+            |v| v.phase == Phase::RolledBack,
+        )
+        .await;
+    assert_eq!(v.target_revision, v1.target_revision);
+    assert!(proxy.held() > 0, "Floyd did try the hung remote");
+    assert!(reverts_on(&h).is_empty(), "nothing could be pushed yet");
+    // The loop answers commands while Git hangs.
+    let t = Instant::now();
+    let answer = tokio::time::timeout(Duration::from_secs(5), h.hub.control("web", Command::Pause))
+        .await
+        .expect("the controller answers within 5 s while Git hangs");
+    assert!(
+        answer.is_err(),
+        "web's rollback is over, nothing to pause: {answer:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5));
+    support::wait_for(
+        "readiness says Git is down",
+        Duration::from_secs(15),
+        || !h.hub.git_reachable(),
+    );
+    // Recovery: the revert is pushed, once.
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(hung_at.elapsed())).await;
+    proxy.hang(false);
+    let v = h
+        .wait_view(
+            "Complete on the revert",
+            "web",
+            Duration::from_secs(60),
+            |v| {
+                v.phase == Phase::Complete
+                    && v.commit
+                        .as_ref()
+                        .is_some_and(|c| c.sha != bad && c.sha != c0)
+            },
+        )
+        .await;
+    let revert = v.commit.unwrap().sha;
+    assert!(
+        h.server
+            .message(&revert)
+            .contains(&format!("Floyd-Revert-Of: {bad}"))
+    );
+    assert_eq!(reverts_on(&h).len(), 1, "{:?}", h.server.log());
+    assert!(h.hub.git_reachable());
+}
+
+/// Scenario 2: the branch is protected (a `pre-receive` hook refuses every
+/// push). The rollback happens; the service says why the revert is missing;
+/// Floyd does not retry a refusal (one push attempt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protected_branch_refuses_the_revert_once_and_the_service_says_why() {
+    let h = Harness::new(Opts::default()).await;
+    let c0 = h.server.tip();
+    let v1 = h.wait_complete_at("web", &c0).await;
+    let bad = h.push_web("v2", true, "web: v2 (never ready)");
+    let count = h.server.root.path().join("pushes");
+    let hook = h.server.bare().join("hooks/pre-receive");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho x >> {}\necho 'main is protected: open a pull request' >&2\nexit 1\n",
+            count.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let v = h
+        .wait_view(
+            "Degraded after the refused revert",
+            "web",
+            Duration::from_secs(40),
+            |v| v.phase == Phase::Degraded,
+        )
+        .await;
+    assert!(
+        v.reason.contains("refused") && v.reason.contains("pre-receive hook declined"),
+        "{}",
+        v.reason
+    );
+    assert_eq!(v.current_revision, v1.target_revision, "rolled back");
+    // No retry storm: a few more seconds, still one attempt.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let attempts = std::fs::read_to_string(&count)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    assert_eq!(
+        attempts,
+        1,
+        "one push attempt for a refusal; {}",
+        h.hub
+            .metrics
+            .encode()
+            .lines()
+            .filter(|l| l.contains("revert"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(h.server.tip(), bad);
+}
+
+/// Scenario 3: the branch is force-pushed to unrelated history that breaks
+/// the service: no revert of foreign commits, a clear Degraded reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_force_push_to_unrelated_history_is_not_reverted() {
+    let h = Harness::new(Opts::default()).await;
+    let c0 = h.server.tip();
+    h.wait_complete_at("web", &c0).await;
+    h.wait_complete_at("api", &c0).await;
+    git(
+        &h.server.bare(),
+        &["config", "receive.denyNonFastForwards", "false"],
+    );
+    let w = h.work.path();
+    git(w, &["checkout", "-q", "--orphan", "rewritten"]);
+    h.work
+        .write("services/web.yaml", &service_yaml("web", "v9", true))
+        .write("services/api.yaml", &service_yaml("api", "v1", false));
+    let bad = h.work.commit("rewritten history");
+    git(
+        w,
+        &["push", "-q", "--force", "origin", "HEAD:refs/heads/main"],
+    );
+    let v = h
+        .wait_view("Degraded", "web", Duration::from_secs(40), |v| {
+            v.phase == Phase::Degraded
+        })
+        .await;
+    assert!(v.reason.contains("history was rewritten"), "{}", v.reason);
+    assert_eq!(h.server.tip(), bad, "nothing pushed");
+}
+
+/// Scenario 4: a controller task that dies makes `/healthz` fail and
+/// `floyd run` exit non-zero (debug builds take an injected failure).
+#[test]
+fn a_dead_controller_fails_liveness_and_exits_non_zero() {
+    let server = support::GitServer::daemon();
+    let w = support::Work::clone(&server.url);
+    w.write("services/web.yaml", &service_yaml("web", "v1", false));
+    w.commit("web");
+    w.push();
+    let state = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_floyd"))
+        .args(["run", "--repo", &server.url, "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--state-dir")
+        .arg(state.path())
+        .env("FLOYD_DEBUG_FAIL_CONTROLLER_AFTER", "2s")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut saw = Vec::new();
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read, Write};
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            if let Some(line) = out.lines().next() {
+                saw.push(line.to_string());
+            }
+        }
+        assert!(Instant::now() < deadline, "floyd run did not exit: {saw:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(
+        saw.iter().any(|l| l.contains("200")),
+        "alive first: {saw:?}"
+    );
+    assert!(
+        saw.iter().any(|l| l.contains("503")),
+        "then liveness fails: {saw:?}"
+    );
+    assert!(
+        stderr.contains("controller stopped unexpectedly"),
+        "{stderr}"
+    );
+}
