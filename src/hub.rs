@@ -155,6 +155,8 @@ pub struct Hub {
     leader: AtomicBool,
     /// Why the state store cannot be written (None: it can).
     persistence: Mutex<Option<String>>,
+    /// Why the last commit could not be synced (None: it was).
+    sync_error: Mutex<Option<String>>,
     /// The controller loop's last turn, ms since the epoch (0: never ran).
     heartbeat: AtomicU64,
     /// Bumped on every change of the service views (cache key for readers).
@@ -189,6 +191,7 @@ impl Hub {
             leader: AtomicBool::new(true),
             persistence: Mutex::new(None),
             heartbeat: AtomicU64::new(0),
+            sync_error: Mutex::new(None),
             version: AtomicU64::new(0),
             metrics: Metrics::new(),
         }
@@ -377,6 +380,14 @@ impl Hub {
     }
     pub fn set_synced(&self) {
         self.synced_once.store(true, Ordering::Relaxed);
+    }
+    /// Why the tip of the branch could not be synced (Floyd serves the
+    /// previous release meanwhile).
+    pub fn sync_error(&self) -> Option<String> {
+        self.sync_error.lock().expect("hub lock").clone()
+    }
+    pub fn set_sync_error(&self, why: Option<String>) {
+        *self.sync_error.lock().expect("hub lock") = why;
     }
     /// The controller loop is alive at `now` (every turn of it calls this).
     pub fn beat(&self, now: crate::time::Time) {

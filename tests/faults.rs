@@ -312,3 +312,39 @@ fn a_dead_controller_fails_liveness_and_exits_non_zero() {
         "{stderr}"
     );
 }
+
+/// Crash-loop guard: a commit whose rendering killed the previous process
+/// (recorded as "being rendered" in the store) is not rendered again after
+/// the restart; the previous release keeps running, readiness says why, and
+/// the next commit syncs normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_killed_the_process_while_rendering_is_not_rendered_again() {
+    let mut h = Harness::new(Opts::default()).await;
+    let c0 = h.server.tip();
+    h.wait_complete_at("web", &c0).await;
+    h.stop().await;
+    let killer = h.push_web("v2", false, "web: v2 (pretend it exhausts memory)");
+    {
+        let store = floyd::store::Store::open(h.state.path()).unwrap();
+        store.set_rendering(Some(&killer)).unwrap();
+    }
+    h.start(Opts::default());
+    support::wait_for(
+        "the sync error is reported",
+        Duration::from_secs(20),
+        || {
+            h.hub
+                .sync_error()
+                .is_some_and(|e| e.contains(&killer) && e.contains("died while rendering"))
+        },
+    );
+    let v = h.hub.service("web").unwrap();
+    assert_eq!(
+        v.commit.unwrap().sha,
+        c0,
+        "the previous release keeps running"
+    );
+    let fix = h.push_web("v3", false, "web: v3");
+    h.wait_complete_at("web", &fix).await;
+    assert_eq!(h.hub.sync_error(), None);
+}

@@ -241,6 +241,8 @@ pub struct Controller {
     /// A fetch was asked for while another Git operation ran (`true`: the
     /// webhook named the new tip, fetch without asking first).
     fetch_wanted: Option<bool>,
+    /// A commit the previous process died rendering (never rendered again).
+    poisoned: Option<String>,
     /// A Git operation was started and its [`git::GitDone`] not handled yet
     /// (the worker's own `busy` clears a moment before the event arrives).
     git_in_flight: bool,
@@ -268,6 +270,7 @@ impl Controller {
             next_poll: Instant::now(),
             fetch_wanted: None,
             git_in_flight: false,
+            poisoned: None,
             sh: Arc::new(Shared {
                 gates: gates::GateRunner::new(cfg.prometheus_url.clone()),
                 hub,
@@ -319,6 +322,10 @@ impl Controller {
             self.queue.insert(name);
         }
         self.synced = self.sh.store.synced_commit()?;
+        if let Some(sha) = self.sh.store.rendering()? {
+            tracing::error!(commit = %sha, "the previous Floyd process died while rendering this commit; it is not rendered again");
+            self.poisoned = Some(sha);
+        }
         Ok(())
     }
 

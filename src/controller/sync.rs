@@ -29,11 +29,16 @@ impl Controller {
             })
             .inc();
         match res {
-            Ok(()) => m
-                .sync_duration_seconds
-                .observe(started.elapsed().as_secs_f64()),
+            Ok(()) => {
+                m.sync_duration_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                self.sh.hub.set_sync_error(None);
+            }
             Err(e) => {
                 tracing::error!(commit = sha, error = %e, "sync failed; keeping the previous release");
+                self.sh
+                    .hub
+                    .set_sync_error(Some(format!("commit {sha}: {e}")));
                 // Do not retry the same broken commit on every poll.
                 self.synced = Some(sha.to_string());
             }
@@ -41,6 +46,25 @@ impl Controller {
     }
 
     async fn sync_inner(&mut self, sha: &str) -> Result<(), Error> {
+        let sh = self.sh.clone();
+        if self.poisoned.as_deref() == Some(sha) {
+            return Err(Error::Other(format!(
+                "commit {sha} is not rendered again: the previous Floyd process died while rendering it (a manifest that exhausts memory?); push a fix"
+            )));
+        }
+        // Crash-loop guard: a commit whose rendering kills the process is
+        // found here at the next start-up and skipped.
+        if let Err(e) = sh.store.set_rendering(Some(sha)) {
+            sh.store_failed("the commit being rendered", &e);
+        }
+        let out = self.sync_rendering(sha).await;
+        if let Err(e) = sh.store.set_rendering(None) {
+            sh.store_failed("the commit being rendered", &e);
+        }
+        out
+    }
+
+    async fn sync_rendering(&mut self, sha: &str) -> Result<(), Error> {
         let sh = self.sh.clone();
         let (commit, message) = {
             let src = sh.source.clone();

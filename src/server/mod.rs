@@ -366,6 +366,10 @@ struct Readiness {
     /// Why the state store cannot be written (absent when it can).
     #[serde(skip_serializing_if = "Option::is_none")]
     persistence_error: Option<String>,
+    /// Why the branch's tip could not be synced (the previous release is
+    /// served meanwhile; absent when it was).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sync_error: Option<String>,
 }
 
 /// Ready once the first sync is done (or as a standby replica). Git being
@@ -376,6 +380,7 @@ async fn readyz(axum::extract::State(st): axum::extract::State<AppState>) -> Res
         leader: st.hub.is_leader(),
         git_reachable: st.hub.git_reachable(),
         persistence_error: st.hub.persistence_error(),
+        sync_error: st.hub.sync_error(),
     };
     let code = if body.ready {
         StatusCode::OK

@@ -430,9 +430,34 @@ impl Store {
         })
     }
     pub fn synced_commit(&self) -> Result<Option<String>, Error> {
+        self.meta("synced_commit")
+    }
+
+    /// The commit being rendered now (set before, cleared after): found at
+    /// start-up, it means the process died rendering it (a hostile commit
+    /// that exhausted memory), and it must not be rendered again.
+    pub fn set_rendering(&self, sha: Option<&str>) -> Result<(), Error> {
+        self.write(|tx| {
+            let mut t = tx.open_table(META)?;
+            match sha {
+                Some(s) => {
+                    t.insert("rendering", s)?;
+                }
+                None => {
+                    t.remove("rendering")?;
+                }
+            }
+            Ok(())
+        })
+    }
+    pub fn rendering(&self) -> Result<Option<String>, Error> {
+        self.meta("rendering")
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<String>, Error> {
         let tx = self.db.begin_read().map_err(|e| self.io(e))?;
         let t = tx.open_table(META).map_err(|e| self.io(e))?;
-        Ok(t.get("synced_commit")
+        Ok(t.get(key)
             .map_err(|e| self.io(e))?
             .map(|v| v.value().to_string()))
     }
