@@ -141,16 +141,11 @@ async fn a_hung_remote_delays_the_revert_but_not_the_rollback() {
     tokio::time::sleep(Duration::from_secs(3).saturating_sub(hung_at.elapsed())).await;
     proxy.hang(false);
     let v = h
-        .wait_view(
+        .wait_complete_beyond(
             "Complete on the revert",
             "web",
+            &[&bad, &c0],
             Duration::from_secs(60),
-            |v| {
-                v.phase == Phase::Complete
-                    && v.commit
-                        .as_ref()
-                        .is_some_and(|c| c.sha != bad && c.sha != c0)
-            },
         )
         .await;
     let revert = v.commit.unwrap().sha;

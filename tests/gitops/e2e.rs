@@ -26,16 +26,11 @@ async fn good_commit_completes_then_broken_commit_is_rolled_back_and_reverted() 
     let bad = h.push_web("v3", true, "web: v3 (never ready)");
     // Rolled back, reverted, and converged on the revert commit.
     let converged = h
-        .wait_view(
+        .wait_complete_beyond(
             "Complete on the revert commit",
             "web",
+            &[&bad, &good],
             Duration::from_secs(40),
-            |v| {
-                v.phase == Phase::Complete
-                    && v.commit
-                        .as_ref()
-                        .is_some_and(|c| c.sha != bad && c.sha != good)
-            },
         )
         .await;
     assert_eq!(

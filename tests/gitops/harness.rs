@@ -179,6 +179,24 @@ impl Harness {
         }
     }
 
+    /// Waits until `service` is Complete on a commit other than `not` (a
+    /// revert Floyd pushed, typically); returns the view.
+    pub async fn wait_complete_beyond(
+        &self,
+        what: &str,
+        service: &str,
+        not: &[&str],
+        timeout: Duration,
+    ) -> ServiceView {
+        self.wait_view(what, service, timeout, |v| {
+            v.phase == Phase::Complete
+                && v.commit
+                    .as_ref()
+                    .is_some_and(|c| !not.contains(&c.sha.as_str()))
+        })
+        .await
+    }
+
     /// Waits until `service` is Complete on the revision rendered from `commit`.
     pub async fn wait_complete_at(&self, service: &str, commit: &str) -> ServiceView {
         self.wait_view(

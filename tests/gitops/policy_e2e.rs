@@ -175,14 +175,11 @@ async fn a_failure_that_superseded_the_first_rollout_is_reverted() {
     .await;
     let b = h.push_web("v2", true, "web: v2 (never ready)");
     let v = h
-        .wait_view(
+        .wait_complete_beyond(
             "Complete on the revert of B",
             "web",
+            &[&a, &b],
             Duration::from_secs(40),
-            |v| {
-                v.phase == Phase::Complete
-                    && v.commit.as_ref().is_some_and(|c| c.sha != a && c.sha != b)
-            },
         )
         .await;
     let revert = v.commit.unwrap().sha;
@@ -206,12 +203,12 @@ async fn two_services_broken_by_one_commit_are_reverted_once_without_error() {
     let mut reverts = Vec::new();
     for s in ["web", "api"] {
         let v = h
-            .wait_view("Complete on a revert", s, Duration::from_secs(40), |v| {
-                v.phase == Phase::Complete
-                    && v.commit
-                        .as_ref()
-                        .is_some_and(|c| c.sha != bad && c.sha != c0)
-            })
+            .wait_complete_beyond(
+                "Complete on a revert",
+                s,
+                &[&bad, &c0],
+                Duration::from_secs(40),
+            )
             .await;
         reverts.push(v.commit.unwrap().sha);
     }

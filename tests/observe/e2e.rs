@@ -751,6 +751,19 @@ fn gpu_web_yaml(version: &str, replicas: u32, port: u16) -> String {
     yaml
 }
 
+/// Ids of web's instances the local runtime runs now.
+async fn instance_ids(runtime: &LocalRuntime) -> Vec<String> {
+    let web = floyd::manifest::ServiceName::parse("web").unwrap();
+    let o = runtime
+        .observe(&web, None, floyd::time::Time::now_wall())
+        .await
+        .unwrap();
+    o.revisions
+        .iter()
+        .flat_map(|r| r.instances.iter().map(|i| i.id.clone()))
+        .collect()
+}
+
 /// The GitOps-correctness sequence 1 with real processes and a real remote:
 /// B completes on the 2 declared GPUs; C asks for 3 replicas. C fails at
 /// once with the GPU arithmetic and is the commit reverted (not B); Git is
@@ -780,20 +793,7 @@ async fn a_replicas_only_gpu_scale_that_cannot_fit_reverts_that_commit_on_the_lo
         v.phase == floyd::engine::Phase::Complete && v.commit.as_ref().is_some_and(|c| c.sha == b)
     })
     .await;
-    let pids_before = st
-        .runtime
-        .observe(
-            &floyd::manifest::ServiceName::parse("web").unwrap(),
-            None,
-            floyd::time::Time::now_wall(),
-        )
-        .await
-        .unwrap();
-    let ids_before: Vec<String> = pids_before
-        .revisions
-        .iter()
-        .flat_map(|r| r.instances.iter().map(|i| i.id.clone()))
-        .collect();
+    let ids_before = instance_ids(&st.runtime).await;
     let mut events = st.hub.subscribe();
     let c = st.push_web(&gpu_web_yaml("v2", 3, port), "web: 3 replicas");
     let (pushed, revert, reverted) = next_revert(&mut events).await;
@@ -822,20 +822,7 @@ async fn a_replicas_only_gpu_scale_that_cannot_fit_reverts_that_commit_on_the_lo
     })
     .await;
     assert_eq!(v.target_revision, vb.target_revision);
-    let after = st
-        .runtime
-        .observe(
-            &floyd::manifest::ServiceName::parse("web").unwrap(),
-            None,
-            floyd::time::Time::now_wall(),
-        )
-        .await
-        .unwrap();
-    let ids_after: Vec<String> = after
-        .revisions
-        .iter()
-        .flat_map(|r| r.instances.iter().map(|i| i.id.clone()))
-        .collect();
+    let ids_after = instance_ids(&st.runtime).await;
     assert_eq!(ids_after, ids_before, "B's instances were never touched");
     st.finish().await;
 }
