@@ -122,6 +122,15 @@ async fn a_hung_remote_delays_the_revert_but_not_the_rollback() {
     assert_eq!(v.target_revision, v1.target_revision);
     assert!(proxy.held() > 0, "Floyd did try the hung remote");
     assert!(reverts_on(&h).is_empty(), "nothing could be pushed yet");
+    let v = h
+        .wait_view(
+            "the revert waits for Git",
+            "web",
+            Duration::from_secs(20),
+            |v| v.reason.contains("is not pushed yet"),
+        )
+        .await;
+    assert!(v.reason.contains(&bad[..12]), "{}", v.reason);
     // The loop answers commands while Git hangs.
     let t = Instant::now();
     let answer = tokio::time::timeout(Duration::from_secs(5), h.hub.control("web", Command::Pause))

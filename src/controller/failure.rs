@@ -149,13 +149,13 @@ pub(super) fn revert_finished(
             .inc();
     };
     let failed_sha = req.failed_commit.clone();
-    let settle = |rec: &mut Option<&mut RolloutRecord>, f: &dyn Fn(&mut RolloutRecord)| {
-        if let Some(r) = rec.as_deref_mut() {
-            r.pending_revert = None;
-            f(r);
-            sh.persist_record(name, r);
-        }
-    };
+    // Anything but a transient error settles the revert (the loop persists
+    // the record: it marks the service dirty).
+    if let Some(r) = rec.as_deref_mut()
+        && !matches!(&out, Err(e) if git::transient(e))
+    {
+        r.pending_revert = None;
+    }
     match out {
         Ok(RevertOutcome::Pushed {
             commit: new,
@@ -165,8 +165,9 @@ pub(super) fn revert_finished(
         }) => {
             tracing::info!(service = %name, revert = %new, reverted = ?reverted, services = ?services, attempts, "revert commit pushed");
             count("pushed");
-            let new2 = new.clone();
-            settle(&mut rec, &|r| r.revert_commit = Some(new2.clone()));
+            if let Some(r) = rec {
+                r.revert_commit = Some(new.clone());
+            }
             // The failed rollout's history entry names the revert.
             if let Some(mut e) = sh.hub.history(name.as_str()).into_iter().rev().find(|e| {
                 e.result == Phase::Failed
@@ -199,8 +200,9 @@ pub(super) fn revert_finished(
         Ok(RevertOutcome::AlreadyReverted { by }) => {
             tracing::info!(service = %name, revert = %by, "the failed commit is already reverted on the branch");
             count("already");
-            let by2 = by.clone();
-            settle(&mut rec, &|r| r.revert_commit = Some(by2.clone()));
+            if let Some(r) = rec {
+                r.revert_commit = Some(by.clone());
+            }
             sh.hub.emit(Event::Revert {
                 service: name.to_string(),
                 commit: Some(by.clone()),
@@ -227,10 +229,7 @@ pub(super) fn revert_finished(
                 }
             };
             match rec {
-                Some(r) => {
-                    r.pending_revert = None;
-                    degrade(sh, name, r, why);
-                }
+                Some(r) => degrade(sh, name, r, why),
                 None => tracing::warn!(service = %name, "{why}"),
             }
             None
@@ -245,7 +244,6 @@ pub(super) fn revert_finished(
                 p.next_at = now.plus(wait);
                 p.last_error = Some(e.to_string());
                 tracing::warn!(service = %name, error = %e, attempts = p.attempts, retry_in = ?wait, "revert not pushed; will try again");
-                sh.persist_record(name, r);
             }
             None
         }
@@ -262,7 +260,6 @@ pub(super) fn revert_finished(
             });
             match rec {
                 Some(r) => {
-                    r.pending_revert = None;
                     let why = match &e {
                         source::Error::PushRejected { message, .. } => format!(
                             "the remote refused the revert push ({message}); if the branch is protected, revert commit {} by hand or through a pull request",

@@ -121,6 +121,20 @@ pub(super) fn publish(
             reason = format!("rolled back from {from}");
         }
     }
+    if let Some(p) = &rec.pending_revert {
+        // The rollback is done or under way; Git is what waits.
+        reason = match &p.last_error {
+            Some(err) => format!(
+                "{reason}; the revert of {} is not pushed yet: {} attempt(s) failed ({err}); trying again",
+                short(&p.failed.sha),
+                p.attempts
+            ),
+            None => format!(
+                "{reason}; the revert of {} is not pushed yet",
+                short(&p.failed.sha)
+            ),
+        };
+    }
     if let Some(d) = &rec.degraded
         && phase.is_terminal()
     {
@@ -236,4 +250,8 @@ fn counts(o: &Observed, min_ready: u32, now: Time) -> Vec<RevisionCounts> {
             terminating: r.terminating(),
         })
         .collect()
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
 }
