@@ -1416,3 +1416,45 @@ async fn the_lb_listens_on_the_configured_address() {
     );
     rt.shutdown().await;
 }
+
+/// Two services on one port (or another process holding it): the second
+/// load balancer could not bind, one WARN line, and the service showed
+/// Complete (issue #20). Now the runtime reports it through
+/// `Observed::problems` until the port is free, and retries by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_that_cannot_be_bound_is_reported_until_it_is_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+    let svc = name("clash");
+    let port = free_port();
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let t = sample(&[]);
+    let spec = web_spec(1, t.clone(), port);
+    let err = rt
+        .apply(&svc, &spec, &create("c1", &t, 1))
+        .await
+        .expect_err("the bind failure is an apply error too");
+    assert!(err.to_string().contains("cannot listen on"), "{err}");
+    wait_for(&rt, &svc, 20, "ready", |o| ready(o, "c1") == 1).await;
+    let o = observe(&rt, &svc).await;
+    assert_eq!(o.problems.len(), 1, "{:?}", o.problems);
+    assert!(
+        o.problems[0].contains(&format!("load balancer cannot listen on 127.0.0.1:{port}")),
+        "{:?}",
+        o.problems
+    );
+    // What the controller shows: never Complete while the port is not served.
+    let (phase, reason) = floyd::runtime::with_runtime_problems(
+        floyd::engine::Phase::Complete,
+        "1 of 1 instances available".into(),
+        &o,
+    );
+    assert_eq!(phase, floyd::engine::Phase::Degraded);
+    assert!(reason.contains("cannot listen on"), "{reason}");
+    // The port comes free: the runtime binds it by itself and serves.
+    drop(squatter);
+    wait_for(&rt, &svc, 20, "problem cleared", |o| o.problems.is_empty()).await;
+    let (st, _) = get(&format!("http://127.0.0.1:{port}/")).await.unwrap();
+    assert_eq!(st, 200);
+    rt.shutdown().await;
+}

@@ -1397,6 +1397,8 @@ fn publish(
         phase = Phase::Degraded;
         reason = d.clone();
     }
+    // Issue #20: a runtime problem (LB port not bound) is never Complete.
+    (phase, reason) = crate::runtime::with_runtime_problems(phase, reason, observed);
     let current = if matches!(rec.state.phase, Phase::Complete | Phase::RolledBack) {
         Some(rec.state.target.clone())
     } else {

@@ -274,6 +274,7 @@ pub fn observed(
         gpu,
         gates: Vec::new(),
         traffic: Vec::new(),
+        ..Observed::default()
     }
 }
 

@@ -440,6 +440,23 @@ impl Inner {
             if last_rotation.elapsed() >= Duration::from_secs(1) {
                 last_rotation = tokio::time::Instant::now();
                 self.rotate_logs();
+                self.retry_listeners().await;
+            }
+        }
+    }
+
+    /// Tries again to bind the ports that could not be bound (the process
+    /// holding one may have exited), so the service recovers by itself.
+    async fn retry_listeners(&self) {
+        let failing: Vec<ServiceName> = self
+            .lbs()
+            .iter()
+            .filter(|(_, lb)| !lb.bind_errors().is_empty())
+            .map(|(s, _)| s.clone())
+            .collect();
+        for s in failing {
+            if self.sync_listeners(&s).await.is_empty() {
+                tracing::info!(service = %s, "load balancer listening on every port again");
             }
         }
     }
@@ -718,6 +735,9 @@ impl Inner {
                 errors: c.errors.load(Ordering::Relaxed),
             })
             .collect();
+        // The load balancer's own lock, taken after (never around) the state's.
+        let lb = self.lbs().get(service).cloned();
+        let problems = lb.map(|lb| lb.bind_errors()).unwrap_or_default();
         Observed {
             revisions,
             active: svc.active.clone(),
@@ -725,6 +745,7 @@ impl Inner {
             gpu,
             gates: Vec::new(),
             traffic,
+            problems,
         }
     }
 }

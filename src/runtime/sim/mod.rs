@@ -255,6 +255,7 @@ impl SimWorld {
             gpu,
             gates: Vec::new(),
             traffic: Vec::new(),
+            ..Observed::default()
         }
     }
 
