@@ -33,6 +33,8 @@ pub struct FakeRuntime {
     pub events: Mutex<Vec<(String, String, String)>>,
     /// Commits the controller named for revisions: (service, revision, commit).
     pub commits: Mutex<Vec<(String, String, String)>>,
+    /// Runtime problems to report per service (`Observed::problems`).
+    pub problems: Mutex<BTreeMap<String, Vec<String>>>,
 }
 
 impl FakeRuntime {
@@ -45,6 +47,7 @@ impl FakeRuntime {
             states: Mutex::new(BTreeMap::new()),
             events: Mutex::new(Vec::new()),
             commits: Mutex::new(Vec::new()),
+            problems: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -126,10 +129,18 @@ impl Runtime for FakeRuntime {
         for r in &mut svc.revisions {
             self.refresh(r, now);
         }
+        let problems = self
+            .problems
+            .lock()
+            .unwrap()
+            .get(service.as_str())
+            .cloned()
+            .unwrap_or_default();
         Ok(Observed {
             revisions: svc.revisions.clone(),
             active: svc.active.clone(),
             preview: svc.preview.clone(),
+            problems,
             ..Observed::default()
         })
     }
