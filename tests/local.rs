@@ -1458,3 +1458,71 @@ async fn a_port_that_cannot_be_bound_is_reported_until_it_is_free() {
     assert_eq!(st, 200);
     rt.shutdown().await;
 }
+
+/// `floyd logs` shows when each line was written (to about a second, from
+/// the runtime's notes) and `--since` keeps the lines written since then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floyd_logs_timestamps_and_since() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+    let svc = name("stamped");
+    let lb = free_port();
+    let t = sample(&["--log-requests"]);
+    rt.apply(&svc, &web_spec(1, t.clone(), lb), &create("s1", &t, 1))
+        .await
+        .unwrap();
+    wait_for(&rt, &svc, 20, "ready", |o| ready(o, "s1") == 1).await;
+    let c = client();
+    let before = std::time::SystemTime::now();
+    c.get(format!("http://127.0.0.1:{lb}/"))
+        .send()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let cutoff = before + Duration::from_millis(2500);
+    for _ in 0..2 {
+        c.get(format!("http://127.0.0.1:{lb}/"))
+            .send()
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let after = std::time::SystemTime::now();
+    let logs = |extra: &[String]| {
+        let out = std::process::Command::new(FLOYD)
+            .args(["logs", "stamped", "--state-dir"])
+            .arg(dir.path())
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let all = logs(&[]);
+    let stamps: Vec<std::time::SystemTime> = all
+        .lines()
+        .filter(|l| l.contains("GET / -> 200"))
+        .map(|l| {
+            let (t, _) = l.split_once(' ').unwrap();
+            humantime::parse_rfc3339(t).unwrap_or_else(|e| panic!("{l}: {e}"))
+        })
+        .collect();
+    assert_eq!(stamps.len(), 3, "{all}");
+    let (first, second) = (stamps[0], stamps[2]);
+    // Whole seconds, so allow one either side.
+    let sec = Duration::from_secs(1);
+    assert!(first + sec >= before && first <= cutoff, "{all}");
+    assert!(second + sec >= cutoff && second <= after + sec, "{all}");
+    let since = logs(&[
+        "--since".into(),
+        humantime::format_rfc3339_millis(cutoff).to_string(),
+    ]);
+    assert_eq!(since.matches("GET / -> 200").count(), 2, "{since}");
+    let plain = logs(&["--no-timestamps".into()]);
+    assert!(plain.lines().all(|l| l.starts_with('[')), "{plain}");
+    rt.shutdown().await;
+}

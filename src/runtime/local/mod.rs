@@ -38,6 +38,7 @@
 
 pub mod gpu;
 pub mod lb;
+pub mod logtimes;
 pub mod probe;
 pub mod process;
 pub mod state;
@@ -481,10 +482,16 @@ impl Inner {
                 })
                 .collect()
         };
+        let now = crate::time::Time::now_wall().as_millis();
         for p in paths {
-            if let Err(e) = process::rotate_if_needed(&p, self.cfg.log_max_bytes, self.cfg.log_keep)
-            {
-                tracing::warn!(log = %p.display(), error = %e, "log rotation failed");
+            // Before rotating, so every byte copied away has its time noted.
+            if let Err(e) = logtimes::note(&p, now) {
+                tracing::debug!(log = %p.display(), error = %e, "cannot note log times");
+            }
+            match process::rotate_if_needed(&p, self.cfg.log_max_bytes, self.cfg.log_keep) {
+                Ok(true) => logtimes::rotated(&p, self.cfg.log_keep),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(log = %p.display(), error = %e, "log rotation failed"),
             }
         }
     }
