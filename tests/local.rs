@@ -453,12 +453,17 @@ async fn adoption_after_the_runtime_is_dropped_keeps_the_same_processes() {
         ready(o, "a1") == 2
     })
     .await;
-    assert_eq!(
-        version_at(&format!("http://127.0.0.1:{lb}/"))
-            .await
-            .as_deref(),
-        Some("v1")
-    );
+    // The dropped runtime's listener may hold the port a moment longer; the
+    // new runtime retries the bind every second until it is free.
+    let mut version = None;
+    for _ in 0..50 {
+        version = version_at(&format!("http://127.0.0.1:{lb}/")).await;
+        if version.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(version.as_deref(), Some("v1"));
     // An adopted instance that dies is noticed (polling /proc) and replaced.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pids_after[0]),
