@@ -75,7 +75,7 @@ const EXAMPLES: &[(&str, i32, &str, &str, &str)] = &[
         "failing-rollback.yaml",
         1,
         "Failed",
-        "3 of 6 new instances not ready for 120 s: readiness probe GET /healthz returned 503; rolled back to start",
+        "3 of 3 created instances not ready for 120 s; 3 not created yet: readiness probe GET /healthz returned 503; rolled back to start",
         "rolling back to",
     ),
 ];

@@ -412,7 +412,7 @@ mod process {
         assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
         for needle in [
             "dashboard      http://127.0.0.1:",
-            "git clone ",
+            "controller log ",
             "✓ web runs revision",
             "✓ rollout of",
             "✓ rolled back to",
@@ -423,6 +423,30 @@ mod process {
         ] {
             assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
         }
+        // The scenario pushes by itself and exits: no instructions to push by
+        // hand; the controller's logs are in the file, not in the story.
+        assert!(!stdout.contains("git clone "), "{stdout}");
+        for level in [" INFO ", " WARN ", " ERROR "] {
+            assert!(
+                !stdout.contains(level) && !stderr.contains(level),
+                "{stdout}{stderr}"
+            );
+        }
+        let log =
+            std::fs::read_to_string(dir.path().join("demo/floyd.log")).expect("demo/floyd.log");
+        assert!(log.contains("floyd is running"), "{log}");
+        assert!(
+            stdout.contains(&format!(
+                "controller log {}",
+                dir.path()
+                    .join("demo")
+                    .canonicalize()
+                    .unwrap()
+                    .join("floyd.log")
+                    .display()
+            )),
+            "{stdout}"
+        );
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //!
 //! Creates a scratch Git remote (a bare repository under `--dir`) seeded from
 //! `examples-repo/`, starts the controller on the local runtime with the
-//! dashboard, and prints the exact `git` commands to push a change.
+//! dashboard (its logs go to `<dir>/floyd.log`, so they do not interleave
+//! with the demo's own lines), and prints the exact `git` commands to push a
+//! change.
 //! `--scenario` then tells the whole story by itself: a healthy change rolls
 //! out, a broken one (a revision that never becomes ready) fails, is rolled
 //! back and reverted in Git; it exits 0 only when all of that happened.
@@ -38,21 +40,34 @@ const SERVICE: &str = "web";
 const FILE: &str = "services/web.yaml";
 
 pub fn run(args: Args, log_format: crate::telemetry::LogFormat) -> anyhow::Result<u8> {
-    // The demo talks to a person on stdout; logs only for warnings unless RUST_LOG says more.
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match log_format {
-        crate::telemetry::LogFormat::Text => builder.try_init(),
-        crate::telemetry::LogFormat::Json => builder.json().try_init(),
-    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(demo(args))
+    rt.block_on(demo(args, log_format))
+}
+
+/// The file the controller's logs go to, under the demo directory.
+pub const LOG_FILE: &str = "floyd.log";
+
+/// The demo talks to a person on stdout; the controller's logs (info and
+/// up, or what RUST_LOG says) go to `<dir>/floyd.log` so they do not
+/// interleave with the story.
+fn log_to_file(dir: &Path, log_format: crate::telemetry::LogFormat) -> anyhow::Result<PathBuf> {
+    use tracing_subscriber::EnvFilter;
+    let path = dir.join(LOG_FILE);
+    let file = std::fs::File::create(&path)
+        .with_context(|| format!("cannot create the log file {}", path.display()))?;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file));
+    let _ = match log_format {
+        crate::telemetry::LogFormat::Text => builder.try_init(),
+        crate::telemetry::LogFormat::Json => builder.json().try_init(),
+    };
+    Ok(path)
 }
 
 fn find_examples(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
@@ -293,7 +308,7 @@ async fn wait_view(
     }
 }
 
-async fn demo(args: Args) -> anyhow::Result<u8> {
+async fn demo(args: Args, log_format: crate::telemetry::LogFormat) -> anyhow::Result<u8> {
     let examples = find_examples(args.examples.as_deref())?;
     let scratch = Scratch::create(&args.dir, &examples)?;
     let dir = scratch
@@ -301,6 +316,7 @@ async fn demo(args: Args) -> anyhow::Result<u8> {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
+    let log_file = log_to_file(&dir, log_format)?;
     let mut run_args = RunArgs::new(scratch.remote.to_string_lossy(), dir.join("state"));
     run_args.listen = args.listen;
     run_args.poll_interval = Duration::from_secs(2);
@@ -322,16 +338,20 @@ async fn demo(args: Args) -> anyhow::Result<u8> {
     if let Some(e) = &run_args.environment {
         println!("  environment    {e}");
     }
+    println!("  controller log {}", log_file.display());
     println!();
-    println!("Push a change and watch it roll out:");
-    println!(
-        "  git clone {} floyd-config && cd floyd-config",
-        scratch.remote.display()
-    );
-    println!("  sed -i 's/webVersion: \"1.4.2\"/webVersion: \"1.4.3\"/' floyd.yaml");
-    println!("  git commit -am \"web: 1.4.3\" && git push");
-    println!("  floyd watch web --server {url}");
-    println!();
+    if !args.scenario {
+        // The scenario pushes its own changes and exits: nothing to try by hand.
+        println!("Push a change and watch it roll out:");
+        println!(
+            "  git clone {} floyd-config && cd floyd-config",
+            scratch.remote.display()
+        );
+        println!("  sed -i 's/webVersion: \"1.4.2\"/webVersion: \"1.4.3\"/' floyd.yaml");
+        println!("  git commit -am \"web: 1.4.3\" && git push");
+        println!("  floyd watch web --server {url}");
+        println!();
+    }
     let printer = spawn_printer(&running.hub);
     let code = if args.scenario {
         match scenario(&running, &scratch).await {

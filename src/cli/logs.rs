@@ -1,9 +1,13 @@
-//! `floyd logs <service> [--revision r] [-f]`: instance logs of the local runtime.
+//! `floyd logs <service> [--revision r] [--since 10m] [-f]`: instance logs of
+//! the local runtime.
 //!
 //! Reads `<state-dir>/local/logs/<service>/<revision>/<instance>.log` (and the
-//! rotated `.log.N` files before it) and prints each line prefixed with the
-//! instance. `-f` follows: new lines, new instances, truncation by rotation.
+//! rotated `.log.N` files before it) and prints each line prefixed with when
+//! it was written (to about a second, from the runtime's notes: see
+//! `runtime::local::logtimes`) and the instance. `-f` follows: new lines, new
+//! instances, truncation by rotation.
 
+use crate::runtime::local::logtimes;
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -20,6 +24,13 @@ pub struct Args {
     /// Keep printing new lines (and new instances) until interrupted.
     #[arg(short = 'f', long)]
     pub follow: bool,
+    /// Only lines written since then: a duration back from now (`10m`,
+    /// `1h30m`) or a time (`2026-12-01T08:00:00Z`).
+    #[arg(long, value_parser = parse_since, value_name = "WHEN")]
+    pub since: Option<u64>,
+    /// Leave out the time in front of each line.
+    #[arg(long)]
+    pub no_timestamps: bool,
     /// State directory of the controller.
     #[arg(long, env = "FLOYD_STATE_DIR", default_value = ".floyd")]
     pub state_dir: PathBuf,
@@ -102,11 +113,74 @@ fn log_files(root: &Path, revision: Option<&str>) -> BTreeMap<PathBuf, (String, 
     out
 }
 
-fn print_lines(out: &mut impl Write, prefix: &str, bytes: &[u8]) -> std::io::Result<()> {
-    for line in String::from_utf8_lossy(bytes).lines() {
-        writeln!(out, "{prefix} {line}")?;
+/// `--since`: a duration back from now, or an RFC 3339 time; unix ms.
+fn parse_since(s: &str) -> Result<u64, String> {
+    let now = std::time::SystemTime::now();
+    let at = match humantime::parse_duration(s) {
+        Ok(d) => now.checked_sub(d).unwrap_or(std::time::UNIX_EPOCH),
+        Err(_) => humantime::parse_rfc3339_weak(s).map_err(|_| {
+            format!("{s:?} is neither a duration (10m, 1h30m) nor a time (2026-12-01T08:00:00Z)")
+        })?,
+    };
+    Ok(at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0))
+}
+
+/// How lines are printed: the instance prefix, and times unless turned off.
+struct Printer {
+    timestamps: bool,
+    since: Option<u64>,
+}
+
+impl Printer {
+    /// Prints the whole lines of `bytes`, which start at byte `start` of a
+    /// file whose notes are `notes` (modification time `mtime`).
+    fn print(
+        &self,
+        out: &mut impl Write,
+        prefix: &str,
+        bytes: &[u8],
+        start: u64,
+        notes: &[(u64, u64)],
+        mtime: u64,
+    ) -> std::io::Result<()> {
+        let mut end = start;
+        for raw in bytes.split_inclusive(|b| *b == b'\n') {
+            end += raw.len() as u64;
+            let at = logtimes::time_of(notes, end, mtime);
+            if self.since.is_some_and(|s| at < s) {
+                continue;
+            }
+            let line = String::from_utf8_lossy(raw);
+            let line = line.trim_end_matches(['\n', '\r']);
+            if self.timestamps {
+                let t = std::time::UNIX_EPOCH + Duration::from_millis(at);
+                writeln!(
+                    out,
+                    "{} {prefix} {line}",
+                    humantime::format_rfc3339_seconds(t)
+                )?;
+            } else {
+                writeln!(out, "{prefix} {line}")?;
+            }
+        }
+        Ok(())
     }
-    Ok(())
+}
+
+fn mtime_ms(p: &Path) -> u64 {
+    std::fs::metadata(p)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn now_ms() -> u64 {
+    crate::time::Time::now_wall().as_millis()
 }
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
@@ -141,6 +215,10 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             root.display()
         )));
     }
+    let printer = Printer {
+        timestamps: !args.no_timestamps,
+        since: args.since,
+    };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     // Position reached in each current file.
@@ -162,11 +240,18 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         }
         for p in rotated.iter().rev() {
             if let Ok(b) = std::fs::read(p) {
-                print_lines(&mut out, &prefix, &b)?;
+                printer.print(&mut out, &prefix, &b, 0, &logtimes::read(p), mtime_ms(p))?;
             }
         }
         let b = std::fs::read(path).unwrap_or_default();
-        print_lines(&mut out, &prefix, &b)?;
+        printer.print(
+            &mut out,
+            &prefix,
+            &b,
+            0,
+            &logtimes::read(path),
+            mtime_ms(path),
+        )?;
         offsets.insert(path.clone(), b.len() as u64);
     }
     out.flush()?;
@@ -197,7 +282,8 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
                     .rposition(|b| *b == b'\n')
                     .map(|p| p + 1)
                     .unwrap_or(0);
-                print_lines(&mut out, &prefix, &buf[..end])?;
+                // Read within 250 ms of being written: now is its time.
+                printer.print(&mut out, &prefix, &buf[..end], *off, &[], now_ms())?;
                 *off += end as u64;
             }
         }

@@ -141,6 +141,8 @@ pub(super) fn publish(
         phase = Phase::Degraded;
         reason = d.clone();
     }
+    // A runtime problem (a load balancer port not bound) is never Complete.
+    (phase, reason) = crate::runtime::with_runtime_problems(phase, reason, observed);
     let current = if matches!(rec.state.phase, Phase::Complete | Phase::RolledBack) {
         Some(rec.state.target.clone())
     } else {

@@ -717,8 +717,12 @@ impl<'a> Cx<'a> {
             let mut reasons: BTreeMap<String, u32> = BTreeMap::new();
             let mut not_ready = 0u32;
             let mut starting = 0u32;
+            let mut created = 0u32;
             if let Some(o) = self.observed.revision(self.target()) {
                 for i in &o.instances {
+                    if i.phase != InstancePhase::Terminating {
+                        created += 1;
+                    }
                     if i.phase == InstancePhase::Terminating || i.ready_since.is_some() {
                         continue;
                     }
@@ -747,8 +751,15 @@ impl<'a> Cx<'a> {
                 } else {
                     "not started"
                 };
+                // Count what exists: "3 of 6 new instances not ready" read
+                // as if 6 had been created when only 3 were.
+                let not_created = if missing > 0 {
+                    format!("; {missing} not created yet")
+                } else {
+                    String::new()
+                };
                 return format!(
-                    "{} of {r} new instances {word} for {deadline} s: {top}",
+                    "{} of {created} created instances {word} for {deadline} s{not_created}: {top}",
                     not_ready + starting
                 );
             }

@@ -352,7 +352,7 @@ fn deadline_names_what_is_stuck_and_rolls_back() {
     assert_eq!(out.result, Phase::Failed);
     assert!(
         out.reason.starts_with(
-            "1 of 4 new instances not ready for 600 s: readiness probe GET /healthz returned 503"
+            "1 of 1 created instances not ready for 600 s; 3 not created yet: readiness probe GET /healthz returned 503"
         ),
         "{}",
         out.reason
@@ -1498,7 +1498,7 @@ fn canary_never_ready_fails_at_the_deadline_naming_the_canary() {
     assert_eq!(out.result, Phase::Failed);
     assert!(
         out.reason.contains(
-            "2 of 2 new instances not ready for 60 s: readiness probe GET /healthz returned 503"
+            "2 of 2 created instances not ready for 60 s: readiness probe GET /healthz returned 503"
         ),
         "{}",
         out.reason

@@ -47,6 +47,11 @@ pub struct Observed {
     /// when traffic is not split by weight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanarySplit>,
+    /// What keeps the service from serving although its rollout may be done,
+    /// one sentence each (the local runtime: a load balancer port that cannot
+    /// be bound). See [`with_runtime_problems`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 /// A canary traffic split: `weight` percent of the requests to the ready
@@ -77,6 +82,28 @@ pub struct Drift {
     /// `floyd_drift_total`.
     #[serde(default)]
     pub new: bool,
+}
+
+/// The phase and reason to show for a service whose runtime reports
+/// `problems`: a rollout that is done (Complete, RolledBack) is Degraded with
+/// the problems as its reason, never Complete; one in progress keeps its
+/// phase and gets the problems appended; Failed and Degraded stay as they are.
+pub fn with_runtime_problems(
+    phase: crate::engine::Phase,
+    reason: String,
+    observed: &Observed,
+) -> (crate::engine::Phase, String) {
+    use crate::engine::Phase;
+    if observed.problems.is_empty() {
+        return (phase, reason);
+    }
+    let problems = observed.problems.join("; ");
+    match phase {
+        Phase::Complete | Phase::RolledBack => (Phase::Degraded, problems),
+        Phase::Failed | Phase::Degraded => (phase, reason),
+        _ if reason.is_empty() => (phase, problems),
+        _ => (phase, format!("{reason}; {problems}")),
+    }
 }
 
 impl Observed {
@@ -328,5 +355,58 @@ pub trait Runtime: Send + Sync {
     /// `floyd.dev/commit` annotation on the ReplicaSet). Default: ignored.
     fn note_commit(&self, service: &ServiceName, revision: &Revision, commit: &str) {
         let _ = (service, revision, commit);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Observed, with_runtime_problems};
+    use crate::engine::Phase;
+
+    #[test]
+    fn runtime_problems_are_never_complete() {
+        let bad = Observed {
+            problems: vec!["load balancer cannot listen on 127.0.0.1:8080".into()],
+            ..Observed::default()
+        };
+        let p = "load balancer cannot listen on 127.0.0.1:8080";
+        for (phase, reason, want_phase, want_reason) in [
+            (Phase::Complete, "done", Phase::Degraded, p.to_string()),
+            (
+                Phase::RolledBack,
+                "rolled back",
+                Phase::Degraded,
+                p.to_string(),
+            ),
+            (
+                Phase::Progressing,
+                "rolling",
+                Phase::Progressing,
+                format!("rolling; {p}"),
+            ),
+            (Phase::Progressing, "", Phase::Progressing, p.to_string()),
+            (
+                Phase::Failed,
+                "deadline",
+                Phase::Failed,
+                "deadline".to_string(),
+            ),
+            (
+                Phase::Degraded,
+                "revert failed",
+                Phase::Degraded,
+                "revert failed".to_string(),
+            ),
+        ] {
+            assert_eq!(
+                with_runtime_problems(phase, reason.into(), &bad),
+                (want_phase, want_reason),
+                "{phase:?}"
+            );
+        }
+        assert_eq!(
+            with_runtime_problems(Phase::Complete, "done".into(), &Observed::default()),
+            (Phase::Complete, "done".to_string())
+        );
     }
 }

@@ -171,6 +171,40 @@ async fn a_failing_revert_commit_is_not_reverted_again() {
     assert_eq!(h.server.tip(), c, "nothing pushed");
 }
 
+/// A runtime problem (the local runtime: a load balancer port that cannot
+/// be bound) makes a Complete service Degraded with the reason, in the
+/// view the API, `floyd status` and the dashboard show and in
+/// `floyd_rollout_phase`; it is Complete again once the problem is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_problem_makes_a_complete_service_degraded_until_it_clears() {
+    let h = Harness::new(Opts::default()).await;
+    let c0 = h.server.tip();
+    h.wait_complete_at("web", &c0).await;
+    let why = "load balancer cannot listen on 127.0.0.1:18080: Address in use (os error 98)";
+    h.runtime
+        .problems
+        .lock()
+        .unwrap()
+        .insert("web".into(), vec![why.into()]);
+    let v = h
+        .wait_view("Degraded", "web", Duration::from_secs(30), |v| {
+            v.phase == Phase::Degraded
+        })
+        .await;
+    assert_eq!(v.reason, why);
+    let metrics = h.hub.metrics.encode();
+    assert!(
+        metrics.contains("floyd_rollout_phase{service=\"web\",phase=\"Degraded\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(h.hub.service("api").map(|v| v.phase), Some(Phase::Complete));
+    h.runtime.problems.lock().unwrap().clear();
+    h.wait_view("Complete again", "web", Duration::from_secs(30), |v| {
+        v.phase == Phase::Complete
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_revert_flag_rolls_back_only() {
     let h = Harness::new(Opts {

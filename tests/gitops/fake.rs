@@ -40,6 +40,8 @@ pub struct FakeRuntime {
     pub commits: Mutex<Vec<(String, String, String)>>,
     /// Whole GPUs that exist (0: GPU requests are not accounted).
     gpus: u32,
+    /// Runtime problems to report per service (`Observed::problems`).
+    pub problems: Mutex<BTreeMap<String, Vec<String>>>,
 }
 
 impl FakeRuntime {
@@ -53,6 +55,7 @@ impl FakeRuntime {
             events: Mutex::new(Vec::new()),
             commits: Mutex::new(Vec::new()),
             gpus: 0,
+            problems: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -184,12 +187,20 @@ impl Runtime for FakeRuntime {
         for r in &mut svc.revisions {
             self.refresh(r, now);
         }
+        let problems = self
+            .problems
+            .lock()
+            .unwrap()
+            .get(service.as_str())
+            .cloned()
+            .unwrap_or_default();
         Ok(Observed {
             revisions: svc.revisions.clone(),
             active: svc.active.clone(),
             preview: svc.preview.clone(),
             gpu,
             canary: svc.canary.clone(),
+            problems,
             ..Observed::default()
         })
     }

@@ -276,8 +276,7 @@ pub fn observed(
         gpu,
         gates: Vec::new(),
         traffic: Vec::new(),
-        canary: None,
-        drift: Vec::new(),
+        ..Observed::default()
     }
 }
 

@@ -318,6 +318,9 @@ pub struct Lb {
     /// leaves the table takes its idle connections with it.
     pools: Mutex<HashMap<(String, u16), Arc<Pool>>>,
     listeners: Mutex<BTreeMap<u16, Listener>>,
+    /// Wanted ports that could not be bound, with why (reported through
+    /// `Observed::problems` until a later attempt binds them).
+    bind_errors: Mutex<BTreeMap<u16, String>>,
     next: AtomicUsize,
     policy: LbPolicy,
     /// Where listeners and connections run (the load balancers' threads).
@@ -369,6 +372,7 @@ impl Lb {
             routes: RwLock::new(Arc::new(Table::default())),
             pools: Mutex::new(HashMap::new()),
             listeners: Mutex::new(BTreeMap::new()),
+            bind_errors: Mutex::new(BTreeMap::new()),
             next: AtomicUsize::new(0),
             policy,
             rt,
@@ -459,6 +463,10 @@ impl Lb {
         want: &BTreeMap<u16, ListenerKind>,
     ) -> Vec<String> {
         let mut errors = Vec::new();
+        self.bind_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|port, _| want.contains_key(port));
         {
             let mut ls = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
             ls.retain(|port, l| {
@@ -486,12 +494,21 @@ impl Lb {
             {
                 Ok(l) => l,
                 Err(e) => {
-                    errors.push(format!(
+                    let msg = format!(
                         "load balancer cannot listen on {addr}: {e} (another process uses the port; free it or change spec.ports)"
-                    ));
+                    );
+                    errors.push(msg.clone());
+                    self.bind_errors
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(*port, msg);
                     continue;
                 }
             };
+            self.bind_errors
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(port);
             let stop = CancellationToken::new();
             let route = Arc::new(Route {
                 lb: self.clone(),
@@ -510,6 +527,16 @@ impl Lb {
                 );
         }
         errors
+    }
+
+    /// Why each wanted port that is not listening could not be bound.
+    pub fn bind_errors(&self) -> Vec<String> {
+        self.bind_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Closes every listener.

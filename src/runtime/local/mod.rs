@@ -38,6 +38,7 @@
 
 pub mod gpu;
 pub mod lb;
+pub mod logtimes;
 pub mod probe;
 pub mod process;
 pub mod state;
@@ -441,6 +442,23 @@ impl Inner {
             if last_rotation.elapsed() >= Duration::from_secs(1) {
                 last_rotation = tokio::time::Instant::now();
                 self.rotate_logs();
+                self.retry_listeners().await;
+            }
+        }
+    }
+
+    /// Tries again to bind the ports that could not be bound (the process
+    /// holding one may have exited), so the service recovers by itself.
+    async fn retry_listeners(&self) {
+        let failing: Vec<ServiceName> = self
+            .lbs()
+            .iter()
+            .filter(|(_, lb)| !lb.bind_errors().is_empty())
+            .map(|(s, _)| s.clone())
+            .collect();
+        for s in failing {
+            if self.sync_listeners(&s).await.is_empty() {
+                tracing::info!(service = %s, "load balancer listening on every port again");
             }
         }
     }
@@ -465,10 +483,16 @@ impl Inner {
                 })
                 .collect()
         };
+        let now = crate::time::Time::now_wall().as_millis();
         for p in paths {
-            if let Err(e) = process::rotate_if_needed(&p, self.cfg.log_max_bytes, self.cfg.log_keep)
-            {
-                tracing::warn!(log = %p.display(), error = %e, "log rotation failed");
+            // Before rotating, so every byte copied away has its time noted.
+            if let Err(e) = logtimes::note(&p, now) {
+                tracing::debug!(log = %p.display(), error = %e, "cannot note log times");
+            }
+            match process::rotate_if_needed(&p, self.cfg.log_max_bytes, self.cfg.log_keep) {
+                Ok(true) => logtimes::rotated(&p, self.cfg.log_keep),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(log = %p.display(), error = %e, "log rotation failed"),
             }
         }
     }
@@ -756,6 +780,9 @@ impl Inner {
                 errors: c.errors.load(Ordering::Relaxed),
             })
             .collect();
+        // The load balancer's own lock, taken after (never around) the state's.
+        let lb = self.lbs().get(service).cloned();
+        let problems = lb.map(|lb| lb.bind_errors()).unwrap_or_default();
         Observed {
             revisions,
             active: svc.active.clone(),
@@ -765,6 +792,7 @@ impl Inner {
             traffic,
             canary: svc.canary.clone(),
             drift: Vec::new(),
+            problems,
         }
     }
 }

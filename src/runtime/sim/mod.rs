@@ -260,7 +260,7 @@ impl SimWorld {
             gates: Vec::new(),
             traffic: Vec::new(),
             canary: svc.canary.clone(),
-            drift: Vec::new(),
+            ..Observed::default()
         }
     }
 
