@@ -312,8 +312,7 @@ async fn main() {
             .and_then(|i| args.get(i + 1).cloned())
     };
     let canary_only = std::env::args().any(|a| a == "--canary-only");
-    let lb_only =
-        load_only.is_some() || canary_only || std::env::args().any(|a| a == "--lb-only");
+    let lb_only = load_only.is_some() || canary_only || std::env::args().any(|a| a == "--lb-only");
     let dir = tempfile::tempdir().expect("tempdir");
 
     // 1. RSS with N instances.
@@ -517,12 +516,16 @@ async fn main() {
 
 /// Three header rules, as a service with A/B routing might have.
 fn canary_matches() -> Vec<CanaryMatch> {
-    [("x-canary", "true"), ("x-beta-user", "yes"), ("x-team", "checkout")]
-        .into_iter()
-        .map(|(k, v)| CanaryMatch {
-            headers: std::collections::BTreeMap::from([(k.to_string(), v.to_string())]),
-        })
-        .collect()
+    [
+        ("x-canary", "true"),
+        ("x-beta-user", "yes"),
+        ("x-team", "checkout"),
+    ]
+    .into_iter()
+    .map(|(k, v)| CanaryMatch {
+        headers: std::collections::BTreeMap::from([(k.to_string(), v.to_string())]),
+    })
+    .collect()
 }
 
 async fn canary_cost(dir: &std::path::Path, secs: u64, rounds: u64) {
@@ -537,7 +540,11 @@ async fn canary_cost(dir: &std::path::Path, secs: u64, rounds: u64) {
         inflight: Arc::default(),
         counters: Arc::default(),
     };
-    let lb = Lb::new("bench", LbPolicy::RoundRobin, tokio::runtime::Handle::current());
+    let lb = Lb::new(
+        "bench",
+        LbPolicy::RoundRobin,
+        tokio::runtime::Handle::current(),
+    );
     let mut headers = HeaderMap::new();
     for (k, v) in [
         ("host", "127.0.0.1"),
@@ -553,17 +560,29 @@ async fn canary_cost(dir: &std::path::Path, secs: u64, rounds: u64) {
     let modes: [(&str, Option<(u32, Vec<CanaryMatch>)>, &HeaderMap); 4] = [
         ("round-robin (no split)", None, &headers),
         ("weighted 50%", Some((50, vec![])), &headers),
-        ("weighted 50% + 3 header rules (no match)", Some((50, canary_matches())), &headers),
-        ("header-matched request", Some((50, canary_matches())), &matched),
+        (
+            "weighted 50% + 3 header rules (no match)",
+            Some((50, canary_matches())),
+            &headers,
+        ),
+        (
+            "header-matched request",
+            Some((50, canary_matches())),
+            &matched,
+        ),
     ];
-    let mut results: Vec<(&str, Vec<f64>, f64)> = modes.iter().map(|m| (m.0, vec![], 0.0)).collect();
+    let mut results: Vec<(&str, Vec<f64>, f64)> =
+        modes.iter().map(|m| (m.0, vec![], 0.0)).collect();
     for _ in 0..rounds.max(3) {
         for (i, (_, split, h)) in modes.iter().enumerate() {
             let stable_set = vec![backend("s1", &stable), backend("s2", &stable)];
             let routes = match split {
                 None => Routes {
-                    active: [stable_set, vec![backend("c1", &canary), backend("c2", &canary)]]
-                        .concat(),
+                    active: [
+                        stable_set,
+                        vec![backend("c1", &canary), backend("c2", &canary)],
+                    ]
+                    .concat(),
                     ..Routes::default()
                 },
                 Some((w, m)) => Routes {
