@@ -557,7 +557,9 @@ async fn canary_cost(dir: &std::path::Path, secs: u64, rounds: u64) {
     let mut matched = headers.clone();
     matched.insert("x-canary", HeaderValue::from_static("true"));
     let n = 5_000_000u64;
-    let modes: [(&str, Option<(u32, Vec<CanaryMatch>)>, &HeaderMap); 4] = [
+    // (name, split: weight and header rules, request headers)
+    type Mode<'a> = (&'a str, Option<(u32, Vec<CanaryMatch>)>, &'a HeaderMap);
+    let modes: [Mode; 4] = [
         ("round-robin (no split)", None, &headers),
         ("weighted 50%", Some((50, vec![])), &headers),
         (
@@ -680,8 +682,9 @@ async fn canary_cost(dir: &std::path::Path, secs: u64, rounds: u64) {
         ("weighted 50%", &weighted, &split),
         ("weighted 50% + 3 header rules", &matching, &split),
     ];
-    let mut rows: Vec<(Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>)> =
-        modes.iter().map(|_| Default::default()).collect();
+    // Per mode: req/s, p50, p99, CPU per request, one entry per round.
+    type Row = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
+    let mut rows: Vec<Row> = modes.iter().map(|_| Default::default()).collect();
     // The instances' CPU is not the proxy's: count this process only.
     let _ = app_pids;
     for (_, sp, act) in &modes {
