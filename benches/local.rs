@@ -1,6 +1,6 @@
 //! Benchmark: local. Results and the command to reproduce them are in docs/benchmarks.md.
 //!
-//! `cargo bench --bench local [-- --seconds 5 --rounds 3 --instances 100] [--lb-only] [--load T[,T...] [--connections N]] [--lb-threads N] [--pin]`
+//! `cargo bench --bench local [-- --seconds 5 --rounds 3 --instances 100] [--lb-only] [--canary-only] [--load T[,T...] [--connections N]] [--lb-threads N] [--pin]`
 //! (T: `direct`, `lb`, either followed by a path as in `lb/slow?ms=5`, or a URL)
 //!
 //! `--pin` (phase 3): the load balancer's threads (`floyd-lb`) on the last
@@ -21,11 +21,18 @@
 //!    bounded by time. Also the CPU time per request of this process (load
 //!    generator, plus the proxy in LB rounds) and of the instance process,
 //!    from /proc: the LB's own cost per request is the difference.
+//! 4. Canary routing cost, side by side in one run (`--canary-only` skips
+//!    1-3): (a) the routing decision alone, ns per request, for plain
+//!    round-robin, a weighted split (50 %), a weighted split with three
+//!    header-match rules that do not match, and a header-matched request;
+//!    (b) real requests through the LB to two instances (two revisions),
+//!    alternating rounds of plain round-robin, weighted, and weighted with
+//!    header matching: requests/s, latency and the proxy's CPU per request.
 
 use bytes::Bytes;
 use floyd::manifest::{
-    HealthSpec, InstanceTemplate, PortRef, PortSpec, Probe, ProbeAction, Revision, ServiceName,
-    ServiceSpec,
+    CanaryMatch, CanaryParams, CanaryStep, HealthSpec, InstanceTemplate, PortRef, PortSpec, Probe,
+    ProbeAction, Revision, ServiceName, ServiceSpec, Strategy,
 };
 use floyd::runtime::local::{LocalConfig, LocalRuntime};
 use floyd::runtime::{Action, Runtime};
@@ -304,7 +311,8 @@ async fn main() {
             .position(|a| a == "--load")
             .and_then(|i| args.get(i + 1).cloned())
     };
-    let lb_only = load_only.is_some() || std::env::args().any(|a| a == "--lb-only");
+    let canary_only = std::env::args().any(|a| a == "--canary-only");
+    let lb_only = load_only.is_some() || canary_only || std::env::args().any(|a| a == "--lb-only");
     let dir = tempfile::tempdir().expect("tempdir");
 
     // 1. RSS with N instances.
@@ -395,7 +403,7 @@ async fn main() {
     }
 
     // 3. LB vs direct, side by side.
-    {
+    if !canary_only {
         let rt = start(&dir.path().join("lb")).await;
         let svc = ServiceName::parse("lb").expect("name");
         let lb = free_port();
@@ -501,4 +509,215 @@ async fn main() {
         }
         rt.shutdown().await;
     }
+
+    // 4. Canary routing cost.
+    canary_cost(&dir.path().join("canary"), secs, rounds).await;
+}
+
+/// Three header rules, as a service with A/B routing might have.
+fn canary_matches() -> Vec<CanaryMatch> {
+    [
+        ("x-canary", "true"),
+        ("x-beta-user", "yes"),
+        ("x-team", "checkout"),
+    ]
+    .into_iter()
+    .map(|(k, v)| CanaryMatch {
+        headers: std::collections::BTreeMap::from([(k.to_string(), v.to_string())]),
+    })
+    .collect()
+}
+
+async fn canary_cost(dir: &std::path::Path, secs: u64, rounds: u64) {
+    use floyd::runtime::local::lb::{Backend, CanaryRoutes, Lb, LbPolicy, Routes};
+    use hyper::header::{HeaderMap, HeaderValue};
+    // (a) The decision alone.
+    let (stable, canary) = (Revision("stable0000".into()), Revision("canary0000".into()));
+    let backend = |id: &str, rev: &Revision| Backend {
+        instance: id.into(),
+        revision: rev.clone(),
+        ports: std::collections::BTreeMap::from([(String::new(), 1)]),
+        inflight: Arc::default(),
+        counters: Arc::default(),
+    };
+    let lb = Lb::new(
+        "bench",
+        LbPolicy::RoundRobin,
+        tokio::runtime::Handle::current(),
+    );
+    let mut headers = HeaderMap::new();
+    for (k, v) in [
+        ("host", "127.0.0.1"),
+        ("user-agent", "bench"),
+        ("accept", "*/*"),
+        ("x-canary", "false"),
+    ] {
+        headers.insert(k, HeaderValue::from_static(v));
+    }
+    let mut matched = headers.clone();
+    matched.insert("x-canary", HeaderValue::from_static("true"));
+    let n = 5_000_000u64;
+    // (name, split: weight and header rules, request headers)
+    type Mode<'a> = (&'a str, Option<(u32, Vec<CanaryMatch>)>, &'a HeaderMap);
+    let modes: [Mode; 4] = [
+        ("round-robin (no split)", None, &headers),
+        ("weighted 50%", Some((50, vec![])), &headers),
+        (
+            "weighted 50% + 3 header rules (no match)",
+            Some((50, canary_matches())),
+            &headers,
+        ),
+        (
+            "header-matched request",
+            Some((50, canary_matches())),
+            &matched,
+        ),
+    ];
+    let mut results: Vec<(&str, Vec<f64>, f64)> =
+        modes.iter().map(|m| (m.0, vec![], 0.0)).collect();
+    for _ in 0..rounds.max(3) {
+        for (i, (_, split, h)) in modes.iter().enumerate() {
+            let stable_set = vec![backend("s1", &stable), backend("s2", &stable)];
+            let routes = match split {
+                None => Routes {
+                    active: [
+                        stable_set,
+                        vec![backend("c1", &canary), backend("c2", &canary)],
+                    ]
+                    .concat(),
+                    ..Routes::default()
+                },
+                Some((w, m)) => Routes {
+                    active: stable_set,
+                    preview: vec![],
+                    canary: Some(CanaryRoutes::new(
+                        vec![backend("c1", &canary), backend("c2", &canary)],
+                        *w,
+                        m,
+                        false,
+                    )),
+                },
+            };
+            lb.set_routes(routes);
+            let t = Instant::now();
+            let hits = lb.route_many(h, n, &canary);
+            let ns = t.elapsed().as_nanos() as f64 / n as f64;
+            results[i].1.push(ns);
+            results[i].2 = hits as f64 * 100.0 / n as f64;
+        }
+    }
+    let base = median(results[0].1.clone());
+    for (name, ns, share) in results {
+        let m = median(ns);
+        println!(
+            "canary decision: {name}: {m:.1} ns/request (+{:.1} ns vs round-robin), {share:.1}% to the canary revision (median of {} x {n})",
+            m - base,
+            rounds.max(3)
+        );
+    }
+
+    // (b) Real requests through the LB, two instances of two revisions.
+    let rt = start(dir).await;
+    let svc = ServiceName::parse("canary").expect("name");
+    let port = free_port();
+    let mut s = spec(2, port, 1);
+    let (r1, r2) = (Revision("bench00001".into()), Revision("bench00002".into()));
+    let mut acts = create_scaled(&r1, &s, 1);
+    acts.extend(create_scaled(&r2, &s, 1));
+    if let Err(e) = rt.apply(&svc, &s, &acts).await {
+        eprintln!("apply: {e}");
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = rt
+            .observe(&svc, None, Time::now_wall())
+            .await
+            .unwrap_or_default();
+        if [&r1, &r2]
+            .iter()
+            .all(|r| o.revision(r).is_some_and(|x| x.ready() == 1))
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            eprintln!("instances did not become ready");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let app_pids = rt.pids();
+    let plain = s.clone();
+    let weighted = {
+        let mut w = s.clone();
+        w.strategy = Strategy::Canary {
+            canary: CanaryParams {
+                steps: vec![CanaryStep::SetWeight(50)],
+                matches: vec![],
+                mirror: false,
+                traffic_routing: None,
+            },
+        };
+        w
+    };
+    let matching = {
+        let mut w = weighted.clone();
+        if let Strategy::Canary { canary } = &mut w.strategy {
+            canary.matches = canary_matches();
+        }
+        w
+    };
+    let split = Action::SetWeight {
+        canary: r2.clone(),
+        stable: Some(r1.clone()),
+        weight: 50,
+    };
+    let everyone = Action::SetTraffic {
+        active: None,
+        preview: None,
+    };
+    let url = format!("http://127.0.0.1:{port}/");
+    let modes: [(&str, &ServiceSpec, &Action); 3] = [
+        ("round-robin (no split)", &plain, &everyone),
+        ("weighted 50%", &weighted, &split),
+        ("weighted 50% + 3 header rules", &matching, &split),
+    ];
+    // Per mode: req/s, p50, p99, CPU per request, one entry per round.
+    type Row = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
+    let mut rows: Vec<Row> = modes.iter().map(|_| Default::default()).collect();
+    // The instances' CPU is not the proxy's: count this process only.
+    let _ = app_pids;
+    for (_, sp, act) in &modes {
+        s = (*sp).clone();
+        let _ = rt.apply(&svc, &s, std::slice::from_ref(*act)).await;
+        let _ = load(&url, 1, 0, CONNECTIONS).await;
+    }
+    for i in 0..rounds {
+        for (k, (name, sp, act)) in modes.iter().enumerate() {
+            let _ = rt.apply(&svc, sp, std::slice::from_ref(*act)).await;
+            let l = load(&url, secs, 0, CONNECTIONS).await;
+            println!(
+                "canary GET / round {i}: {name}: {:.0} req/s p50 {} us p99 {} us errors {}; this process (load generator + proxy) {:.1} us CPU/request",
+                l.rps,
+                l.p50_us,
+                l.p99_us,
+                l.errors,
+                l.cpu_self_us.0 + l.cpu_self_us.1
+            );
+            rows[k].0.push(l.rps);
+            rows[k].1.push(l.p50_us as f64);
+            rows[k].2.push(l.p99_us as f64);
+            rows[k].3.push(l.cpu_self_us.0 + l.cpu_self_us.1);
+        }
+    }
+    for ((name, _, _), (rps, p50, p99, cpu)) in modes.iter().zip(rows) {
+        println!(
+            "canary GET /: {name}: median of {rounds} x {secs} s, {CONNECTIONS} connections: {:.0} req/s, p50 {:.0} us, p99 {:.0} us, load generator + proxy {:.1} us CPU/request",
+            median(rps),
+            median(p50),
+            median(p99),
+            median(cpu)
+        );
+    }
+    rt.shutdown().await;
 }

@@ -1452,6 +1452,15 @@ fn canary(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<CanaryParams> {
             && let Some(rn) = cx.required(&go, "httpRoute")
             && let Some(route) = cx.nonempty_string(rn, &go.at("httpRoute"))
         {
+            // Decoded (the schema is settled) but refused until the
+            // Kubernetes runtime writes HTTPRoute weights: accepting it
+            // would silently route by pod ratio instead.
+            cx.err_hint(
+                n.pos,
+                &tp,
+                "trafficRouting is not supported yet: the Kubernetes runtime approximates the weight by the ratio of ready pods",
+                "remove trafficRouting (the local runtime always splits exactly)",
+            );
             traffic_routing = Some(TrafficRouting {
                 gateway_api: GatewayApiRouting { http_route: route },
             });

@@ -229,7 +229,6 @@ fn canary_strategy_decodes_every_field() {
       match:
         - headers: { X-Canary: "true", x-user: "42" }
       mirror: true
-      trafficRouting: { gatewayAPI: { httpRoute: web-route } }
 "#,
     );
     let s = parse(&text).unwrap();
@@ -260,13 +259,7 @@ fn canary_strategy_decodes_every_field() {
         "header names are lowercased"
     );
     assert!(canary.mirror);
-    assert_eq!(
-        canary
-            .traffic_routing
-            .as_ref()
-            .map(|t| t.gateway_api.http_route.as_str()),
-        Some("web-route")
-    );
+    assert_eq!(canary.traffic_routing, None);
     assert_eq!(canary.max_weight(), 100);
     assert_eq!(canary.weight_after(2), 5);
     // The strategy is not part of the revision.
@@ -333,6 +326,16 @@ fn canary_errors_have_positions_and_paths() {
         empty,
         vec![
             "svc.yaml:9:22: spec.strategy.canary.steps: a canary needs at least one step (hint: e.g. steps: [{ setWeight: 10 }, { pause: { duration: 60s } }])"
+        ]
+    );
+    let routed = parse(&with_strategy(
+        "    type: Canary\n    canary:\n      steps: [{ setWeight: 5 }]\n      trafficRouting: { gatewayAPI: { httpRoute: web } }\n",
+    ))
+    .unwrap_err();
+    assert_eq!(
+        routed,
+        vec![
+            "svc.yaml:11:23: spec.strategy.canary.trafficRouting: trafficRouting is not supported yet: the Kubernetes runtime approximates the weight by the ratio of ready pods (hint: remove trafficRouting (the local runtime always splits exactly))"
         ]
     );
     let wrong = parse(&with_strategy(

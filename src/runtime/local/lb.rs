@@ -850,23 +850,13 @@ async fn proxy(conn: &Conn, mut req: Request<Incoming>) -> Response<ProxyBody> {
     let mut req = Request::from_parts(parts, body);
 
     let table = lb.table();
-    let set: &[Target] = if kind.preview {
-        &table.preview
-    } else if let Some(c) = &table.canary {
-        let to_canary = c.to_canary(req.headers());
-        let (first, other) = if to_canary {
-            (&c.targets[..], &table.active[..])
-        } else {
-            (&table.active[..], &c.targets[..])
-        };
-        if !to_canary && c.mirror && upgrade.is_none() && req.body().is_end_stream() {
-            mirror(lb, c, &kind.port_name, &req);
-        }
-        // A side with no ready instance: the other one serves.
-        if first.is_empty() { other } else { first }
-    } else {
-        &table.active
-    };
+    let (set, mirror_to) = choose(&table, kind.preview, req.headers());
+    if let Some(c) = mirror_to
+        && upgrade.is_none()
+        && req.body().is_end_stream()
+    {
+        mirror(lb, c, &kind.port_name, &req);
+    }
     // Instances that failed this request (no allocation unless one does).
     let mut tried: Vec<usize> = Vec::new();
     // Pooled connections found closed on use; each is discarded, so this is
@@ -984,6 +974,51 @@ async fn proxy(conn: &Conn, mut req: Request<Incoming>) -> Response<ProxyBody> {
                 return bad_gateway(&lb.service, backend, &e.into_error());
             }
         }
+    }
+}
+
+/// The backends a request goes to (preview, stable or canary side), and the
+/// canary table when a copy should be mirrored there. Per request: no
+/// allocation, one atomic increment for a weighted split.
+fn choose<'t>(
+    table: &'t Table,
+    preview: bool,
+    headers: &hyper::HeaderMap,
+) -> (&'t [Target], Option<&'t CanaryTable>) {
+    if preview {
+        return (&table.preview, None);
+    }
+    let Some(c) = &table.canary else {
+        return (&table.active, None);
+    };
+    let to_canary = c.to_canary(headers);
+    let (first, other) = if to_canary {
+        (&c.targets[..], &table.active[..])
+    } else {
+        (&table.active[..], &c.targets[..])
+    };
+    let mirror = (!to_canary && c.mirror && !c.targets.is_empty()).then_some(c);
+    // A side with no ready instance: the other one serves.
+    (if first.is_empty() { other } else { first }, mirror)
+}
+
+impl Lb {
+    /// Benchmarks: `n` routing decisions (side and instance, as a request
+    /// with `headers` on the service port gets them; no mirroring, nothing
+    /// sent); how many went to `revision`.
+    #[doc(hidden)]
+    pub fn route_many(&self, headers: &hyper::HeaderMap, n: u64, revision: &Revision) -> u64 {
+        let mut hits = 0;
+        for _ in 0..n {
+            let table = self.table();
+            let (set, _) = choose(&table, false, headers);
+            if let Some(i) = self.pick(set, &[])
+                && &set[i].backend.revision == revision
+            {
+                hits += 1;
+            }
+        }
+        hits
     }
 }
 
