@@ -352,3 +352,118 @@ async fn a_commit_that_killed_the_process_while_rendering_is_not_rendered_again(
     h.wait_complete_at("web", &fix).await;
     assert_eq!(h.hub.sync_error(), None);
 }
+
+/// A tmpfs of `mib` MiB mounted at a new directory, unmounted on drop.
+/// None (with the reason printed) where mounting is not permitted.
+struct Tmpfs(tempfile::TempDir);
+impl Tmpfs {
+    fn mount(mib: u32) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            eprintln!(
+                "SKIPPED: cannot mount a tmpfs here ({}); the disk-full scenario needs one",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return None;
+        }
+        Some(Tmpfs(dir))
+    }
+    fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// Fills the file system of `dir` until a write fails (ENOSPC).
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let p = dir.join("filler");
+    let mut f = std::fs::File::create(&p).unwrap();
+    let block = vec![0u8; 64 * 1024];
+    while f.write_all(&block).is_ok() {}
+    let _ = f.sync_all();
+    p
+}
+
+/// Scenario: the state directory's disk fills up during a rollout. The
+/// controller keeps serving (the rollout completes in the runtime), readiness
+/// says why, and once space returns the record is written, readiness comes
+/// back and a restart resumes from an intact store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_the_state_directory_is_survived() {
+    let Some(fs) = Tmpfs::mount(16) else { return };
+    let mut h = Harness::new(Opts::default()).await;
+    let c0 = h.server.tip();
+    h.wait_complete_at("web", &c0).await;
+    h.stop().await;
+    // The state moves onto the small file system.
+    let state = fs.path().join("state");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(h.state.path())
+        .arg(&state)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let opts = || Opts {
+        state_dir: Some(state.clone()),
+        ..Opts::default()
+    };
+    h.start(opts());
+    h.wait_complete_at("web", &c0).await;
+    // A slow rollout, in flight when the disk fills.
+    let slow =
+        service_yaml("web", "v2", false).replace("\"v2\"]", "\"v2\", \"--ready-after-ms=1500\"]");
+    h.work.write("services/web.yaml", &slow);
+    let v2 = h.work.commit("web: v2 (slow to start)");
+    h.work.push();
+    h.wait_view("rolling to v2", "web", Duration::from_secs(20), |v| {
+        v.commit.as_ref().is_some_and(|c| c.sha == v2) && v.phase == Phase::Progressing
+    })
+    .await;
+    let filler = fill(fs.path());
+    support::wait_for(
+        "readiness says the store cannot be written",
+        Duration::from_secs(20),
+        || h.hub.persistence_error().is_some(),
+    );
+    assert!(!h.hub.is_ready());
+    let why = h.hub.persistence_error().unwrap();
+    assert!(why.contains("cannot persist"), "{why}");
+    // The controller keeps serving: the rollout completes in the runtime.
+    h.wait_complete_at("web", &v2).await;
+    // Space returns: the record is written, readiness comes back.
+    std::fs::remove_file(&filler).unwrap();
+    support::wait_for(
+        "readiness back after space returns",
+        Duration::from_secs(30),
+        || h.hub.persistence_error().is_none() && h.hub.is_ready(),
+    );
+    // Nothing corrupted: a restart resumes from the store, Complete on v2.
+    h.stop().await;
+    h.start(opts());
+    h.wait_complete_at("web", &v2).await;
+    h.stop().await;
+    let store = floyd::store::Store::open(&state).unwrap();
+    let rec = store
+        .rollouts()
+        .unwrap()
+        .into_iter()
+        .find(|(n, _)| n == "web")
+        .unwrap()
+        .1;
+    assert_eq!(rec.commit.unwrap().sha, v2);
+    assert_eq!(rec.state.phase, Phase::Complete);
+}

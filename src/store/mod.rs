@@ -177,8 +177,14 @@ pub struct RevertRecord {
 }
 
 /// The store. Cheap to share behind an `Arc`; every call is one transaction.
+///
+/// After an I/O error (a full disk) redb refuses every later write until
+/// the database is opened again, so a write that fails reopens the file and
+/// tries once more; while that fails too, the error goes to the caller (the
+/// controller reports it and writes again later).
 pub struct Store {
-    db: Database,
+    /// `None` only between a failed reopen and the next successful one.
+    db: std::sync::RwLock<Option<Database>>,
     path: PathBuf,
 }
 
@@ -194,7 +200,10 @@ impl Store {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        let store = Store { db, path };
+        let store = Store {
+            db: std::sync::RwLock::new(Some(db)),
+            path,
+        };
         // Create every table once so readers never see "table does not exist".
         store.write(|tx| {
             tx.open_table(APPLIED)?;
@@ -219,13 +228,66 @@ impl Store {
         }
     }
 
+    /// The open database (read access; see [`Store::reopen`]).
+    fn db(&self) -> Result<std::sync::RwLockReadGuard<'_, Option<Database>>, Error> {
+        let g = self
+            .db
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if g.is_none() {
+            return Err(self.io("the database could not be opened again after an I/O error"));
+        }
+        Ok(g)
+    }
+
+    fn begin_read(&self) -> Result<redb::ReadTransaction, Error> {
+        let g = self.db()?;
+        let db = g.as_ref().expect("checked by db()");
+        db.begin_read().map_err(|e| self.io(e))
+    }
+
+    /// Closes and opens the database file again (redb latches after an I/O
+    /// error). The old handle is dropped first: it holds the file's lock.
+    fn reopen(&self) -> Result<(), Error> {
+        let mut g = self
+            .db
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        drop(g.take());
+        let db = Database::create(&self.path).map_err(|e| self.io(e))?;
+        *g = Some(db);
+        tracing::info!(path = %self.path.display(), "state store reopened after an I/O error");
+        Ok(())
+    }
+
+    /// One write transaction: `f`, then commit. An I/O error reopens the
+    /// database and runs the transaction once more.
+    fn transact<T>(
+        &self,
+        f: &dyn Fn(&mut redb::WriteTransaction) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let once = || -> Result<T, Error> {
+            let g = self.db()?;
+            let db = g.as_ref().expect("checked by db()");
+            let mut tx = db.begin_write().map_err(|e| self.io(e))?;
+            let out = f(&mut tx)?;
+            tx.commit().map_err(|e| self.io(e))?;
+            Ok(out)
+        };
+        match once() {
+            Err(Error::Io { .. }) => {
+                self.reopen()?;
+                once()
+            }
+            other => other,
+        }
+    }
+
     fn write(
         &self,
-        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+        f: impl Fn(&redb::WriteTransaction) -> Result<(), redb::Error>,
     ) -> Result<(), Error> {
-        let tx = self.db.begin_write().map_err(|e| self.io(e))?;
-        f(&tx).map_err(|e| self.io(e))?;
-        tx.commit().map_err(|e| self.io(e))
+        self.transact(&|tx| f(tx).map_err(|e| self.io(e)))
     }
 
     fn put_json<T: Serialize>(
@@ -246,7 +308,7 @@ impl Store {
         table: TableDefinition<&str, &str>,
         key: &str,
     ) -> Result<Option<T>, Error> {
-        let tx = self.db.begin_read().map_err(|e| self.io(e))?;
+        let tx = self.begin_read()?;
         let t = tx.open_table(table).map_err(|e| self.io(e))?;
         let Some(v) = t.get(key).map_err(|e| self.io(e))? else {
             return Ok(None);
@@ -266,7 +328,7 @@ impl Store {
         table: TableDefinition<&str, &str>,
         prefix: &str,
     ) -> Result<Vec<(String, T)>, Error> {
-        let tx = self.db.begin_read().map_err(|e| self.io(e))?;
+        let tx = self.begin_read()?;
         let t = tx.open_table(table).map_err(|e| self.io(e))?;
         let mut out = Vec::new();
         for item in t.range(prefix..).map_err(|e| self.io(e))? {
@@ -390,34 +452,28 @@ impl Store {
     /// commit): losing the newest ids in a crash costs one extra fetch, and a
     /// webhook answer does not wait for the disk.
     pub fn first_delivery(&self, id: &str, now: crate::time::Time) -> Result<bool, Error> {
-        let mut tx = self.db.begin_write().map_err(|e| self.io(e))?;
-        tx.set_durability(redb::Durability::None)
-            .map_err(|e| self.io(e))?;
-        let first = {
+        self.transact(&|tx| {
+            tx.set_durability(redb::Durability::None)
+                .map_err(|e| self.io(e))?;
             let mut t = tx.open_table(DELIVERIES).map_err(|e| self.io(e))?;
             let seen = t.get(id).map_err(|e| self.io(e))?.is_some();
             if !seen {
                 t.insert(id, now.0).map_err(|e| self.io(e))?;
             }
-            !seen
-        };
-        tx.commit().map_err(|e| self.io(e))?;
-        Ok(first)
+            Ok(!seen)
+        })
     }
 
     /// Forgets delivery ids recorded before `before` (providers redeliver
     /// within hours, not weeks); returns how many went.
     pub fn prune_deliveries(&self, before: crate::time::Time) -> Result<usize, Error> {
-        let tx = self.db.begin_write().map_err(|e| self.io(e))?;
-        let n = {
+        self.transact(&|tx| {
             use redb::ReadableTableMetadata;
             let mut t = tx.open_table(DELIVERIES).map_err(|e| self.io(e))?;
             let had = t.len().map_err(|e| self.io(e))?;
             t.retain(|_, at| at >= before.0).map_err(|e| self.io(e))?;
-            (had - t.len().map_err(|e| self.io(e))?) as usize
-        };
-        tx.commit().map_err(|e| self.io(e))?;
-        Ok(n)
+            Ok((had - t.len().map_err(|e| self.io(e))?) as usize)
+        })
     }
 
     // ---- misc ----
@@ -455,7 +511,7 @@ impl Store {
     }
 
     fn meta(&self, key: &str) -> Result<Option<String>, Error> {
-        let tx = self.db.begin_read().map_err(|e| self.io(e))?;
+        let tx = self.begin_read()?;
         let t = tx.open_table(META).map_err(|e| self.io(e))?;
         Ok(t.get(key)
             .map_err(|e| self.io(e))?

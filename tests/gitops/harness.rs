@@ -55,6 +55,8 @@ pub struct Opts {
     pub remote_url: Option<String>,
     /// `Config::git_timeout` (default: the controller's).
     pub git_timeout: Option<Duration>,
+    /// The state directory (store, mirror) instead of the harness's own.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Opts {
@@ -64,6 +66,7 @@ impl Default for Opts {
             no_revert: false,
             remote_url: None,
             git_timeout: None,
+            state_dir: None,
         }
     }
 }
@@ -116,6 +119,10 @@ impl Harness {
     pub fn start(&mut self, opts: Opts) {
         self.hub = Arc::new(Hub::new());
         self.stop = CancellationToken::new();
+        let state = opts
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| self.state.path().to_path_buf());
         let src = Arc::new(
             GitSource::open(SourceConfig {
                 url: opts
@@ -123,13 +130,13 @@ impl Harness {
                     .clone()
                     .unwrap_or_else(|| self.server.url.clone()),
                 branch: "main".into(),
-                mirror: self.state.path().join("repo.git"),
+                mirror: state.join("repo.git"),
                 credentials: Credentials::default(),
             })
             .unwrap(),
         );
-        let store = Arc::new(Store::open(self.state.path()).unwrap());
-        let mut cfg = Config::new(self.state.path().join("work"));
+        let store = Arc::new(Store::open(&state).unwrap());
+        let mut cfg = Config::new(state.join("work"));
         cfg.poll_interval = opts.poll;
         cfg.resync_interval = Duration::from_millis(500);
         cfg.no_revert = opts.no_revert;
