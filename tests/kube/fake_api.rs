@@ -852,10 +852,21 @@ fn serve(
                             );
                         }
                         Some(mut live) => {
+                            let selector = live["spec"]["selector"].clone();
                             if is_apply && let Some(prev) = db.applied.get(&applied_key) {
                                 remove_stale(&mut live, prev, &body);
                             }
                             merge(&mut live, &body);
+                            if kind == "ReplicaSet" && live["spec"]["selector"] != selector {
+                                return status(
+                                    422,
+                                    "Invalid",
+                                    format!(
+                                        "ReplicaSet.apps \"{name}\" is invalid: spec.selector: Invalid value: {}: field is immutable",
+                                        live["spec"]["selector"]
+                                    ),
+                                );
+                            }
                             (live, false)
                         }
                     };

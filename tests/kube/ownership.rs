@@ -569,3 +569,70 @@ async fn hand_edits_and_deleted_services_are_detected_corrected_or_only_reported
     );
     validate_sent(&fake, "drift");
 }
+
+#[tokio::test]
+async fn revisions_from_before_install_identities_keep_their_immutable_selector() {
+    let fake = FakeApi::start(vec![FakeNode::cpu("node-1")]).await;
+    let a = install(&fake, "a");
+    let web = name("web");
+    let t = template("ghcr.io/acme/web:1");
+    let r = rev(&t);
+    let s = spec(1, t.clone());
+    // What an older Floyd made, then adopted with
+    // `kubectl label rs ... floyd.dev/instance=a`: the selector has no install.
+    let mut old = floyd::runtime::kube::objects::replica_set(
+        floyd::runtime::kube::objects::Install {
+            namespace: NS,
+            instance: "a",
+        },
+        &web,
+        &r,
+        &s,
+        &t,
+        &floyd::runtime::kube::objects::RevisionMeta {
+            created_at: Time(0),
+            commit: None,
+        },
+        1,
+    )
+    .unwrap();
+    let spec_mut = old.spec.as_mut().unwrap();
+    let legacy = json!({"floyd.dev/service": "web", "floyd.dev/revision": r.as_str()});
+    spec_mut.selector.match_labels = Some(serde_json::from_value(legacy.clone()).unwrap());
+    spec_mut
+        .template
+        .as_mut()
+        .unwrap()
+        .metadata
+        .as_mut()
+        .unwrap()
+        .labels
+        .as_mut()
+        .unwrap()
+        .remove("floyd.dev/instance");
+    fake.insert("replicasets", NS, serde_json::to_value(&old).unwrap());
+    let rs = format!("web-{r}");
+
+    a.apply(
+        &web,
+        &s,
+        &[Action::CreateRevision {
+            revision: r.clone(),
+            template: t.clone(),
+        }],
+    )
+    .await
+    .expect("re-applying an old revision keeps its selector");
+    let live = fake.get("replicasets", NS, &rs).unwrap();
+    assert_eq!(live["spec"]["selector"]["matchLabels"], legacy);
+    // The template gains the install label (drift from what Floyd applies
+    // now is corrected without touching the selector).
+    let o = a.observe(&web, Some(&s), Time::now_wall()).await.unwrap();
+    assert!(o.drift.iter().all(|d| d.corrected), "{:#?}", o.drift);
+    let live = fake.get("replicasets", NS, &rs).unwrap();
+    assert_eq!(live["spec"]["selector"]["matchLabels"], legacy);
+    assert_eq!(
+        live["spec"]["template"]["metadata"]["labels"]["floyd.dev/instance"],
+        "a"
+    );
+}

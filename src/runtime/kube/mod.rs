@@ -863,7 +863,7 @@ impl KubeRuntime {
                 .unwrap_or_else(self.inner.clock),
             commit: noted.or_else(|| ann.get(ANN_COMMIT).cloned()),
         };
-        let rs = objects::replica_set(
+        let mut rs = objects::replica_set(
             self.install(),
             service,
             revision,
@@ -872,6 +872,7 @@ impl KubeRuntime {
             &meta,
             replicas,
         )?;
+        objects::keep_selector(&mut rs, existing.as_ref());
         self.rs_api()
             .patch(&name, &self.apply_params(), &Patch::Apply(&rs))
             .await

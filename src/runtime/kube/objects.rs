@@ -586,6 +586,20 @@ pub fn replica_set(
     })
 }
 
+/// A ReplicaSet's selector is immutable: re-applying one that exists keeps
+/// the live selector (a revision created before install identities selects
+/// its pods without `floyd.dev/instance`).
+pub fn keep_selector(rs: &mut ReplicaSet, live: Option<&ReplicaSet>) {
+    if let (Some(spec), Some(sel)) = (
+        rs.spec.as_mut(),
+        live.and_then(|l| l.spec.as_ref())
+            .map(|s| s.selector.clone()),
+    ) && sel.match_labels.is_some()
+    {
+        spec.selector = sel;
+    }
+}
+
 /// A Service routing to `revision` (or to every revision of the service when `None`).
 pub fn service_object(
     install: Install<'_>,

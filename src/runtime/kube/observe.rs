@@ -5,7 +5,8 @@
 use super::objects::{
     ANN_COMMIT, ANN_CREATED_AT, ANN_TEMPLATE, Install, LABEL_GPU_MEMORY, LABEL_GPU_PRODUCT,
     LABEL_INSTANCE, LABEL_REVISION, LABEL_SERVICE, RevisionMeta, active_service_name, floyd_time,
-    gpu_kind, gpu_resource, parse_time, preview_service_name, replica_set, service_object,
+    gpu_kind, gpu_resource, keep_selector, parse_time, preview_service_name, replica_set,
+    service_object,
 };
 use crate::manifest::{GpuRequest, InstanceTemplate, Revision, ServiceName, ServiceSpec, Strategy};
 use crate::runtime::{GpuCapacity, Instance, InstancePhase, Observed, ObservedRevision};
@@ -499,11 +500,12 @@ pub fn drift(
             .and_then(|s| s.replicas)
             .unwrap_or(0)
             .max(0) as u32;
-        let Ok(want) = replica_set(
+        let Ok(mut want) = replica_set(
             install, service, &revision, spec, &template, &meta, replicas,
         ) else {
             continue;
         };
+        keep_selector(&mut want, Some(rs));
         let applied =
             serde_json::to_value(want.spec.as_ref().map(|s| &s.template)).unwrap_or(Value::Null);
         let live =
