@@ -78,6 +78,26 @@ impl FakeNode {
 /// The header naming the client in the request log.
 pub const CLIENT_HEADER: &str = "x-fake-client";
 
+impl FakeNode {
+    /// A node under the GPU Operator's MIG `single` strategy: its
+    /// `nvidia.com/gpu` are `slices` MIG slices of `profile`, and GFD's
+    /// product label carries the `-MIG-<profile>` suffix.
+    pub fn mig_single(name: &str, product: &str, profile: &str, slices: u32) -> FakeNode {
+        FakeNode {
+            name: name.into(),
+            labels: BTreeMap::from([
+                (
+                    "nvidia.com/gpu.product".into(),
+                    format!("{product}-MIG-{profile}"),
+                ),
+                ("nvidia.com/gpu.memory".into(), "81920".into()),
+                ("nvidia.com/mig.strategy".into(), "single".into()),
+            ]),
+            allocatable: BTreeMap::from([("nvidia.com/gpu".into(), slices)]),
+        }
+    }
+}
+
 /// One request, as the server saw it.
 #[derive(Debug, Clone)]
 pub struct Logged {

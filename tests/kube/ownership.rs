@@ -592,6 +592,7 @@ async fn revisions_from_before_install_identities_keep_their_immutable_selector(
         &floyd::runtime::kube::objects::RevisionMeta {
             created_at: Time(0),
             commit: None,
+            gpu: None,
         },
         1,
     )

@@ -856,12 +856,32 @@ impl KubeRuntime {
             .lock()
             .ok()
             .and_then(|m| m.get(&(service.clone(), revision.clone())).cloned());
+        // GPUs: an existing revision keeps how its pods ask for them; a new
+        // one asks the way the nodes advertise this kind (MIG single/mixed,
+        // time-slicing with or without renaming).
+        let gpu = match (
+            objects::GpuScheme::from_annotations(Some(&ann)),
+            &template.resources.gpu,
+        ) {
+            (Some(s), _) => Some(s),
+            (None, Some(req)) if existing.is_none() => {
+                let nodes: Api<Node> = Api::all(self.inner.client.clone());
+                let nodes = nodes
+                    .list(&ListParams::default())
+                    .await
+                    .map_err(api_err("list", "Node", "", ""))?
+                    .items;
+                Some(observe::placement(req, &nodes))
+            }
+            _ => None,
+        };
         let meta = RevisionMeta {
             created_at: ann
                 .get(ANN_CREATED_AT)
                 .and_then(|s| objects::parse_time(s))
                 .unwrap_or_else(self.inner.clock),
             commit: noted.or_else(|| ann.get(ANN_COMMIT).cloned()),
+            gpu,
         };
         let mut rs = objects::replica_set(
             self.install(),
