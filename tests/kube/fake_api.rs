@@ -141,6 +141,8 @@ struct Db {
     logged: Vec<Logged>,
     /// (client or any, path fragment): requests that never get an answer.
     hangs: Vec<(Option<String>, String)>,
+    /// (path fragment, status, answers left): injected failures.
+    faults: Vec<(String, u16, u32)>,
     replicaset_controller_paused: bool,
     // Kubelet timing, by pod key.
     bound_at: HashMap<Key, Instant>,
@@ -223,23 +225,98 @@ fn labels_of(v: &Value) -> Map<String, Value> {
         .unwrap_or_default()
 }
 
-/// `k=v`, `k==v`, `k!=v`, `k`, `!k`, comma-separated (AND).
+/// Splits a selector on the commas between requirements (not those inside
+/// `in (a,b)` sets).
+fn requirements(selector: &str) -> Vec<&str> {
+    let (mut out, mut depth, mut start) = (Vec::new(), 0i32, 0);
+    for (i, c) in selector.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(selector[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(selector[start..].trim());
+    out.into_iter().filter(|t| !t.is_empty()).collect()
+}
+
+/// Label selectors as the API server reads them: `k=v`, `k==v`, `k!=v`,
+/// `k`, `!k`, `k in (a,b)`, `k notin (a,b)`, comma-separated (AND).
 fn label_match(selector: &str, labels: &Map<String, Value>) -> bool {
+    requirements(selector).into_iter().all(|t| {
+        let get = |k: &str| labels.get(k.trim()).and_then(Value::as_str);
+        let set = |rest: &str| -> Vec<String> {
+            rest.trim()
+                .trim_start_matches('(')
+                .trim_end_matches(')')
+                .split(',')
+                .map(|v| v.trim().to_string())
+                .collect()
+        };
+        if let Some((k, rest)) = t.split_once(" notin ") {
+            get(k).is_none_or(|v| !set(rest).iter().any(|s| s == v))
+        } else if let Some((k, rest)) = t.split_once(" in ") {
+            get(k).is_some_and(|v| set(rest).iter().any(|s| s == v))
+        } else if let Some((k, v)) = t.split_once("!=") {
+            get(k) != Some(v.trim())
+        } else if let Some((k, v)) = t.split_once("==").or_else(|| t.split_once('=')) {
+            get(k) == Some(v.trim())
+        } else if let Some(k) = t.strip_prefix('!') {
+            !labels.contains_key(k.trim())
+        } else {
+            labels.contains_key(t)
+        }
+    })
+}
+
+/// The field selectors a resource supports (the API server answers 400 for others).
+fn supported_field(resource: &str, field: &str) -> bool {
+    matches!(field, "metadata.name" | "metadata.namespace")
+        || match resource {
+            "pods" => matches!(
+                field,
+                "spec.nodeName"
+                    | "spec.restartPolicy"
+                    | "spec.schedulerName"
+                    | "spec.serviceAccountName"
+                    | "spec.hostNetwork"
+                    | "status.phase"
+                    | "status.podIP"
+                    | "status.nominatedNodeName"
+            ),
+            "events" => {
+                field.starts_with("involvedObject.")
+                    || matches!(field, "reason" | "type" | "source")
+            }
+            "replicasets" => field == "status.replicas",
+            "nodes" => field == "spec.unschedulable",
+            _ => false,
+        }
+}
+
+/// The first field of `selector` that `resource` does not support.
+fn unsupported_field(resource: &str, selector: &str) -> Option<String> {
     selector
         .split(',')
         .filter(|t| !t.trim().is_empty())
-        .all(|t| {
-            let t = t.trim();
-            if let Some((k, v)) = t.split_once("!=") {
-                labels.get(k).and_then(Value::as_str) != Some(v)
-            } else if let Some((k, v)) = t.split_once("==").or_else(|| t.split_once('=')) {
-                labels.get(k).and_then(Value::as_str) == Some(v)
-            } else if let Some(k) = t.strip_prefix('!') {
-                !labels.contains_key(k)
-            } else {
-                labels.contains_key(t)
-            }
-        })
+        .map(|t| t.split(['=', '!']).next().unwrap_or("").trim().to_string())
+        .find(|f| !supported_field(resource, f))
+}
+
+/// A leaf `path` set in both `a` and `b` to different values.
+fn conflict(a: &Value, b: &Value, path: &str) -> Option<String> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => x.iter().find_map(|(k, v)| {
+            y.get(k)
+                .and_then(|w| conflict(v, w, &format!("{path}.{k}")))
+        }),
+        (x, y) if x != y => Some(path.trim_start_matches('.').to_string()),
+        _ => None,
+    }
 }
 
 fn field_match(selector: &str, obj: &Value) -> bool {
@@ -401,6 +478,17 @@ impl Db {
                 }
                 Ok(())
             }
+            // What an apply that creates a Pod (say, an annotation patch to a
+            // pod that is gone) runs into.
+            "Pod" => {
+                if obj["spec"]["containers"]
+                    .as_array()
+                    .is_none_or(Vec::is_empty)
+                {
+                    return Err("spec.containers: Required value".into());
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -455,6 +543,7 @@ impl FakeApi {
                 requests: Vec::new(),
                 logged: Vec::new(),
                 hangs: Vec::new(),
+                faults: Vec::new(),
                 replicaset_controller_paused: false,
                 bound_at: HashMap::new(),
                 deleted_at: HashMap::new(),
@@ -543,6 +632,17 @@ impl FakeApi {
             .unwrap()
             .hangs
             .push((client.map(str::to_string), path_fragment.to_string()));
+    }
+
+    /// The next `times` requests whose path contains `path_fragment` are
+    /// answered `code` (429 with `Retry-After`, 500, ...) without effect.
+    pub fn inject(&self, path_fragment: &str, code: u16, times: u32) {
+        self.shared
+            .db
+            .lock()
+            .unwrap()
+            .faults
+            .push((path_fragment.to_string(), code, times));
     }
 
     /// Stops (or restarts) the simulated ReplicaSet controller: replica
@@ -677,6 +777,30 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         // A hung server: the client's own deadline is the only way out.
         std::future::pending::<()>().await;
     }
+    let fault = {
+        let mut db = shared.db.lock().unwrap();
+        db.faults
+            .iter_mut()
+            .find(|(frag, _, left)| *left > 0 && path.contains(frag.as_str()))
+            .map(|f| {
+                f.2 -= 1;
+                f.1
+            })
+    };
+    if let Some(code) = fault {
+        let reason = match code {
+            429 => "TooManyRequests",
+            500 => "InternalError",
+            503 => "ServiceUnavailable",
+            _ => "Injected",
+        };
+        let mut r = status(code, reason, format!("injected {code} for {path}"));
+        if code == 429 {
+            r.headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        }
+        return r;
+    }
     {
         let mut db = shared.db.lock().unwrap();
         db.requests.push(format!("{method} {path}?{query}"));
@@ -691,6 +815,18 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
                 body: b.clone(),
             });
         }
+    }
+
+    if let Some(fs) = q.get("fieldSelector")
+        && let Some(f) = unsupported_field(&route.resource, fs)
+    {
+        return status(
+            400,
+            "BadRequest",
+            format!(
+                "\"{f}\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\" and the resource's own"
+            ),
+        );
     }
 
     // Watch: a stream of JSON lines.
@@ -838,8 +974,24 @@ fn serve(
                 return status(400, "BadRequest", "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch".into());
             }
             if is_apply && q.get("force").map(String::as_str) != Some("true") {
-                // Floyd always forces; a real server would only fail on conflicts.
-                return status(400, "BadRequest", "test server: apply without force".into());
+                // Without force, a field another manager applied with a
+                // different value is a conflict (409), as on a real server.
+                let others = db
+                    .applied
+                    .iter()
+                    .filter(|((k2, m, sub2), _)| {
+                        *k2 == k && *m != manager && *sub2 == sub.clone().unwrap_or_default()
+                    })
+                    .find_map(|((_, m, _), prev)| {
+                        conflict(&body, prev, "").map(|f| (m.clone(), f))
+                    });
+                if let Some((m, f)) = others {
+                    return status(
+                        409,
+                        "Conflict",
+                        format!("Apply failed with 1 conflict: conflict with \"{m}\": .{f}"),
+                    );
+                }
             }
             match sub.as_deref() {
                 Some("scale") => {

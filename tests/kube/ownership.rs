@@ -637,3 +637,92 @@ async fn revisions_from_before_install_identities_keep_their_immutable_selector(
         "a"
     );
 }
+
+/// The fake answers like a real API server where Floyd's correctness
+/// depends on it; these pin that down so the other tests mean something.
+#[tokio::test]
+async fn the_fake_api_server_is_as_strict_as_a_real_one() {
+    use k8s_openapi::api::core::v1::{Pod, Service};
+    use kube::api::{ListParams, Patch, PatchParams};
+    let fake = FakeApi::start(vec![FakeNode::cpu("node-1")]).await;
+    let client = fake.client_as(NS, "probe");
+    let pods: kube::Api<Pod> = kube::Api::namespaced(client.clone(), NS);
+    let code = |e: kube::Error| match e {
+        kube::Error::Api(s) => s.code,
+        other => panic!("not an API error: {other}"),
+    };
+    // An apply that creates validates like a create: a Pod without spec is 422
+    // (what the old deletion-cost apply to a gone pod ran into).
+    let mark = json!({"apiVersion": "v1", "kind": "Pod",
+                      "metadata": {"name": "gone", "annotations": {"x": "1"}}});
+    let e = pods
+        .patch(
+            "gone",
+            &PatchParams::apply("floyd").force(),
+            &Patch::Apply(&mark),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), 422);
+    // Only the real field selectors.
+    let e = pods
+        .list(&ListParams::default().fields("spec.containers.image=x"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), 400);
+    pods.list(&ListParams::default().fields("status.phase!=Failed,spec.nodeName=node-1"))
+        .await
+        .expect("real field selectors");
+    // Set-based label selectors.
+    let a = install(&fake, "a");
+    deploy(&a, &name("web"), &template("ghcr.io/acme/web:1"), 1).await;
+    let got = pods
+        .list(
+            &ListParams::default()
+                .labels("floyd.dev/instance in (a,b),floyd.dev/service notin (api)"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.items.len(), 1);
+    // A non-forced apply that conflicts with another manager's field is 409.
+    let svcs: kube::Api<Service> = kube::Api::namespaced(client, NS);
+    let other = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+                       "spec": {"ports": [{"name": "http", "port": 9999}]}});
+    let e = svcs
+        .patch(
+            "web",
+            &PatchParams::apply("someone-else"),
+            &Patch::Apply(&other),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), 409);
+    assert_eq!(
+        fake.get("services", NS, "web").unwrap()["spec"]["ports"][0]["port"],
+        8080
+    );
+    // Injected 500s beyond the client's own retries reach Floyd as
+    // "unavailable" (the controller retries), then it answers again.
+    fake.inject("/replicasets", 500, 12);
+    let e = a
+        .observe(&name("web"), None, Time::now_wall())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, floyd::runtime::Error::Unavailable(_)), "{e}");
+    let mut ok = false;
+    for _ in 0..20 {
+        if a.observe(&name("web"), None, Time::now_wall())
+            .await
+            .is_ok()
+        {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "answers again once the faults are spent");
+    fake.inject("/replicasets", 429, 1);
+    // A single 429 (with Retry-After) is retried by the client itself.
+    a.observe(&name("web"), None, Time::now_wall())
+        .await
+        .expect("a 429 is retried");
+}
