@@ -75,6 +75,27 @@ impl FakeNode {
     }
 }
 
+/// The rules of a Role (in `namespace`) and a ClusterRole, as RBAC reads
+/// them: `{apiGroups, resources, verbs}` each.
+#[derive(Debug, Clone)]
+pub struct Rbac {
+    /// Whose requests are checked ([`CLIENT_HEADER`]); others pass.
+    pub client: String,
+    pub namespace: String,
+    pub role: Vec<Value>,
+    pub cluster_role: Vec<Value>,
+}
+
+fn grants(rules: &[Value], group: &str, resource: &str, verb: &str) -> bool {
+    let has = |r: &Value, k: &str, want: &str| {
+        r[k].as_array()
+            .is_some_and(|a| a.iter().any(|x| x == want || x == "*"))
+    };
+    rules.iter().any(|r| {
+        has(r, "apiGroups", group) && has(r, "resources", resource) && has(r, "verbs", verb)
+    })
+}
+
 /// The header naming the client in the request log.
 pub const CLIENT_HEADER: &str = "x-fake-client";
 
@@ -143,6 +164,10 @@ struct Db {
     hangs: Vec<(Option<String>, String)>,
     /// (path fragment, status, answers left): injected failures.
     faults: Vec<(String, u16, u32)>,
+    /// Permissions (see [`FakeApi::authorize`]); `None`: everything allowed.
+    rbac: Option<Rbac>,
+    /// Requests refused for lack of permission (`verb group/resource ns`).
+    denied: Vec<String>,
     replicaset_controller_paused: bool,
     // Kubelet timing, by pod key.
     bound_at: HashMap<Key, Instant>,
@@ -544,6 +569,8 @@ impl FakeApi {
                 logged: Vec::new(),
                 hangs: Vec::new(),
                 faults: Vec::new(),
+                rbac: None,
+                denied: Vec::new(),
                 replicaset_controller_paused: false,
                 bound_at: HashMap::new(),
                 deleted_at: HashMap::new(),
@@ -643,6 +670,17 @@ impl FakeApi {
             .unwrap()
             .faults
             .push((path_fragment.to_string(), code, times));
+    }
+
+    /// Answers 403 to every request the rules do not grant (RBAC as the
+    /// API server applies it to Floyd's ServiceAccount).
+    pub fn authorize(&self, rbac: Rbac) {
+        self.shared.db.lock().unwrap().rbac = Some(rbac);
+    }
+
+    /// Requests refused with 403 so far (`verb group/resource namespace`).
+    pub fn denied(&self) -> Vec<String> {
+        self.shared.db.lock().unwrap().denied.clone()
     }
 
     /// Stops (or restarts) the simulated ReplicaSet controller: replica
@@ -817,6 +855,49 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         }
     }
 
+    {
+        let mut db = shared.db.lock().unwrap();
+        if let Some(rbac) = db.rbac.clone().filter(|r| r.client == client) {
+            let verb = match (&method, &route.name) {
+                (&Method::GET, None)
+                    if matches!(q.get("watch").map(String::as_str), Some("true" | "1")) =>
+                {
+                    "watch"
+                }
+                (&Method::GET, None) => "list",
+                (&Method::GET, Some(_)) => "get",
+                (&Method::POST, _) => "create",
+                (&Method::PUT, _) => "update",
+                (&Method::PATCH, _) => "patch",
+                (&Method::DELETE, _) => "delete",
+                _ => "unknown",
+            };
+            let resource = match &route.sub {
+                Some(sub) => format!("{}/{sub}", route.resource),
+                None => route.resource.clone(),
+            };
+            let in_role_ns = !route.namespace.is_empty() && route.namespace == rbac.namespace;
+            let ok = grants(&rbac.cluster_role, &route.group, &resource, verb)
+                || (in_role_ns && grants(&rbac.role, &route.group, &resource, verb));
+            if !ok {
+                let what = format!("{verb} {}/{resource} {}", route.group, route.namespace);
+                db.denied.push(what);
+                return status(
+                    403,
+                    "Forbidden",
+                    format!(
+                        "{resource} is forbidden: User \"system:serviceaccount:floyd-system:floyd\" cannot {verb} resource \"{resource}\" in API group \"{}\"{}",
+                        route.group,
+                        if route.namespace.is_empty() {
+                            " at the cluster scope".to_string()
+                        } else {
+                            format!(" in the namespace \"{}\"", route.namespace)
+                        }
+                    ),
+                );
+            }
+        }
+    }
     if let Some(fs) = q.get("fieldSelector")
         && let Some(f) = unsupported_field(&route.resource, fs)
     {

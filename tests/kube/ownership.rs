@@ -467,14 +467,24 @@ async fn a_leader_whose_lease_calls_hang_stops_writing_before_the_standby_takes_
 /// `kubectl set image rs/<rs> app=<image>` and `kubectl delete svc <svc>`,
 /// as another client.
 async fn hand_edit(fake: &FakeApi, rs: &str, image: &str, delete_service: Option<&str>) {
+    hand_edit_in(fake, NS, rs, image, delete_service).await
+}
+
+async fn hand_edit_in(
+    fake: &FakeApi,
+    ns: &str,
+    rs: &str,
+    image: &str,
+    delete_service: Option<&str>,
+) {
     use kube::api::{Patch, PatchParams};
-    let client = fake.client_as(NS, "kubectl");
+    let client = fake.client_as(ns, "kubectl");
     let rss: kube::Api<k8s_openapi::api::apps::v1::ReplicaSet> =
-        kube::Api::namespaced(client.clone(), NS);
+        kube::Api::namespaced(client.clone(), ns);
     // A strategic merge patch changes only the image; the fake speaks JSON
     // merge patch, which replaces lists: send the whole list, image changed.
     let mut containers =
-        fake.get("replicasets", NS, rs).unwrap()["spec"]["template"]["spec"]["containers"].clone();
+        fake.get("replicasets", ns, rs).unwrap()["spec"]["template"]["spec"]["containers"].clone();
     containers[0]["image"] = json!(image);
     rss.patch(
         rs,
@@ -485,7 +495,7 @@ async fn hand_edit(fake: &FakeApi, rs: &str, image: &str, delete_service: Option
     .expect("kubectl set image");
     if let Some(svc) = delete_service {
         let svcs: kube::Api<k8s_openapi::api::core::v1::Service> =
-            kube::Api::namespaced(client, NS);
+            kube::Api::namespaced(client, ns);
         svcs.delete(svc, &Default::default())
             .await
             .expect("kubectl delete svc");
@@ -725,4 +735,167 @@ async fn the_fake_api_server_is_as_strict_as_a_real_one() {
     a.observe(&name("web"), None, Time::now_wall())
         .await
         .expect("a 429 is retried");
+}
+
+/// Every request the runtime makes for a whole service life (deploy,
+/// observe with the pod watch, blue-green traffic, drift correction, a
+/// chosen pod's deletion, history cleanup, the Lease, prune) is allowed by
+/// the Role and ClusterRole the chart renders, and the check bites: the
+/// cluster-wide GPU view needs `rbac.clusterWideGpuAccounting`.
+#[tokio::test]
+async fn everything_the_runtime_does_is_allowed_by_the_charts_rbac() {
+    use super::chart::{one, render};
+    use super::fake_api::Rbac;
+    let Some(objs) = render("default-values.yaml", &[]) else {
+        return;
+    };
+    let role = one(&objs, "Role");
+    let ns = role["metadata"]["namespace"].as_str().unwrap().to_string();
+    let fake = FakeApi::start(vec![FakeNode::gpu("gpu-1", "NVIDIA-A100-SXM4-80GB", 2)]).await;
+    fake.authorize(Rbac {
+        client: "floyd".into(),
+        namespace: ns.clone(),
+        role: role["rules"].as_array().unwrap().clone(),
+        cluster_role: one(&objs, "ClusterRole")["rules"]
+            .as_array()
+            .unwrap()
+            .clone(),
+    });
+    let rt = KubeRuntime::new(fake.client_as(&ns, "floyd"), &ns)
+        .with_instance("floyd")
+        .with_action_events(true)
+        .with_pod_watch(Duration::from_secs(300));
+    let el = rt.leader_elector("floyd");
+    assert!(el.try_acquire_or_renew(Time::now_wall()).await.unwrap());
+    let web = name("web");
+    let t1 = template("ghcr.io/acme/web:1");
+    let t2 = template("ghcr.io/acme/web:2");
+    let (r1, r2) = (rev(&t1), rev(&t2));
+    let s1 = blue_green(spec(2, t1.clone()));
+    let s2 = blue_green(spec(2, t2.clone()));
+    let step = |s: &ServiceSpec, actions: Vec<Action>| {
+        let (rt, web, s) = (rt.clone(), web.clone(), s.clone());
+        async move { rt.apply(&web, &s, &actions).await.expect("apply") }
+    };
+    step(
+        &s1,
+        vec![
+            Action::CreateRevision {
+                revision: r1.clone(),
+                template: t1.clone(),
+            },
+            Action::Scale {
+                revision: r1.clone(),
+                replicas: 2,
+            },
+            Action::SetTraffic {
+                active: Some(r1.clone()),
+                preview: None,
+            },
+        ],
+    )
+    .await;
+    step(
+        &s2,
+        vec![
+            Action::CreateRevision {
+                revision: r2.clone(),
+                template: t2.clone(),
+            },
+            Action::Scale {
+                revision: r2.clone(),
+                replicas: 2,
+            },
+            Action::SetTraffic {
+                active: Some(r1.clone()),
+                preview: Some(r2.clone()),
+            },
+        ],
+    )
+    .await;
+    wait_for(&rt, &web, &s2, "v2 ready", |o| {
+        o.revision(&r2).is_some_and(|r| r.ready() == 2)
+    })
+    .await;
+    step(
+        &s2,
+        vec![Action::SetTraffic {
+            active: Some(r2.clone()),
+            preview: None,
+        }],
+    )
+    .await;
+    hand_edit_in(
+        &fake,
+        &ns,
+        &format!("web-{r2}"),
+        "ghcr.io/acme/evil:1",
+        None,
+    )
+    .await;
+    let o = rt.observe(&web, Some(&s2), Time::now_wall()).await.unwrap();
+    assert!(
+        o.drift.iter().all(|d| d.corrected) && !o.drift.is_empty(),
+        "{:#?}",
+        o.drift
+    );
+    let pod = o.revision(&r1).unwrap().instances[0].id.clone();
+    step(
+        &s2,
+        vec![
+            Action::DeleteInstance {
+                revision: r1.clone(),
+                instance: pod,
+            },
+            Action::Scale {
+                revision: r1.clone(),
+                replicas: 0,
+            },
+        ],
+    )
+    .await;
+    wait_for(&rt, &web, &s2, "v1 gone", |o| {
+        o.revision(&r1).is_some_and(|r| r.instances.is_empty())
+    })
+    .await;
+    step(
+        &s2,
+        vec![Action::DeleteRevision {
+            revision: r1.clone(),
+        }],
+    )
+    .await;
+    rt.save_state(&web, "{}").await.unwrap();
+    assert!(rt.load_state(&web).await.unwrap().is_some());
+    // GPU accounting in the namespace: nodes (ClusterRole) and pods (Role).
+    let gpu = spec(
+        1,
+        gpu_template("ghcr.io/acme/llm:1", "NVIDIA-A100-SXM4-80GB"),
+    );
+    rt.observe(&name("llm"), Some(&gpu), Time::now_wall())
+        .await
+        .unwrap();
+    el.release(Time::now_wall()).await.unwrap();
+    assert_eq!(rt.services().await.unwrap(), vec![web.clone()]);
+    rt.delete_service(&web).await.unwrap();
+    assert!(fake.denied().is_empty(), "refused: {:#?}", fake.denied());
+    assert!(
+        fake.log()
+            .iter()
+            .any(|l| l.client == "floyd" && l.query.contains("watch=true")),
+        "the pod watch ran under the Role"
+    );
+
+    // The cluster-wide GPU view is refused without clusterWideGpuAccounting.
+    let wide = KubeRuntime::new(fake.client_as(&ns, "floyd"), &ns).with_cluster_gpu_view(true);
+    let e = wide
+        .observe(&name("llm"), Some(&gpu), Time::now_wall())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("403"), "{e}");
+    assert!(
+        fake.denied().iter().any(|d| d.starts_with("list /pods")),
+        "{:?}",
+        fake.denied()
+    );
 }
