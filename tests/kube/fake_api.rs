@@ -199,13 +199,15 @@ impl Drop for FakeApi {
     }
 }
 
+/// Now, as the API server writes `metav1.Time` (creation and deletion
+/// timestamps, condition transitions): whole seconds.
 fn now_rfc3339() -> String {
-    let ms = SystemTime::now()
+    let s = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
-        .as_millis() as i64;
-    k8s_openapi::jiff::Timestamp::from_millisecond(ms)
-        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
+        .as_secs() as i64;
+    k8s_openapi::jiff::Timestamp::from_second(s)
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
         .unwrap_or_default()
 }
 
@@ -439,6 +441,13 @@ impl Db {
     fn put(&mut self, key: Key, mut obj: Value, ev: &'static str) -> Value {
         let rv = self.bump();
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        // `generation` counts changes of the spec, as on a real server.
+        if let Some(old) = self.objects.get(&key)
+            && old.get("spec") != obj.get("spec")
+        {
+            let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
+            obj["metadata"]["generation"] = json!(g + 1);
+        }
         self.objects.insert(key.clone(), obj.clone());
         self.log.push((rv, ev, key, obj.clone()));
         obj
@@ -1380,7 +1389,7 @@ fn simulate(db: &mut Db) {
             .collect();
         let ready = live.iter().filter(|p| is_ready(p)).count();
         let st = json!({"replicas": live.len(), "readyReplicas": ready, "availableReplicas": ready,
-                        "observedGeneration": 1});
+                        "observedGeneration": rs["metadata"]["generation"].as_i64().unwrap_or(1)});
         if let Some(cur) = db.objects.get(&rk)
             && cur["status"] != st
         {

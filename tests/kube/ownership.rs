@@ -694,6 +694,17 @@ async fn the_fake_api_server_is_as_strict_as_a_real_one() {
         .await
         .unwrap();
     assert_eq!(got.items.len(), 1);
+    // Second-precision timestamps; generation counts spec changes (the
+    // ReplicaSet was applied at 0, then scaled).
+    let rs = fake
+        .list("replicasets")
+        .into_iter()
+        .find(|r| r["metadata"]["labels"]["floyd.dev/service"] == "web")
+        .unwrap();
+    let created = rs["metadata"]["creationTimestamp"].as_str().unwrap();
+    assert!(created.ends_with('Z') && !created.contains('.'), "{created}");
+    assert_eq!(rs["metadata"]["generation"], 2);
+    assert_eq!(rs["status"]["observedGeneration"], 2);
     // A non-forced apply that conflicts with another manager's field is 409.
     let svcs: kube::Api<Service> = kube::Api::namespaced(client, NS);
     let other = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
