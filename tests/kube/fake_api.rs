@@ -164,6 +164,11 @@ struct Db {
     hangs: Vec<(Option<String>, String)>,
     /// (path fragment, status, answers left): injected failures.
     faults: Vec<(String, u16, u32)>,
+    /// Watches from a resourceVersion below this get `410 Gone` (etcd
+    /// compaction, see [`FakeApi::compact`]).
+    compacted: u64,
+    /// Bumped to end every open watch.
+    watch_epoch: u64,
     /// Permissions (see [`FakeApi::authorize`]); `None`: everything allowed.
     rbac: Option<Rbac>,
     /// Requests refused for lack of permission (`verb group/resource ns`).
@@ -580,6 +585,8 @@ impl FakeApi {
                 faults: Vec::new(),
                 rbac: None,
                 denied: Vec::new(),
+                compacted: 0,
+                watch_epoch: 0,
                 replicaset_controller_paused: false,
                 bound_at: HashMap::new(),
                 deleted_at: HashMap::new(),
@@ -679,6 +686,19 @@ impl FakeApi {
             .unwrap()
             .faults
             .push((path_fragment.to_string(), code, times));
+    }
+
+    /// etcd compaction: the history so far is gone, open watches end, and a
+    /// watch resumed from an older resourceVersion gets `410 Gone` (the
+    /// client must list again).
+    pub fn compact(&self) {
+        let mut db = self.shared.db.lock().unwrap();
+        // A change no watch has seen, so every resumed watch is too old.
+        let rv = db.bump();
+        db.compacted = rv;
+        db.watch_epoch += 1;
+        drop(db);
+        self.shared.changed.send_replace(rv);
     }
 
     /// Answers 403 to every request the rules do not grant (RBAC as the
@@ -924,7 +944,7 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         && route.name.is_none()
         && matches!(q.get("watch").map(String::as_str), Some("true" | "1"))
     {
-        return watch_response(shared, route, q);
+        return watch_response(shared, route, q, api_version, kind);
     }
 
     let resp = {
@@ -1223,7 +1243,14 @@ fn scale_of(rs: &Value) -> Value {
            "status": {"replicas": rs["status"]["replicas"].as_i64().unwrap_or(0)}})
 }
 
-fn watch_response(shared: Arc<Shared>, route: Route, q: HashMap<String, String>) -> Response {
+fn watch_response(
+    shared: Arc<Shared>,
+    route: Route,
+    q: HashMap<String, String>,
+    api_version: &'static str,
+    kind: &'static str,
+) -> Response {
+    let bookmarks = q.get("allowWatchBookmarks").map(String::as_str) == Some("true");
     let from: u64 = q
         .get("resourceVersion")
         .and_then(|s| s.parse().ok())
@@ -1238,15 +1265,35 @@ fn watch_response(shared: Arc<Shared>, route: Route, q: HashMap<String, String>)
     let stream = async_stream::stream! {
         let end = tokio::time::Instant::now() + Duration::from_secs(timeout);
         let mut last = from;
+        let (epoch, too_old) = {
+            let db = shared.db.lock().unwrap();
+            (db.watch_epoch, from > 0 && from < db.compacted)
+        };
+        if too_old {
+            let gone = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
+                "metadata": {}, "status": "Failure", "reason": "Expired", "code": 410,
+                "message": format!("too old resource version: {from}")}});
+            yield Ok::<_, std::io::Error>(Bytes::from(format!("{gone}\n")));
+            return;
+        }
         loop {
             let batch: Vec<String> = {
                 let db = shared.db.lock().unwrap();
-                let out = db.log.iter()
+                if db.watch_epoch != epoch {
+                    break;
+                }
+                let mut out: Vec<String> = db.log.iter()
                     .filter(|(rv, _, k, _)| *rv > last && k.0 == route.resource
                         && (route.namespace.is_empty() || k.1 == route.namespace))
                     .filter(|(_, _, _, v)| label_match(&ls, &labels_of(v)) && field_match(&fs, v))
                     .map(|(_, t, _, v)| format!("{}\n", json!({"type": t, "object": v})))
                     .collect();
+                if bookmarks && db.rv > last {
+                    // Where the watch is, so a resumed one need not go back further.
+                    out.push(format!("{}\n", json!({"type": "BOOKMARK", "object": {
+                        "kind": kind, "apiVersion": api_version,
+                        "metadata": {"resourceVersion": db.rv.to_string()}}})));
+                }
                 last = db.rv;
                 out
             };

@@ -702,7 +702,10 @@ async fn the_fake_api_server_is_as_strict_as_a_real_one() {
         .find(|r| r["metadata"]["labels"]["floyd.dev/service"] == "web")
         .unwrap();
     let created = rs["metadata"]["creationTimestamp"].as_str().unwrap();
-    assert!(created.ends_with('Z') && !created.contains('.'), "{created}");
+    assert!(
+        created.ends_with('Z') && !created.contains('.'),
+        "{created}"
+    );
     assert_eq!(rs["metadata"]["generation"], 2);
     assert_eq!(rs["status"]["observedGeneration"], 2);
     // A non-forced apply that conflicts with another manager's field is 409.
@@ -908,5 +911,70 @@ async fn everything_the_runtime_does_is_allowed_by_the_charts_rbac() {
         fake.denied().iter().any(|d| d.starts_with("list /pods")),
         "{:?}",
         fake.denied()
+    );
+}
+
+/// etcd compaction while the pod watch is open: the resumed watch gets
+/// `410 Gone`, the watcher lists again, and observations from the cache
+/// keep matching the cluster.
+#[tokio::test]
+async fn the_pod_cache_recovers_from_a_compacted_watch() {
+    let fake = FakeApi::start(vec![FakeNode::cpu("node-1")]).await;
+    // A long resync: recovery must come from the 410, not the timer.
+    let watched = install(&fake, "a").with_pod_watch(Duration::from_secs(300));
+    let web = name("web");
+    let t = template("ghcr.io/acme/web:1");
+    let r = rev(&t);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !watched.pod_cache_synced() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pod watch never synced"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = deploy(&watched, &web, &t, 2).await;
+    let lists_before = fake
+        .log()
+        .iter()
+        .filter(|l| l.path.ends_with("/pods") && !l.query.contains("watch=true"))
+        .count();
+    fake.compact();
+    watched
+        .apply(
+            &web,
+            &s,
+            &[Action::Scale {
+                revision: r.clone(),
+                replicas: 3,
+            }],
+        )
+        .await
+        .unwrap();
+    let o = wait_for(&watched, &web, &s, "3 ready, seen through the cache", |o| {
+        o.revision(&r).is_some_and(|x| x.ready() == 3)
+    })
+    .await;
+    let live = live_pods(&fake, &format!("web-{r}"));
+    let seen: BTreeSet<String> = o
+        .revision(&r)
+        .unwrap()
+        .instances
+        .iter()
+        .map(|i| i.id.clone())
+        .collect();
+    assert_eq!(seen, live);
+    let log = fake.log();
+    let lists_after = log
+        .iter()
+        .filter(|l| l.path.ends_with("/pods") && !l.query.contains("watch=true"))
+        .count();
+    assert!(
+        lists_after > lists_before,
+        "the watcher listed again after 410"
+    );
+    assert!(
+        log.iter().any(|l| l.query.contains("watch=true") && l.query.contains("allowWatchBookmarks=true")),
+        "bookmarks asked for"
     );
 }
