@@ -978,3 +978,46 @@ async fn the_pod_cache_recovers_from_a_compacted_watch() {
         "bookmarks asked for"
     );
 }
+
+/// GPUs held by another namespace's pods count against capacity only with
+/// the cluster-wide view (the chart's `rbac.clusterWideGpuAccounting`,
+/// `FLOYD_CLUSTER_GPU_ACCOUNTING`); without it Floyd sees its namespace.
+#[tokio::test]
+async fn gpus_held_in_other_namespaces_count_with_the_cluster_wide_view() {
+    let fake = FakeApi::start(vec![FakeNode::gpu("gpu-1", "NVIDIA-A100-SXM4-80GB", 4)]).await;
+    fake.insert(
+        "pods",
+        "ml-team",
+        json!({"metadata": {"name": "trainer", "labels": {"app": "trainer"}},
+               "spec": {"nodeName": "gpu-1", "containers": [{"name": "t", "image": "x",
+                        "resources": {"limits": {"nvidia.com/gpu": "3"}}}]},
+               "status": {"phase": "Running"}}),
+    );
+    let s = spec(
+        1,
+        gpu_template("ghcr.io/acme/llm:1", "NVIDIA-A100-SXM4-80GB"),
+    );
+    let llm = name("llm");
+    let local = install(&fake, "a");
+    let wide = install(&fake, "a").with_cluster_gpu_view(true);
+    let g = local
+        .observe(&llm, Some(&s), Time::now_wall())
+        .await
+        .unwrap()
+        .gpu
+        .unwrap();
+    assert_eq!((g.exist, g.free), (4, 4), "namespace view: {g:?}");
+    let g = wide
+        .observe(&llm, Some(&s), Time::now_wall())
+        .await
+        .unwrap()
+        .gpu
+        .unwrap();
+    assert_eq!((g.exist, g.free), (4, 1), "cluster view: {g:?}");
+    let all_pods = fake
+        .log()
+        .into_iter()
+        .filter(|l| l.path == "/api/v1/pods")
+        .count();
+    assert_eq!(all_pods, 1, "one cluster-wide pod list, by the wide view");
+}
