@@ -53,6 +53,8 @@ pub struct FakeNode {
     pub labels: BTreeMap<String, String>,
     /// Extended resources, e.g. `nvidia.com/gpu` → 2.
     pub allocatable: BTreeMap<String, u32>,
+    /// `NoSchedule` taint keys: only pods tolerating them are placed here.
+    pub taints: Vec<String>,
 }
 
 impl FakeNode {
@@ -61,6 +63,7 @@ impl FakeNode {
             name: name.into(),
             labels: BTreeMap::new(),
             allocatable: BTreeMap::new(),
+            taints: Vec::new(),
         }
     }
     pub fn gpu(name: &str, product: &str, gpus: u32) -> FakeNode {
@@ -71,6 +74,7 @@ impl FakeNode {
                 ("nvidia.com/gpu.memory".into(), "81920".into()),
             ]),
             allocatable: BTreeMap::from([("nvidia.com/gpu".into(), gpus)]),
+            taints: Vec::new(),
         }
     }
 }
@@ -100,6 +104,12 @@ fn grants(rules: &[Value], group: &str, resource: &str, verb: &str) -> bool {
 pub const CLIENT_HEADER: &str = "x-fake-client";
 
 impl FakeNode {
+    /// The same node with the GPU operator's usual `nvidia.com/gpu:NoSchedule` taint.
+    pub fn tainted(mut self) -> FakeNode {
+        self.taints.push("nvidia.com/gpu".into());
+        self
+    }
+
     /// A node under the GPU Operator's MIG `single` strategy: its
     /// `nvidia.com/gpu` are `slices` MIG slices of `profile`, and GFD's
     /// product label carries the `-MIG-<profile>` suffix.
@@ -115,6 +125,7 @@ impl FakeNode {
                 ("nvidia.com/mig.strategy".into(), "single".into()),
             ]),
             allocatable: BTreeMap::from([("nvidia.com/gpu".into(), slices)]),
+            taints: Vec::new(),
         }
     }
 }
@@ -611,7 +622,13 @@ impl FakeApi {
                         ("pods".to_string(), json!("110")),
                     ])
                     .collect();
-                let body = json!({"metadata": {"labels": n.labels}, "status": {"allocatable": alloc, "capacity": alloc}});
+                let taints: Vec<Value> = n
+                    .taints
+                    .iter()
+                    .map(|t| json!({"key": t, "effect": "NoSchedule"}))
+                    .collect();
+                let body = json!({"metadata": {"labels": n.labels}, "spec": {"taints": taints},
+                                  "status": {"allocatable": alloc, "capacity": alloc}});
                 let obj = db.new_object(&key, "v1", "Node", &body);
                 db.put(key, obj, "ADDED");
             }
@@ -1467,7 +1484,20 @@ fn simulate(db: &mut Db) {
             .collect();
         let mut reasons: BTreeMap<String, u32> = BTreeMap::new();
         let mut chosen = None;
+        let tolerated: Vec<String> = p["spec"]["tolerations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| t["operator"] == "Exists" || t["operator"].is_null())
+            .filter_map(|t| t["key"].as_str().map(str::to_string))
+            .collect();
         for n in &db.nodes {
+            if let Some(t) = n.taints.iter().find(|t| !tolerated.contains(t)) {
+                *reasons
+                    .entry(format!("node(s) had untolerated taint {{{t}: }}"))
+                    .or_default() += 1;
+                continue;
+            }
             if selector.iter().any(|(a, b)| n.labels.get(a) != Some(b)) {
                 *reasons
                     .entry("node(s) didn't match Pod's node affinity/selector".into())

@@ -1021,3 +1021,34 @@ async fn gpus_held_in_other_namespaces_count_with_the_cluster_wide_view() {
         .count();
     assert_eq!(all_pods, 1, "one cluster-wide pod list, by the wide view");
 }
+
+/// GPU nodes tainted as the GPU operator does: GPU pods tolerate the taint
+/// and land there, other pods stay off.
+#[tokio::test]
+async fn gpu_pods_tolerate_the_gpu_taint_and_others_stay_off_gpu_nodes() {
+    let fake = FakeApi::start(vec![
+        FakeNode::gpu("gpu-1", "NVIDIA-A100-SXM4-80GB", 2).tainted(),
+        FakeNode::cpu("cpu-1"),
+    ])
+    .await;
+    let a = install(&fake, "a");
+    deploy(
+        &a,
+        &name("llm"),
+        &gpu_template("ghcr.io/acme/llm:1", "NVIDIA-A100-SXM4-80GB"),
+        2,
+    )
+    .await;
+    deploy(&a, &name("web"), &template("ghcr.io/acme/web:1"), 3).await;
+    for p in fake.list("pods") {
+        let service = p["metadata"]["labels"]["floyd.dev/service"]
+            .as_str()
+            .unwrap();
+        let node = p["spec"]["nodeName"].as_str().unwrap();
+        let want = if service == "llm" { "gpu-1" } else { "cpu-1" };
+        assert_eq!(node, want, "{service}");
+    }
+    let node = fake.get("nodes", "", "gpu-1").unwrap();
+    assert_eq!(node["spec"]["taints"][0]["key"], "nvidia.com/gpu");
+    validate_sent(&fake, "tainted GPU nodes");
+}
