@@ -393,7 +393,8 @@ async fn a_leader_whose_lease_calls_hang_stops_writing_before_the_standby_takes_
     let fake = FakeApi::start(vec![]).await;
     let cfg = |who: &str| {
         let mut c = LeaseConfig::new("floyd-leader", who);
-        c.lease_duration = Duration::from_secs(3);
+        // A wide margin (lease - renew deadline) for a loaded machine.
+        c.lease_duration = Duration::from_secs(4);
         c.renew_deadline = Duration::from_millis(1500);
         c.retry_period = Duration::from_millis(200);
         c
