@@ -1053,3 +1053,77 @@ async fn gpu_pods_tolerate_the_gpu_taint_and_others_stay_off_gpu_nodes() {
     assert_eq!(node["spec"]["taints"][0]["key"], "nvidia.com/gpu");
     validate_sent(&fake, "tainted GPU nodes");
 }
+
+/// Steady-state cost of observing every service once per resync, in API
+/// requests, with and without the watch caches of `floyd run`
+/// (`with_pod_watch` + `with_object_watch`). Prints the numbers recorded in
+/// docs/benchmarks.md.
+#[tokio::test]
+async fn steady_state_observation_from_watch_caches_costs_no_requests() {
+    const SERVICES: usize = 40;
+    let fake = FakeApi::start(vec![FakeNode::cpu("node-1")]).await;
+    let cached = install(&fake, "a")
+        .with_pod_watch(Duration::from_secs(300))
+        .with_object_watch(Duration::from_secs(300));
+    let listed = KubeRuntime::new(fake.client_as(NS, "listed"), NS).with_instance("a");
+    let t = template("ghcr.io/acme/web:1");
+    let s = spec(1, t.clone());
+    let names: Vec<ServiceName> = (0..SERVICES).map(|i| name(&format!("svc{i}"))).collect();
+    for n in &names {
+        listed
+            .apply(
+                n,
+                &s,
+                &[
+                    Action::CreateRevision {
+                        revision: rev(&t),
+                        template: t.clone(),
+                    },
+                    Action::Scale {
+                        revision: rev(&t),
+                        replicas: 1,
+                    },
+                ],
+            )
+            .await
+            .unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !(cached.pod_cache_synced() && cached.object_cache_synced()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "caches never synced"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Both see the same thing once the cluster settled.
+    for n in &names {
+        wait_for(&cached, n, &s, "ready through the caches", |o| {
+            o.revision(&rev(&t)).is_some_and(|r| r.ready() == 1)
+        })
+        .await;
+    }
+    let count = |who: &str| fake.log().iter().filter(|l| l.client == who).count();
+    for (who, rt) in [("a", &cached), ("listed", &listed)] {
+        let before = count(who);
+        let round = std::time::Instant::now();
+        assert_eq!(rt.services().await.unwrap().len(), SERVICES);
+        for n in &names {
+            let o = rt.observe(n, Some(&s), Time::now_wall()).await.unwrap();
+            assert_eq!(o.revision(&rev(&t)).map(|r| r.ready()), Some(1), "{who}");
+            assert!(o.active.is_none() && o.drift.is_empty(), "{who}: {o:?}");
+        }
+        let requests = count(who) - before;
+        eprintln!(
+            "BENCH observe round, {SERVICES} services, {who}: {requests} requests, {:?}",
+            round.elapsed()
+        );
+        if who == "a" {
+            assert_eq!(requests, 0, "from the caches");
+        } else {
+            // A ReplicaSet list per service and for the list of services,
+            // a pod list and two Service reads per service.
+            assert_eq!(requests, 1 + 4 * SERVICES);
+        }
+    }
+}
