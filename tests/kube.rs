@@ -9,7 +9,12 @@
 //! - `cluster`: the same scenarios against a real cluster (`KUBECONFIG`),
 //!   ignored by default.
 //! - `chart`: `helm lint`, `helm template | kubernetes-validate`, RBAC scope.
+//! - `ownership`: two installs in one namespace, foreign objects, deletions
+//!   racing the ReplicaSet controller, a hung leader, drift, the fake's strictness.
+//! - `binary`: `floyd run` with the chart's environment against the fake.
 
+#[path = "kube/binary.rs"]
+mod binary;
 #[path = "kube/chart.rs"]
 mod chart;
 #[path = "kube/cluster.rs"]

@@ -224,12 +224,12 @@ async fn instance_ignoring_sigterm_is_killed_after_the_grace_period() {
     // Killed after about the grace period, not the 5 s default of the fixture, and really gone.
     assert!(started.elapsed() < Duration::from_secs(8));
     assert!(!pid_alive(pid), "pid {pid} still alive");
+    // The instance's log, not its `.log.times` notes beside it.
     let log = std::fs::read_dir(dir.path().join("local/logs/stubborn/s1"))
         .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "log"))
+        .unwrap();
     assert!(
         std::fs::read_to_string(log)
             .unwrap()

@@ -367,7 +367,9 @@ impl Controller {
     /// Starts the revert of the first service whose revert is due, unless a
     /// Git operation runs (reverts take turns with fetches).
     fn start_due_revert(&mut self, now: Time) {
-        if self.git_in_flight || self.git.busy() {
+        // Only the leader writes to Git (a standby, or a leader whose lease
+        // lapsed, leaves the revert to whoever leads).
+        if self.git_in_flight || self.git.busy() || !self.sh.hub.is_leader() {
             return;
         }
         let due = self.services.iter().find_map(|(n, s)| {

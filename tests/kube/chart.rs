@@ -42,7 +42,7 @@ fn helm(args: &[&str]) -> Option<(bool, String)> {
 }
 
 /// `helm template` with a values file from `charts/floyd/ci`, as objects.
-fn render(values: &str, extra: &[&str]) -> Option<Vec<Value>> {
+pub fn render(values: &str, extra: &[&str]) -> Option<Vec<Value>> {
     let chart = chart();
     let values = chart.join("ci").join(values);
     let mut args = vec![
@@ -67,7 +67,7 @@ fn kinds(objs: &[Value]) -> BTreeSet<String> {
         .collect()
 }
 
-fn one<'a>(objs: &'a [Value], kind: &str) -> &'a Value {
+pub fn one<'a>(objs: &'a [Value], kind: &str) -> &'a Value {
     let found: Vec<&Value> = objs.iter().filter(|o| o["kind"] == kind).collect();
     assert_eq!(found.len(), 1, "exactly one {kind}");
     found[0]
@@ -89,7 +89,7 @@ fn validate_rendered(label: &str, objs: &[Value]) -> Vec<Value> {
     operator
 }
 
-fn env_of(deploy: &Value) -> BTreeMap<String, Value> {
+pub fn env_of(deploy: &Value) -> BTreeMap<String, Value> {
     deploy["spec"]["template"]["spec"]["containers"][0]["env"]
         .as_array()
         .expect("env")

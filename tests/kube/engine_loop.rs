@@ -214,6 +214,59 @@ async fn engine_gpu_rollout_never_exceeds_capacity() {
 }
 
 #[tokio::test]
+async fn engine_gpu_rollout_on_a_mig_single_cluster_completes() {
+    // Three 1g.10gb slices advertised as plain nvidia.com/gpu (MIG single).
+    let fake = FakeApi::start(vec![FakeNode::mig_single(
+        "a100-mig",
+        "NVIDIA-A100-SXM4-80GB",
+        "1g.10gb",
+        3,
+    )])
+    .await;
+    let rt = KubeRuntime::new(fake.client("apps"), "apps");
+    let llm = name("llm");
+    let mig = |image: &str| {
+        let mut t = gpu_template(image, "NVIDIA-A100-SXM4-80GB");
+        t.resources.gpu.as_mut().unwrap().sharing = floyd::manifest::GpuSharing::Mig {
+            profile: "1g.10gb".into(),
+        };
+        t
+    };
+    let s1 = rolling_spec(2, mig("ghcr.io/acme/llm:1"), 1, 0);
+    let done = first_rollout(&rt, &llm, &s1).await;
+    let s2 = rolling_spec(2, mig("ghcr.io/acme/llm:2"), 1, 0);
+    let t = drive(&rt, &llm, &s2, Some(&done)).await;
+    assert_eq!(t.final_state.phase, Phase::Complete, "{:#?}", t.final_state);
+    for o in &t.observed {
+        let g = o.gpu.as_ref().expect("GPU capacity observed");
+        assert_eq!(g.exist, 3, "{g:?}");
+        assert!(g.held_by_service <= 3, "{g:?}");
+    }
+    // The pods ask for what the node advertises, on the suffixed product.
+    let rs = fake
+        .get("replicasets", "apps", &format!("llm-{}", rev(&s2.template)))
+        .unwrap();
+    let pod = &rs["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"],
+        "1"
+    );
+    assert_eq!(
+        pod["nodeSelector"]["nvidia.com/gpu.product"],
+        "NVIDIA-A100-SXM4-80GB-MIG-1g.10gb"
+    );
+    let last = rt.observe(&llm, Some(&s2), Time::now_wall()).await.unwrap();
+    assert_eq!(
+        last.revision(&rev(&s2.template)).map(|r| r.ready()),
+        Some(2)
+    );
+    validate_sent(
+        &fake,
+        "engine_gpu_rollout_on_a_mig_single_cluster_completes",
+    );
+}
+
+#[tokio::test]
 async fn engine_failing_rollout_rolls_back_on_the_cluster() {
     let fake = FakeApi::start(vec![FakeNode::cpu("node-1")]).await;
     fake.set_behavior("ghcr.io/acme/web:bad", Behavior::CrashLoop);

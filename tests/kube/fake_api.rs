@@ -53,6 +53,8 @@ pub struct FakeNode {
     pub labels: BTreeMap<String, String>,
     /// Extended resources, e.g. `nvidia.com/gpu` → 2.
     pub allocatable: BTreeMap<String, u32>,
+    /// `NoSchedule` taint keys: only pods tolerating them are placed here.
+    pub taints: Vec<String>,
 }
 
 impl FakeNode {
@@ -61,6 +63,7 @@ impl FakeNode {
             name: name.into(),
             labels: BTreeMap::new(),
             allocatable: BTreeMap::new(),
+            taints: Vec::new(),
         }
     }
     pub fn gpu(name: &str, product: &str, gpus: u32) -> FakeNode {
@@ -71,12 +74,61 @@ impl FakeNode {
                 ("nvidia.com/gpu.memory".into(), "81920".into()),
             ]),
             allocatable: BTreeMap::from([("nvidia.com/gpu".into(), gpus)]),
+            taints: Vec::new(),
         }
     }
 }
 
+/// The rules of a Role (in `namespace`) and a ClusterRole, as RBAC reads
+/// them: `{apiGroups, resources, verbs}` each.
+#[derive(Debug, Clone)]
+pub struct Rbac {
+    /// Whose requests are checked ([`CLIENT_HEADER`]); others pass.
+    pub client: String,
+    pub namespace: String,
+    pub role: Vec<Value>,
+    pub cluster_role: Vec<Value>,
+}
+
+fn grants(rules: &[Value], group: &str, resource: &str, verb: &str) -> bool {
+    let has = |r: &Value, k: &str, want: &str| {
+        r[k].as_array()
+            .is_some_and(|a| a.iter().any(|x| x == want || x == "*"))
+    };
+    rules.iter().any(|r| {
+        has(r, "apiGroups", group) && has(r, "resources", resource) && has(r, "verbs", verb)
+    })
+}
+
 /// The header naming the client in the request log.
 pub const CLIENT_HEADER: &str = "x-fake-client";
+
+impl FakeNode {
+    /// The same node with the GPU operator's usual `nvidia.com/gpu:NoSchedule` taint.
+    pub fn tainted(mut self) -> FakeNode {
+        self.taints.push("nvidia.com/gpu".into());
+        self
+    }
+
+    /// A node under the GPU Operator's MIG `single` strategy: its
+    /// `nvidia.com/gpu` are `slices` MIG slices of `profile`, and GFD's
+    /// product label carries the `-MIG-<profile>` suffix.
+    pub fn mig_single(name: &str, product: &str, profile: &str, slices: u32) -> FakeNode {
+        FakeNode {
+            name: name.into(),
+            labels: BTreeMap::from([
+                (
+                    "nvidia.com/gpu.product".into(),
+                    format!("{product}-MIG-{profile}"),
+                ),
+                ("nvidia.com/gpu.memory".into(), "81920".into()),
+                ("nvidia.com/mig.strategy".into(), "single".into()),
+            ]),
+            allocatable: BTreeMap::from([("nvidia.com/gpu".into(), slices)]),
+            taints: Vec::new(),
+        }
+    }
+}
 
 /// One request, as the server saw it.
 #[derive(Debug, Clone)]
@@ -121,6 +173,17 @@ struct Db {
     logged: Vec<Logged>,
     /// (client or any, path fragment): requests that never get an answer.
     hangs: Vec<(Option<String>, String)>,
+    /// (path fragment, status, answers left): injected failures.
+    faults: Vec<(String, u16, u32)>,
+    /// Watches from a resourceVersion below this get `410 Gone` (etcd
+    /// compaction, see [`FakeApi::compact`]).
+    compacted: u64,
+    /// Bumped to end every open watch.
+    watch_epoch: u64,
+    /// Permissions (see [`FakeApi::authorize`]); `None`: everything allowed.
+    rbac: Option<Rbac>,
+    /// Requests refused for lack of permission (`verb group/resource ns`).
+    denied: Vec<String>,
     replicaset_controller_paused: bool,
     // Kubelet timing, by pod key.
     bound_at: HashMap<Key, Instant>,
@@ -152,13 +215,15 @@ impl Drop for FakeApi {
     }
 }
 
+/// Now, as the API server writes `metav1.Time` (creation and deletion
+/// timestamps, condition transitions): whole seconds.
 fn now_rfc3339() -> String {
-    let ms = SystemTime::now()
+    let s = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
-        .as_millis() as i64;
-    k8s_openapi::jiff::Timestamp::from_millisecond(ms)
-        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
+        .as_secs() as i64;
+    k8s_openapi::jiff::Timestamp::from_second(s)
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
         .unwrap_or_default()
 }
 
@@ -203,23 +268,98 @@ fn labels_of(v: &Value) -> Map<String, Value> {
         .unwrap_or_default()
 }
 
-/// `k=v`, `k==v`, `k!=v`, `k`, `!k`, comma-separated (AND).
+/// Splits a selector on the commas between requirements (not those inside
+/// `in (a,b)` sets).
+fn requirements(selector: &str) -> Vec<&str> {
+    let (mut out, mut depth, mut start) = (Vec::new(), 0i32, 0);
+    for (i, c) in selector.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(selector[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(selector[start..].trim());
+    out.into_iter().filter(|t| !t.is_empty()).collect()
+}
+
+/// Label selectors as the API server reads them: `k=v`, `k==v`, `k!=v`,
+/// `k`, `!k`, `k in (a,b)`, `k notin (a,b)`, comma-separated (AND).
 fn label_match(selector: &str, labels: &Map<String, Value>) -> bool {
+    requirements(selector).into_iter().all(|t| {
+        let get = |k: &str| labels.get(k.trim()).and_then(Value::as_str);
+        let set = |rest: &str| -> Vec<String> {
+            rest.trim()
+                .trim_start_matches('(')
+                .trim_end_matches(')')
+                .split(',')
+                .map(|v| v.trim().to_string())
+                .collect()
+        };
+        if let Some((k, rest)) = t.split_once(" notin ") {
+            get(k).is_none_or(|v| !set(rest).iter().any(|s| s == v))
+        } else if let Some((k, rest)) = t.split_once(" in ") {
+            get(k).is_some_and(|v| set(rest).iter().any(|s| s == v))
+        } else if let Some((k, v)) = t.split_once("!=") {
+            get(k) != Some(v.trim())
+        } else if let Some((k, v)) = t.split_once("==").or_else(|| t.split_once('=')) {
+            get(k) == Some(v.trim())
+        } else if let Some(k) = t.strip_prefix('!') {
+            !labels.contains_key(k.trim())
+        } else {
+            labels.contains_key(t)
+        }
+    })
+}
+
+/// The field selectors a resource supports (the API server answers 400 for others).
+fn supported_field(resource: &str, field: &str) -> bool {
+    matches!(field, "metadata.name" | "metadata.namespace")
+        || match resource {
+            "pods" => matches!(
+                field,
+                "spec.nodeName"
+                    | "spec.restartPolicy"
+                    | "spec.schedulerName"
+                    | "spec.serviceAccountName"
+                    | "spec.hostNetwork"
+                    | "status.phase"
+                    | "status.podIP"
+                    | "status.nominatedNodeName"
+            ),
+            "events" => {
+                field.starts_with("involvedObject.")
+                    || matches!(field, "reason" | "type" | "source")
+            }
+            "replicasets" => field == "status.replicas",
+            "nodes" => field == "spec.unschedulable",
+            _ => false,
+        }
+}
+
+/// The first field of `selector` that `resource` does not support.
+fn unsupported_field(resource: &str, selector: &str) -> Option<String> {
     selector
         .split(',')
         .filter(|t| !t.trim().is_empty())
-        .all(|t| {
-            let t = t.trim();
-            if let Some((k, v)) = t.split_once("!=") {
-                labels.get(k).and_then(Value::as_str) != Some(v)
-            } else if let Some((k, v)) = t.split_once("==").or_else(|| t.split_once('=')) {
-                labels.get(k).and_then(Value::as_str) == Some(v)
-            } else if let Some(k) = t.strip_prefix('!') {
-                !labels.contains_key(k)
-            } else {
-                labels.contains_key(t)
-            }
-        })
+        .map(|t| t.split(['=', '!']).next().unwrap_or("").trim().to_string())
+        .find(|f| !supported_field(resource, f))
+}
+
+/// A leaf `path` set in both `a` and `b` to different values.
+fn conflict(a: &Value, b: &Value, path: &str) -> Option<String> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => x.iter().find_map(|(k, v)| {
+            y.get(k)
+                .and_then(|w| conflict(v, w, &format!("{path}.{k}")))
+        }),
+        (x, y) if x != y => Some(path.trim_start_matches('.').to_string()),
+        _ => None,
+    }
 }
 
 fn field_match(selector: &str, obj: &Value) -> bool {
@@ -317,6 +457,13 @@ impl Db {
     fn put(&mut self, key: Key, mut obj: Value, ev: &'static str) -> Value {
         let rv = self.bump();
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        // `generation` counts changes of the spec, as on a real server.
+        if let Some(old) = self.objects.get(&key)
+            && old.get("spec") != obj.get("spec")
+        {
+            let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
+            obj["metadata"]["generation"] = json!(g + 1);
+        }
         self.objects.insert(key.clone(), obj.clone());
         self.log.push((rv, ev, key, obj.clone()));
         obj
@@ -381,6 +528,17 @@ impl Db {
                 }
                 Ok(())
             }
+            // What an apply that creates a Pod (say, an annotation patch to a
+            // pod that is gone) runs into.
+            "Pod" => {
+                if obj["spec"]["containers"]
+                    .as_array()
+                    .is_none_or(Vec::is_empty)
+                {
+                    return Err("spec.containers: Required value".into());
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -435,6 +593,11 @@ impl FakeApi {
                 requests: Vec::new(),
                 logged: Vec::new(),
                 hangs: Vec::new(),
+                faults: Vec::new(),
+                rbac: None,
+                denied: Vec::new(),
+                compacted: 0,
+                watch_epoch: 0,
                 replicaset_controller_paused: false,
                 bound_at: HashMap::new(),
                 deleted_at: HashMap::new(),
@@ -459,7 +622,13 @@ impl FakeApi {
                         ("pods".to_string(), json!("110")),
                     ])
                     .collect();
-                let body = json!({"metadata": {"labels": n.labels}, "status": {"allocatable": alloc, "capacity": alloc}});
+                let taints: Vec<Value> = n
+                    .taints
+                    .iter()
+                    .map(|t| json!({"key": t, "effect": "NoSchedule"}))
+                    .collect();
+                let body = json!({"metadata": {"labels": n.labels}, "spec": {"taints": taints},
+                                  "status": {"allocatable": alloc, "capacity": alloc}});
                 let obj = db.new_object(&key, "v1", "Node", &body);
                 db.put(key, obj, "ADDED");
             }
@@ -523,6 +692,41 @@ impl FakeApi {
             .unwrap()
             .hangs
             .push((client.map(str::to_string), path_fragment.to_string()));
+    }
+
+    /// The next `times` requests whose path contains `path_fragment` are
+    /// answered `code` (429 with `Retry-After`, 500, ...) without effect.
+    pub fn inject(&self, path_fragment: &str, code: u16, times: u32) {
+        self.shared
+            .db
+            .lock()
+            .unwrap()
+            .faults
+            .push((path_fragment.to_string(), code, times));
+    }
+
+    /// etcd compaction: the history so far is gone, open watches end, and a
+    /// watch resumed from an older resourceVersion gets `410 Gone` (the
+    /// client must list again).
+    pub fn compact(&self) {
+        let mut db = self.shared.db.lock().unwrap();
+        // A change no watch has seen, so every resumed watch is too old.
+        let rv = db.bump();
+        db.compacted = rv;
+        db.watch_epoch += 1;
+        drop(db);
+        self.shared.changed.send_replace(rv);
+    }
+
+    /// Answers 403 to every request the rules do not grant (RBAC as the
+    /// API server applies it to Floyd's ServiceAccount).
+    pub fn authorize(&self, rbac: Rbac) {
+        self.shared.db.lock().unwrap().rbac = Some(rbac);
+    }
+
+    /// Requests refused with 403 so far (`verb group/resource namespace`).
+    pub fn denied(&self) -> Vec<String> {
+        self.shared.db.lock().unwrap().denied.clone()
     }
 
     /// Stops (or restarts) the simulated ReplicaSet controller: replica
@@ -657,6 +861,30 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         // A hung server: the client's own deadline is the only way out.
         std::future::pending::<()>().await;
     }
+    let fault = {
+        let mut db = shared.db.lock().unwrap();
+        db.faults
+            .iter_mut()
+            .find(|(frag, _, left)| *left > 0 && path.contains(frag.as_str()))
+            .map(|f| {
+                f.2 -= 1;
+                f.1
+            })
+    };
+    if let Some(code) = fault {
+        let reason = match code {
+            429 => "TooManyRequests",
+            500 => "InternalError",
+            503 => "ServiceUnavailable",
+            _ => "Injected",
+        };
+        let mut r = status(code, reason, format!("injected {code} for {path}"));
+        if code == 429 {
+            r.headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        }
+        return r;
+    }
     {
         let mut db = shared.db.lock().unwrap();
         db.requests.push(format!("{method} {path}?{query}"));
@@ -673,12 +901,67 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         }
     }
 
+    {
+        let mut db = shared.db.lock().unwrap();
+        if let Some(rbac) = db.rbac.clone().filter(|r| r.client == client) {
+            let verb = match (&method, &route.name) {
+                (&Method::GET, None)
+                    if matches!(q.get("watch").map(String::as_str), Some("true" | "1")) =>
+                {
+                    "watch"
+                }
+                (&Method::GET, None) => "list",
+                (&Method::GET, Some(_)) => "get",
+                (&Method::POST, _) => "create",
+                (&Method::PUT, _) => "update",
+                (&Method::PATCH, _) => "patch",
+                (&Method::DELETE, _) => "delete",
+                _ => "unknown",
+            };
+            let resource = match &route.sub {
+                Some(sub) => format!("{}/{sub}", route.resource),
+                None => route.resource.clone(),
+            };
+            let in_role_ns = !route.namespace.is_empty() && route.namespace == rbac.namespace;
+            let ok = grants(&rbac.cluster_role, &route.group, &resource, verb)
+                || (in_role_ns && grants(&rbac.role, &route.group, &resource, verb));
+            if !ok {
+                let what = format!("{verb} {}/{resource} {}", route.group, route.namespace);
+                db.denied.push(what);
+                return status(
+                    403,
+                    "Forbidden",
+                    format!(
+                        "{resource} is forbidden: User \"system:serviceaccount:floyd-system:floyd\" cannot {verb} resource \"{resource}\" in API group \"{}\"{}",
+                        route.group,
+                        if route.namespace.is_empty() {
+                            " at the cluster scope".to_string()
+                        } else {
+                            format!(" in the namespace \"{}\"", route.namespace)
+                        }
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(fs) = q.get("fieldSelector")
+        && let Some(f) = unsupported_field(&route.resource, fs)
+    {
+        return status(
+            400,
+            "BadRequest",
+            format!(
+                "\"{f}\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\" and the resource's own"
+            ),
+        );
+    }
+
     // Watch: a stream of JSON lines.
     if method == Method::GET
         && route.name.is_none()
         && matches!(q.get("watch").map(String::as_str), Some("true" | "1"))
     {
-        return watch_response(shared, route, q);
+        return watch_response(shared, route, q, api_version, kind);
     }
 
     let resp = {
@@ -818,8 +1101,24 @@ fn serve(
                 return status(400, "BadRequest", "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch".into());
             }
             if is_apply && q.get("force").map(String::as_str) != Some("true") {
-                // Floyd always forces; a real server would only fail on conflicts.
-                return status(400, "BadRequest", "test server: apply without force".into());
+                // Without force, a field another manager applied with a
+                // different value is a conflict (409), as on a real server.
+                let others = db
+                    .applied
+                    .iter()
+                    .filter(|((k2, m, sub2), _)| {
+                        *k2 == k && *m != manager && *sub2 == sub.clone().unwrap_or_default()
+                    })
+                    .find_map(|((_, m, _), prev)| {
+                        conflict(&body, prev, "").map(|f| (m.clone(), f))
+                    });
+                if let Some((m, f)) = others {
+                    return status(
+                        409,
+                        "Conflict",
+                        format!("Apply failed with 1 conflict: conflict with \"{m}\": .{f}"),
+                    );
+                }
             }
             match sub.as_deref() {
                 Some("scale") => {
@@ -852,10 +1151,21 @@ fn serve(
                             );
                         }
                         Some(mut live) => {
+                            let selector = live["spec"]["selector"].clone();
                             if is_apply && let Some(prev) = db.applied.get(&applied_key) {
                                 remove_stale(&mut live, prev, &body);
                             }
                             merge(&mut live, &body);
+                            if kind == "ReplicaSet" && live["spec"]["selector"] != selector {
+                                return status(
+                                    422,
+                                    "Invalid",
+                                    format!(
+                                        "ReplicaSet.apps \"{name}\" is invalid: spec.selector: Invalid value: {}: field is immutable",
+                                        live["spec"]["selector"]
+                                    ),
+                                );
+                            }
                             (live, false)
                         }
                     };
@@ -950,7 +1260,14 @@ fn scale_of(rs: &Value) -> Value {
            "status": {"replicas": rs["status"]["replicas"].as_i64().unwrap_or(0)}})
 }
 
-fn watch_response(shared: Arc<Shared>, route: Route, q: HashMap<String, String>) -> Response {
+fn watch_response(
+    shared: Arc<Shared>,
+    route: Route,
+    q: HashMap<String, String>,
+    api_version: &'static str,
+    kind: &'static str,
+) -> Response {
+    let bookmarks = q.get("allowWatchBookmarks").map(String::as_str) == Some("true");
     let from: u64 = q
         .get("resourceVersion")
         .and_then(|s| s.parse().ok())
@@ -965,15 +1282,35 @@ fn watch_response(shared: Arc<Shared>, route: Route, q: HashMap<String, String>)
     let stream = async_stream::stream! {
         let end = tokio::time::Instant::now() + Duration::from_secs(timeout);
         let mut last = from;
+        let (epoch, too_old) = {
+            let db = shared.db.lock().unwrap();
+            (db.watch_epoch, from > 0 && from < db.compacted)
+        };
+        if too_old {
+            let gone = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
+                "metadata": {}, "status": "Failure", "reason": "Expired", "code": 410,
+                "message": format!("too old resource version: {from}")}});
+            yield Ok::<_, std::io::Error>(Bytes::from(format!("{gone}\n")));
+            return;
+        }
         loop {
             let batch: Vec<String> = {
                 let db = shared.db.lock().unwrap();
-                let out = db.log.iter()
+                if db.watch_epoch != epoch {
+                    break;
+                }
+                let mut out: Vec<String> = db.log.iter()
                     .filter(|(rv, _, k, _)| *rv > last && k.0 == route.resource
                         && (route.namespace.is_empty() || k.1 == route.namespace))
                     .filter(|(_, _, _, v)| label_match(&ls, &labels_of(v)) && field_match(&fs, v))
                     .map(|(_, t, _, v)| format!("{}\n", json!({"type": t, "object": v})))
                     .collect();
+                if bookmarks && db.rv > last {
+                    // Where the watch is, so a resumed one need not go back further.
+                    out.push(format!("{}\n", json!({"type": "BOOKMARK", "object": {
+                        "kind": kind, "apiVersion": api_version,
+                        "metadata": {"resourceVersion": db.rv.to_string()}}})));
+                }
                 last = db.rv;
                 out
             };
@@ -1116,7 +1453,7 @@ fn simulate(db: &mut Db) {
             .collect();
         let ready = live.iter().filter(|p| is_ready(p)).count();
         let st = json!({"replicas": live.len(), "readyReplicas": ready, "availableReplicas": ready,
-                        "observedGeneration": 1});
+                        "observedGeneration": rs["metadata"]["generation"].as_i64().unwrap_or(1)});
         if let Some(cur) = db.objects.get(&rk)
             && cur["status"] != st
         {
@@ -1147,7 +1484,20 @@ fn simulate(db: &mut Db) {
             .collect();
         let mut reasons: BTreeMap<String, u32> = BTreeMap::new();
         let mut chosen = None;
+        let tolerated: Vec<String> = p["spec"]["tolerations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| t["operator"] == "Exists" || t["operator"].is_null())
+            .filter_map(|t| t["key"].as_str().map(str::to_string))
+            .collect();
         for n in &db.nodes {
+            if let Some(t) = n.taints.iter().find(|t| !tolerated.contains(t)) {
+                *reasons
+                    .entry(format!("node(s) had untolerated taint {{{t}: }}"))
+                    .or_default() += 1;
+                continue;
+            }
             if selector.iter().any(|(a, b)| n.labels.get(a) != Some(b)) {
                 *reasons
                     .entry("node(s) didn't match Pod's node affinity/selector".into())

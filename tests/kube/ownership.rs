@@ -393,7 +393,8 @@ async fn a_leader_whose_lease_calls_hang_stops_writing_before_the_standby_takes_
     let fake = FakeApi::start(vec![]).await;
     let cfg = |who: &str| {
         let mut c = LeaseConfig::new("floyd-leader", who);
-        c.lease_duration = Duration::from_secs(3);
+        // A wide margin (lease - renew deadline) for a loaded machine.
+        c.lease_duration = Duration::from_secs(4);
         c.renew_deadline = Duration::from_millis(1500);
         c.retry_period = Duration::from_millis(200);
         c
@@ -467,14 +468,24 @@ async fn a_leader_whose_lease_calls_hang_stops_writing_before_the_standby_takes_
 /// `kubectl set image rs/<rs> app=<image>` and `kubectl delete svc <svc>`,
 /// as another client.
 async fn hand_edit(fake: &FakeApi, rs: &str, image: &str, delete_service: Option<&str>) {
+    hand_edit_in(fake, NS, rs, image, delete_service).await
+}
+
+async fn hand_edit_in(
+    fake: &FakeApi,
+    ns: &str,
+    rs: &str,
+    image: &str,
+    delete_service: Option<&str>,
+) {
     use kube::api::{Patch, PatchParams};
-    let client = fake.client_as(NS, "kubectl");
+    let client = fake.client_as(ns, "kubectl");
     let rss: kube::Api<k8s_openapi::api::apps::v1::ReplicaSet> =
-        kube::Api::namespaced(client.clone(), NS);
+        kube::Api::namespaced(client.clone(), ns);
     // A strategic merge patch changes only the image; the fake speaks JSON
     // merge patch, which replaces lists: send the whole list, image changed.
     let mut containers =
-        fake.get("replicasets", NS, rs).unwrap()["spec"]["template"]["spec"]["containers"].clone();
+        fake.get("replicasets", ns, rs).unwrap()["spec"]["template"]["spec"]["containers"].clone();
     containers[0]["image"] = json!(image);
     rss.patch(
         rs,
@@ -485,7 +496,7 @@ async fn hand_edit(fake: &FakeApi, rs: &str, image: &str, delete_service: Option
     .expect("kubectl set image");
     if let Some(svc) = delete_service {
         let svcs: kube::Api<k8s_openapi::api::core::v1::Service> =
-            kube::Api::namespaced(client, NS);
+            kube::Api::namespaced(client, ns);
         svcs.delete(svc, &Default::default())
             .await
             .expect("kubectl delete svc");
@@ -568,4 +579,551 @@ async fn hand_edits_and_deleted_services_are_detected_corrected_or_only_reported
         "only the DriftDetected event is written: {after:#?}"
     );
     validate_sent(&fake, "drift");
+}
+
+#[tokio::test]
+async fn revisions_from_before_install_identities_keep_their_immutable_selector() {
+    let fake = FakeApi::start(vec![FakeNode::cpu("node-1")]).await;
+    let a = install(&fake, "a");
+    let web = name("web");
+    let t = template("ghcr.io/acme/web:1");
+    let r = rev(&t);
+    let s = spec(1, t.clone());
+    // What an older Floyd made, then adopted with
+    // `kubectl label rs ... floyd.dev/instance=a`: the selector has no install.
+    let mut old = floyd::runtime::kube::objects::replica_set(
+        floyd::runtime::kube::objects::Install {
+            namespace: NS,
+            instance: "a",
+        },
+        &web,
+        &r,
+        &s,
+        &t,
+        &floyd::runtime::kube::objects::RevisionMeta {
+            created_at: Time(0),
+            commit: None,
+            gpu: None,
+        },
+        1,
+    )
+    .unwrap();
+    let spec_mut = old.spec.as_mut().unwrap();
+    let legacy = json!({"floyd.dev/service": "web", "floyd.dev/revision": r.as_str()});
+    spec_mut.selector.match_labels = Some(serde_json::from_value(legacy.clone()).unwrap());
+    spec_mut
+        .template
+        .as_mut()
+        .unwrap()
+        .metadata
+        .as_mut()
+        .unwrap()
+        .labels
+        .as_mut()
+        .unwrap()
+        .remove("floyd.dev/instance");
+    fake.insert("replicasets", NS, serde_json::to_value(&old).unwrap());
+    let rs = format!("web-{r}");
+
+    a.apply(
+        &web,
+        &s,
+        &[Action::CreateRevision {
+            revision: r.clone(),
+            template: t.clone(),
+        }],
+    )
+    .await
+    .expect("re-applying an old revision keeps its selector");
+    let live = fake.get("replicasets", NS, &rs).unwrap();
+    assert_eq!(live["spec"]["selector"]["matchLabels"], legacy);
+    // The template gains the install label (drift from what Floyd applies
+    // now is corrected without touching the selector).
+    let o = a.observe(&web, Some(&s), Time::now_wall()).await.unwrap();
+    assert!(o.drift.iter().all(|d| d.corrected), "{:#?}", o.drift);
+    let live = fake.get("replicasets", NS, &rs).unwrap();
+    assert_eq!(live["spec"]["selector"]["matchLabels"], legacy);
+    assert_eq!(
+        live["spec"]["template"]["metadata"]["labels"]["floyd.dev/instance"],
+        "a"
+    );
+}
+
+/// The fake answers like a real API server where Floyd's correctness
+/// depends on it; these pin that down so the other tests mean something.
+#[tokio::test]
+async fn the_fake_api_server_is_as_strict_as_a_real_one() {
+    use k8s_openapi::api::core::v1::{Pod, Service};
+    use kube::api::{ListParams, Patch, PatchParams};
+    let fake = FakeApi::start(vec![FakeNode::cpu("node-1")]).await;
+    let client = fake.client_as(NS, "probe");
+    let pods: kube::Api<Pod> = kube::Api::namespaced(client.clone(), NS);
+    let code = |e: kube::Error| match e {
+        kube::Error::Api(s) => s.code,
+        other => panic!("not an API error: {other}"),
+    };
+    // An apply that creates validates like a create: a Pod without spec is 422
+    // (what the old deletion-cost apply to a gone pod ran into).
+    let mark = json!({"apiVersion": "v1", "kind": "Pod",
+                      "metadata": {"name": "gone", "annotations": {"x": "1"}}});
+    let e = pods
+        .patch(
+            "gone",
+            &PatchParams::apply("floyd").force(),
+            &Patch::Apply(&mark),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), 422);
+    // Only the real field selectors.
+    let e = pods
+        .list(&ListParams::default().fields("spec.containers.image=x"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), 400);
+    pods.list(&ListParams::default().fields("status.phase!=Failed,spec.nodeName=node-1"))
+        .await
+        .expect("real field selectors");
+    // Set-based label selectors.
+    let a = install(&fake, "a");
+    deploy(&a, &name("web"), &template("ghcr.io/acme/web:1"), 1).await;
+    let got = pods
+        .list(
+            &ListParams::default()
+                .labels("floyd.dev/instance in (a,b),floyd.dev/service notin (api)"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.items.len(), 1);
+    // Second-precision timestamps; generation counts spec changes (the
+    // ReplicaSet was applied at 0, then scaled).
+    let rs = fake
+        .list("replicasets")
+        .into_iter()
+        .find(|r| r["metadata"]["labels"]["floyd.dev/service"] == "web")
+        .unwrap();
+    let created = rs["metadata"]["creationTimestamp"].as_str().unwrap();
+    assert!(
+        created.ends_with('Z') && !created.contains('.'),
+        "{created}"
+    );
+    assert_eq!(rs["metadata"]["generation"], 2);
+    assert_eq!(rs["status"]["observedGeneration"], 2);
+    // A non-forced apply that conflicts with another manager's field is 409.
+    let svcs: kube::Api<Service> = kube::Api::namespaced(client, NS);
+    let other = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+                       "spec": {"ports": [{"name": "http", "port": 9999}]}});
+    let e = svcs
+        .patch(
+            "web",
+            &PatchParams::apply("someone-else"),
+            &Patch::Apply(&other),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), 409);
+    assert_eq!(
+        fake.get("services", NS, "web").unwrap()["spec"]["ports"][0]["port"],
+        8080
+    );
+    // Injected 500s beyond the client's own retries reach Floyd as
+    // "unavailable" (the controller retries), then it answers again.
+    fake.inject("/replicasets", 500, 12);
+    let e = a
+        .observe(&name("web"), None, Time::now_wall())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, floyd::runtime::Error::Unavailable(_)), "{e}");
+    let mut ok = false;
+    for _ in 0..20 {
+        if a.observe(&name("web"), None, Time::now_wall())
+            .await
+            .is_ok()
+        {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "answers again once the faults are spent");
+    fake.inject("/replicasets", 429, 1);
+    // A single 429 (with Retry-After) is retried by the client itself.
+    a.observe(&name("web"), None, Time::now_wall())
+        .await
+        .expect("a 429 is retried");
+}
+
+/// Every request the runtime makes for a whole service life (deploy,
+/// observe with the pod watch, blue-green traffic, drift correction, a
+/// chosen pod's deletion, history cleanup, the Lease, prune) is allowed by
+/// the Role and ClusterRole the chart renders, and the check bites: the
+/// cluster-wide GPU view needs `rbac.clusterWideGpuAccounting`.
+#[tokio::test]
+async fn everything_the_runtime_does_is_allowed_by_the_charts_rbac() {
+    use super::chart::{one, render};
+    use super::fake_api::Rbac;
+    let Some(objs) = render("default-values.yaml", &[]) else {
+        return;
+    };
+    let role = one(&objs, "Role");
+    let ns = role["metadata"]["namespace"].as_str().unwrap().to_string();
+    let fake = FakeApi::start(vec![FakeNode::gpu("gpu-1", "NVIDIA-A100-SXM4-80GB", 2)]).await;
+    fake.authorize(Rbac {
+        client: "floyd".into(),
+        namespace: ns.clone(),
+        role: role["rules"].as_array().unwrap().clone(),
+        cluster_role: one(&objs, "ClusterRole")["rules"]
+            .as_array()
+            .unwrap()
+            .clone(),
+    });
+    let rt = KubeRuntime::new(fake.client_as(&ns, "floyd"), &ns)
+        .with_instance("floyd")
+        .with_action_events(true)
+        .with_pod_watch(Duration::from_secs(300));
+    let el = rt.leader_elector("floyd");
+    assert!(el.try_acquire_or_renew(Time::now_wall()).await.unwrap());
+    let web = name("web");
+    let t1 = template("ghcr.io/acme/web:1");
+    let t2 = template("ghcr.io/acme/web:2");
+    let (r1, r2) = (rev(&t1), rev(&t2));
+    let s1 = blue_green(spec(2, t1.clone()));
+    let s2 = blue_green(spec(2, t2.clone()));
+    let step = |s: &ServiceSpec, actions: Vec<Action>| {
+        let (rt, web, s) = (rt.clone(), web.clone(), s.clone());
+        async move { rt.apply(&web, &s, &actions).await.expect("apply") }
+    };
+    step(
+        &s1,
+        vec![
+            Action::CreateRevision {
+                revision: r1.clone(),
+                template: t1.clone(),
+            },
+            Action::Scale {
+                revision: r1.clone(),
+                replicas: 2,
+            },
+            Action::SetTraffic {
+                active: Some(r1.clone()),
+                preview: None,
+            },
+        ],
+    )
+    .await;
+    step(
+        &s2,
+        vec![
+            Action::CreateRevision {
+                revision: r2.clone(),
+                template: t2.clone(),
+            },
+            Action::Scale {
+                revision: r2.clone(),
+                replicas: 2,
+            },
+            Action::SetTraffic {
+                active: Some(r1.clone()),
+                preview: Some(r2.clone()),
+            },
+        ],
+    )
+    .await;
+    wait_for(&rt, &web, &s2, "v2 ready", |o| {
+        o.revision(&r2).is_some_and(|r| r.ready() == 2)
+    })
+    .await;
+    step(
+        &s2,
+        vec![Action::SetTraffic {
+            active: Some(r2.clone()),
+            preview: None,
+        }],
+    )
+    .await;
+    hand_edit_in(
+        &fake,
+        &ns,
+        &format!("web-{r2}"),
+        "ghcr.io/acme/evil:1",
+        None,
+    )
+    .await;
+    let o = rt.observe(&web, Some(&s2), Time::now_wall()).await.unwrap();
+    assert!(
+        o.drift.iter().all(|d| d.corrected) && !o.drift.is_empty(),
+        "{:#?}",
+        o.drift
+    );
+    let pod = o.revision(&r1).unwrap().instances[0].id.clone();
+    step(
+        &s2,
+        vec![
+            Action::DeleteInstance {
+                revision: r1.clone(),
+                instance: pod,
+            },
+            Action::Scale {
+                revision: r1.clone(),
+                replicas: 0,
+            },
+        ],
+    )
+    .await;
+    wait_for(&rt, &web, &s2, "v1 gone", |o| {
+        o.revision(&r1).is_some_and(|r| r.instances.is_empty())
+    })
+    .await;
+    step(
+        &s2,
+        vec![Action::DeleteRevision {
+            revision: r1.clone(),
+        }],
+    )
+    .await;
+    rt.save_state(&web, "{}").await.unwrap();
+    assert!(rt.load_state(&web).await.unwrap().is_some());
+    // GPU accounting in the namespace: nodes (ClusterRole) and pods (Role).
+    let gpu = spec(
+        1,
+        gpu_template("ghcr.io/acme/llm:1", "NVIDIA-A100-SXM4-80GB"),
+    );
+    rt.observe(&name("llm"), Some(&gpu), Time::now_wall())
+        .await
+        .unwrap();
+    el.release(Time::now_wall()).await.unwrap();
+    assert_eq!(rt.services().await.unwrap(), vec![web.clone()]);
+    rt.delete_service(&web).await.unwrap();
+    assert!(fake.denied().is_empty(), "refused: {:#?}", fake.denied());
+    assert!(
+        fake.log()
+            .iter()
+            .any(|l| l.client == "floyd" && l.query.contains("watch=true")),
+        "the pod watch ran under the Role"
+    );
+
+    // The cluster-wide GPU view is refused without clusterWideGpuAccounting.
+    let wide = KubeRuntime::new(fake.client_as(&ns, "floyd"), &ns).with_cluster_gpu_view(true);
+    let e = wide
+        .observe(&name("llm"), Some(&gpu), Time::now_wall())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("403"), "{e}");
+    assert!(
+        fake.denied().iter().any(|d| d.starts_with("list /pods")),
+        "{:?}",
+        fake.denied()
+    );
+}
+
+/// etcd compaction while the pod watch is open: the resumed watch gets
+/// `410 Gone`, the watcher lists again, and observations from the cache
+/// keep matching the cluster.
+#[tokio::test]
+async fn the_pod_cache_recovers_from_a_compacted_watch() {
+    let fake = FakeApi::start(vec![FakeNode::cpu("node-1")]).await;
+    // A long resync: recovery must come from the 410, not the timer.
+    let watched = install(&fake, "a").with_pod_watch(Duration::from_secs(300));
+    let web = name("web");
+    let t = template("ghcr.io/acme/web:1");
+    let r = rev(&t);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !watched.pod_cache_synced() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pod watch never synced"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = deploy(&watched, &web, &t, 2).await;
+    let lists_before = fake
+        .log()
+        .iter()
+        .filter(|l| l.path.ends_with("/pods") && !l.query.contains("watch=true"))
+        .count();
+    fake.compact();
+    watched
+        .apply(
+            &web,
+            &s,
+            &[Action::Scale {
+                revision: r.clone(),
+                replicas: 3,
+            }],
+        )
+        .await
+        .unwrap();
+    let o = wait_for(&watched, &web, &s, "3 ready, seen through the cache", |o| {
+        o.revision(&r).is_some_and(|x| x.ready() == 3)
+    })
+    .await;
+    let live = live_pods(&fake, &format!("web-{r}"));
+    let seen: BTreeSet<String> = o
+        .revision(&r)
+        .unwrap()
+        .instances
+        .iter()
+        .map(|i| i.id.clone())
+        .collect();
+    assert_eq!(seen, live);
+    let log = fake.log();
+    let lists_after = log
+        .iter()
+        .filter(|l| l.path.ends_with("/pods") && !l.query.contains("watch=true"))
+        .count();
+    assert!(
+        lists_after > lists_before,
+        "the watcher listed again after 410"
+    );
+    assert!(
+        log.iter().any(|l| l.query.contains("watch=true") && l.query.contains("allowWatchBookmarks=true")),
+        "bookmarks asked for"
+    );
+}
+
+/// GPUs held by another namespace's pods count against capacity only with
+/// the cluster-wide view (the chart's `rbac.clusterWideGpuAccounting`,
+/// `FLOYD_CLUSTER_GPU_ACCOUNTING`); without it Floyd sees its namespace.
+#[tokio::test]
+async fn gpus_held_in_other_namespaces_count_with_the_cluster_wide_view() {
+    let fake = FakeApi::start(vec![FakeNode::gpu("gpu-1", "NVIDIA-A100-SXM4-80GB", 4)]).await;
+    fake.insert(
+        "pods",
+        "ml-team",
+        json!({"metadata": {"name": "trainer", "labels": {"app": "trainer"}},
+               "spec": {"nodeName": "gpu-1", "containers": [{"name": "t", "image": "x",
+                        "resources": {"limits": {"nvidia.com/gpu": "3"}}}]},
+               "status": {"phase": "Running"}}),
+    );
+    let s = spec(
+        1,
+        gpu_template("ghcr.io/acme/llm:1", "NVIDIA-A100-SXM4-80GB"),
+    );
+    let llm = name("llm");
+    let local = install(&fake, "a");
+    let wide = install(&fake, "a").with_cluster_gpu_view(true);
+    let g = local
+        .observe(&llm, Some(&s), Time::now_wall())
+        .await
+        .unwrap()
+        .gpu
+        .unwrap();
+    assert_eq!((g.exist, g.free), (4, 4), "namespace view: {g:?}");
+    let g = wide
+        .observe(&llm, Some(&s), Time::now_wall())
+        .await
+        .unwrap()
+        .gpu
+        .unwrap();
+    assert_eq!((g.exist, g.free), (4, 1), "cluster view: {g:?}");
+    let all_pods = fake
+        .log()
+        .into_iter()
+        .filter(|l| l.path == "/api/v1/pods")
+        .count();
+    assert_eq!(all_pods, 1, "one cluster-wide pod list, by the wide view");
+}
+
+/// GPU nodes tainted as the GPU operator does: GPU pods tolerate the taint
+/// and land there, other pods stay off.
+#[tokio::test]
+async fn gpu_pods_tolerate_the_gpu_taint_and_others_stay_off_gpu_nodes() {
+    let fake = FakeApi::start(vec![
+        FakeNode::gpu("gpu-1", "NVIDIA-A100-SXM4-80GB", 2).tainted(),
+        FakeNode::cpu("cpu-1"),
+    ])
+    .await;
+    let a = install(&fake, "a");
+    deploy(
+        &a,
+        &name("llm"),
+        &gpu_template("ghcr.io/acme/llm:1", "NVIDIA-A100-SXM4-80GB"),
+        2,
+    )
+    .await;
+    deploy(&a, &name("web"), &template("ghcr.io/acme/web:1"), 3).await;
+    for p in fake.list("pods") {
+        let service = p["metadata"]["labels"]["floyd.dev/service"]
+            .as_str()
+            .unwrap();
+        let node = p["spec"]["nodeName"].as_str().unwrap();
+        let want = if service == "llm" { "gpu-1" } else { "cpu-1" };
+        assert_eq!(node, want, "{service}");
+    }
+    let node = fake.get("nodes", "", "gpu-1").unwrap();
+    assert_eq!(node["spec"]["taints"][0]["key"], "nvidia.com/gpu");
+    validate_sent(&fake, "tainted GPU nodes");
+}
+
+/// Steady-state cost of observing every service once per resync, in API
+/// requests, with and without the watch caches of `floyd run`
+/// (`with_pod_watch` + `with_object_watch`). Prints the numbers recorded in
+/// docs/benchmarks.md.
+#[tokio::test]
+async fn steady_state_observation_from_watch_caches_costs_no_requests() {
+    const SERVICES: usize = 40;
+    let fake = FakeApi::start(vec![FakeNode::cpu("node-1")]).await;
+    let cached = install(&fake, "a")
+        .with_pod_watch(Duration::from_secs(300))
+        .with_object_watch(Duration::from_secs(300));
+    let listed = KubeRuntime::new(fake.client_as(NS, "listed"), NS).with_instance("a");
+    let t = template("ghcr.io/acme/web:1");
+    let s = spec(1, t.clone());
+    let names: Vec<ServiceName> = (0..SERVICES).map(|i| name(&format!("svc{i}"))).collect();
+    for n in &names {
+        listed
+            .apply(
+                n,
+                &s,
+                &[
+                    Action::CreateRevision {
+                        revision: rev(&t),
+                        template: t.clone(),
+                    },
+                    Action::Scale {
+                        revision: rev(&t),
+                        replicas: 1,
+                    },
+                ],
+            )
+            .await
+            .unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !(cached.pod_cache_synced() && cached.object_cache_synced()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "caches never synced"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Both see the same thing once the cluster settled.
+    for n in &names {
+        wait_for(&cached, n, &s, "ready through the caches", |o| {
+            o.revision(&rev(&t)).is_some_and(|r| r.ready() == 1)
+        })
+        .await;
+    }
+    let count = |who: &str| fake.log().iter().filter(|l| l.client == who).count();
+    for (who, rt) in [("a", &cached), ("listed", &listed)] {
+        let before = count(who);
+        let round = std::time::Instant::now();
+        assert_eq!(rt.services().await.unwrap().len(), SERVICES);
+        for n in &names {
+            let o = rt.observe(n, Some(&s), Time::now_wall()).await.unwrap();
+            assert_eq!(o.revision(&rev(&t)).map(|r| r.ready()), Some(1), "{who}");
+            assert!(o.active.is_none() && o.drift.is_empty(), "{who}: {o:?}");
+        }
+        let requests = count(who) - before;
+        eprintln!(
+            "BENCH observe round, {SERVICES} services, {who}: {requests} requests, {:?}",
+            round.elapsed()
+        );
+        if who == "a" {
+            assert_eq!(requests, 0, "from the caches");
+        } else {
+            // A ReplicaSet list per service and for the list of services,
+            // a pod list and two Service reads per service.
+            assert_eq!(requests, 1 + 4 * SERVICES);
+        }
+    }
 }

@@ -21,13 +21,15 @@
 //! action fails with [`Error::Foreign`] saying who owns it, and nothing is
 //! written.
 //!
-//! Reads: pods come from a watch-fed cache ([`KubeRuntime::with_pod_watch`],
-//! a kube-runtime watcher re-listed every resync period) when enabled, from a
-//! list call otherwise. The watch costs one long-lived connection and memory
-//! for Floyd's pods, and makes `observe` free of API round-trips for pods; the
-//! list is simpler and always fresh but costs a request per observe. The
-//! controller re-observes every service on a timer, so either converges.
-//! ReplicaSets and Services are read per observe (few, small objects).
+//! Reads: pods, ReplicaSets and Services come from watch-fed caches of this
+//! install's objects ([`KubeRuntime::with_pod_watch`],
+//! [`KubeRuntime::with_object_watch`], kube-runtime watchers re-listed every
+//! resync period; both on in [`KubeRuntime::from_env`]), from list and get
+//! calls otherwise. The watches cost three long-lived connections and memory
+//! for Floyd's objects, and make `observe` free of API round-trips; the calls
+//! are simpler and always fresh but cost four requests per service and
+//! observe. The controller re-observes every service on a timer, so either
+//! converges. Writes always read their object from the API first (ownership).
 //! GPU capacity lists Nodes and unfinished Pods on each observe of a GPU
 //! service (they change outside Floyd, and a watch on every pod of the cluster
 //! would cost more than it saves).
@@ -256,7 +258,11 @@ struct Inner {
     /// List pods of every namespace for GPU accounting (needs a ClusterRole
     /// that can list pods); otherwise only this namespace's pods count.
     cluster_gpu_view: bool,
-    pods: Option<PodCache>,
+    pods: Option<Cache<Pod>>,
+    /// This install's ReplicaSets and Services from watches
+    /// ([`KubeRuntime::with_object_watch`]).
+    replica_sets: Option<Cache<ReplicaSet>>,
+    service_objects: Option<Cache<Service>>,
     /// Commits of revisions not yet created (see [`KubeRuntime::set_commit`]).
     commits: Mutex<HashMap<(ServiceName, Revision), String>>,
     /// Canary splits asked for (`Action::SetWeight`). Without a traffic
@@ -278,15 +284,48 @@ struct Inner {
 
 type DriftKey = (ServiceName, &'static str, String, String);
 
-struct PodCache {
-    store: Store<Pod>,
+/// A watch-fed store of one kind of this install's objects.
+struct Cache<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
+    store: Store<K>,
     synced: Arc<AtomicBool>,
     task: tokio::task::AbortHandle,
 }
 
-impl Drop for PodCache {
+impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> Drop for Cache<K> {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+impl<K> Cache<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    /// Starts watching `api` for objects matching `selector`, re-listed
+    /// from scratch every `resync`. Needs a tokio runtime.
+    fn start(api: Api<K>, selector: String, resync: Duration) -> Cache<K> {
+        let (store, writer) = reflector::store();
+        let synced = Arc::new(AtomicBool::new(false));
+        let task =
+            tokio::spawn(run_cache(api, writer, synced.clone(), resync, selector)).abort_handle();
+        Cache {
+            store,
+            synced,
+            task,
+        }
+    }
+
+    /// The objects, once the first list is in.
+    fn ready(&self) -> Option<Vec<Arc<K>>> {
+        self.synced
+            .load(Ordering::Acquire)
+            .then(|| self.store.state())
     }
 }
 
@@ -302,6 +341,8 @@ impl KubeRuntime {
                 identity: identity_from_env(),
                 cluster_gpu_view: false,
                 pods: None,
+                replica_sets: None,
+                service_objects: None,
                 commits: Mutex::new(HashMap::new()),
                 canary: Mutex::new(HashMap::new()),
                 clock: Time::now_wall,
@@ -329,7 +370,8 @@ impl KubeRuntime {
         Ok(KubeRuntime::new(client, ns)
             .with_instance(instance)
             .with_action_events(true)
-            .with_pod_watch(Duration::from_secs(300)))
+            .with_pod_watch(Duration::from_secs(300))
+            .with_object_watch(Duration::from_secs(300)))
     }
 
     fn inner_mut(&mut self) -> &mut Inner {
@@ -345,6 +387,8 @@ impl KubeRuntime {
                 identity: i.identity.clone(),
                 cluster_gpu_view: i.cluster_gpu_view,
                 pods: None,
+                replica_sets: None,
+                service_objects: None,
                 commits: Mutex::new(HashMap::new()),
                 canary: Mutex::new(HashMap::new()),
                 clock: i.clock,
@@ -421,17 +465,61 @@ impl KubeRuntime {
     #[must_use]
     pub fn with_pod_watch(mut self, resync: Duration) -> Self {
         let api: Api<Pod> = Api::namespaced(self.inner.client.clone(), &self.inner.namespace);
-        let (store, writer) = reflector::store();
-        let synced = Arc::new(AtomicBool::new(false));
         let selector = objects::managed_selector(&self.inner.instance);
-        let task = tokio::spawn(run_pod_cache(api, writer, synced.clone(), resync, selector))
-            .abort_handle();
-        self.inner_mut().pods = Some(PodCache {
-            store,
-            synced,
-            task,
-        });
+        self.inner_mut().pods = Some(Cache::start(api, selector, resync));
         self
+    }
+
+    /// Feed ReplicaSet and Service reads (observe, the list of services)
+    /// from watches of this install's objects too, re-listed every `resync`:
+    /// steady-state observation then costs no API requests at all (see
+    /// docs/benchmarks.md). Until a first list is in, reads go to the API.
+    /// Writes still read the object first (ownership), from the API.
+    #[must_use]
+    pub fn with_object_watch(mut self, resync: Duration) -> Self {
+        let client = self.inner.client.clone();
+        let ns = self.inner.namespace.clone();
+        let selector = objects::managed_selector(&self.inner.instance);
+        let inner = self.inner_mut();
+        inner.replica_sets = Some(Cache::start(
+            Api::namespaced(client.clone(), &ns),
+            selector.clone(),
+            resync,
+        ));
+        inner.service_objects = Some(Cache::start(Api::namespaced(client, &ns), selector, resync));
+        self
+    }
+
+    /// This install's ReplicaSets of `service` (all of them when `None`).
+    async fn replica_sets_of(
+        &self,
+        service: Option<&ServiceName>,
+    ) -> Result<Vec<ReplicaSet>, Error> {
+        if let Some(all) = self.inner.replica_sets.as_ref().and_then(Cache::ready) {
+            return Ok(all
+                .iter()
+                .filter(|r| {
+                    service.is_none_or(|s| {
+                        r.metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get(LABEL_SERVICE))
+                            == Some(&s.to_string())
+                    })
+                })
+                .map(|r| (**r).clone())
+                .collect());
+        }
+        let sel = match service {
+            Some(s) => objects::service_selector(self.instance(), s),
+            None => objects::managed_selector(self.instance()),
+        };
+        Ok(self
+            .rs_api()
+            .list(&ListParams::default().labels(&sel))
+            .await
+            .map_err(api_err("list", "ReplicaSet", self.namespace(), &sel))?
+            .items)
     }
 
     pub fn namespace(&self) -> &str {
@@ -505,6 +593,13 @@ impl KubeRuntime {
             .pods
             .as_ref()
             .is_some_and(|c| c.synced.load(Ordering::Acquire))
+    }
+
+    /// Whether the ReplicaSet and Service watches have completed their first list.
+    pub fn object_cache_synced(&self) -> bool {
+        let synced = |s: Option<&Arc<AtomicBool>>| s.is_some_and(|s| s.load(Ordering::Acquire));
+        synced(self.inner.replica_sets.as_ref().map(|c| &c.synced))
+            && synced(self.inner.service_objects.as_ref().map(|c| &c.synced))
     }
 
     /// Records the Git commit a revision comes from; written to the
@@ -654,22 +749,19 @@ impl KubeRuntime {
 
     async fn list_pods(&self, service: &ServiceName) -> Result<Vec<Pod>, Error> {
         let selector = objects::service_selector(self.instance(), service);
-        if let Some(cache) = &self.inner.pods
-            && cache.synced.load(Ordering::Acquire)
-        {
+        if let Some(all) = self.inner.pods.as_ref().and_then(Cache::ready) {
             // The cache holds only this install's pods (its watch selects
             // managed-by and instance).
-            return Ok(cache
-                .store
-                .state_filter(|p| {
+            return Ok(all
+                .iter()
+                .filter(|p| {
                     p.metadata
                         .labels
                         .as_ref()
                         .and_then(|l| l.get(LABEL_SERVICE))
                         == Some(&service.to_string())
                 })
-                .into_iter()
-                .map(|p| (*p).clone())
+                .map(|p| (**p).clone())
                 .collect());
         }
         Ok(self
@@ -815,6 +907,14 @@ impl KubeRuntime {
     }
 
     async fn get_opt_service(&self, name: &str) -> Result<Option<Service>, Error> {
+        if let Some(all) = self.inner.service_objects.as_ref().and_then(Cache::ready) {
+            // This install's Services only: another owner's object of that
+            // name reads as absent here, and is refused when written.
+            return Ok(all
+                .iter()
+                .find(|s| s.metadata.name.as_deref() == Some(name))
+                .map(|s| (**s).clone()));
+        }
         self.svc_api().get_opt(name).await.map_err(api_err(
             "get",
             "Service",
@@ -862,14 +962,34 @@ impl KubeRuntime {
             .lock()
             .ok()
             .and_then(|m| m.get(&(service.clone(), revision.clone())).cloned());
+        // GPUs: an existing revision keeps how its pods ask for them; a new
+        // one asks the way the nodes advertise this kind (MIG single/mixed,
+        // time-slicing with or without renaming).
+        let gpu = match (
+            objects::GpuScheme::from_annotations(Some(&ann)),
+            &template.resources.gpu,
+        ) {
+            (Some(s), _) => Some(s),
+            (None, Some(req)) if existing.is_none() => {
+                let nodes: Api<Node> = Api::all(self.inner.client.clone());
+                let nodes = nodes
+                    .list(&ListParams::default())
+                    .await
+                    .map_err(api_err("list", "Node", "", ""))?
+                    .items;
+                Some(observe::placement(req, &nodes))
+            }
+            _ => None,
+        };
         let meta = RevisionMeta {
             created_at: ann
                 .get(ANN_CREATED_AT)
                 .and_then(|s| objects::parse_time(s))
                 .unwrap_or_else(self.inner.clock),
             commit: noted.or_else(|| ann.get(ANN_COMMIT).cloned()),
+            gpu,
         };
-        let rs = objects::replica_set(
+        let mut rs = objects::replica_set(
             self.install(),
             service,
             revision,
@@ -878,6 +998,7 @@ impl KubeRuntime {
             &meta,
             replicas,
         )?;
+        objects::keep_selector(&mut rs, existing.as_ref());
         self.rs_api()
             .patch(&name, &self.apply_params(), &Patch::Apply(&rs))
             .await
@@ -1251,13 +1372,21 @@ pub fn identity_from_env() -> String {
         .unwrap_or_else(|| "floyd".to_string())
 }
 
-async fn run_pod_cache(
-    api: Api<Pod>,
-    mut writer: reflector::store::Writer<Pod>,
+async fn run_cache<K>(
+    api: Api<K>,
+    mut writer: reflector::store::Writer<K>,
     synced: Arc<AtomicBool>,
     resync: Duration,
     selector: String,
-) {
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
     loop {
         let cfg = watcher::Config::default().labels(&selector);
         let stream = watcher(api.clone(), cfg).default_backoff();
@@ -1274,7 +1403,7 @@ async fn run_pod_cache(
                         }
                     }
                     // The backoff wrapper retries; the store keeps its last view.
-                    Some(Err(e)) => tracing::warn!(error = %e, "pod watch failed; retrying"),
+                    Some(Err(e)) => tracing::warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying"),
                     None => break,
                 },
             }
@@ -1291,15 +1420,8 @@ impl runtime::Runtime for KubeRuntime {
     }
 
     async fn services(&self) -> Result<Vec<ServiceName>, runtime::Error> {
-        let ns = self.namespace();
-        let sel = objects::managed_selector(self.instance());
-        let rss = self
-            .rs_api()
-            .list(&ListParams::default().labels(&sel))
-            .await
-            .map_err(api_err("list", "ReplicaSet", ns, &sel))?;
+        let rss = self.replica_sets_of(None).await?;
         let names: BTreeSet<ServiceName> = rss
-            .items
             .iter()
             .filter_map(|r| r.metadata.labels.as_ref()?.get(LABEL_SERVICE))
             .filter_map(|s| ServiceName::parse(s).ok())
@@ -1313,14 +1435,7 @@ impl runtime::Runtime for KubeRuntime {
         spec: Option<&ServiceSpec>,
         _now: Time,
     ) -> Result<Observed, runtime::Error> {
-        let ns = self.namespace();
-        let sel = objects::service_selector(self.instance(), service);
-        let rss = self
-            .rs_api()
-            .list(&ListParams::default().labels(&sel))
-            .await
-            .map_err(api_err("list", "ReplicaSet", ns, &sel))?
-            .items;
+        let rss = self.replica_sets_of(Some(service)).await?;
         let pods = self.list_pods(service).await?;
         let active = self
             .get_opt_service(&objects::active_service_name(service))

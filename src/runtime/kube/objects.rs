@@ -52,6 +52,11 @@ pub const GPU_TAINT: &str = "nvidia.com/gpu";
 pub const LABEL_GPU_PRODUCT: &str = "nvidia.com/gpu.product";
 /// GPU feature discovery's per-GPU memory label (MiB).
 pub const LABEL_GPU_MEMORY: &str = "nvidia.com/gpu.memory";
+/// ReplicaSet annotations: the GPU resource its pods request and the
+/// product label they select, chosen from the nodes when the revision was
+/// created ([`GpuScheme`]), so re-applying it never changes them.
+pub const ANN_GPU_RESOURCE: &str = "floyd.dev/gpu-resource";
+pub const ANN_GPU_PRODUCT_LABEL: &str = "floyd.dev/gpu-product-label";
 /// The ConfigMap key holding a service's state JSON.
 pub const STATE_KEY: &str = "state.json";
 
@@ -283,7 +288,33 @@ pub fn floyd_time(ts: &k8s_openapi::jiff::Timestamp) -> Time {
     Time(u64::try_from(ts.as_millisecond()).unwrap_or(0))
 }
 
-/// The extended resource a GPU request asks for.
+/// How a cluster's nodes offer the GPUs a request asks for, as the NVIDIA
+/// device plugin and GPU feature discovery advertise them (see
+/// `observe::node_scheme`): the extended resource a pod requests and the
+/// exact `nvidia.com/gpu.product` value it selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuScheme {
+    /// `nvidia.com/gpu`, `nvidia.com/gpu.shared`, `nvidia.com/mig-<profile>`.
+    pub resource: String,
+    /// The product label with GFD's suffixes (`-MIG-1g.10gb`, `-SHARED`);
+    /// `None` when the request names no product.
+    pub product_label: Option<String>,
+}
+
+impl GpuScheme {
+    /// The scheme recorded on a ReplicaSet, if any.
+    pub fn from_annotations(ann: Option<&BTreeMap<String, String>>) -> Option<GpuScheme> {
+        let ann = ann?;
+        Some(GpuScheme {
+            resource: ann.get(ANN_GPU_RESOURCE)?.clone(),
+            product_label: ann.get(ANN_GPU_PRODUCT_LABEL).cloned(),
+        })
+    }
+}
+
+/// The extended resource a GPU request asks for when nothing is known about
+/// the nodes (the device plugin's defaults: MIG `mixed`, time-slicing with
+/// `renameByDefault`).
 pub fn gpu_resource(gpu: &GpuRequest) -> String {
     match &gpu.sharing {
         GpuSharing::Exclusive => "nvidia.com/gpu".to_string(),
@@ -403,6 +434,7 @@ pub fn pod_template(
     revision: &Revision,
     spec: &ServiceSpec,
     template: &InstanceTemplate,
+    gpu_scheme: Option<&GpuScheme>,
 ) -> Result<PodTemplateSpec, Error> {
     let image = template.image.clone().ok_or_else(|| Error::Spec {
         service: service.to_string(),
@@ -451,9 +483,13 @@ pub fn pod_template(
     let mut affinity = None;
     if let Some(gpu) = &template.resources.gpu {
         // Extended resources go in limits (requests default to them).
-        limits.insert(gpu_resource(gpu), Quantity(gpu.count.to_string()));
-        if let Some(product) = &gpu.product {
-            node_selector.insert(LABEL_GPU_PRODUCT.to_string(), product.clone());
+        let resource = gpu_scheme.map_or_else(|| gpu_resource(gpu), |s| s.resource.clone());
+        limits.insert(resource, Quantity(gpu.count.to_string()));
+        let product = gpu_scheme
+            .and_then(|s| s.product_label.clone())
+            .or_else(|| gpu.product.clone());
+        if let Some(product) = product {
+            node_selector.insert(LABEL_GPU_PRODUCT.to_string(), product);
         }
         tolerations.push(Toleration {
             key: Some(GPU_TAINT.into()),
@@ -527,6 +563,8 @@ pub fn pod_template(
 pub struct RevisionMeta {
     pub created_at: Time,
     pub commit: Option<String>,
+    /// How the pods request their GPUs (none: the request's defaults).
+    pub gpu: Option<GpuScheme>,
 }
 
 /// The ReplicaSet of one revision with `replicas` pods.
@@ -550,6 +588,12 @@ pub fn replica_set(
     ]);
     if let Some(c) = &meta.commit {
         annotations.insert(ANN_COMMIT.to_string(), c.clone());
+    }
+    if let Some(g) = &meta.gpu {
+        annotations.insert(ANN_GPU_RESOURCE.to_string(), g.resource.clone());
+        if let Some(p) = &g.product_label {
+            annotations.insert(ANN_GPU_PRODUCT_LABEL.to_string(), p.clone());
+        }
     }
     // The install is part of the selector: another install's pods never
     // count as this ReplicaSet's replicas.
@@ -580,10 +624,25 @@ pub fn replica_set(
                 revision,
                 spec,
                 template,
+                meta.gpu.as_ref(),
             )?),
         }),
         status: None,
     })
+}
+
+/// A ReplicaSet's selector is immutable: re-applying one that exists keeps
+/// the live selector (a revision created before install identities selects
+/// its pods without `floyd.dev/instance`).
+pub fn keep_selector(rs: &mut ReplicaSet, live: Option<&ReplicaSet>) {
+    if let (Some(spec), Some(sel)) = (
+        rs.spec.as_mut(),
+        live.and_then(|l| l.spec.as_ref())
+            .map(|s| s.selector.clone()),
+    ) && sel.match_labels.is_some()
+    {
+        spec.selector = sel;
+    }
 }
 
 /// A Service routing to `revision` (or to every revision of the service when `None`).
@@ -810,6 +869,7 @@ mod tests {
             &RevisionMeta {
                 created_at: Time(1_700_000_000_000),
                 commit: Some("c0ffee".into()),
+                gpu: None,
             },
             0,
         )
@@ -886,6 +946,7 @@ mod tests {
             &RevisionMeta {
                 created_at: Time(0),
                 commit: None,
+                gpu: None,
             },
             0,
         )

@@ -3,11 +3,14 @@
 //! (or reflects) the objects and hands them here.
 
 use super::objects::{
-    ANN_COMMIT, ANN_CREATED_AT, ANN_TEMPLATE, Install, LABEL_GPU_MEMORY, LABEL_GPU_PRODUCT,
-    LABEL_INSTANCE, LABEL_REVISION, LABEL_SERVICE, RevisionMeta, active_service_name, floyd_time,
-    gpu_kind, gpu_resource, parse_time, preview_service_name, replica_set, service_object,
+    ANN_COMMIT, ANN_CREATED_AT, ANN_TEMPLATE, GpuScheme, Install, LABEL_GPU_MEMORY,
+    LABEL_GPU_PRODUCT, LABEL_INSTANCE, LABEL_REVISION, LABEL_SERVICE, RevisionMeta,
+    active_service_name, floyd_time, gpu_kind, gpu_resource, keep_selector, parse_time,
+    preview_service_name, replica_set, service_object,
 };
-use crate::manifest::{GpuRequest, InstanceTemplate, Revision, ServiceName, ServiceSpec, Strategy};
+use crate::manifest::{
+    GpuRequest, GpuSharing, InstanceTemplate, Revision, ServiceName, ServiceSpec, Strategy,
+};
 use crate::runtime::{GpuCapacity, Instance, InstancePhase, Observed, ObservedRevision};
 use crate::time::Time;
 use k8s_openapi::api::apps::v1::ReplicaSet;
@@ -262,7 +265,12 @@ pub fn observed(
         .iter()
         .filter(|rs| label(&rs.metadata, LABEL_SERVICE) == Some(service.as_str()))
         .filter(|rs| rs.metadata.deletion_timestamp.is_none())
-        .filter_map(|rs| observed_revision(rs, pods, resource.as_deref()))
+        .filter_map(|rs| {
+            // The resource this revision's pods were created with.
+            let recorded =
+                GpuScheme::from_annotations(rs.metadata.annotations.as_ref()).map(|s| s.resource);
+            observed_revision(rs, pods, recorded.as_deref().or(resource.as_deref()))
+        })
         .collect();
     revisions.sort_by(|a, b| {
         a.created_at
@@ -280,36 +288,142 @@ pub fn observed(
     }
 }
 
-/// Whether `node` offers the GPUs `req` asks for (product and memory labels).
-pub fn node_matches(node: &Node, req: &GpuRequest) -> bool {
+/// GPU feature discovery's label: how many shared replicas each GPU offers
+/// under time-slicing.
+pub const LABEL_GPU_REPLICAS: &str = "nvidia.com/gpu.replicas";
+
+/// A GFD product label split into the product and what was appended to it:
+/// `NVIDIA-A100-SXM4-40GB-MIG-1g.5gb` (MIG `single`: the node's
+/// `nvidia.com/gpu` are slices of that profile) or `Tesla-T4-SHARED`
+/// (time-slicing: `nvidia.com/gpu` are shared replicas).
+pub fn split_product(label: &str) -> (&str, Option<&str>, bool) {
+    if let Some((base, profile)) = label.split_once("-MIG-") {
+        return (base, Some(profile), false);
+    }
+    match label.strip_suffix("-SHARED") {
+        Some(base) => (base, None, true),
+        None => (label, None, false),
+    }
+}
+
+/// How `node` offers the kind of GPU `req` asks for, or `None` when it
+/// does not offer it (other product, too little memory, cordoned, other
+/// sharing). Follows what the NVIDIA device plugin advertises:
+///
+/// | request | node advertises |
+/// |---|---|
+/// | exclusive | `nvidia.com/gpu`, product without suffix, no time-slicing replicas |
+/// | MIG `<p>` | `nvidia.com/mig-<p>` (strategy `mixed`), or `nvidia.com/gpu` with product `…-MIG-<p>` (strategy `single`) |
+/// | time-sliced | `nvidia.com/gpu.shared` (`renameByDefault`), or `nvidia.com/gpu` with product `…-SHARED` or `nvidia.com/gpu.replicas` > 1 |
+pub fn node_scheme(node: &Node, req: &GpuRequest) -> Option<GpuScheme> {
     let labels = node.metadata.labels.as_ref();
+    let product_label = labels
+        .and_then(|l| l.get(LABEL_GPU_PRODUCT))
+        .map(String::as_str)
+        .unwrap_or("");
+    let (base, mig, shared) = split_product(product_label);
     if let Some(p) = &req.product
-        && labels.and_then(|l| l.get(LABEL_GPU_PRODUCT)) != Some(p)
+        && base != p
     {
-        return false;
+        return None;
     }
     if let Some(min) = req.memory_mib {
         let mem: Option<u64> = labels
             .and_then(|l| l.get(LABEL_GPU_MEMORY))
             .and_then(|m| m.parse().ok());
         if mem.is_none_or(|m| m < min) {
-            return false;
+            return None;
         }
     }
-    // Cordoned nodes take no new pods.
-    !node
+    if node
         .spec
         .as_ref()
         .and_then(|s| s.unschedulable)
         .unwrap_or(false)
+    {
+        return None;
+    }
+    let alloc = |r: &str| node_allocatable(node, r);
+    let replicas: u32 = labels
+        .and_then(|l| l.get(LABEL_GPU_REPLICAS))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1);
+    let plain_shared = shared || replicas > 1;
+    const GPU: &str = "nvidia.com/gpu";
+    let resource = match &req.sharing {
+        GpuSharing::Exclusive => {
+            (mig.is_none() && !plain_shared && alloc(GPU) > 0).then(|| GPU.to_string())
+        }
+        GpuSharing::TimeSliced => {
+            if alloc("nvidia.com/gpu.shared") > 0 {
+                Some("nvidia.com/gpu.shared".to_string())
+            } else {
+                (mig.is_none() && plain_shared && alloc(GPU) > 0).then(|| GPU.to_string())
+            }
+        }
+        GpuSharing::Mig { profile } => {
+            let mixed = format!("nvidia.com/mig-{profile}");
+            if alloc(&mixed) > 0 {
+                Some(mixed)
+            } else {
+                (mig == Some(profile.as_str()) && alloc(GPU) > 0).then(|| GPU.to_string())
+            }
+        }
+    }?;
+    Some(GpuScheme {
+        resource,
+        product_label: req.product.as_ref().map(|_| product_label.to_string()),
+    })
 }
 
-/// GPU capacity for `req`: allocatable of the matching nodes minus what
+fn node_allocatable(node: &Node, resource: &str) -> u32 {
+    node.status
+        .as_ref()
+        .and_then(|s| s.allocatable.as_ref())
+        .and_then(|a| a.get(resource))
+        .map(quantity_units)
+        .unwrap_or(0)
+}
+
+/// Whether `node` offers the GPUs `req` asks for.
+pub fn node_matches(node: &Node, req: &GpuRequest) -> bool {
+    node_scheme(node, req).is_some()
+}
+
+/// How a new revision's pods should ask for `req`: the scheme of the
+/// matching nodes with the most units (a pod names one resource; a cluster
+/// mixing schemes for one product gets the larger part). Without matching
+/// nodes, the request's defaults ([`gpu_resource`], the product as given).
+pub fn placement(req: &GpuRequest, nodes: &[Node]) -> GpuScheme {
+    let mut by_scheme: Vec<(GpuScheme, u32)> = Vec::new();
+    for n in nodes {
+        if let Some(s) = node_scheme(n, req) {
+            let units = node_allocatable(n, &s.resource);
+            match by_scheme.iter_mut().find(|(k, _)| *k == s) {
+                Some((_, u)) => *u += units,
+                None => by_scheme.push((s, units)),
+            }
+        }
+    }
+    by_scheme
+        .into_iter()
+        .max_by_key(|(_, u)| *u)
+        .map(|(s, _)| s)
+        .unwrap_or_else(|| GpuScheme {
+            resource: gpu_resource(req),
+            product_label: req.product.clone(),
+        })
+}
+
+/// GPU capacity for `req`: allocatable of the matching nodes (each in the
+/// resource it advertises this kind under, see [`node_scheme`]) minus what
 /// unfinished pods bound to them request (terminating pods included: they
 /// hold their GPUs until the kubelet has stopped them). `pods` should be
-/// every pod that can run on those nodes; pods of other namespaces that are
-/// not visible make `free` an over-estimate, which the scheduler then
-/// corrects (the pod stays Pending/Unschedulable and Floyd reports it).
+/// every pod that can run on those nodes (the cluster-wide view); pods of
+/// other namespaces that are not visible make `free` an over-estimate,
+/// which the scheduler then corrects (the pod stays Pending/Unschedulable
+/// and Floyd reports it). `held_by_service` counts this install's pods of
+/// `service` only.
 pub fn gpu_capacity(
     req: &GpuRequest,
     nodes: &[Node],
@@ -317,23 +431,13 @@ pub fn gpu_capacity(
     instance: &str,
     service: &ServiceName,
 ) -> GpuCapacity {
-    let resource = gpu_resource(req);
-    let matching: Vec<&str> = nodes
+    let matching: Vec<(&str, GpuScheme)> = nodes
         .iter()
-        .filter(|n| node_matches(n, req))
-        .filter_map(|n| n.metadata.name.as_deref())
+        .filter_map(|n| Some((n.metadata.name.as_deref()?, node_scheme(n, req)?)))
         .collect();
     let exist: u32 = nodes
         .iter()
-        .filter(|n| node_matches(n, req))
-        .map(|n| {
-            n.status
-                .as_ref()
-                .and_then(|s| s.allocatable.as_ref())
-                .and_then(|a| a.get(&resource))
-                .map(quantity_units)
-                .unwrap_or(0)
-        })
+        .filter_map(|n| node_scheme(n, req).map(|s| node_allocatable(n, &s.resource)))
         .sum();
     let mut used = 0u32;
     let mut held = 0u32;
@@ -341,10 +445,10 @@ pub fn gpu_capacity(
         let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
             continue;
         };
-        if !matching.contains(&node) {
+        let Some((_, scheme)) = matching.iter().find(|(n, _)| *n == node) else {
             continue;
-        }
-        let units = pod_resource_units(p, &resource);
+        };
+        let units = pod_resource_units(p, &scheme.resource);
         used = used.saturating_add(units);
         // Only this install's pods of the service are "held by" it; a
         // same-named service of another install is someone else's.
@@ -492,6 +596,7 @@ pub fn drift(
                 .and_then(|s| parse_time(s))
                 .unwrap_or(Time::ZERO),
             commit: ann.and_then(|a| a.get(ANN_COMMIT)).cloned(),
+            gpu: GpuScheme::from_annotations(ann),
         };
         let replicas = rs
             .spec
@@ -499,11 +604,12 @@ pub fn drift(
             .and_then(|s| s.replicas)
             .unwrap_or(0)
             .max(0) as u32;
-        let Ok(want) = replica_set(
+        let Ok(mut want) = replica_set(
             install, service, &revision, spec, &template, &meta, replicas,
         ) else {
             continue;
         };
+        keep_selector(&mut want, Some(rs));
         let applied =
             serde_json::to_value(want.spec.as_ref().map(|s| &s.template)).unwrap_or(Value::Null);
         let live =
@@ -564,7 +670,6 @@ pub fn drift(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::GpuSharing;
     use serde_json::json;
 
     fn pod(v: serde_json::Value) -> Pod {
@@ -818,5 +923,157 @@ mod tests {
                 ),
             }
         }
+    }
+
+    fn gfd_node(name: &str, product: &str, extra: &[(&str, &str)], alloc: &[(&str, u32)]) -> Node {
+        let mut labels = serde_json::Map::new();
+        labels.insert("nvidia.com/gpu.product".into(), json!(product));
+        labels.insert("nvidia.com/gpu.memory".into(), json!("40960"));
+        for (k, v) in extra {
+            labels.insert(k.to_string(), json!(v));
+        }
+        let alloc: serde_json::Map<String, serde_json::Value> = alloc
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v.to_string())))
+            .collect();
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels},
+                                      "status": {"allocatable": alloc}}))
+        .unwrap()
+    }
+
+    fn req(sharing: GpuSharing, product: Option<&str>) -> GpuRequest {
+        GpuRequest {
+            count: 1,
+            product: product.map(str::to_string),
+            memory_mib: None,
+            sharing,
+            allow_in_place: true,
+        }
+    }
+
+    /// A pod holding `n` of `resource` on `node`, of `namespace`'s `service`.
+    fn holder(node: &str, resource: &str, n: u32, instance: &str, service: &str) -> Pod {
+        pod(json!({
+            "metadata": {"name": format!("{service}-x"), "namespace": "other",
+                         "labels": {"floyd.dev/instance": instance, "floyd.dev/service": service}},
+            "spec": {"nodeName": node, "containers": [{"name": "app", "image": "x",
+                     "resources": {"limits": {resource: n.to_string()}}}]},
+            "status": {"phase": "Running"},
+        }))
+    }
+
+    #[test]
+    fn gpu_capacity_follows_how_nodes_advertise_gpus() {
+        const A100: &str = "NVIDIA-A100-SXM4-40GB";
+        let mig = || GpuSharing::Mig {
+            profile: "1g.5gb".into(),
+        };
+        let nodes = vec![
+            // Whole GPUs.
+            gfd_node("whole", A100, &[], &[("nvidia.com/gpu", 4)]),
+            // MIG single: nvidia.com/gpu are 1g.5gb slices, product suffixed.
+            gfd_node(
+                "mig-single",
+                &format!("{A100}-MIG-1g.5gb"),
+                &[("nvidia.com/mig.strategy", "single")],
+                &[("nvidia.com/gpu", 7)],
+            ),
+            // MIG mixed: slices under their own resource, plain product.
+            gfd_node(
+                "mig-mixed",
+                A100,
+                &[("nvidia.com/mig.strategy", "mixed")],
+                &[("nvidia.com/mig-1g.5gb", 14), ("nvidia.com/mig-3g.20gb", 2)],
+            ),
+            // Time-slicing without rename: nvidia.com/gpu are replicas.
+            gfd_node(
+                "ts-plain",
+                &format!("{A100}-SHARED"),
+                &[("nvidia.com/gpu.replicas", "4")],
+                &[("nvidia.com/gpu", 8)],
+            ),
+            // Time-slicing with renameByDefault: nvidia.com/gpu.shared.
+            gfd_node(
+                "ts-renamed",
+                A100,
+                &[("nvidia.com/gpu.replicas", "4")],
+                &[("nvidia.com/gpu.shared", 16)],
+            ),
+            gfd_node(
+                "other-product",
+                "NVIDIA-H100-80GB-HBM3",
+                &[],
+                &[("nvidia.com/gpu", 8)],
+            ),
+        ];
+        // Another namespace's pods hold GPUs on these nodes (the cluster-wide view).
+        let pods = vec![
+            holder("whole", "nvidia.com/gpu", 1, "other", "x"),
+            holder("whole", "nvidia.com/gpu", 1, "a", "web"),
+            holder("mig-single", "nvidia.com/gpu", 2, "other", "x"),
+            holder("mig-mixed", "nvidia.com/mig-1g.5gb", 3, "a", "web"),
+            holder("ts-plain", "nvidia.com/gpu", 1, "other", "x"),
+            holder("ts-renamed", "nvidia.com/gpu.shared", 5, "b", "web"),
+        ];
+        let web = ServiceName::parse("web").unwrap();
+        // (request, want (exist, free, held), placement resource, product label)
+        let cases = [
+            (
+                req(GpuSharing::Exclusive, Some(A100)),
+                (4, 2, 1),
+                "nvidia.com/gpu",
+                Some(A100.to_string()),
+            ),
+            (
+                req(mig(), Some(A100)),
+                (21, 16, 3),
+                "nvidia.com/mig-1g.5gb",
+                Some(A100.to_string()),
+            ),
+            (req(mig(), None), (21, 16, 3), "nvidia.com/mig-1g.5gb", None),
+            (
+                req(GpuSharing::TimeSliced, Some(A100)),
+                (24, 18, 0),
+                "nvidia.com/gpu.shared",
+                Some(A100.to_string()),
+            ),
+            (
+                req(GpuSharing::Exclusive, None),
+                (12, 10, 1),
+                "nvidia.com/gpu",
+                None,
+            ),
+        ];
+        for (i, (r, (exist, free, held), resource, label)) in cases.into_iter().enumerate() {
+            let c = gpu_capacity(&r, &nodes, &pods, "a", &web);
+            assert_eq!(
+                (c.exist, c.free, c.held_by_service),
+                (exist, free, held),
+                "case {i}: {c:?}"
+            );
+            let p = placement(&r, &nodes);
+            assert_eq!(p.resource, resource, "case {i}");
+            assert_eq!(p.product_label, label, "case {i}");
+        }
+        // A cluster with MIG single only: pods ask for nvidia.com/gpu on the
+        // suffixed product, not for a nvidia.com/mig-* nothing offers.
+        let single = vec![nodes[1].clone()];
+        let p = placement(&req(mig(), Some(A100)), &single);
+        assert_eq!(p.resource, "nvidia.com/gpu");
+        assert_eq!(
+            p.product_label.as_deref(),
+            Some("NVIDIA-A100-SXM4-40GB-MIG-1g.5gb")
+        );
+        // Time-slicing without rename only.
+        let plain = vec![nodes[3].clone()];
+        let p = placement(&req(GpuSharing::TimeSliced, Some(A100)), &plain);
+        assert_eq!(p.resource, "nvidia.com/gpu");
+        assert_eq!(
+            p.product_label.as_deref(),
+            Some("NVIDIA-A100-SXM4-40GB-SHARED")
+        );
+        // Nothing matching: the request's defaults.
+        let p = placement(&req(mig(), Some("T4")), &nodes);
+        assert_eq!(p.resource, "nvidia.com/mig-1g.5gb");
     }
 }
