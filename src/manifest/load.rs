@@ -561,6 +561,16 @@ fn read_text(
     optional: bool,
 ) -> Option<String> {
     let path = root.join(rel);
+    if let Err(message) = inside_root(root, &path) {
+        diags.push(file_diag(
+            rel,
+            0,
+            0,
+            message,
+            Some("copy the file into the config repository instead of linking to it".into()),
+        ));
+        return None;
+    }
     let size = match std::fs::metadata(&path) {
         Ok(m) => m.len(),
         Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => return None,
@@ -588,6 +598,31 @@ fn read_text(
     };
     let text = check_text(&bytes, rel, diags)?;
     Some(text)
+}
+
+/// A symlinked file is read only when it resolves inside `root`, as the Git
+/// source does for a commit's tree: a config repo cannot pull in files from
+/// elsewhere on the machine (`/etc/...`, another user's secrets).
+fn inside_root(root: &Path, path: &Path) -> Result<(), String> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(()); // missing: reported by the read itself
+    };
+    if !meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    let target = std::fs::read_link(path)
+        .map(|t| t.display().to_string())
+        .unwrap_or_default();
+    let (Ok(root), Ok(real)) = (root.canonicalize(), path.canonicalize()) else {
+        return Err(format!("symlink {target} leads to nothing"));
+    };
+    if real.starts_with(&root) {
+        Ok(())
+    } else {
+        Err(format!(
+            "symlink {target} leads outside the config directory"
+        ))
+    }
 }
 
 /// UTF-8 (a BOM is dropped), not empty, within the size limit.

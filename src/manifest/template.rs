@@ -12,9 +12,16 @@ use super::yaml::{Node, Pos, Value as YamlValue};
 use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Fuel for one file: enough for any sane manifest, stops runaway loops.
 const FUEL: u64 = 5_000_000;
+/// Rendered text one file may produce: a manifest is hand-sized YAML, and
+/// the parser after rendering should never see more than this.
+pub const MAX_RENDERED_FILE_BYTES: usize = 4 * 1024 * 1024;
+/// Rendered text all the files of one render (one commit, one environment)
+/// may produce together.
+pub const MAX_RENDERED_TOTAL_BYTES: usize = 32 * 1024 * 1024;
 
 /// One minijinja environment for a whole load (compiling settings once).
 pub(crate) struct Renderer {
@@ -23,6 +30,49 @@ pub(crate) struct Renderer {
     /// Top-level names under `values`, for "did you mean" hints.
     value_names: Vec<String>,
     environment: Option<String>,
+    /// Bytes the files rendered so far (by any worker) may still produce.
+    budget: AtomicUsize,
+}
+
+/// Which output cap a render ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cap {
+    File,
+    Total,
+}
+
+/// The writer a template renders into: stops (with an I/O error minijinja
+/// passes back) at the first write that would cross the per-file cap or
+/// the shared per-render budget, before copying it.
+struct CappedOutput<'a> {
+    buf: Vec<u8>,
+    budget: &'a AtomicUsize,
+    hit: Option<Cap>,
+}
+
+impl std::io::Write for CappedOutput<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len();
+        if self.buf.len() + n > MAX_RENDERED_FILE_BYTES {
+            self.hit = Some(Cap::File);
+            return Err(std::io::Error::other("rendered output too large"));
+        }
+        let took = self
+            .budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(n)
+            });
+        if took.is_err() {
+            self.hit = Some(Cap::Total);
+            return Err(std::io::Error::other("rendered output too large"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Renderer {
@@ -50,6 +100,7 @@ impl Renderer {
             ctx,
             value_names,
             environment: environment.map(str::to_string),
+            budget: AtomicUsize::new(MAX_RENDERED_TOTAL_BYTES),
         }
     }
 
@@ -60,10 +111,29 @@ impl Renderer {
 
     pub fn render(&self, text: &str, file: &Path) -> Result<String, Diagnostic> {
         let name = file.to_string_lossy();
-        self.env
+        let mut out = CappedOutput {
+            buf: Vec::new(),
+            budget: &self.budget,
+            hit: None,
+        };
+        let result = self
+            .env
             .template_from_named_str(&name, text)
-            .and_then(|t| t.render(&self.ctx))
-            .map_err(|e| self.diagnostic(&e, text, file))
+            .and_then(|t| t.render_captured_to(&self.ctx, &mut out).map(drop));
+        if let Some(cap) = out.hit {
+            // minijinja knows the line of the expression whose output crossed it.
+            let line = result.as_ref().err().and_then(minijinja::Error::line);
+            return Err(cap_diagnostic(cap, line, file, out.buf.len()));
+        }
+        result.map_err(|e| self.diagnostic(&e, text, file))?;
+        String::from_utf8(out.buf).map_err(|_| Diagnostic {
+            file: file.to_path_buf(),
+            line: 0,
+            column: 0,
+            path: String::new(),
+            message: "template: rendered text is not UTF-8".into(),
+            hint: None,
+        })
     }
 
     fn diagnostic(&self, e: &minijinja::Error, text: &str, file: &Path) -> Diagnostic {
@@ -134,6 +204,31 @@ impl Renderer {
             message,
             hint,
         }
+    }
+}
+
+/// The error for a render stopped by an output cap: which cap, at which
+/// source line (when minijinja says), and what to do.
+fn cap_diagnostic(cap: Cap, line: Option<usize>, file: &Path, written: usize) -> Diagnostic {
+    let message = match cap {
+        Cap::File => format!(
+            "template: rendered output exceeds {} MiB ({MAX_RENDERED_FILE_BYTES} bytes) for this file",
+            MAX_RENDERED_FILE_BYTES / (1024 * 1024)
+        ),
+        Cap::Total => format!(
+            "template: the manifests of this commit render to more than {} MiB ({MAX_RENDERED_TOTAL_BYTES} bytes) in all; this file crossed the limit after {written} bytes",
+            MAX_RENDERED_TOTAL_BYTES / (1024 * 1024)
+        ),
+    };
+    Diagnostic {
+        file: file.to_path_buf(),
+        line: line.unwrap_or(0),
+        column: usize::from(line.is_some()),
+        path: String::new(),
+        message,
+        hint: Some(
+            "a manifest renders to hand-sized YAML: check loops, `range(...)` and string repetition (`\"x\" * n`) in the template".into(),
+        ),
     }
 }
 
@@ -324,6 +419,38 @@ mod tests {
             )
             .unwrap_err();
         assert!(d.message.contains("fuel"), "{d}");
+    }
+
+    /// Issue #14: output is capped per file and per render (all files).
+    #[test]
+    fn template_bombs_stop_at_the_output_caps() {
+        let r = renderer("a: 1");
+        let d = r
+            .render(
+                "a: 1\nb: {{ \"x\" * 100000000 }}\n",
+                Path::new("services/bomb.yaml"),
+            )
+            .unwrap_err();
+        let shown = d.to_string();
+        assert!(shown.starts_with("services/bomb.yaml:"), "{shown}");
+        assert!(shown.contains("exceeds 4 MiB"), "{shown}");
+        assert!(shown.contains("string repetition"), "{shown}");
+
+        // Each file under its own cap, together over the render's.
+        let r = renderer("a: 1");
+        let three_mib = "a: {{ \"x\" * 3000000 }}\n";
+        let mut failed = None;
+        for i in 0..12 {
+            let f = format!("services/f{i}.yaml");
+            if let Err(d) = r.render(three_mib, Path::new(&f)) {
+                failed = Some((i, d));
+                break;
+            }
+        }
+        let (i, d) = failed.expect("the render budget stops it");
+        assert_eq!(i, 11, "32 MiB / 3 MB: the 12th file crosses");
+        assert!(d.message.contains("in all"), "{d}");
+        assert_eq!(d.file, Path::new("services/f11.yaml"));
     }
 
     #[test]
