@@ -545,9 +545,25 @@ fn walk(
         let is_real_dir = entry.file_type().is_ok_and(|t| t.is_dir());
         if is_real_dir {
             walk(root, &child, depth + 1, out, diags);
-        } else if (name.ends_with(".yaml") || name.ends_with(".yml")) && root.join(&child).is_file()
-        {
-            out.push(child);
+        } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+            if root.join(&child).is_file() {
+                out.push(child);
+            } else if entry.file_type().is_ok_and(|t| t.is_symlink())
+                && std::fs::metadata(root.join(&child)).is_err()
+            {
+                // Like a commit's tree: a manifest link to nothing is reported,
+                // not silently skipped.
+                let target = std::fs::read_link(root.join(&child))
+                    .map(|t| t.display().to_string())
+                    .unwrap_or_default();
+                diags.push(file_diag(
+                    &child,
+                    0,
+                    0,
+                    format!("symlink {target} leads to nothing"),
+                    Some("fix the link or delete it".into()),
+                ));
+            }
         }
     }
 }

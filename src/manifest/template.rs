@@ -110,6 +110,17 @@ impl Renderer {
     }
 
     pub fn render(&self, text: &str, file: &Path) -> Result<String, Diagnostic> {
+        if let Some(at) = find_string_repetition(text) {
+            let (line, column) = line_col(text, at);
+            return Err(Diagnostic {
+                file: file.to_path_buf(),
+                line,
+                column,
+                path: String::new(),
+                message: "template: `*` next to a string literal or a bracketed expression is refused (string repetition can build gigabytes of text before anything renders)".into(),
+                hint: Some("multiply plain values and numbers only, e.g. `{{ values.replicas * 2 }}`".into()),
+            });
+        }
         let name = file.to_string_lossy();
         let mut out = CappedOutput {
             buf: Vec::new(),
@@ -230,6 +241,67 @@ fn cap_diagnostic(cap: Cap, line: Option<usize>, file: &Path, written: usize) ->
             "a manifest renders to hand-sized YAML: check loops, `range(...)` and string repetition (`\"x\" * n`) in the template".into(),
         ),
     }
+}
+
+/// Where a `*` (not `**`) inside a `{{ }}` or `{% %}` tag has a string
+/// literal, a parenthesis or a bracket on either side.
+///
+/// minijinja folds constant expressions while compiling, so
+/// `{{ "x" * 100000000 }}` costs 100 MB per occurrence before a byte is
+/// rendered, out of reach of the output caps: 100 such lines took 9.4 GiB.
+/// Repetition of a constant needs a literal or a bracketed expression next
+/// to the `*`; a plain `values.a * 2` does not, and stays allowed (a string
+/// repeated from values is built at render time, one at a time, and its
+/// output is capped).
+fn find_string_repetition(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(open) = text[i..].find(['{']).map(|k| i + k) {
+        let close = match bytes.get(open + 1) {
+            Some(b'{') => "}}",
+            Some(b'%') => "%}",
+            _ => {
+                i = open + 1;
+                continue;
+            }
+        };
+        let start = open + 2;
+        let end = text[start..].find(close).map_or(text.len(), |k| start + k);
+        let mut k = start;
+        // The last significant character before k, outside strings.
+        let mut prev: u8 = b' ';
+        while k < end {
+            let c = bytes[k];
+            match c {
+                b'"' | b'\'' => {
+                    // Skip the literal; its closing quote becomes `prev`.
+                    k += 1;
+                    while k < end && bytes[k] != c {
+                        k += if bytes[k] == b'\\' { 2 } else { 1 };
+                    }
+                    prev = c;
+                }
+                b'*' if bytes.get(k + 1) == Some(&b'*') => {
+                    prev = b'*';
+                    k += 1;
+                }
+                b'*' => {
+                    let next = text[k + 1..end].trim_start().bytes().next().unwrap_or(b' ');
+                    if matches!(prev, b'"' | b'\'' | b')' | b']')
+                        || matches!(next, b'"' | b'\'' | b'(' | b'[')
+                    {
+                        return Some(k);
+                    }
+                    prev = c;
+                }
+                c if c.is_ascii_whitespace() => {}
+                c => prev = c,
+            }
+            k += 1;
+        }
+        i = end;
+    }
+    None
 }
 
 /// 1-based line and character column of byte offset `at`.
@@ -421,13 +493,38 @@ mod tests {
         assert!(d.message.contains("fuel"), "{d}");
     }
 
+    /// Issue #14: constant string repetition is refused before compiling
+    /// (minijinja folds it at compile time, out of reach of output caps).
+    #[test]
+    fn constant_string_repetition_is_refused_before_compiling() {
+        let r = renderer("a: 1\nn: 3\ns: ab");
+        for (text, at) in [
+            ("a: 1\nb: {{ \"x\" * 100000000 }}\n", (2, 11)),
+            ("b: {{ 100000000*'x' }}\n", (1, 16)),
+            ("b: {{ (\"x\" ~ \"y\") * (10000 * 10000) }}\n", (1, 19)),
+            ("{% set s = ['x'] * 100000000 %}\n", (1, 18)),
+        ] {
+            let d = r.render(text, Path::new("services/bomb.yaml")).unwrap_err();
+            assert_eq!((d.line, d.column), at, "{text}: {d}");
+            assert!(d.message.contains("string repetition"), "{d}");
+        }
+        // Numbers from values, powers and `*` in plain text stay allowed.
+        let out = r
+            .render(
+                "a: {{ values.n * 2 }} {{ 2 ** 3 }} {{ values.s * values.n }} \"*\" * 3\n",
+                Path::new("f.yaml"),
+            )
+            .unwrap();
+        assert_eq!(out, "a: 6 8 ababab \"*\" * 3\n");
+    }
+
     /// Issue #14: output is capped per file and per render (all files).
     #[test]
     fn template_bombs_stop_at_the_output_caps() {
-        let r = renderer("a: 1");
+        let r = renderer("a: 1\nx: x\nbig: 100000000");
         let d = r
             .render(
-                "a: 1\nb: {{ \"x\" * 100000000 }}\n",
+                "a: 1\nb: {{ values.x * values.big }}\n",
                 Path::new("services/bomb.yaml"),
             )
             .unwrap_err();
@@ -437,8 +534,8 @@ mod tests {
         assert!(shown.contains("string repetition"), "{shown}");
 
         // Each file under its own cap, together over the render's.
-        let r = renderer("a: 1");
-        let three_mib = "a: {{ \"x\" * 3000000 }}\n";
+        let r = renderer("x: x\nn: 3000000");
+        let three_mib = "a: {{ values.x * values.n }}\n";
         let mut failed = None;
         for i in 0..12 {
             let f = format!("services/f{i}.yaml");

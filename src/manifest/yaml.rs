@@ -298,12 +298,16 @@ impl Builder {
 
     fn open(&mut self, frame: Frame, pos: Pos) -> Result<(), SyntaxError> {
         if self.stack.len() >= MAX_DEPTH {
-            return Err(err(pos, format!("nesting deeper than {MAX_DEPTH} levels")));
+            return Err(err(pos, too_deep()));
         }
         self.count(1, 0, pos)?;
         self.stack.push(frame);
         Ok(())
     }
+}
+
+fn too_deep() -> String {
+    format!("nesting deeper than {MAX_DEPTH} levels; flatten the structure")
 }
 
 /// `<<: *a` or `<<: [*a, *b]`: keys not already present are added, earlier
@@ -470,13 +474,16 @@ pub(crate) fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
             Ok((ev, span)) => b.event(ev, span)?,
             Err(e) => {
                 let m = e.marker();
-                return Err(err(
-                    Pos {
-                        line: m.line(),
-                        col: m.col() + 1,
-                    },
-                    e.info(),
-                ));
+                let pos = Pos {
+                    line: m.line(),
+                    col: m.col() + 1,
+                };
+                // The parser's own guard against deep flow collections
+                // (it scans ahead of the events): the same limit for users.
+                if e.info().contains("recursion limit") {
+                    return Err(err(pos, too_deep()));
+                }
+                return Err(err(pos, e.info()));
             }
         }
     }
