@@ -467,3 +467,232 @@ async fn a_full_disk_under_the_state_directory_is_survived() {
     assert_eq!(rec.commit.unwrap().sha, v2);
     assert_eq!(rec.state.phase, Phase::Complete);
 }
+
+// ---- Scenario 6: hostile manifests (issue #14) ----
+
+/// The hostile manifests of scenario 6: file name under `services/`, its
+/// bytes, and what the error about it must say.
+fn hostile_manifests() -> Vec<(&'static str, String, &'static str)> {
+    // 1 MiB: a 700 kB anchored string aliased ~99k times (tens of GB expanded).
+    let mut aliases = format!("a: &s {}\nb: [", "x".repeat(700_000));
+    aliases += &"*s,".repeat(99_000);
+    aliases += "*s]\n";
+    // 100 lines of a 100 MB string each.
+    let template: String = (0..100)
+        .map(|i| format!("k{i}: {{{{ \"x\" * 100000000 }}}}\n"))
+        .collect();
+    let deep = format!("a: {}{}\n", "[".repeat(200_000), "]".repeat(200_000));
+    vec![
+        ("aliases.yaml", aliases, "expands to more than 8 MiB"),
+        ("template.yaml", template, "string repetition"),
+        // 50 MiB of text (compresses to almost nothing in Git).
+        (
+            "big.yaml",
+            "# x\n".repeat(50 * 1024 * 1024 / 4),
+            "the limit is 1048576",
+        ),
+        ("deep.yaml", deep, "nesting deeper than 64 levels"),
+    ]
+}
+
+/// Peak RSS (KiB) of every child this test process has waited for: with
+/// one test per process (nextest), the `floyd validate` runs of the test.
+fn children_peak_rss_kib() -> i64 {
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_CHILDREN).unwrap().max_rss()
+}
+
+/// `floyd validate` refuses each hostile manifest with an error naming the
+/// file, in bounded memory; a symlink to a file outside the directory is
+/// refused too (not read).
+#[test]
+fn hostile_manifests_are_refused_by_validate_naming_the_file_in_bounded_memory() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(
+        outside.path().join("outside.yaml"),
+        service_yaml("leaked", "v1", false),
+    )
+    .unwrap();
+    let mut cases: Vec<(&str, Option<String>, &str)> = hostile_manifests()
+        .into_iter()
+        .map(|(n, t, w)| (n, Some(t), w))
+        .collect();
+    cases.push(("link.yaml", None, "leads outside the config directory"));
+    let mut peaks = Vec::new();
+    for (name, text, want) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let services = dir.path().join("services");
+        std::fs::create_dir_all(&services).unwrap();
+        std::fs::write(services.join("web.yaml"), service_yaml("web", "v1", false)).unwrap();
+        match text {
+            Some(t) => std::fs::write(services.join(name), t).unwrap(),
+            None => {
+                std::os::unix::fs::symlink(outside.path().join("outside.yaml"), services.join(name))
+                    .unwrap()
+            }
+        }
+        let started = Instant::now();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_floyd"))
+            .arg("validate")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(&format!("services/{name}")))
+            .unwrap_or_else(|| panic!("{name} is named: {stderr}"));
+        assert!(line.contains(want), "{name}: {line}");
+        assert!(
+            !stderr.contains("leaked"),
+            "the linked file is not read: {stderr}"
+        );
+        peaks.push((name, children_peak_rss_kib(), started.elapsed()));
+    }
+    eprintln!("floyd validate, peak RSS so far after each case (KiB) and time: {peaks:?}");
+    let peak = children_peak_rss_kib();
+    assert!(
+        peak < 100 * 1024,
+        "peak RSS of floyd validate {peak} KiB: {peaks:?}"
+    );
+}
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let code = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map(|x| x.1.to_string())?;
+    Some((code, body))
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A service the local runtime runs for real (`floyd sample-app`).
+fn local_web(version: &str, port: u16) -> String {
+    format!(
+        "apiVersion: floyd.dev/v1
+kind: Service
+metadata:
+  name: web
+spec:
+  replicas: 1
+  template:
+    command: [\"${{FLOYD_BIN}}\", \"sample-app\", \"--version\", \"{version}\"]
+    terminationGracePeriodSeconds: 2
+  ports:
+    - {{ name: http, port: {port} }}
+  health:
+    readiness: {{ http: {{ path: /healthz, port: http }}, periodSeconds: 1 }}
+  progressDeadlineSeconds: 60
+"
+    )
+}
+
+/// `floyd run` given a commit full of hostile manifests (and a change to a
+/// running service beside them) refuses the whole commit, says which files
+/// and why, keeps running the last good release, and stays under 100 MiB.
+#[test]
+fn a_hostile_commit_leaves_floyd_run_on_the_last_good_release_in_bounded_memory() {
+    let server = support::GitServer::daemon();
+    let w = support::Work::clone(&server.url);
+    let web_port = support::free_port();
+    w.write("services/web.yaml", &local_web("v1", web_port));
+    let good = w.commit("web v1");
+    w.push();
+    let state = tempfile::tempdir().unwrap();
+    let log = state.path().join("floyd.log");
+    let port = support::free_port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_floyd"))
+        .args(["run", "--repo", &server.url, "--poll-interval", "1s"])
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--state-dir")
+        .arg(state.path().join("state"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Kill(child);
+    let pid = child.0.id();
+    let web = || -> Option<serde_json::Value> {
+        let (code, body) = http_get(port, "/api/v1/services/web")?;
+        (code == 200).then(|| serde_json::from_str(&body).ok())?
+    };
+    let complete_at =
+        |v: &serde_json::Value, sha: &str| v["phase"] == "Complete" && v["commit"]["sha"] == sha;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !web().is_some_and(|v| complete_at(&v, &good)) {
+        assert!(
+            Instant::now() < deadline,
+            "web Complete at {good}: {:?}",
+            web()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    for (name, text, _) in hostile_manifests() {
+        w.write(&format!("services/{name}"), &text);
+    }
+    std::os::unix::fs::symlink("../../outside.yaml", w.path().join("services/link.yaml")).unwrap();
+    w.write("services/web.yaml", &local_web("v2", web_port));
+    let bad = w.commit("hostile manifests beside web v2");
+    w.push();
+
+    let sync_errors = || {
+        http_get(port, "/metrics").and_then(|(_, body)| {
+            body.lines()
+                .find(|l| l.starts_with("floyd_sync_total{result=\"error\"}"))
+                .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sync_errors().unwrap_or(0.0) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the hostile commit {bad} is tried: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A few more polls: it is not retried into a crash loop, and web stays.
+    std::thread::sleep(Duration::from_secs(3));
+    let v = web().expect("floyd run still answers");
+    assert!(
+        complete_at(&v, &good),
+        "still on the last good release: {v}"
+    );
+    let hwm = vm_hwm_kib(pid);
+    eprintln!("floyd run peak RSS (VmHWM) after the hostile commit: {hwm} KiB");
+    assert!(hwm < 100 * 1024, "floyd run peak RSS {hwm} KiB");
+    let logs = std::fs::read_to_string(&log).unwrap();
+    for (name, want) in hostile_manifests()
+        .iter()
+        .map(|(n, _, w)| (*n, *w))
+        .chain([("link.yaml", "leads outside the config directory")])
+    {
+        assert!(
+            logs.lines()
+                .any(|l| l.contains(&format!("services/{name}")) && l.contains(want)),
+            "the log names {name} ({want}): {logs}"
+        );
+    }
+}

@@ -545,9 +545,25 @@ fn walk(
         let is_real_dir = entry.file_type().is_ok_and(|t| t.is_dir());
         if is_real_dir {
             walk(root, &child, depth + 1, out, diags);
-        } else if (name.ends_with(".yaml") || name.ends_with(".yml")) && root.join(&child).is_file()
-        {
-            out.push(child);
+        } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+            if root.join(&child).is_file() {
+                out.push(child);
+            } else if entry.file_type().is_ok_and(|t| t.is_symlink())
+                && std::fs::metadata(root.join(&child)).is_err()
+            {
+                // Like a commit's tree: a manifest link to nothing is reported,
+                // not silently skipped.
+                let target = std::fs::read_link(root.join(&child))
+                    .map(|t| t.display().to_string())
+                    .unwrap_or_default();
+                diags.push(file_diag(
+                    &child,
+                    0,
+                    0,
+                    format!("symlink {target} leads to nothing"),
+                    Some("fix the link or delete it".into()),
+                ));
+            }
         }
     }
 }
@@ -561,6 +577,16 @@ fn read_text(
     optional: bool,
 ) -> Option<String> {
     let path = root.join(rel);
+    if let Err(message) = inside_root(root, &path) {
+        diags.push(file_diag(
+            rel,
+            0,
+            0,
+            message,
+            Some("copy the file into the config repository instead of linking to it".into()),
+        ));
+        return None;
+    }
     let size = match std::fs::metadata(&path) {
         Ok(m) => m.len(),
         Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => return None,
@@ -588,6 +614,31 @@ fn read_text(
     };
     let text = check_text(&bytes, rel, diags)?;
     Some(text)
+}
+
+/// A symlinked file is read only when it resolves inside `root`, as the Git
+/// source does for a commit's tree: a config repo cannot pull in files from
+/// elsewhere on the machine (`/etc/...`, another user's secrets).
+fn inside_root(root: &Path, path: &Path) -> Result<(), String> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(()); // missing: reported by the read itself
+    };
+    if !meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    let target = std::fs::read_link(path)
+        .map(|t| t.display().to_string())
+        .unwrap_or_default();
+    let (Ok(root), Ok(real)) = (root.canonicalize(), path.canonicalize()) else {
+        return Err(format!("symlink {target} leads to nothing"));
+    };
+    if real.starts_with(&root) {
+        Ok(())
+    } else {
+        Err(format!(
+            "symlink {target} leads outside the config directory"
+        ))
+    }
 }
 
 /// UTF-8 (a BOM is dropped), not empty, within the size limit.

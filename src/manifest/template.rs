@@ -12,9 +12,16 @@ use super::yaml::{Node, Pos, Value as YamlValue};
 use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Fuel for one file: enough for any sane manifest, stops runaway loops.
 const FUEL: u64 = 5_000_000;
+/// Rendered text one file may produce: a manifest is hand-sized YAML, and
+/// the parser after rendering should never see more than this.
+pub const MAX_RENDERED_FILE_BYTES: usize = 4 * 1024 * 1024;
+/// Rendered text all the files of one render (one commit, one environment)
+/// may produce together.
+pub const MAX_RENDERED_TOTAL_BYTES: usize = 32 * 1024 * 1024;
 
 /// One minijinja environment for a whole load (compiling settings once).
 pub(crate) struct Renderer {
@@ -23,6 +30,49 @@ pub(crate) struct Renderer {
     /// Top-level names under `values`, for "did you mean" hints.
     value_names: Vec<String>,
     environment: Option<String>,
+    /// Bytes the files rendered so far (by any worker) may still produce.
+    budget: AtomicUsize,
+}
+
+/// Which output cap a render ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cap {
+    File,
+    Total,
+}
+
+/// The writer a template renders into: stops (with an I/O error minijinja
+/// passes back) at the first write that would cross the per-file cap or
+/// the shared per-render budget, before copying it.
+struct CappedOutput<'a> {
+    buf: Vec<u8>,
+    budget: &'a AtomicUsize,
+    hit: Option<Cap>,
+}
+
+impl std::io::Write for CappedOutput<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len();
+        if self.buf.len() + n > MAX_RENDERED_FILE_BYTES {
+            self.hit = Some(Cap::File);
+            return Err(std::io::Error::other("rendered output too large"));
+        }
+        let took = self
+            .budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(n)
+            });
+        if took.is_err() {
+            self.hit = Some(Cap::Total);
+            return Err(std::io::Error::other("rendered output too large"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Renderer {
@@ -50,6 +100,7 @@ impl Renderer {
             ctx,
             value_names,
             environment: environment.map(str::to_string),
+            budget: AtomicUsize::new(MAX_RENDERED_TOTAL_BYTES),
         }
     }
 
@@ -59,11 +110,41 @@ impl Renderer {
     }
 
     pub fn render(&self, text: &str, file: &Path) -> Result<String, Diagnostic> {
+        if let Some(at) = find_string_repetition(text) {
+            let (line, column) = line_col(text, at);
+            return Err(Diagnostic {
+                file: file.to_path_buf(),
+                line,
+                column,
+                path: String::new(),
+                message: "template: `*` next to a string literal or a bracketed expression is refused (string repetition can build gigabytes of text before anything renders)".into(),
+                hint: Some("multiply plain values and numbers only, e.g. `{{ values.replicas * 2 }}`".into()),
+            });
+        }
         let name = file.to_string_lossy();
-        self.env
+        let mut out = CappedOutput {
+            buf: Vec::new(),
+            budget: &self.budget,
+            hit: None,
+        };
+        let result = self
+            .env
             .template_from_named_str(&name, text)
-            .and_then(|t| t.render(&self.ctx))
-            .map_err(|e| self.diagnostic(&e, text, file))
+            .and_then(|t| t.render_captured_to(&self.ctx, &mut out).map(drop));
+        if let Some(cap) = out.hit {
+            // minijinja knows the line of the expression whose output crossed it.
+            let line = result.as_ref().err().and_then(minijinja::Error::line);
+            return Err(cap_diagnostic(cap, line, file, out.buf.len()));
+        }
+        result.map_err(|e| self.diagnostic(&e, text, file))?;
+        String::from_utf8(out.buf).map_err(|_| Diagnostic {
+            file: file.to_path_buf(),
+            line: 0,
+            column: 0,
+            path: String::new(),
+            message: "template: rendered text is not UTF-8".into(),
+            hint: None,
+        })
     }
 
     fn diagnostic(&self, e: &minijinja::Error, text: &str, file: &Path) -> Diagnostic {
@@ -135,6 +216,92 @@ impl Renderer {
             hint,
         }
     }
+}
+
+/// The error for a render stopped by an output cap: which cap, at which
+/// source line (when minijinja says), and what to do.
+fn cap_diagnostic(cap: Cap, line: Option<usize>, file: &Path, written: usize) -> Diagnostic {
+    let message = match cap {
+        Cap::File => format!(
+            "template: rendered output exceeds {} MiB ({MAX_RENDERED_FILE_BYTES} bytes) for this file",
+            MAX_RENDERED_FILE_BYTES / (1024 * 1024)
+        ),
+        Cap::Total => format!(
+            "template: the manifests of this commit render to more than {} MiB ({MAX_RENDERED_TOTAL_BYTES} bytes) in all; this file crossed the limit after {written} bytes",
+            MAX_RENDERED_TOTAL_BYTES / (1024 * 1024)
+        ),
+    };
+    Diagnostic {
+        file: file.to_path_buf(),
+        line: line.unwrap_or(0),
+        column: usize::from(line.is_some()),
+        path: String::new(),
+        message,
+        hint: Some(
+            "a manifest renders to hand-sized YAML: check loops, `range(...)` and string repetition (`\"x\" * n`) in the template".into(),
+        ),
+    }
+}
+
+/// Where a `*` (not `**`) inside a `{{ }}` or `{% %}` tag has a string
+/// literal, a parenthesis or a bracket on either side.
+///
+/// minijinja folds constant expressions while compiling, so
+/// `{{ "x" * 100000000 }}` costs 100 MB per occurrence before a byte is
+/// rendered, out of reach of the output caps: 100 such lines took 9.4 GiB.
+/// Repetition of a constant needs a literal or a bracketed expression next
+/// to the `*`; a plain `values.a * 2` does not, and stays allowed (a string
+/// repeated from values is built at render time, one at a time, and its
+/// output is capped).
+fn find_string_repetition(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(open) = text[i..].find(['{']).map(|k| i + k) {
+        let close = match bytes.get(open + 1) {
+            Some(b'{') => "}}",
+            Some(b'%') => "%}",
+            _ => {
+                i = open + 1;
+                continue;
+            }
+        };
+        let start = open + 2;
+        let end = text[start..].find(close).map_or(text.len(), |k| start + k);
+        let mut k = start;
+        // The last significant character before k, outside strings.
+        let mut prev: u8 = b' ';
+        while k < end {
+            let c = bytes[k];
+            match c {
+                b'"' | b'\'' => {
+                    // Skip the literal; its closing quote becomes `prev`.
+                    k += 1;
+                    while k < end && bytes[k] != c {
+                        k += if bytes[k] == b'\\' { 2 } else { 1 };
+                    }
+                    prev = c;
+                }
+                b'*' if bytes.get(k + 1) == Some(&b'*') => {
+                    prev = b'*';
+                    k += 1;
+                }
+                b'*' => {
+                    let next = text[k + 1..end].trim_start().bytes().next().unwrap_or(b' ');
+                    if matches!(prev, b'"' | b'\'' | b')' | b']')
+                        || matches!(next, b'"' | b'\'' | b'(' | b'[')
+                    {
+                        return Some(k);
+                    }
+                    prev = c;
+                }
+                c if c.is_ascii_whitespace() => {}
+                c => prev = c,
+            }
+            k += 1;
+        }
+        i = end;
+    }
+    None
 }
 
 /// 1-based line and character column of byte offset `at`.
@@ -324,6 +491,63 @@ mod tests {
             )
             .unwrap_err();
         assert!(d.message.contains("fuel"), "{d}");
+    }
+
+    /// Issue #14: constant string repetition is refused before compiling
+    /// (minijinja folds it at compile time, out of reach of output caps).
+    #[test]
+    fn constant_string_repetition_is_refused_before_compiling() {
+        let r = renderer("a: 1\nn: 3\ns: ab");
+        for (text, at) in [
+            ("a: 1\nb: {{ \"x\" * 100000000 }}\n", (2, 11)),
+            ("b: {{ 100000000*'x' }}\n", (1, 16)),
+            ("b: {{ (\"x\" ~ \"y\") * (10000 * 10000) }}\n", (1, 19)),
+            ("{% set s = ['x'] * 100000000 %}\n", (1, 18)),
+        ] {
+            let d = r.render(text, Path::new("services/bomb.yaml")).unwrap_err();
+            assert_eq!((d.line, d.column), at, "{text}: {d}");
+            assert!(d.message.contains("string repetition"), "{d}");
+        }
+        // Numbers from values, powers and `*` in plain text stay allowed.
+        let out = r
+            .render(
+                "a: {{ values.n * 2 }} {{ 2 ** 3 }} {{ values.s * values.n }} \"*\" * 3\n",
+                Path::new("f.yaml"),
+            )
+            .unwrap();
+        assert_eq!(out, "a: 6 8 ababab \"*\" * 3\n");
+    }
+
+    /// Issue #14: output is capped per file and per render (all files).
+    #[test]
+    fn template_bombs_stop_at_the_output_caps() {
+        let r = renderer("a: 1\nx: x\nbig: 100000000");
+        let d = r
+            .render(
+                "a: 1\nb: {{ values.x * values.big }}\n",
+                Path::new("services/bomb.yaml"),
+            )
+            .unwrap_err();
+        let shown = d.to_string();
+        assert!(shown.starts_with("services/bomb.yaml:"), "{shown}");
+        assert!(shown.contains("exceeds 4 MiB"), "{shown}");
+        assert!(shown.contains("string repetition"), "{shown}");
+
+        // Each file under its own cap, together over the render's.
+        let r = renderer("x: x\nn: 3000000");
+        let three_mib = "a: {{ values.x * values.n }}\n";
+        let mut failed = None;
+        for i in 0..12 {
+            let f = format!("services/f{i}.yaml");
+            if let Err(d) = r.render(three_mib, Path::new(&f)) {
+                failed = Some((i, d));
+                break;
+            }
+        }
+        let (i, d) = failed.expect("the render budget stops it");
+        assert_eq!(i, 11, "32 MiB / 3 MB: the 12th file crosses");
+        assert!(d.message.contains("in all"), "{d}");
+        assert_eq!(d.file, Path::new("services/f11.yaml"));
     }
 
     #[test]

@@ -101,6 +101,9 @@ pub(crate) struct SyntaxError {
 const MAX_DEPTH: usize = 64;
 /// Nodes per file, counting alias expansions (stops "billion laughs").
 const MAX_NODES: usize = 250_000;
+/// Scalar text per file, counting every alias expansion in full: one long
+/// anchored string aliased many times is few nodes but many bytes.
+pub(crate) const MAX_EXPANDED_BYTES: usize = 8 * 1024 * 1024;
 
 enum Frame {
     Seq {
@@ -122,9 +125,11 @@ enum Frame {
 /// keys, duplicate-key detection, YAML 1.2 core-schema scalars.
 struct Builder {
     stack: Vec<Frame>,
-    anchors: HashMap<usize, (Node, usize)>,
+    /// Anchored nodes with their node count and scalar bytes.
+    anchors: HashMap<usize, (Node, usize, usize)>,
     docs: Vec<Node>,
     nodes: usize,
+    bytes: usize,
 }
 
 fn err(pos: Pos, message: impl Into<String>) -> SyntaxError {
@@ -134,26 +139,41 @@ fn err(pos: Pos, message: impl Into<String>) -> SyntaxError {
     }
 }
 
-fn size(n: &Node) -> usize {
+/// Nodes and scalar bytes in `n`.
+fn size(n: &Node) -> (usize, usize) {
+    let add = |(a, b): (usize, usize), (c, d): (usize, usize)| (a + c, b + d);
     match &n.value {
-        Value::Seq(items) => 1 + items.iter().map(size).sum::<usize>(),
-        Value::Map(entries) => {
-            1 + entries
-                .iter()
-                .map(|(k, v)| size(k) + size(v))
-                .sum::<usize>()
-        }
-        _ => 1,
+        Value::Seq(items) => items.iter().map(size).fold((1, 0), add),
+        Value::Map(entries) => entries
+            .iter()
+            .map(|(k, v)| add(size(k), size(v)))
+            .fold((1, 0), add),
+        Value::Str(s) => (1, s.len()),
+        _ => (1, 0),
     }
 }
 
 impl Builder {
-    fn count(&mut self, n: usize, pos: Pos) -> Result<(), SyntaxError> {
-        self.nodes += n;
+    /// Counts `nodes` more nodes and `bytes` more scalar text, refusing the
+    /// file (at `pos`) before either budget is crossed.
+    fn count(&mut self, nodes: usize, bytes: usize, pos: Pos) -> Result<(), SyntaxError> {
+        self.nodes += nodes;
+        self.bytes = self.bytes.saturating_add(bytes);
         if self.nodes > MAX_NODES {
             return Err(err(
                 pos,
-                format!("more than {MAX_NODES} YAML nodes (aliases included)"),
+                format!(
+                    "more than {MAX_NODES} YAML nodes (aliases included); use fewer aliases or split the file"
+                ),
+            ));
+        }
+        if self.bytes > MAX_EXPANDED_BYTES {
+            return Err(err(
+                pos,
+                format!(
+                    "YAML expands to more than {} MiB ({MAX_EXPANDED_BYTES} bytes) of text, counting each alias in full; use fewer aliases of long values or split the file",
+                    MAX_EXPANDED_BYTES / (1024 * 1024)
+                ),
             ));
         }
         Ok(())
@@ -162,8 +182,8 @@ impl Builder {
     /// A finished node goes into its parent (or becomes a document).
     fn add(&mut self, node: Node, anchor: usize) -> Result<(), SyntaxError> {
         if anchor != 0 {
-            let n = size(&node);
-            self.anchors.insert(anchor, (node.clone(), n));
+            let (n, b) = size(&node);
+            self.anchors.insert(anchor, (node.clone(), n, b));
         }
         match self.stack.last_mut() {
             None => self.docs.push(node),
@@ -197,15 +217,17 @@ impl Builder {
         };
         match ev {
             Event::Scalar(text, style, anchor, tag) => {
-                self.count(1, pos)?;
+                self.count(1, text.len(), pos)?;
                 let value = scalar(&text, style, tag.as_deref(), pos)?;
                 self.add(Node { value, pos }, anchor)
             }
             Event::Alias(id) => {
-                let Some((node, n)) = self.anchors.get(&id).cloned() else {
+                let Some(&(_, n, b)) = self.anchors.get(&id) else {
                     return Err(err(pos, "alias to an unknown anchor"));
                 };
-                self.count(n, pos)?;
+                // Counted before the copy is made.
+                self.count(n, b, pos)?;
+                let node = self.anchors[&id].0.clone();
                 // Positions inside stay the anchor's; the alias itself points here.
                 self.add(Node { pos, ..node }, 0)
             }
@@ -276,12 +298,16 @@ impl Builder {
 
     fn open(&mut self, frame: Frame, pos: Pos) -> Result<(), SyntaxError> {
         if self.stack.len() >= MAX_DEPTH {
-            return Err(err(pos, format!("nesting deeper than {MAX_DEPTH} levels")));
+            return Err(err(pos, too_deep()));
         }
-        self.count(1, pos)?;
+        self.count(1, 0, pos)?;
         self.stack.push(frame);
         Ok(())
     }
+}
+
+fn too_deep() -> String {
+    format!("nesting deeper than {MAX_DEPTH} levels; flatten the structure")
 }
 
 /// `<<: *a` or `<<: [*a, *b]`: keys not already present are added, earlier
@@ -441,19 +467,23 @@ pub(crate) fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
         anchors: HashMap::new(),
         docs: Vec::new(),
         nodes: 0,
+        bytes: 0,
     };
     for item in Parser::new_from_str(text) {
         match item {
             Ok((ev, span)) => b.event(ev, span)?,
             Err(e) => {
                 let m = e.marker();
-                return Err(err(
-                    Pos {
-                        line: m.line(),
-                        col: m.col() + 1,
-                    },
-                    e.info(),
-                ));
+                let pos = Pos {
+                    line: m.line(),
+                    col: m.col() + 1,
+                };
+                // The parser's own guard against deep flow collections
+                // (it scans ahead of the events): the same limit for users.
+                if e.info().contains("recursion limit") {
+                    return Err(err(pos, too_deep()));
+                }
+                return Err(err(pos, e.info()));
             }
         }
     }
@@ -574,6 +604,30 @@ mod tests {
                 .message
                 .contains("nodes")
         );
+    }
+
+    /// Issue #14: one long anchored string aliased many times is few nodes
+    /// but tens of GB once expanded; refused at the alias that crosses the
+    /// byte budget, before any copy is made.
+    #[test]
+    fn a_long_string_aliased_many_times_is_refused_by_bytes() {
+        let mut text = format!("a: &s {}\nb: [", "x".repeat(700_000));
+        text += &"*s,".repeat(99_000);
+        text += "*s]\n";
+        assert!(text.len() < 1024 * 1024, "fits the file limit");
+        let e = parse_documents(&text).unwrap_err();
+        assert!(e.message.contains("expands to more than 8 MiB"), "{e:?}");
+        // The anchor and 11 aliases make 8.4 MB: the 11th alias, on line 2.
+        assert_eq!(
+            e.pos,
+            Pos {
+                line: 2,
+                col: 5 + 3 * 10
+            }
+        );
+        // A few aliases of a short value are fine.
+        let ok = parse_documents("a: &s hello\nb: [*s, *s, *s]\n").unwrap();
+        assert_eq!(ok.len(), 1);
     }
 
     #[test]

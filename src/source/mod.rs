@@ -479,11 +479,10 @@ impl GitSource {
     ) -> Result<Result<Release, manifest::Error>, Error> {
         let repo = self.repo()?;
         let listing = list_config_tree(&repo, sha, subdir)?;
+        let odb = repo.odb().map_err(|e| self.mirror_err(e))?;
         let mut read = |f: &TreeFile| -> Result<Vec<u8>, String> {
             let oid = Oid::from_str(&f.id).map_err(|e| e.to_string())?;
-            repo.find_blob(oid)
-                .map(|b| b.content().to_vec())
-                .map_err(|e| e.message().to_string())
+            read_blob_within(&repo, &odb, oid, manifest::MAX_FILE_BYTES)
         };
         Ok(renderer.render(&listing, &mut read))
     }
@@ -719,8 +718,10 @@ fn resolve_blob(
         if mode != LINK {
             return Ok(Some(id));
         }
-        let blob = repo.find_blob(id).map_err(|e| e.message().to_string())?;
-        let target = String::from_utf8_lossy(blob.content()).into_owned();
+        let odb = repo.odb().map_err(|e| e.message().to_string())?;
+        let target = read_blob_within(repo, &odb, id, MAX_SYMLINK_BYTES)
+            .map_err(|e| format!("symlink: {e}"))?;
+        let target = String::from_utf8_lossy(&target).into_owned();
         // Resolve against the link's directory, staying inside the tree.
         let mut parts: Vec<String> = if target.starts_with('/') {
             return Err(format!(
@@ -752,6 +753,34 @@ fn resolve_blob(
         (id, mode, kind) = (e.id(), e.filemode(), e.kind());
     }
     Err("too many levels of symlinks".into())
+}
+
+/// A symlink's target is a path: longer than this is not one.
+const MAX_SYMLINK_BYTES: u64 = 4096;
+
+/// A blob's bytes, refused from its object header (size only, nothing
+/// inflated) when it is larger than `limit`: a 50 MiB blob in a commit costs
+/// a header read, not 50 MiB of memory.
+fn read_blob_within(
+    repo: &Repository,
+    odb: &git2::Odb<'_>,
+    oid: Oid,
+    limit: u64,
+) -> Result<Vec<u8>, String> {
+    let (size, _) = odb.read_header(oid).map_err(|e| e.message().to_string())?;
+    if size as u64 > limit {
+        return Err(format!(
+            "file is {size} bytes; the limit is {limit} ({}); split it into several files",
+            if limit >= 1024 * 1024 {
+                format!("{} MiB", limit / (1024 * 1024))
+            } else {
+                format!("{limit} bytes")
+            }
+        ));
+    }
+    repo.find_blob(oid)
+        .map(|b| b.content().to_vec())
+        .map_err(|e| e.message().to_string())
 }
 
 fn blob_at(tree: &git2::Tree<'_>, path: &str) -> Option<Oid> {
