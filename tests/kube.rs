@@ -6,6 +6,7 @@
 //!   object sent is checked with `kubernetes-validate --strict`.
 //! - `engine_loop`: the real `engine::step` loop driving the runtime against
 //!   the fake API server (rolling, blue-green, GPU, failing → rollback).
+//! - `gateway`: canary weights written to a Gateway API HTTPRoute.
 //! - `cluster`: the same scenarios against a real cluster (`KUBECONFIG`),
 //!   ignored by default.
 //! - `chart`: `helm lint`, `helm template | kubernetes-validate`, RBAC scope.
@@ -23,6 +24,8 @@ mod cluster;
 mod engine_loop;
 #[path = "kube/fake_api.rs"]
 mod fake_api;
+#[path = "kube/gateway.rs"]
+mod gateway;
 #[path = "kube/ownership.rs"]
 mod ownership;
 #[path = "kube/rollouts.rs"]

@@ -6,8 +6,10 @@
 //! with the demo's own lines), and prints the exact `git` commands to push a
 //! change.
 //! `--scenario` then tells the whole story by itself: a healthy change rolls
-//! out, a broken one (a revision that never becomes ready) fails, is rolled
-//! back and reverted in Git; it exits 0 only when all of that happened.
+//! out, a canary (`shop`) goes through its steps one by one with the traffic
+//! share measured at each pause, a broken change (a revision that never
+//! becomes ready) fails, is rolled back and reverted in Git; it exits 0 only
+//! when all of that happened.
 
 use super::run::{self, Args as RunArgs, Running};
 use crate::engine::Phase;
@@ -21,7 +23,7 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Push a good change, then a broken one; show rollout, rollback and revert; exit.
+    /// Push a good change, a canary, then a broken one; show rollout, canary steps, rollback and revert; exit.
     #[arg(long)]
     pub scenario: bool,
     /// Scratch directory.
@@ -38,6 +40,11 @@ pub struct Args {
 /// The service the scenario changes, and its file.
 const SERVICE: &str = "web";
 const FILE: &str = "services/web.yaml";
+/// The canary service of the scenario, and its file.
+const CANARY: &str = "shop";
+const CANARY_FILE: &str = "services/shop.yaml";
+/// Requests the scenario sends through the canary's load balancer at each pause.
+const SAMPLE_REQUESTS: u32 = 100;
 
 pub fn run(args: Args, log_format: crate::telemetry::LogFormat) -> anyhow::Result<u8> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -287,20 +294,30 @@ async fn wait_view(
     timeout: Duration,
     cond: impl Fn(&ServiceView) -> bool,
 ) -> anyhow::Result<ServiceView> {
+    wait_service(hub, SERVICE, what, timeout, cond).await
+}
+
+async fn wait_service(
+    hub: &Hub,
+    service: &str,
+    what: &str,
+    timeout: Duration,
+    cond: impl Fn(&ServiceView) -> bool,
+) -> anyhow::Result<ServiceView> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(v) = hub.service(SERVICE)
+        if let Some(v) = hub.service(service)
             && cond(&v)
         {
             return Ok(v);
         }
         if Instant::now() > deadline {
             let now = hub
-                .service(SERVICE)
+                .service(service)
                 .map(|v| format!("{} ({})", v.phase.as_str(), v.reason))
                 .unwrap_or_else(|| "not seen yet".into());
             bail!(
-                "timed out after {}s waiting for {SERVICE}: {what}; it is {now}",
+                "timed out after {}s waiting for {service}: {what}; it is {now}",
                 timeout.as_secs()
             );
         }
@@ -357,7 +374,9 @@ async fn demo(args: Args, log_format: crate::telemetry::LogFormat) -> anyhow::Re
         match scenario(&running, &scratch).await {
             Ok(()) => {
                 println!();
-                println!("✓ scenario complete: rollout, failure, rollback and revert all happened");
+                println!(
+                    "✓ scenario complete: rollout, canary, failure, rollback and revert all happened"
+                );
                 0
             }
             Err(e) => {
@@ -410,7 +429,9 @@ async fn scenario(running: &Running, scratch: &Scratch) -> anyhow::Result<()> {
     }
     println!("   ✓ web runs revision {r1} from {}", short(&good));
 
-    println!("\n3. A broken change: web 1.5.0 never becomes ready");
+    canary_act(hub, scratch).await?;
+
+    println!("\n4. A broken change: web 1.5.0 never becomes ready");
     let mut events = hub.subscribe();
     scratch.edit(FILE, "\"1.4.3\"]", "\"1.5.0\", \"--never-ready\"]")?;
     let bad = scratch.commit_and_push("web: 1.5.0")?;
@@ -475,8 +496,8 @@ async fn scenario(running: &Running, scratch: &Scratch) -> anyhow::Result<()> {
         r1
     );
 
-    println!("\n4. The remote's history (git log):");
-    let log = scratch.remote_log(4)?;
+    println!("\n5. The remote's history (git log):");
+    let log = scratch.remote_log(5)?;
     for (sha, msg) in &log {
         println!("   {} {}", short(sha), msg.lines().next().unwrap_or(""));
     }
@@ -506,4 +527,170 @@ async fn scenario(running: &Running, scratch: &Scratch) -> anyhow::Result<()> {
         bail!("{FILE} at the revert differs from the last good commit");
     }
     Ok(())
+}
+
+/// Act 3: a canary of `shop`, step by step. Prints each step as it begins
+/// (with the weight in force), steps that finished between two looks
+/// included, and at each timed pause the measured share of requests the
+/// canary answered; returns once the canary is Complete.
+async fn canary_act(hub: &Hub, scratch: &Scratch) -> anyhow::Result<()> {
+    let work = scratch
+        .work
+        .workdir()
+        .ok_or_else(|| anyhow!("the demo's working clone has no work tree"))?;
+    let envs = crate::manifest::environments(work).unwrap_or_default();
+    let env = envs.iter().any(|e| e == "demo").then_some("demo");
+    let release = crate::manifest::load_release(work, env)
+        .map_err(|e| anyhow!("examples-repo does not render: {e}"))?;
+    let spec = release
+        .service(CANARY)
+        .map(|s| s.spec.clone())
+        .ok_or_else(|| anyhow!("examples-repo has no {CANARY} service; update the demo"))?;
+    let crate::manifest::Strategy::Canary { canary: params } = &spec.strategy else {
+        bail!("{CANARY_FILE} is not a canary any more; update the demo");
+    };
+    let steps = &params.steps;
+    let port = spec
+        .ports
+        .first()
+        .map(|p| p.port)
+        .ok_or_else(|| anyhow!("{CANARY_FILE} declares no port; update the demo"))?;
+    let command = &spec.template.command;
+    let stable_version = command
+        .iter()
+        .position(|a| a == "--version")
+        .and_then(|i| command.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| "the stable version".into());
+    let before = hub
+        .service(CANARY)
+        .and_then(|v| v.current_revision)
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| "?".into());
+
+    let plan: Vec<String> = steps.iter().map(|s| s.describe()).collect();
+    println!("\n3. A canary: shop 3.2.0 beside {stable_version} ({before})");
+    println!("   steps: {}", plan.join(" → "));
+    let mut events = hub.subscribe();
+    scratch.edit(CANARY_FILE, "\"{{ values.shopVersion }}\"", "\"3.2.0\"")?;
+    let sha = scratch.commit_and_push("shop: 3.2.0 (canary)")?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .context("building an HTTP client")?;
+
+    // Steps printed so far (index of the next one to print), the last weight seen.
+    let mut printed = 0usize;
+    let mut weight = 0u32;
+    let mut promoting_at = None::<u32>;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let view = loop {
+        if Instant::now() > deadline {
+            let now = hub
+                .service(CANARY)
+                .map(|v| format!("{} ({})", v.phase.as_str(), v.reason))
+                .unwrap_or_else(|| "not seen yet".into());
+            bail!("the canary of {CANARY} did not complete within 180 s; it is {now}");
+        }
+        // Every service event, or a look every 200 ms if events lag.
+        match tokio::time::timeout(Duration::from_millis(200), events.recv()).await {
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
+                bail!("the controller's event stream ended")
+            }
+            Ok(Ok(Event::Service { service })) if service.name != CANARY => continue,
+            Ok(Ok(Event::Service { .. })) | Ok(Err(_)) | Err(_) => {}
+            Ok(Ok(_)) => continue,
+        }
+        let Some(v) = hub.service(CANARY) else {
+            continue;
+        };
+        if v.commit.as_ref().is_none_or(|c| c.sha != sha) {
+            continue;
+        }
+        match v.phase {
+            Phase::Failed | Phase::Degraded | Phase::RolledBack => {
+                bail!("the canary of {CANARY} {}: {}", v.phase.as_str(), v.reason)
+            }
+            _ => {}
+        }
+        // Steps that began (and maybe ended) since the last look.
+        let (reached, now_weight) = match &v.canary {
+            Some(c) => (c.step as usize, c.weight),
+            None if v.phase == Phase::Complete => (steps.len(), 100),
+            None => continue,
+        };
+        while printed <= reached.min(steps.len().saturating_sub(1)) && printed < steps.len() {
+            let i = printed;
+            let w = if i == reached {
+                now_weight
+            } else {
+                params.weight_after(i)
+            };
+            weight = w;
+            println!(
+                "   canary    step {}/{}  {:<22} weight {w:>3}%",
+                i + 1,
+                steps.len(),
+                steps[i].describe()
+            );
+            printed += 1;
+            let timed_pause = matches!(
+                &steps[i],
+                crate::manifest::CanaryStep::Pause(p) if p.duration_seconds.is_some()
+            );
+            if i == reached && timed_pause {
+                let share = sample(&client, port, SAMPLE_REQUESTS).await;
+                println!("              {share}");
+            }
+        }
+        if reached >= steps.len() && v.phase != Phase::Complete {
+            if promoting_at != Some(now_weight) {
+                println!(
+                    "   canary    promoting               weight {now_weight:>3}%  {}",
+                    v.reason.trim_start_matches("canary: ")
+                );
+                promoting_at = Some(now_weight);
+            }
+        } else if now_weight != weight && reached < steps.len() {
+            println!("              weight {weight}% → {now_weight}%");
+            weight = now_weight;
+        }
+        if v.phase == Phase::Complete {
+            break v;
+        }
+    };
+    let rev = view
+        .target_revision
+        .as_ref()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| "?".into());
+    println!(
+        "   ✓ canary complete: shop runs revision {rev} (3.2.0) at 100 % from {}",
+        short(&sha)
+    );
+    Ok(())
+}
+
+/// Sends `n` requests through the canary's load balancer and says who answered.
+async fn sample(client: &reqwest::Client, port: u16, n: u32) -> String {
+    let url = format!("http://127.0.0.1:{port}/version");
+    let mut by_version: std::collections::BTreeMap<String, u32> = Default::default();
+    let mut failed = 0u32;
+    for _ in 0..n {
+        match client.get(&url).send().await {
+            Ok(r) if r.status().is_success() => {
+                let v = r.text().await.unwrap_or_default();
+                *by_version.entry(v.trim().to_string()).or_default() += 1;
+            }
+            _ => failed += 1,
+        }
+    }
+    let mut parts: Vec<String> = by_version
+        .iter()
+        .map(|(v, c)| format!("{c} answered by {v}"))
+        .collect();
+    if failed > 0 {
+        parts.push(format!("{failed} failed"));
+    }
+    format!("traffic: {n} requests: {}", parts.join(", "))
 }

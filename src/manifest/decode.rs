@@ -1452,15 +1452,22 @@ fn canary(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<CanaryParams> {
             && let Some(rn) = cx.required(&go, "httpRoute")
             && let Some(route) = cx.nonempty_string(rn, &go.at("httpRoute"))
         {
-            // Decoded (the schema is settled) but refused until the
-            // Kubernetes runtime writes HTTPRoute weights: accepting it
-            // would silently route by pod ratio instead.
-            cx.err_hint(
-                n.pos,
-                &tp,
-                "trafficRouting is not supported yet: the Kubernetes runtime approximates the weight by the ratio of ready pods",
-                "remove trafficRouting (the local runtime always splits exactly)",
-            );
+            // An HTTPRoute name is a DNS-1123 subdomain; a bad one would
+            // only fail at the first step, against the API server.
+            let ok = route.len() <= 253
+                && route.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.')
+                })
+                && route.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && route.ends_with(|c: char| c.is_ascii_alphanumeric());
+            if !ok {
+                cx.err_hint(
+                    rn.pos,
+                    &go.at("httpRoute"),
+                    &format!("{route:?} is not a Kubernetes object name"),
+                    "use the metadata.name of an HTTPRoute in Floyd's namespace: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit",
+                );
+            }
             traffic_routing = Some(TrafficRouting {
                 gateway_api: GatewayApiRouting { http_route: route },
             });

@@ -331,11 +331,26 @@ fn canary_errors_have_positions_and_paths() {
     let routed = parse(&with_strategy(
         "    type: Canary\n    canary:\n      steps: [{ setWeight: 5 }]\n      trafficRouting: { gatewayAPI: { httpRoute: web } }\n",
     ))
+    .unwrap();
+    let Strategy::Canary { canary } = &routed.spec.strategy else {
+        panic!("{:?}", routed.spec.strategy)
+    };
+    assert_eq!(
+        canary.traffic_routing,
+        Some(TrafficRouting {
+            gateway_api: GatewayApiRouting {
+                http_route: "web".into()
+            }
+        })
+    );
+    let bad_route = parse(&with_strategy(
+        "    type: Canary\n    canary:\n      steps: [{ setWeight: 5 }]\n      trafficRouting: { gatewayAPI: { httpRoute: Web_Route } }\n",
+    ))
     .unwrap_err();
     assert_eq!(
-        routed,
+        bad_route,
         vec![
-            "svc.yaml:11:23: spec.strategy.canary.trafficRouting: trafficRouting is not supported yet: the Kubernetes runtime approximates the weight by the ratio of ready pods (hint: remove trafficRouting (the local runtime always splits exactly))"
+            "svc.yaml:11:50: spec.strategy.canary.trafficRouting.gatewayAPI.httpRoute: \"Web_Route\" is not a Kubernetes object name (hint: use the metadata.name of an HTTPRoute in Floyd's namespace: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit)"
         ]
     );
     let wrong = parse(&with_strategy(

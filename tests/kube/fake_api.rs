@@ -1,7 +1,8 @@
 //! A fake Kubernetes API server over loopback HTTP, just big enough for
 //! Floyd: get, list (label and field selectors), watch, create, replace,
 //! server-side apply (including the `scale` subresource) and delete for
-//! replicasets, pods, services, configmaps, nodes, leases and events.
+//! replicasets, pods, services, configmaps, nodes, leases and events, and
+//! Gateway API httproutes (get, apply, JSON Patch).
 //!
 //! A simulated controller-manager, scheduler and kubelet make it behave like a
 //! cluster: ReplicaSets get pods (removal ranked as the ReplicaSet controller
@@ -238,6 +239,9 @@ fn resource_info(group: &str, resource: &str) -> Option<(&'static str, &'static 
         ("events.k8s.io", "events") => ("events.k8s.io/v1", "Event", true),
         ("", "nodes") => ("v1", "Node", false),
         ("coordination.k8s.io", "leases") => ("coordination.k8s.io/v1", "Lease", true),
+        ("gateway.networking.k8s.io", "httproutes") => {
+            ("gateway.networking.k8s.io/v1", "HTTPRoute", true)
+        }
         _ => return None,
     })
 }
@@ -378,6 +382,65 @@ fn field_match(selector: &str, obj: &Value) -> bool {
             let have = get_path(obj, path).and_then(Value::as_str).unwrap_or("");
             (have == want) != neg
         })
+}
+
+/// RFC 6902 JSON Patch with the operations a controller uses (`test`,
+/// `replace`, `add`, `remove`); the first failing operation fails it all.
+fn json_patch(doc: &Value, ops: &Value) -> Result<Value, String> {
+    let ops = ops.as_array().ok_or("a JSON Patch is an array")?;
+    let mut out = doc.clone();
+    for (i, op) in ops.iter().enumerate() {
+        let path = op["path"].as_str().ok_or(format!("op {i}: no path"))?;
+        let (parent, last) = path
+            .rsplit_once('/')
+            .ok_or(format!("op {i}: bad path {path:?}"))?;
+        let last = last.replace("~1", "/").replace("~0", "~");
+        match op["op"].as_str() {
+            Some("test") => {
+                if out.pointer(path) != Some(&op["value"]) {
+                    return Err(format!("op {i}: test of {path} failed"));
+                }
+            }
+            Some("replace") => {
+                let t = out
+                    .pointer_mut(path)
+                    .ok_or(format!("op {i}: {path} does not exist"))?;
+                *t = op["value"].clone();
+            }
+            Some(kind @ ("add" | "remove")) => {
+                let p = out
+                    .pointer_mut(parent)
+                    .ok_or(format!("op {i}: {parent} does not exist"))?;
+                match (p, kind) {
+                    (Value::Object(m), "add") => {
+                        m.insert(last, op["value"].clone());
+                    }
+                    (Value::Object(m), _) => {
+                        m.remove(&last)
+                            .ok_or(format!("op {i}: {path} does not exist"))?;
+                    }
+                    (Value::Array(a), k) => {
+                        let idx = if last == "-" {
+                            a.len()
+                        } else {
+                            last.parse::<usize>()
+                                .map_err(|_| format!("op {i}: bad index in {path}"))?
+                        };
+                        if k == "add" && idx <= a.len() {
+                            a.insert(idx, op["value"].clone());
+                        } else if k == "remove" && idx < a.len() {
+                            a.remove(idx);
+                        } else {
+                            return Err(format!("op {i}: index out of range in {path}"));
+                        }
+                    }
+                    _ => return Err(format!("op {i}: {parent} is not a container")),
+                }
+            }
+            other => return Err(format!("op {i}: op {other:?} not supported")),
+        }
+    }
+    Ok(out)
 }
 
 fn merge(live: &mut Value, patch: &Value) {
@@ -539,6 +602,7 @@ impl Db {
                 }
                 Ok(())
             }
+            "HTTPRoute" => check_http_route(obj),
             _ => Ok(()),
         }
     }
@@ -746,6 +810,7 @@ impl FakeApi {
             "configmaps" => ("ConfigMap", "v1"),
             "pods" => ("Pod", "v1"),
             "leases" => ("Lease", "coordination.k8s.io/v1"),
+            "httproutes" => ("HTTPRoute", "gateway.networking.k8s.io/v1"),
             other => panic!("insert: resource {other} not supported"),
         };
         let key = (resource.to_string(), namespace.to_string(), name);
@@ -1149,6 +1214,18 @@ fn serve(
                                 "NotFound",
                                 format!("{} \"{name}\" not found", route.resource),
                             );
+                        }
+                        Some(live) if content_type.starts_with("application/json-patch+json") => {
+                            match json_patch(&live, &body) {
+                                Ok(v) => (v, false),
+                                Err(m) => {
+                                    return status(
+                                        422,
+                                        "Invalid",
+                                        format!("the JSON patch of {name} failed: {m}"),
+                                    );
+                                }
+                            }
                         }
                         Some(mut live) => {
                             let selector = live["spec"]["selector"].clone();
@@ -1633,4 +1710,71 @@ fn simulate(db: &mut Db) {
         p["status"] = new_status;
         db.put(k, p, "MODIFIED");
     }
+}
+
+/// The structure the Gateway API's HTTPRoute CRD schema (v1, standard
+/// channel) demands of what Floyd writes: at most 16 rules, at most 16
+/// backendRefs per rule, each with a name of 1..=253 characters, a port in
+/// 1..=65535 for a Service, and a weight in 0..=1000000. (The CRD schema is
+/// not available offline, so kubernetes-validate cannot check it.)
+pub fn check_http_route(obj: &Value) -> Result<(), String> {
+    let rules = obj["spec"]["rules"].as_array().cloned().unwrap_or_default();
+    if rules.len() > 16 {
+        return Err("spec.rules: Too many: must have at most 16 items".into());
+    }
+    for (i, r) in rules.iter().enumerate() {
+        let refs = match &r["backendRefs"] {
+            Value::Null => continue,
+            Value::Array(a) => a,
+            _ => return Err(format!("spec.rules[{i}].backendRefs: must be an array")),
+        };
+        if refs.len() > 16 {
+            return Err(format!(
+                "spec.rules[{i}].backendRefs: Too many: must have at most 16 items"
+            ));
+        }
+        for (j, b) in refs.iter().enumerate() {
+            let at = format!("spec.rules[{i}].backendRefs[{j}]");
+            let Some(b) = b.as_object() else {
+                return Err(format!("{at}: must be an object"));
+            };
+            for k in b.keys() {
+                if ![
+                    "group",
+                    "kind",
+                    "name",
+                    "namespace",
+                    "port",
+                    "weight",
+                    "filters",
+                ]
+                .contains(&k.as_str())
+                {
+                    return Err(format!("{at}.{k}: unknown field"));
+                }
+            }
+            let name = b.get("name").and_then(Value::as_str).unwrap_or("");
+            if name.is_empty() || name.len() > 253 {
+                return Err(format!("{at}.name: Required value (1..=253 characters)"));
+            }
+            let kind = b.get("kind").and_then(Value::as_str).unwrap_or("Service");
+            match b.get("port") {
+                None if kind == "Service" => {
+                    return Err(format!("{at}: Must have port for Service reference"));
+                }
+                None => {}
+                Some(p) => {
+                    if !p.as_i64().is_some_and(|p| (1..=65535).contains(&p)) {
+                        return Err(format!("{at}.port: must be an integer in 1..=65535"));
+                    }
+                }
+            }
+            if let Some(w) = b.get("weight")
+                && !w.as_i64().is_some_and(|w| (0..=1_000_000).contains(&w))
+            {
+                return Err(format!("{at}.weight: must be an integer in 0..=1000000"));
+            }
+        }
+    }
+    Ok(())
 }

@@ -346,6 +346,26 @@ impl Cx<'_> {
             "canary: promoting {target}: {avail} of {r} available, weight {w}%, {old_live} stable instance(s) left"
         );
         let done = desired == r && live == r && avail >= r && old_live == 0;
+        // All of the traffic goes to the canary before the rollout settles:
+        // a traffic router (the kube runtime's HTTPRoute) then moves its
+        // stable backend over to the new revision with no request left on
+        // the old one; without this step it would jump from the last
+        // share straight to the settled routing.
+        let routed_full = self
+            .observed
+            .canary
+            .as_ref()
+            .is_some_and(|c| c.canary == target && c.weight == 100);
+        if done && !routed_full {
+            self.state.reason = format!(
+                "canary: promoting {target}: {avail} of {r} available, weight 100%, settling next"
+            );
+            self.wake_at(
+                self.now
+                    .plus(std::time::Duration::from_millis(GATE_RECHECK_MS)),
+            );
+            return false;
+        }
         if done && !self.gates.all_passed() {
             self.state.reason = format!(
                 "canary: {avail} of {r} available; waiting for gates: {}",

@@ -67,6 +67,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod gateway;
 pub mod lease;
 pub mod objects;
 pub mod observe;
@@ -1008,6 +1009,7 @@ impl KubeRuntime {
         // applying a service-wide selector there would mix revisions.
         if with_service {
             self.apply_service(service, spec, false, None).await?;
+            self.ensure_stable_service(service, spec).await?;
         }
         Ok(())
     }
@@ -1238,6 +1240,12 @@ impl KubeRuntime {
                             weight: *weight,
                         },
                     );
+                if let Some(route) = gateway::http_route(spec) {
+                    // The route splits by weight; the active Service keeps
+                    // selecting every revision for in-cluster clients.
+                    self.route_weight(service, spec, route, canary, stable.as_ref(), *weight)
+                        .await?;
+                }
                 if spec.ports.is_empty() {
                     return Ok(());
                 }
@@ -1266,7 +1274,7 @@ impl KubeRuntime {
                 self.apply_service(service, spec, false, active.as_ref())
                     .await?;
                 match preview {
-                    Some(p) => self.apply_service(service, spec, true, Some(p)).await,
+                    Some(p) => self.apply_service(service, spec, true, Some(p)).await?,
                     None => {
                         self.delete_owned(
                             &self.svc_api(),
@@ -1275,9 +1283,17 @@ impl KubeRuntime {
                             service,
                             Some("preview"),
                         )
-                        .await
+                        .await?
                     }
                 }
+                // A settled canary behind an HTTPRoute: all of it to stable.
+                if active.is_none()
+                    && preview.is_none()
+                    && let Some(route) = gateway::http_route(spec)
+                {
+                    self.route_settled(service, spec, route).await?;
+                }
+                Ok(())
             }
             Action::DeleteRevision { revision } => {
                 self.delete_owned(
@@ -1483,7 +1499,16 @@ impl runtime::Runtime for KubeRuntime {
         for action in actions {
             self.apply_one(service, spec, action).await?;
             if self.inner.action_events {
-                let (reason, message) = action_event(service, action);
+                let (reason, mut message) = action_event(service, action);
+                if let (Action::SetWeight { canary, weight, .. }, Some(route)) =
+                    (action, gateway::http_route(spec))
+                {
+                    message = format!(
+                        "Canary revision {canary} weight {weight}% (HTTPRoute {route}: Services {} and {})",
+                        gateway::stable_service_name(service),
+                        gateway::canary_service_name(service)
+                    );
+                }
                 if let Err(e) = self.record_event(service, reason, &message).await {
                     tracing::warn!(%service, error = %e, "could not record an Event");
                 }
@@ -1534,6 +1559,7 @@ impl runtime::Runtime for KubeRuntime {
         let preview = objects::preview_service_name(service);
         self.delete_owned(&svc, "Service", &preview, service, Some("preview"))
             .await?;
+        self.delete_role_services(service).await?;
         self.delete_owned(
             &self.cm_api(),
             "ConfigMap",
