@@ -1464,7 +1464,7 @@ fn canary(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<CanaryParams> {
                 cx.err_hint(
                     rn.pos,
                     &go.at("httpRoute"),
-                    &format!("{route:?} is not a Kubernetes object name"),
+                    format!("{route:?} is not a Kubernetes object name"),
                     "use the metadata.name of an HTTPRoute in Floyd's namespace: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit",
                 );
             }

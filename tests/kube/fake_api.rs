@@ -1412,12 +1412,10 @@ pub fn check_http_route(obj: &Value) -> Result<(), String> {
                 None if kind == "Service" => {
                     return Err(format!("{at}: Must have port for Service reference"));
                 }
-                None => {}
-                Some(p) => {
-                    if !p.as_i64().is_some_and(|p| (1..=65535).contains(&p)) {
-                        return Err(format!("{at}.port: must be an integer in 1..=65535"));
-                    }
+                Some(p) if !p.as_i64().is_some_and(|p| (1..=65535).contains(&p)) => {
+                    return Err(format!("{at}.port: must be an integer in 1..=65535"));
                 }
+                _ => {}
             }
             if let Some(w) = b.get("weight")
                 && !w.as_i64().is_some_and(|w| (0..=1_000_000).contains(&w))

@@ -189,7 +189,7 @@ pub fn route_patch(
             "no rule of the HTTPRoute has a backendRef to Service {stable:?}; add one (e.g. backendRefs: [{{ name: {stable}, port: <port> }}]) and Floyd adds {canary:?} beside it"
         ));
     }
-    Ok((!ops.is_empty()).then(|| Value::Array(ops)))
+    Ok((!ops.is_empty()).then_some(Value::Array(ops)))
 }
 
 fn route_resource() -> ApiResource {
