@@ -435,6 +435,7 @@ fn rbac_grants_nothing_beyond_the_list() {
             "leases",
             &["get", "create", "update"],
         ),
+        ("gateway.networking.k8s.io", "httproutes", &["get", "patch"]),
     ]);
     // What the runtime's requests need (see the fake-API and tower tests).
     let role_needed = spec(&[
@@ -453,6 +454,8 @@ fn rbac_grants_nothing_beyond_the_list() {
             "leases",
             &["get", "create", "update"],
         ),
+        // Canary weights through a Gateway API HTTPRoute (tests/kube/gateway.rs).
+        ("gateway.networking.k8s.io", "httproutes", &["get", "patch"]),
     ]);
     let nodes_only = spec(&[("", "nodes", &["get", "list", "watch"])]);
     let nodes_needed = spec(&[("", "nodes", &["list"])]);

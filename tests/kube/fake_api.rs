@@ -1715,8 +1715,8 @@ fn simulate(db: &mut Db) {
 /// The structure the Gateway API's HTTPRoute CRD schema (v1, standard
 /// channel) demands of what Floyd writes: at most 16 rules, at most 16
 /// backendRefs per rule, each with a name of 1..=253 characters, a port in
-/// 1..=65535 for a Service, and a weight in 0..=1000000. (The CRD schema is
-/// not available offline, so kubernetes-validate cannot check it.)
+/// 1..=65535 for a Service, and a weight in 0..=1000000. (The full schema
+/// check is `validate::validate_http_routes`, in the tests.)
 pub fn check_http_route(obj: &Value) -> Result<(), String> {
     let rules = obj["spec"]["rules"].as_array().cloned().unwrap_or_default();
     if rules.len() > 16 {

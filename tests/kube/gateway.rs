@@ -6,14 +6,16 @@
 //! is the user's), and a missing route as a clear error with nothing written.
 //!
 //! The Services Floyd sends are checked with `kubernetes-validate --strict`.
-//! The Gateway API CRD schema is not available offline (kubernetes-validate
-//! knows built-in kinds only), so the HTTPRoute after every patch is checked
-//! against the structure that schema demands ([`check_http_route`]: rule and
-//! backendRef counts, names, ports, weight range, known fields).
+//! kubernetes-validate knows built-in kinds only, so the HTTPRoute after
+//! every patch is validated against the Gateway API CRD schema by
+//! `.tools/bin/validate-httproute` (node + the npm package
+//! @kubernetes-models/gateway-api, installed by scripts/install-k8s-tools.sh),
+//! and the fake API server's admission checks the structure that schema
+//! demands ([`check_http_route`]) on every write.
 
 use super::fake_api::{FakeApi, FakeNode, check_http_route};
 use super::support::*;
-use super::validate::validate_objects;
+use super::validate::{validate_http_routes, validate_objects};
 use floyd::engine::{self, Phase, RolloutState};
 use floyd::manifest::{
     CanaryAnalysis, CanaryParams, CanaryStep, GatewayApiRouting, ServiceName, ServiceSpec,
@@ -239,6 +241,7 @@ async fn canary_writes_the_http_route_weights_at_each_step() {
     let mut route = user_route();
     route["apiVersion"] = json!("gateway.networking.k8s.io/v1");
     route["kind"] = json!("HTTPRoute");
+    let mut routes = vec![route.clone()];
     for (p, (s, c)) in patches.iter().zip(&wseq) {
         let ops = p.as_array().expect("a JSON Patch");
         assert_eq!(ops.len(), 2, "{p}");
@@ -256,7 +259,11 @@ async fn canary_writes_the_http_route_weights_at_each_step() {
         );
         route["spec"]["rules"][0]["backendRefs"] = ops[1]["value"].clone();
         check_http_route(&route).expect("the patched route fits the HTTPRoute schema");
+        routes.push(route.clone());
     }
+    // Every state of the route, against the Gateway API CRD schema.
+    let n = validate_http_routes("HTTPRoute after each patch", &routes);
+    assert!(n == 0 || n == routes.len());
     assert!(
         !fake.requests().iter().any(|r| r.contains("/httproutes")
             && (r.starts_with("POST") || r.starts_with("PUT") || r.starts_with("DELETE"))),
@@ -352,4 +359,22 @@ async fn a_missing_http_route_is_a_clear_error_and_nothing_is_written() {
         "{:#?}",
         fake.requests()
     );
+}
+
+/// The schema check can fail: a negative weight is refused.
+#[test]
+fn the_http_route_schema_check_refuses_a_negative_weight() {
+    let mut bad = user_route();
+    bad["apiVersion"] = json!("gateway.networking.k8s.io/v1");
+    bad["kind"] = json!("HTTPRoute");
+    bad["spec"]["rules"][0]["backendRefs"][0]["weight"] = json!(-1);
+    assert!(check_http_route(&bad).is_err());
+    let r = std::panic::catch_unwind(|| validate_http_routes("negative weight", &[bad]));
+    match r {
+        Ok(n) => assert_eq!(n, 0, "validated a route with a negative weight"),
+        Err(e) => {
+            let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
+            assert!(msg.contains("weight must be >= 0"), "{msg}");
+        }
+    }
 }

@@ -68,3 +68,41 @@ pub fn validate_objects(label: &str, objects: &[Value]) -> usize {
     }
     files.len()
 }
+
+/// Validates HTTPRoutes (gateway.networking.k8s.io/v1) against the Gateway
+/// API CRD schema with `./.tools/bin/validate-httproute` (node and the npm
+/// package @kubernetes-models/gateway-api; kubernetes-validate knows built-in
+/// kinds only). Panics with the tool's output on failure; returns how many
+/// were validated (0 when the tool is absent outside CI).
+pub fn validate_http_routes(label: &str, routes: &[Value]) -> usize {
+    let Some(tool) = tool("validate-httproute") else {
+        return 0;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut files = Vec::new();
+    for (i, o) in routes.iter().enumerate() {
+        let f = dir.path().join(format!("{i:03}-httproute.json"));
+        std::fs::write(&f, serde_json::to_vec_pretty(o).expect("json")).expect("write route");
+        files.push(f);
+    }
+    if files.is_empty() {
+        return 0;
+    }
+    let out = Command::new(&tool)
+        .args(&files)
+        .output()
+        .expect("run validate-httproute (needs node)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        let kept = dir.keep();
+        panic!(
+            "{label}: validate-httproute failed (routes kept in {}):\n{text}",
+            kept.display()
+        );
+    }
+    files.len()
+}
