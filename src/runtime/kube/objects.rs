@@ -189,7 +189,7 @@ pub fn owner_of(
 /// - `floyd-state-...`: the prefix of Floyd's state ConfigMaps.
 pub fn reserved_name_conflict<'a>(
     name: &str,
-    mut names: impl Iterator<Item = &'a str>,
+    names: impl Iterator<Item = &'a str>,
 ) -> Option<String> {
     if name == "kubernetes" {
         return Some(
@@ -201,12 +201,21 @@ pub fn reserved_name_conflict<'a>(
             "names starting with \"floyd-state-\" are reserved for Floyd's state ConfigMaps; rename the service".into(),
         );
     }
-    if let Some(base) = name.strip_suffix("-preview")
-        && names.any(|n| n == base)
-    {
-        return Some(format!(
-            "{name:?} is the name of the preview Service Floyd makes for service {base:?}; rename one of them"
-        ));
+    // Services Floyd generates for another service: the blue-green preview,
+    // and the stable/canary Services of a canary routed through an HTTPRoute.
+    let names: Vec<&str> = names.collect();
+    for (suffix, what) in [
+        ("-preview", "preview Service"),
+        ("-stable", "stable Service (canary trafficRouting)"),
+        ("-canary", "canary Service (canary trafficRouting)"),
+    ] {
+        if let Some(base) = name.strip_suffix(suffix)
+            && names.contains(&base)
+        {
+            return Some(format!(
+                "{name:?} is the name of the {what} Floyd makes for service {base:?}; rename one of them"
+            ));
+        }
     }
     None
 }
@@ -1065,6 +1074,9 @@ mod tests {
             "kubernetes",
             "floyd-state-x",
             "db-preview",
+            "api-stable",
+            "api-canary",
+            "db-canary",
         ];
         let got: Vec<(&str, bool)> = names
             .iter()
@@ -1085,6 +1097,9 @@ mod tests {
                 ("floyd-state-x", true),
                 // No service "db": nothing generates this name.
                 ("db-preview", false),
+                ("api-stable", true),
+                ("api-canary", true),
+                ("db-canary", false),
             ]
         );
         let e = reserved_name_conflict("web-preview", names.iter().copied()).unwrap();
