@@ -97,12 +97,8 @@ pub(super) async fn handle_failure(
         author_name: sh.cfg.author_name.clone(),
         author_email: sh.cfg.author_email.clone(),
     };
-    let src = sh.source.clone();
-    let req2 = req.clone();
-    let out = tokio::task::spawn_blocking(move || src.revert(&req2, policy::plan_revert))
-        .await
-        .map_err(|e| source::Error::Git(e.to_string()))
-        .and_then(|r| r);
+    let (host, src) = (sh.cfg.git_host.clone(), sh.source.clone());
+    let out = crate::githost::pr::revert(host, src, req.clone(), policy::plan_revert).await;
     let count = |r: &str| {
         sh.hub
             .metrics
@@ -187,6 +183,11 @@ pub(super) async fn handle_failure(
                     commits.join(", ")
                 ),
             );
+            None
+        }
+        Ok(RevertOutcome::Proposed { url, .. }) => {
+            count("proposed");
+            degrade(sh, name, rec, format!("revert waiting in PR {url}"));
             None
         }
         Ok(RevertOutcome::Refused { reason }) => {

@@ -69,6 +69,9 @@ pub struct Config {
     pub work_dir: PathBuf,
     /// Prometheus server for `prometheus` gates that name no `address`.
     pub prometheus_url: Option<String>,
+    /// The Git host's API: reverts refused by a protected branch go through
+    /// a pull request (see [`crate::githost::pr::revert`]).
+    pub git_host: Option<crate::githost::GitHost>,
 }
 
 impl Config {
@@ -84,6 +87,7 @@ impl Config {
             author_email: "floyd@localhost".into(),
             work_dir,
             prometheus_url: None,
+            git_host: None,
         }
     }
 }

@@ -10,10 +10,12 @@
 //! Must not: decide what to revert (the controller says which service, which
 //! commits are good) or print a URL's userinfo ([`redact_url`] everywhere).
 
+pub mod propose;
 pub mod revert;
 pub mod watch;
 pub mod webhook;
 
+pub use propose::{Proposal, ProposeOutcome, revert_branch};
 pub use revert::{CommitFact, GitWriter, RevertFacts, RevertOutcome, RevertPlan, RevertRequest};
 
 use crate::hub::CommitInfo;
@@ -62,6 +64,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// The remote refused the push for good (a protected branch, a
+    /// pre-receive hook), not because the branch moved.
+    pub fn refused_for_good(&self) -> bool {
+        matches!(
+            self,
+            Error::PushRejected {
+                retryable: false,
+                ..
+            }
+        )
+    }
+
     fn retryable_push(&self) -> bool {
         matches!(
             self,
@@ -487,6 +501,19 @@ impl GitSource {
     /// Pushes `local_ref` to the branch (no `+`: never forced) and checks the
     /// server's per-ref status, which `push` alone does not report.
     fn push(&self, repo: &Repository, local_ref: &str) -> Result<(), Error> {
+        self.push_to(repo, local_ref, &self.cfg.branch, false)
+    }
+
+    /// Pushes `local_ref` to `refs/heads/<branch>`; `force` only for Floyd's
+    /// own `floyd/…` branches (see [`propose`]), never for the tracked one.
+    fn push_to(
+        &self,
+        repo: &Repository,
+        local_ref: &str,
+        branch: &str,
+        force: bool,
+    ) -> Result<(), Error> {
+        let force = force && branch != self.cfg.branch && branch.starts_with("floyd/");
         let mut remote = repo
             .remote_anonymous(&self.cfg.url)
             .map_err(|e| self.remote_err(e))?;
@@ -500,7 +527,8 @@ impl GitSource {
         });
         let mut po = PushOptions::new();
         po.remote_callbacks(cb);
-        let spec = format!("{local_ref}:refs/heads/{}", self.cfg.branch);
+        let plus = if force { "+" } else { "" };
+        let spec = format!("{plus}{local_ref}:refs/heads/{branch}");
         let rej = |message: String| {
             let m = message.to_lowercase();
             let retryable = m.contains("non-fast")
@@ -511,7 +539,7 @@ impl GitSource {
                 || m.contains("failed to lock");
             Error::PushRejected {
                 remote: self.redacted.clone(),
-                branch: self.cfg.branch.clone(),
+                branch: branch.to_string(),
                 message,
                 retryable,
             }

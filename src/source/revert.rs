@@ -105,6 +105,14 @@ pub enum RevertOutcome {
     ChangedSince { commits: Vec<String> },
     /// Not reverted: a person must act (the reason says why).
     Refused { reason: String },
+    /// The branch refuses direct pushes (or `--revert-via pull-request`):
+    /// the revert commit is on `branch`, waiting in the pull request at `url`.
+    Proposed {
+        branch: String,
+        commit: String,
+        reverted: Vec<String>,
+        url: String,
+    },
 }
 
 /// Retries after a rejected push before giving up on a branch that keeps moving.
@@ -237,6 +245,29 @@ impl GitWriter<'_> {
     ) -> Result<(String, Vec<String>), Error> {
         let src = self.src;
         let repo = src.repo()?;
+        let (new, services) = self.build_revert(req, tip, commits)?;
+        let new = Oid::from_str(&new).map_err(|e| Error::Git(e.to_string()))?;
+        // A local ref to push from (a previous attempt's value is replaced).
+        repo.reference(REVERT_REF, new, true, "floyd: revert")
+            .map_err(|e| src.mirror_err(e))?;
+        src.push(&repo, REVERT_REF)?;
+        // The remote now has it; move the tracking ref so the next poll sees no change.
+        repo.reference(&src.tracking_ref(), new, true, "floyd: revert pushed")
+            .map_err(|e| src.mirror_err(e))?;
+        Ok((new.to_string(), services))
+    }
+
+    /// Builds the revert commit of `commits` (newest first) on `tip`, in the
+    /// mirror's object store only (nothing references it yet). Returns the
+    /// new commit and the services its tree changes.
+    pub fn build_revert(
+        &self,
+        req: &RevertRequest,
+        tip: &str,
+        commits: &[String],
+    ) -> Result<(String, Vec<String>), Error> {
+        let src = self.src;
+        let repo = src.repo()?;
         let rerr = |m: String| Error::Revert {
             service: req.service.clone(),
             message: m,
@@ -306,13 +337,6 @@ impl GitWriter<'_> {
         let new = repo
             .commit(None, &sig, &sig, &message, &tree, &[&tip_commit])
             .map_err(|e| rerr(e.to_string()))?;
-        // A local ref to push from (a previous attempt's value is replaced).
-        repo.reference(REVERT_REF, new, true, "floyd: revert")
-            .map_err(|e| src.mirror_err(e))?;
-        src.push(&repo, REVERT_REF)?;
-        // The remote now has it; move the tracking ref so the next poll sees no change.
-        repo.reference(&src.tracking_ref(), new, true, "floyd: revert pushed")
-            .map_err(|e| src.mirror_err(e))?;
         Ok((new.to_string(), services))
     }
 }
