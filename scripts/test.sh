@@ -25,6 +25,14 @@ fi
 # helm, kubectl, kubernetes-validate (chart and kube-runtime tests).
 PREFIX="$root/.tools" bash scripts/install-k8s-tools.sh >/dev/null
 export PATH="$root/.tools/bin:$PATH"
+# GitHub's OpenAPI description (the Git host tests validate requests against it).
+command -v npm >/dev/null || need_npm=1
+if [ "${need_npm:-0}" = 1 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq npm >/dev/null
+fi
+PREFIX="$root/.tools" bash scripts/install-octokit-openapi.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -13,6 +13,15 @@ mod e2e;
 #[path = "gitops/policy_e2e.rs"]
 mod policy_e2e;
 
+#[path = "gitops/fakehost.rs"]
+mod fakehost;
+
+#[path = "gitops/openapi.rs"]
+mod openapi;
+
+#[path = "gitops/githost.rs"]
+mod githost;
+
 use floyd::controller::policy::plan_revert;
 use floyd::source::{Credentials, GitSource, RevertOutcome, RevertRequest, SourceConfig};
 use support::{GitServer, Work};

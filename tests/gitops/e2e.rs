@@ -50,6 +50,8 @@ pub struct Harness {
 pub struct Opts {
     pub poll: Duration,
     pub no_revert: bool,
+    /// A Git host API (revert pull requests; statuses when the flag is set).
+    pub git_host: Option<(floyd::githost::GitHost, bool)>,
 }
 
 impl Default for Opts {
@@ -57,6 +59,7 @@ impl Default for Opts {
         Opts {
             poll: Duration::from_millis(200),
             no_revert: false,
+            git_host: None,
         }
     }
 }
@@ -123,6 +126,16 @@ impl Harness {
         cfg.poll_interval = opts.poll;
         cfg.resync_interval = Duration::from_millis(500);
         cfg.no_revert = opts.no_revert;
+        if let Some((host, statuses)) = opts.git_host {
+            drop(floyd::githost::status::follow(
+                host.clone(),
+                src.clone(),
+                &self.hub,
+                statuses,
+                Duration::from_millis(20),
+            ));
+            cfg.git_host = Some(host);
+        }
         let ctl = Controller::new(self.hub.clone(), self.runtime.clone(), src, store, cfg);
         let stop = self.stop.clone();
         self.task = Some(tokio::spawn(async move {
