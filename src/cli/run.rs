@@ -136,18 +136,18 @@ pub struct Args {
 pub struct GitHostArgs {
     /// Kind of Git host: github (also GitHub Enterprise), gitlab, gitea (also Forgejo).
     #[arg(long = "git-host", env = "FLOYD_GIT_HOST", value_enum)]
-    pub kind: Option<crate::githost::HostKind>,
+    pub host_kind: Option<crate::githost::HostKind>,
     /// API base URL, e.g. https://ghe.example.com/api/v3 (default: the
     /// hosted service's for github and gitlab).
     #[arg(long = "git-host-api", env = "FLOYD_GIT_HOST_API")]
-    pub api: Option<String>,
+    pub host_api: Option<String>,
     /// File holding the host API token (or FLOYD_GIT_HOST_TOKEN).
     #[arg(long = "git-host-token-file", env = "FLOYD_GIT_HOST_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
+    pub host_token_file: Option<PathBuf>,
     /// Repository on the host, `owner/name` (GitLab: the project path)
     /// (default: from --repo).
     #[arg(long = "git-host-repo", env = "FLOYD_GIT_HOST_REPO")]
-    pub repo: Option<String>,
+    pub host_repo: Option<String>,
     /// How reverts reach the branch: push (a push refused by branch
     /// protection becomes a pull request) or always a pull request.
     #[arg(
@@ -159,7 +159,7 @@ pub struct GitHostArgs {
     pub revert_via: crate::githost::RevertVia,
     /// Set commit statuses `floyd/<service>` on synced commits.
     #[arg(long = "git-host-statuses", env = "FLOYD_GIT_HOST_STATUSES")]
-    pub statuses: bool,
+    pub host_statuses: bool,
     /// Above this many services in one commit, one aggregated `floyd` status.
     #[arg(long = "git-host-status-aggregate-above", env = "FLOYD_GIT_HOST_STATUS_AGGREGATE_ABOVE", default_value_t = crate::githost::status::DEFAULT_AGGREGATE_ABOVE)]
     pub status_aggregate_above: usize,
@@ -172,11 +172,11 @@ impl GitHostArgs {
     /// The host, resolved against the remote URL (`None`: none configured).
     pub fn resolve(&self, remote: &str) -> Result<Option<crate::githost::HostConfig>, String> {
         let args = crate::githost::HostArgs {
-            kind: self.kind,
-            api: self.api.clone(),
-            token_file: self.token_file.clone(),
+            kind: self.host_kind,
+            api: self.host_api.clone(),
+            token_file: self.host_token_file.clone(),
             token: std::env::var("FLOYD_GIT_HOST_TOKEN").ok(),
-            repo: self.repo.clone(),
+            repo: self.host_repo.clone(),
             via: self.revert_via,
             public_url: self.public_url.clone(),
             status_aggregate_above: self.status_aggregate_above,
@@ -510,13 +510,13 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
     cfg.author_name = author_name;
     cfg.author_email = author_email;
     if let Some(h) = &git_host {
-        tracing::info!(host = h.cfg.kind.as_str(), api = %h.cfg.api, repo = %h.cfg.repo, statuses = args.git_host.statuses, "git host configured");
+        tracing::info!(host = h.cfg.kind.as_str(), api = %h.cfg.api, repo = %h.cfg.repo, statuses = args.git_host.host_statuses, "git host configured");
         // Detached: ends when the hub's event channel closes.
         drop(crate::githost::status::follow(
             h.clone(),
             src.clone(),
             &hub,
-            args.git_host.statuses,
+            args.git_host.host_statuses,
             Duration::from_millis(100),
         ));
     }
