@@ -14,6 +14,7 @@ command -v git >/dev/null || need_apt+=(git)
 [ -x /usr/lib/git-core/git-http-backend ] || need_apt+=(git)
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
+command -v ssh-keygen >/dev/null || need_apt+=(openssh-client)  # signed-revert test keys
 python3 -c 'import venv' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing system packages: ${need_apt[*]}"

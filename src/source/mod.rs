@@ -12,6 +12,7 @@
 
 pub mod propose;
 pub mod revert;
+pub mod signing;
 pub mod watch;
 pub mod webhook;
 
@@ -61,6 +62,8 @@ pub enum Error {
     Revert { service: String, message: String },
     #[error("git: {0}")]
     Git(String),
+    #[error("FLOYD_GIT_SIGNING_KEY {path}: {message}")]
+    SigningKey { path: PathBuf, message: String },
 }
 
 impl Error {
@@ -120,6 +123,9 @@ pub struct Credentials {
     pub ssh_key: Option<PathBuf>,
     /// known_hosts file; when set, SSH host keys must match an entry.
     pub known_hosts: Option<PathBuf>,
+    /// OpenSSH private key (unencrypted ed25519) that signs revert commits
+    /// (git's `gpg.format=ssh`); see [`signing`].
+    pub signing_key: Option<PathBuf>,
 }
 
 impl fmt::Debug for Credentials {
@@ -128,13 +134,15 @@ impl fmt::Debug for Credentials {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("ssh_key", &self.ssh_key)
             .field("known_hosts", &self.known_hosts)
+            .field("signing_key", &self.signing_key)
             .finish()
     }
 }
 
 impl Credentials {
     /// From the environment: `FLOYD_GIT_TOKEN` or `FLOYD_GIT_TOKEN_FILE`,
-    /// `FLOYD_GIT_USER`, `FLOYD_GIT_SSH_KEY`, `FLOYD_GIT_KNOWN_HOSTS`.
+    /// `FLOYD_GIT_USER`, `FLOYD_GIT_SSH_KEY`, `FLOYD_GIT_KNOWN_HOSTS`,
+    /// `FLOYD_GIT_SIGNING_KEY`.
     pub fn from_env() -> Result<Credentials, String> {
         let token = match (
             std::env::var("FLOYD_GIT_TOKEN").ok(),
@@ -159,6 +167,7 @@ impl Credentials {
             token_user: std::env::var("FLOYD_GIT_USER").ok(),
             ssh_key: std::env::var_os("FLOYD_GIT_SSH_KEY").map(PathBuf::from),
             known_hosts: std::env::var_os("FLOYD_GIT_KNOWN_HOSTS").map(PathBuf::from),
+            signing_key: std::env::var_os("FLOYD_GIT_SIGNING_KEY").map(PathBuf::from),
         })
     }
 }
@@ -186,6 +195,8 @@ pub struct GitSource {
     redacted: String,
     /// Fetches and pushes take turns (see [`revert::GitWriter`]).
     write_lock: std::sync::Mutex<()>,
+    /// Signs revert commits when a signing key is configured.
+    signer: Option<signing::Signer>,
 }
 
 impl fmt::Debug for GitSource {
@@ -211,10 +222,15 @@ impl GitSource {
             }
         }
         let redacted = redact_url(&cfg.url);
+        let signer = match &cfg.credentials.signing_key {
+            Some(p) => Some(signing::Signer::load(p)?),
+            None => None,
+        };
         let src = GitSource {
             cfg,
             redacted,
             write_lock: std::sync::Mutex::new(()),
+            signer,
         };
         let repo = match Repository::open_bare(&src.cfg.mirror) {
             Ok(r) => r,

@@ -7,7 +7,7 @@
 //! Which commits to revert is decided by a pure planner the caller passes in
 //! (the controller's GitOps policy); this module only gathers and carries out.
 
-use super::{Error, GitSource, REVERT_REF, find_commit, list_config_tree, summary_of};
+use super::{Error, GitSource, REVERT_REF, find_commit, list_config_tree, signing, summary_of};
 use crate::manifest::tree::{IncrementalRenderer, TreeFile};
 use crate::manifest::{Release, Revision, ServiceSpec};
 use backon::{BlockingRetryable, ExponentialBuilder};
@@ -334,9 +334,15 @@ impl GitWriter<'_> {
         );
         let tree = ours.tree().map_err(|e| rerr(e.to_string()))?;
         let tip_commit = repo.find_commit(tip_oid).map_err(|e| rerr(e.to_string()))?;
-        let new = repo
-            .commit(None, &sig, &sig, &message, &tree, &[&tip_commit])
-            .map_err(|e| rerr(e.to_string()))?;
+        let new = signing::commit(
+            src.signer.as_ref(),
+            &repo,
+            &sig,
+            &message,
+            &tree,
+            &[&tip_commit],
+        )
+        .map_err(rerr)?;
         Ok((new.to_string(), services))
     }
 }

@@ -456,3 +456,109 @@ async fn host_errors_never_show_the_token() {
     );
     assert!(!s.contains("wrong-token-value") && !format!("{e:?}").contains("wrong-token-value"));
 }
+
+/// A revert signed with an SSH key (in process, SSHSIG) is accepted by real
+/// `git verify-commit` with the key in `gpg.ssh.allowedSignersFile`, and
+/// refused when another key is the allowed one.
+#[test]
+fn signed_revert_passes_git_verify_commit() {
+    let keys = tempfile::tempdir().unwrap();
+    let keygen = |name: &str| {
+        let p = keys.path().join(name);
+        let out = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "floyd", "-f"])
+            .arg(&p)
+            .output()
+            .expect("ssh-keygen runs");
+        assert!(out.status.success(), "{out:?}");
+        let public = std::fs::read_to_string(p.with_extension("pub")).unwrap();
+        (p, public.trim().to_string())
+    };
+    let (key, public) = keygen("floyd_signing");
+    let (_, other_public) = keygen("someone_else");
+    let server = GitServer::daemon();
+    let w = super::support::Work::clone(&server.url);
+    w.write("services/web.yaml", "web: v1\n");
+    let good = w.commit("web: v1");
+    w.write("services/web.yaml", "web: broken\n");
+    let bad = w.commit("web: break it");
+    w.push();
+    let state = tempfile::tempdir().unwrap();
+    let src = GitSource::open(SourceConfig {
+        url: server.url.clone(),
+        branch: "main".into(),
+        mirror: state.path().join("repo.git"),
+        credentials: Credentials {
+            signing_key: Some(key.clone()),
+            ..Credentials::default()
+        },
+    })
+    .unwrap();
+    let req = RevertRequest {
+        service: "web".into(),
+        failed_commit: bad.clone(),
+        base: good,
+        files: vec!["services/web.yaml".into()],
+        subdir: None,
+        environment: None,
+        failed_revision: "bbbbbbbbbb".into(),
+        rolled_back_to: "aaaaaaaaaa".into(),
+        reason: "broken".into(),
+        author_name: "Floyd".into(),
+        author_email: "floyd@localhost".into(),
+    };
+    let out = src.revert(&req, plan_revert).unwrap();
+    let RevertOutcome::Pushed { commit, .. } = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(server.tip(), commit);
+    let verify = |allowed: &str| {
+        let f = keys.path().join("allowed_signers");
+        std::fs::write(&f, format!("floyd@localhost {allowed}\n")).unwrap();
+        std::process::Command::new("git")
+            .args(["-c", "gpg.format=ssh", "-c"])
+            .arg(format!("gpg.ssh.allowedSignersFile={}", f.display()))
+            .args(["verify-commit", "--raw", &commit])
+            .current_dir(server.bare())
+            .output()
+            .unwrap()
+    };
+    let ok = verify(&public);
+    assert!(
+        ok.status.success(),
+        "git verify-commit refused: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&ok.stderr).contains("Good \"git\" signature for floyd@localhost"),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        !verify(&other_public).status.success(),
+        "another allowed key does not verify it"
+    );
+    // The message is still the contract's.
+    assert!(
+        server
+            .message(&commit)
+            .starts_with("Revert \"web: break it\"\n")
+    );
+    // A key file that is not a key: a clear error naming the variable.
+    std::fs::write(keys.path().join("junk"), "not a key").unwrap();
+    let e = GitSource::open(SourceConfig {
+        url: server.url.clone(),
+        branch: "main".into(),
+        mirror: state.path().join("repo2.git"),
+        credentials: Credentials {
+            signing_key: Some(keys.path().join("junk")),
+            ..Credentials::default()
+        },
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with("FLOYD_GIT_SIGNING_KEY ") && e.contains("not an OpenSSH private key"),
+        "{e}"
+    );
+}
