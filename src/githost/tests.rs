@@ -1,9 +1,11 @@
 use super::pr::{Completed, FollowUp, Route, content, follow_up, parse_branch, route};
 use super::*;
 
+type Inferred<'a> = Option<(HostKind, &'a str, &'a str)>;
+
 #[test]
 fn infer_only_where_unambiguous() {
-    let cases: &[(&str, Option<(HostKind, &str, &str)>)] = &[
+    let cases: &[(&str, Inferred)] = &[
         (
             "https://github.com/acme/cfg.git",
             Some((HostKind::Github, "https://api.github.com", "acme/cfg")),
