@@ -14,6 +14,7 @@ command -v git >/dev/null || need_apt+=(git)
 [ -x /usr/lib/git-core/git-http-backend ] || need_apt+=(git)
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
+command -v ssh-keygen >/dev/null || need_apt+=(openssh-client)  # signed-revert test keys
 python3 -c 'import venv' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing system packages: ${need_apt[*]}"
@@ -25,6 +26,14 @@ fi
 # helm, kubectl, kubernetes-validate (chart and kube-runtime tests).
 PREFIX="$root/.tools" bash scripts/install-k8s-tools.sh >/dev/null
 export PATH="$root/.tools/bin:$PATH"
+# GitHub's OpenAPI description (the Git host tests validate requests against it).
+command -v npm >/dev/null || need_npm=1
+if [ "${need_npm:-0}" = 1 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq npm >/dev/null
+fi
+PREFIX="$root/.tools" bash scripts/install-octokit-openapi.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod controller;
 pub mod diff;
 pub mod engine;
+pub mod githost;
 pub mod hub;
 pub mod manifest;
 pub mod runtime;

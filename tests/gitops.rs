@@ -19,6 +19,15 @@ mod policy_e2e;
 #[path = "gitops/revert_facts.rs"]
 mod revert_facts;
 
+#[path = "gitops/fakehost.rs"]
+mod fakehost;
+
+#[path = "gitops/openapi.rs"]
+mod openapi;
+
+#[path = "gitops/githost.rs"]
+mod githost;
+
 use floyd::controller::policy::plan_revert;
 use floyd::source::{Credentials, GitSource, RevertOutcome, RevertRequest, SourceConfig};
 use support::{GitServer, Work};

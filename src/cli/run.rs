@@ -129,6 +129,64 @@ pub struct Args {
     /// whose web pages may send manual controls, besides this server itself.
     #[arg(long, env = "FLOYD_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+    /// The Git host's API for revert pull requests and commit statuses
+    /// (default: inferred from --repo on github.com and gitlab.com).
+    #[command(flatten)]
+    pub git_host: GitHostArgs,
+}
+
+/// `--git-host*` flags (see docs/operations.md, "Protected branches").
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct GitHostArgs {
+    /// Kind of Git host: github (also GitHub Enterprise), gitlab, gitea (also Forgejo).
+    #[arg(long = "git-host", env = "FLOYD_GIT_HOST", value_enum)]
+    pub host_kind: Option<crate::githost::HostKind>,
+    /// API base URL, e.g. https://ghe.example.com/api/v3 (default: the
+    /// hosted service's for github and gitlab).
+    #[arg(long = "git-host-api", env = "FLOYD_GIT_HOST_API")]
+    pub host_api: Option<String>,
+    /// File holding the host API token (or FLOYD_GIT_HOST_TOKEN).
+    #[arg(long = "git-host-token-file", env = "FLOYD_GIT_HOST_TOKEN_FILE")]
+    pub host_token_file: Option<PathBuf>,
+    /// Repository on the host, `owner/name` (GitLab: the project path)
+    /// (default: from --repo).
+    #[arg(long = "git-host-repo", env = "FLOYD_GIT_HOST_REPO")]
+    pub host_repo: Option<String>,
+    /// How reverts reach the branch: push (a push refused by branch
+    /// protection becomes a pull request) or always a pull request.
+    #[arg(
+        long = "revert-via",
+        env = "FLOYD_REVERT_VIA",
+        value_enum,
+        default_value = "push"
+    )]
+    pub revert_via: crate::githost::RevertVia,
+    /// Set commit statuses `floyd/<service>` on synced commits.
+    #[arg(long = "git-host-statuses", env = "FLOYD_GIT_HOST_STATUSES")]
+    pub host_statuses: bool,
+    /// Above this many services in one commit, one aggregated `floyd` status.
+    #[arg(long = "git-host-status-aggregate-above", env = "FLOYD_GIT_HOST_STATUS_AGGREGATE_ABOVE", default_value_t = crate::githost::status::DEFAULT_AGGREGATE_ABOVE)]
+    pub status_aggregate_above: usize,
+    /// Public URL of the dashboard, linked from commit statuses.
+    #[arg(long = "public-url", env = "FLOYD_PUBLIC_URL")]
+    pub public_url: Option<String>,
+}
+
+impl GitHostArgs {
+    /// The host, resolved against the remote URL (`None`: none configured).
+    pub fn resolve(&self, remote: &str) -> Result<Option<crate::githost::HostConfig>, String> {
+        let args = crate::githost::HostArgs {
+            kind: self.host_kind,
+            api: self.host_api.clone(),
+            token_file: self.host_token_file.clone(),
+            token: std::env::var("FLOYD_GIT_HOST_TOKEN").ok(),
+            repo: self.host_repo.clone(),
+            via: self.revert_via,
+            public_url: self.public_url.clone(),
+            status_aggregate_above: self.status_aggregate_above,
+        };
+        crate::githost::HostConfig::resolve(&args, remote).map_err(|e| e.to_string())
+    }
 }
 
 fn instance_name(s: &str) -> Result<String, String> {
@@ -188,6 +246,10 @@ impl Args {
             lease_retry_period: Duration::from_secs(2),
             cluster_gpu_accounting: false,
             allowed_origins: Vec::new(),
+            git_host: GitHostArgs {
+                status_aggregate_above: crate::githost::status::DEFAULT_AGGREGATE_ABOVE,
+                ..GitHostArgs::default()
+            },
         }
     }
 }
@@ -315,6 +377,13 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
         .with_context(|| format!("--state-dir {}", args.state_dir.display()))?;
     let store = Arc::new(Store::open(&args.state_dir)?);
     let credentials = source::Credentials::from_env().map_err(super::CliError::usage)?;
+    let git_host = args
+        .git_host
+        .resolve(&args.repo)
+        .map_err(super::CliError::usage)?
+        .map(|c| crate::githost::GitHost::new(c, Duration::from_secs(30)))
+        .transpose()
+        .map_err(|e| super::CliError::usage(e.to_string()))?;
     let src = Arc::new(GitSource::open(SourceConfig {
         url: args.repo.clone(),
         branch: args.branch.clone(),
@@ -448,6 +517,18 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
     cfg.author_name = author_name;
     cfg.author_email = author_email;
     cfg.git_timeout = args.git_timeout;
+    if let Some(h) = &git_host {
+        tracing::info!(host = h.cfg.kind.as_str(), api = %h.cfg.api, repo = %h.cfg.repo, statuses = args.git_host.host_statuses, "git host configured");
+        // Detached: ends when the hub's event channel closes.
+        drop(crate::githost::status::follow(
+            h.clone(),
+            src.clone(),
+            &hub,
+            args.git_host.host_statuses,
+            Duration::from_millis(100),
+        ));
+    }
+    cfg.git_host = git_host;
     let ctl = Controller::new(hub.clone(), runtime.clone(), src.clone(), store, cfg);
     let died = CancellationToken::new();
     let controller = {

@@ -213,7 +213,11 @@ pub(super) fn revert_finished(
             Some(by)
         }
         Ok(other) => {
-            count("skipped");
+            count(if matches!(other, RevertOutcome::Proposed { .. }) {
+                "proposed"
+            } else {
+                "skipped"
+            });
             let why = match other {
                 RevertOutcome::NothingToRevert => format!(
                     "no commit since {} changed {name}; not reverting — fix it by hand",
@@ -224,6 +228,7 @@ pub(super) fn revert_finished(
                     commits.join(", ")
                 ),
                 RevertOutcome::Refused { reason } => reason,
+                RevertOutcome::Proposed { url, .. } => format!("revert waiting in PR {url}"),
                 RevertOutcome::Pushed { .. } | RevertOutcome::AlreadyReverted { .. } => {
                     unreachable!("handled above")
                 }

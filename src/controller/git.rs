@@ -121,23 +121,43 @@ impl GitWorker {
         )
     }
 
-    /// One revert attempt for `service` (see [`GitSource::revert`]).
+    /// One revert attempt for `service`: a push, or a pull request on the
+    /// Git host when the branch refuses pushes (see
+    /// [`crate::githost::pr::revert`]; its Git work runs on the blocking pool).
     pub(super) fn start_revert(
         &self,
         src: Arc<GitSource>,
+        host: Option<crate::githost::GitHost>,
         service: ServiceName,
         req: RevertRequest,
     ) -> bool {
-        let r2 = req.clone();
-        self.start(
-            "revert",
-            move || src.revert(&r2, super::policy::plan_revert),
-            move |result, _| GitDone::Reverted {
+        if self
+            .busy
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        let guard = Busy(self.busy.clone());
+        let (tx, timeout) = (self.tx.clone(), self.timeout);
+        tokio::spawn(async move {
+            let _guard = guard;
+            let attempt =
+                crate::githost::pr::revert(host, src, req.clone(), super::policy::plan_revert);
+            let result = match tokio::time::timeout(timeout, attempt).await {
+                Ok(r) => r,
+                Err(_) => Err(source::Error::Timeout {
+                    what: "revert",
+                    seconds: timeout.as_secs(),
+                }),
+            };
+            let _ = tx.send(GitDone::Reverted {
                 service,
                 req: Box::new(req),
                 result,
-            },
-        )
+            });
+        });
+        true
     }
 }
 

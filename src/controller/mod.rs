@@ -74,6 +74,9 @@ pub struct Config {
     /// A fetch or revert push that takes longer is reported as failed (the
     /// loop never waits for Git; see `controller/git.rs`).
     pub git_timeout: Duration,
+    /// The Git host's API: reverts refused by a protected branch go through
+    /// a pull request (see [`crate::githost::pr::revert`]).
+    pub git_host: Option<crate::githost::GitHost>,
 }
 
 impl Config {
@@ -90,6 +93,7 @@ impl Config {
             work_dir,
             prometheus_url: None,
             git_timeout: Duration::from_secs(60),
+            git_host: None,
         }
     }
 }
@@ -378,7 +382,12 @@ impl Controller {
         });
         if let Some((name, req)) = due {
             tracing::info!(service = %name, failed = %req.failed_commit, "pushing the revert");
-            self.git_in_flight = self.git.start_revert(self.sh.source.clone(), name, req);
+            self.git_in_flight = self.git.start_revert(
+                self.sh.source.clone(),
+                self.sh.cfg.git_host.clone(),
+                name,
+                req,
+            );
         }
     }
 

@@ -10,10 +10,13 @@
 //! Must not: decide what to revert (the controller says which service, which
 //! commits are good) or print a URL's userinfo ([`redact_url`] everywhere).
 
+pub mod propose;
 pub mod revert;
+pub mod signing;
 pub mod watch;
 pub mod webhook;
 
+pub use propose::{Proposal, ProposeOutcome, revert_branch};
 pub use revert::{CommitFact, GitWriter, RevertFacts, RevertOutcome, RevertPlan, RevertRequest};
 
 use crate::hub::CommitInfo;
@@ -63,9 +66,23 @@ pub enum Error {
         "git remote: no answer to the {what} within {seconds} s (the remote hangs or is very slow)"
     )]
     Timeout { what: &'static str, seconds: u64 },
+    #[error("FLOYD_GIT_SIGNING_KEY {path}: {message}")]
+    SigningKey { path: PathBuf, message: String },
 }
 
 impl Error {
+    /// The remote refused the push for good (a protected branch, a
+    /// pre-receive hook), not because the branch moved.
+    pub fn refused_for_good(&self) -> bool {
+        matches!(
+            self,
+            Error::PushRejected {
+                retryable: false,
+                ..
+            }
+        )
+    }
+
     fn retryable_push(&self) -> bool {
         matches!(
             self,
@@ -110,6 +127,9 @@ pub struct Credentials {
     pub ssh_key: Option<PathBuf>,
     /// known_hosts file; when set, SSH host keys must match an entry.
     pub known_hosts: Option<PathBuf>,
+    /// OpenSSH private key (unencrypted ed25519) that signs revert commits
+    /// (git's `gpg.format=ssh`); see [`signing`].
+    pub signing_key: Option<PathBuf>,
 }
 
 impl fmt::Debug for Credentials {
@@ -118,13 +138,15 @@ impl fmt::Debug for Credentials {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("ssh_key", &self.ssh_key)
             .field("known_hosts", &self.known_hosts)
+            .field("signing_key", &self.signing_key)
             .finish()
     }
 }
 
 impl Credentials {
     /// From the environment: `FLOYD_GIT_TOKEN` or `FLOYD_GIT_TOKEN_FILE`,
-    /// `FLOYD_GIT_USER`, `FLOYD_GIT_SSH_KEY`, `FLOYD_GIT_KNOWN_HOSTS`.
+    /// `FLOYD_GIT_USER`, `FLOYD_GIT_SSH_KEY`, `FLOYD_GIT_KNOWN_HOSTS`,
+    /// `FLOYD_GIT_SIGNING_KEY`.
     pub fn from_env() -> Result<Credentials, String> {
         let token = match (
             std::env::var("FLOYD_GIT_TOKEN").ok(),
@@ -149,6 +171,7 @@ impl Credentials {
             token_user: std::env::var("FLOYD_GIT_USER").ok(),
             ssh_key: std::env::var_os("FLOYD_GIT_SSH_KEY").map(PathBuf::from),
             known_hosts: std::env::var_os("FLOYD_GIT_KNOWN_HOSTS").map(PathBuf::from),
+            signing_key: std::env::var_os("FLOYD_GIT_SIGNING_KEY").map(PathBuf::from),
         })
     }
 }
@@ -176,6 +199,8 @@ pub struct GitSource {
     redacted: String,
     /// Fetches and pushes take turns (see [`revert::GitWriter`]).
     write_lock: std::sync::Mutex<()>,
+    /// Signs revert commits when a signing key is configured.
+    signer: Option<signing::Signer>,
 }
 
 impl fmt::Debug for GitSource {
@@ -201,10 +226,15 @@ impl GitSource {
             }
         }
         let redacted = redact_url(&cfg.url);
+        let signer = match &cfg.credentials.signing_key {
+            Some(p) => Some(signing::Signer::load(p)?),
+            None => None,
+        };
         let src = GitSource {
             cfg,
             redacted,
             write_lock: std::sync::Mutex::new(()),
+            signer,
         };
         let repo = match Repository::open_bare(&src.cfg.mirror) {
             Ok(r) => r,
@@ -490,6 +520,19 @@ impl GitSource {
     /// Pushes `local_ref` to the branch (no `+`: never forced) and checks the
     /// server's per-ref status, which `push` alone does not report.
     fn push(&self, repo: &Repository, local_ref: &str) -> Result<(), Error> {
+        self.push_to(repo, local_ref, &self.cfg.branch, false)
+    }
+
+    /// Pushes `local_ref` to `refs/heads/<branch>`; `force` only for Floyd's
+    /// own `floyd/…` branches (see [`propose`]), never for the tracked one.
+    fn push_to(
+        &self,
+        repo: &Repository,
+        local_ref: &str,
+        branch: &str,
+        force: bool,
+    ) -> Result<(), Error> {
+        let force = force && branch != self.cfg.branch && branch.starts_with("floyd/");
         let mut remote = repo
             .remote_anonymous(&self.cfg.url)
             .map_err(|e| self.remote_err(e))?;
@@ -503,7 +546,8 @@ impl GitSource {
         });
         let mut po = PushOptions::new();
         po.remote_callbacks(cb);
-        let spec = format!("{local_ref}:refs/heads/{}", self.cfg.branch);
+        let plus = if force { "+" } else { "" };
+        let spec = format!("{plus}{local_ref}:refs/heads/{branch}");
         let rej = |message: String| {
             let m = message.to_lowercase();
             let retryable = m.contains("non-fast")
@@ -514,7 +558,7 @@ impl GitSource {
                 || m.contains("failed to lock");
             Error::PushRejected {
                 remote: self.redacted.clone(),
-                branch: self.cfg.branch.clone(),
+                branch: branch.to_string(),
                 message,
                 retryable,
             }

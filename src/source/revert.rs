@@ -7,7 +7,7 @@
 //! Which commits to revert is decided by a pure planner the caller passes in
 //! (the controller's GitOps policy); this module only gathers and carries out.
 
-use super::{Error, GitSource, REVERT_REF, find_commit, list_config_tree, summary_of};
+use super::{Error, GitSource, REVERT_REF, find_commit, list_config_tree, signing, summary_of};
 use crate::manifest::tree::{IncrementalRenderer, TreeFile};
 use crate::manifest::{Release, Revision, ServiceSpec};
 use backon::{BlockingRetryable, ExponentialBuilder};
@@ -105,6 +105,14 @@ pub enum RevertOutcome {
     ChangedSince { commits: Vec<String> },
     /// Not reverted: a person must act (the reason says why).
     Refused { reason: String },
+    /// The branch refuses direct pushes (or `--revert-via pull-request`):
+    /// the revert commit is on `branch`, waiting in the pull request at `url`.
+    Proposed {
+        branch: String,
+        commit: String,
+        reverted: Vec<String>,
+        url: String,
+    },
 }
 
 /// Retries after a rejected push before giving up on a branch that keeps moving.
@@ -237,6 +245,29 @@ impl GitWriter<'_> {
     ) -> Result<(String, Vec<String>), Error> {
         let src = self.src;
         let repo = src.repo()?;
+        let (new, services) = self.build_revert(req, tip, commits)?;
+        let new = Oid::from_str(&new).map_err(|e| Error::Git(e.to_string()))?;
+        // A local ref to push from (a previous attempt's value is replaced).
+        repo.reference(REVERT_REF, new, true, "floyd: revert")
+            .map_err(|e| src.mirror_err(e))?;
+        src.push(&repo, REVERT_REF)?;
+        // The remote now has it; move the tracking ref so the next poll sees no change.
+        repo.reference(&src.tracking_ref(), new, true, "floyd: revert pushed")
+            .map_err(|e| src.mirror_err(e))?;
+        Ok((new.to_string(), services))
+    }
+
+    /// Builds the revert commit of `commits` (newest first) on `tip`, in the
+    /// mirror's object store only (nothing references it yet). Returns the
+    /// new commit and the services its tree changes.
+    pub fn build_revert(
+        &self,
+        req: &RevertRequest,
+        tip: &str,
+        commits: &[String],
+    ) -> Result<(String, Vec<String>), Error> {
+        let src = self.src;
+        let repo = src.repo()?;
         let rerr = |m: String| Error::Revert {
             service: req.service.clone(),
             message: m,
@@ -303,16 +334,15 @@ impl GitWriter<'_> {
         );
         let tree = ours.tree().map_err(|e| rerr(e.to_string()))?;
         let tip_commit = repo.find_commit(tip_oid).map_err(|e| rerr(e.to_string()))?;
-        let new = repo
-            .commit(None, &sig, &sig, &message, &tree, &[&tip_commit])
-            .map_err(|e| rerr(e.to_string()))?;
-        // A local ref to push from (a previous attempt's value is replaced).
-        repo.reference(REVERT_REF, new, true, "floyd: revert")
-            .map_err(|e| src.mirror_err(e))?;
-        src.push(&repo, REVERT_REF)?;
-        // The remote now has it; move the tracking ref so the next poll sees no change.
-        repo.reference(&src.tracking_ref(), new, true, "floyd: revert pushed")
-            .map_err(|e| src.mirror_err(e))?;
+        let new = signing::commit(
+            src.signer.as_ref(),
+            &repo,
+            &sig,
+            &message,
+            &tree,
+            &[&tip_commit],
+        )
+        .map_err(rerr)?;
         Ok((new.to_string(), services))
     }
 }

@@ -57,6 +57,8 @@ pub struct Opts {
     pub git_timeout: Option<Duration>,
     /// The state directory (store, mirror) instead of the harness's own.
     pub state_dir: Option<std::path::PathBuf>,
+    /// A Git host API (revert pull requests; statuses when the flag is set).
+    pub git_host: Option<(floyd::githost::GitHost, bool)>,
 }
 
 impl Default for Opts {
@@ -67,6 +69,7 @@ impl Default for Opts {
             remote_url: None,
             git_timeout: None,
             state_dir: None,
+            git_host: None,
         }
     }
 }
@@ -142,6 +145,16 @@ impl Harness {
         cfg.no_revert = opts.no_revert;
         if let Some(t) = opts.git_timeout {
             cfg.git_timeout = t;
+        }
+        if let Some((host, statuses)) = opts.git_host {
+            drop(floyd::githost::status::follow(
+                host.clone(),
+                src.clone(),
+                &self.hub,
+                statuses,
+                Duration::from_millis(20),
+            ));
+            cfg.git_host = Some(host);
         }
         let ctl = Controller::new(self.hub.clone(), self.runtime.clone(), src, store, cfg);
         let stop = self.stop.clone();
