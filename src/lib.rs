@@ -11,6 +11,7 @@ pub mod diff;
 pub mod engine;
 pub mod hub;
 pub mod manifest;
+pub mod net;
 pub mod runtime;
 pub mod server;
 pub mod source;
