@@ -777,3 +777,59 @@ async fn gate_clients_refuse_cross_origin_redirects_and_huge_answers() {
         );
     }
 }
+
+// ---- Telemetry from the start (issue #14) ----
+
+/// Text logs written to a pipe carry no ANSI colour codes, and `/metrics`
+/// lists the revert and sync counters at 0 before anything happened.
+#[test]
+fn logs_to_a_pipe_are_plain_and_counters_start_at_zero() {
+    use std::io::{BufRead, BufReader};
+    let server = support::GitServer::daemon();
+    let w = support::Work::clone(&server.url);
+    w.write("services/web.yaml", &local_web("v1", support::free_port()));
+    w.commit("web");
+    w.push();
+    let state = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_floyd"))
+        .args(["run", "--repo", &server.url, "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--state-dir")
+        .arg(state.path())
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .take(3)
+            .collect::<Vec<_>>()
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        if let Some((200, body)) = http_get(port, "/metrics") {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "floyd run serves /metrics");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for line in [
+        "floyd_revert_commits_total{result=\"pushed\"} 0",
+        "floyd_revert_commits_total{result=\"error\"} 0",
+        "floyd_webhook_requests_total{provider=\"github\",result=\"accepted\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}: {metrics}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines = lines.join().unwrap();
+    assert!(!lines.is_empty(), "floyd run logs");
+    for l in &lines {
+        assert!(!l.contains('\u{1b}'), "no ANSI codes in a pipe: {l:?}");
+    }
+}
