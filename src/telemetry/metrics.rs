@@ -222,9 +222,11 @@ impl Metrics {
         // born at 1 has no earlier sample to increase from).
         let zero = |family: &Family<ResultLabel, Counter>, results: &[&str]| {
             for r in results {
-                family.get_or_create(&ResultLabel {
-                    result: (*r).to_string(),
-                });
+                family
+                    .get_or_create(&ResultLabel {
+                        result: (*r).to_string(),
+                    })
+                    .inc_by(0);
             }
         };
         zero(&sync_total, SYNC_RESULTS);
@@ -232,10 +234,12 @@ impl Metrics {
         zero(&revert_commits_total, REVERT_RESULTS);
         for provider in WEBHOOK_PROVIDERS {
             for result in WEBHOOK_RESULTS {
-                webhook_requests_total.get_or_create(&WebhookLabels {
-                    provider: (*provider).to_string(),
-                    result: (*result).to_string(),
-                });
+                webhook_requests_total
+                    .get_or_create(&WebhookLabels {
+                        provider: (*provider).to_string(),
+                        result: (*result).to_string(),
+                    })
+                    .inc_by(0);
             }
         }
         Metrics {
