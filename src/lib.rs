@@ -12,6 +12,7 @@ pub mod engine;
 pub mod githost;
 pub mod hub;
 pub mod manifest;
+pub mod net;
 pub mod runtime;
 pub mod server;
 pub mod source;

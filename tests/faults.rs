@@ -696,3 +696,295 @@ fn a_hostile_commit_leaves_floyd_run_on_the_last_good_release_in_bounded_memory(
         );
     }
 }
+
+// ---- HTTP hardening (issue #14): slow clients, connection floods, bodies ----
+
+/// A real server on loopback under `limits`; stops when the token is cancelled.
+async fn limited_server(
+    limits: floyd::server::conn::Limits,
+) -> (u16, tokio_util::sync::CancellationToken) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(floyd::server::serve_with_limits(
+        listener,
+        Arc::new(floyd::hub::Hub::new()),
+        floyd::server::Config::default(),
+        limits,
+        async move { s.cancelled().await },
+    ));
+    (port, stop)
+}
+
+/// Sends `request` and reads the answer until the server closes.
+async fn exchange(port: u16, request: &[u8]) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads until the peer closes (Ok(0) or an error), returning when it did.
+async fn closed_after(mut s: TcpStream, started: Instant) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("still open after 30 s"),
+        }
+    }
+}
+
+/// A client that never finishes its request head (trickling a header byte
+/// at a time, or sending nothing) is cut off at the header timeout, while
+/// a normal client is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    let limits = floyd::server::conn::Limits {
+        header_read_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let (port, _stop) = limited_server(limits).await;
+    let started = Instant::now();
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let silent = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let silent_closed = tokio::spawn(closed_after(silent, started));
+    // Trickle a never-ending header, one byte each 100 ms, from another task.
+    let (mut rd, mut wr) = slow.into_split();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..300 {
+            if wr.write_all(b"x").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let answer = exchange(port, b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n").await;
+    assert!(
+        answer.starts_with("HTTP/1.0 "),
+        "served meanwhile: {answer}"
+    );
+    let slow_closed = {
+        use tokio::io::AsyncReadExt;
+        let mut buf = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(30), rd.read_to_end(&mut buf)).await;
+        assert!(r.is_ok(), "the trickling client is cut off");
+        started.elapsed()
+    };
+    trickle.abort();
+    let silent_closed = silent_closed.await.unwrap();
+    eprintln!("trickling client cut off after {slow_closed:?}, silent one after {silent_closed:?}");
+    for d in [slow_closed, silent_closed] {
+        assert!(
+            d >= Duration::from_millis(900),
+            "not before the timeout: {d:?}"
+        );
+        assert!(d < Duration::from_secs(15), "{d:?}");
+    }
+}
+
+/// Connections over the limit are answered 503 and closed at once; when
+/// the held ones go away, new clients are served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_are_refused_and_the_server_recovers() {
+    let limits = floyd::server::conn::Limits {
+        header_read_timeout: Duration::from_secs(60),
+        max_connections: 4,
+        ..Default::default()
+    };
+    let (port, _stop) = limited_server(limits).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    // Give the server the time to accept all four.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let refused = exchange(port, b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n").await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(refused.contains("too many connections"), "{refused}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "answered at once"
+    );
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = exchange(port, b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n").await;
+        if answer.starts_with("HTTP/1.0 ") && !answer.contains("too many connections") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slots released: {answer}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every route caps request bodies, not only the webhooks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_are_capped_on_every_route() {
+    let limits = floyd::server::conn::Limits {
+        max_body_bytes: 1024,
+        ..Default::default()
+    };
+    let (port, _stop) = limited_server(limits).await;
+    let body = "x".repeat(64 * 1024);
+    for path in ["/api/v1/services/web/pause", "/hooks/github", "/nowhere"] {
+        let req = format!(
+            "POST {path} HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let answer = exchange(port, req.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.0 413"), "{path}: {answer}");
+    }
+}
+
+/// A loopback HTTP server from an axum router; returns its port.
+async fn http_server(app: axum::Router) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+/// Gate clients follow redirects within one origin only, and read answers
+/// up to a cap (declared or streamed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gate_clients_refuse_cross_origin_redirects_and_huge_answers() {
+    use axum::routing::get;
+    use std::sync::atomic::AtomicUsize;
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let other = http_server(axum::Router::new().route(
+        "/",
+        get(move || {
+            h.fetch_add(1, Ordering::SeqCst);
+            async { "secret metadata" }
+        }),
+    ))
+    .await;
+    let big = || async {
+        // 4 MiB streamed in chunks, no Content-Length.
+        let chunks = futures::stream::iter(
+            (0..64).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 64 * 1024]))),
+        );
+        axum::body::Body::from_stream(chunks)
+    };
+    let port = http_server(
+        axum::Router::new()
+            .route(
+                "/away",
+                get(move || async move {
+                    axum::response::Redirect::temporary(&format!("http://localhost:{other}/"))
+                }),
+            )
+            .route(
+                "/here",
+                get(|| async { axum::response::Redirect::temporary("/ok") }),
+            )
+            .route("/ok", get(|| async { "{\"ok\": true}" }))
+            .route("/big", get(big))
+            .route("/declared", get(|| async { vec![b'x'; 2 * 1024 * 1024] })),
+    )
+    .await;
+    let client = floyd::net::gate_client(Duration::from_secs(5));
+    let base = format!("http://127.0.0.1:{port}");
+
+    let e = client.get(format!("{base}/away")).send().await.unwrap_err();
+    let shown = format!("{e:#}");
+    assert!(
+        std::error::Error::source(&e)
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+            .contains("another origin")
+            || shown.contains("another origin"),
+        "{shown}"
+    );
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "the other host is never asked"
+    );
+
+    let r = client.get(format!("{base}/here")).send().await.unwrap();
+    let v: serde_json::Value = floyd::net::json_capped(r, 1024).await.unwrap();
+    assert_eq!(v["ok"], true, "same-origin redirects are followed");
+
+    for path in ["/big", "/declared"] {
+        let r = client.get(format!("{base}{path}")).send().await.unwrap();
+        let e = floyd::net::read_capped(r, floyd::net::MAX_GATE_BODY_BYTES)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, floyd::net::BodyError::TooLarge { .. }),
+            "{path}: {e}"
+        );
+    }
+}
+
+// ---- Telemetry from the start (issue #14) ----
+
+/// Text logs written to a pipe carry no ANSI colour codes, and `/metrics`
+/// lists the revert and sync counters at 0 before anything happened.
+#[test]
+fn logs_to_a_pipe_are_plain_and_counters_start_at_zero() {
+    use std::io::{BufRead, BufReader};
+    let server = support::GitServer::daemon();
+    let w = support::Work::clone(&server.url);
+    w.write("services/web.yaml", &local_web("v1", support::free_port()));
+    w.commit("web");
+    w.push();
+    let state = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_floyd"))
+        .args(["run", "--repo", &server.url, "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--state-dir")
+        .arg(state.path())
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        // Read to the end (a closed pipe would fail floyd's own writes).
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        if let Some((200, body)) = http_get(port, "/metrics") {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "floyd run serves /metrics");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for line in [
+        "floyd_revert_commits_total{result=\"pushed\"} 0",
+        "floyd_revert_commits_total{result=\"error\"} 0",
+        "floyd_webhook_requests_total{provider=\"github\",result=\"accepted\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}: {metrics}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines = lines.join().unwrap();
+    assert!(!lines.is_empty(), "floyd run logs");
+    for l in &lines {
+        assert!(!l.contains('\u{1b}'), "no ANSI codes in a pipe: {l:?}");
+    }
+}

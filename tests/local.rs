@@ -1531,3 +1531,81 @@ async fn floyd_logs_timestamps_and_since() {
     assert!(plain.lines().all(|l| l.starts_with('[')), "{plain}");
     rt.shutdown().await;
 }
+
+/// Issue #14: after a reboot a recorded pid (or process group id) can belong
+/// to any program. Adoption signals only processes carrying this state
+/// directory's marker: a foreign process under a recorded pid (even with
+/// the recorded start time) or a foreign group under a dead instance's
+/// group id is forgotten, never killed, and the instances are replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adoption_never_signals_a_foreign_process_reusing_a_recorded_pid() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let svc = name("reuse");
+    let t = sample(&[]);
+    let spec = web_spec(2, t.clone(), free_port());
+    let old = {
+        let rt = runtime(dir.path()).await;
+        rt.apply(&svc, &spec, &create("r1", &t, 2)).await.unwrap();
+        wait_for(&rt, &svc, 20, "ready", |o| ready(o, "r1") == 2).await;
+        rt.pids()
+        // Dropped without shutdown: like kill -9 of the controller.
+    };
+    for p in &old {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    for _ in 0..200 {
+        if old.iter().all(|p| !pid_alive(*p)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Two foreign programs, each leading its own process group.
+    let mut foreign: Vec<std::process::Child> = (0..2)
+        .map(|_| {
+            std::process::Command::new("sleep")
+                .arg("120")
+                .process_group(0)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let fpids: Vec<i32> = foreign.iter().map(|c| c.id() as i32).collect();
+    // The state now records them as the instances: the first with its real
+    // start time (alive, but without the marker), the second with a stale
+    // one (a dead instance whose group id is now a foreign group's).
+    let file = dir.path().join("local/state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let instances = state["services"]["reuse"]["instances"]
+        .as_object_mut()
+        .unwrap();
+    assert_eq!(instances.len(), 2);
+    for (i, inst) in instances.values_mut().enumerate() {
+        inst["pid"] = fpids[i].into();
+        if i == 0 {
+            let (_, start, _) = floyd::runtime::local::process::proc_stat(fpids[0]).unwrap();
+            inst["start_time"] = start.into();
+        }
+    }
+    std::fs::write(&file, serde_json::to_vec(&state).unwrap()).unwrap();
+
+    let rt = runtime(dir.path()).await;
+    wait_for(&rt, &svc, 20, "replacements ready", |o| ready(o, "r1") == 2).await;
+    for (c, p) in foreign.iter_mut().zip(&fpids) {
+        assert!(
+            c.try_wait().unwrap().is_none() && pid_alive(*p),
+            "foreign process {p} still runs"
+        );
+        assert!(!rt.pids().contains(p), "{p} is not adopted");
+    }
+    rt.shutdown().await;
+    for c in &mut foreign {
+        assert!(c.try_wait().unwrap().is_none(), "shutdown leaves it alone");
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}

@@ -74,10 +74,8 @@ pub struct GateRunner {
 impl GateRunner {
     pub fn new(prometheus: Option<String>) -> GateRunner {
         GateRunner {
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .build()
-                .unwrap_or_default(),
+            // Capped answers, no redirects to other hosts (see `net`).
+            http: crate::net::gate_client(Duration::from_secs(5)),
             prometheus,
             samples: Mutex::new(HashMap::new()),
             results: Arc::default(),
@@ -430,11 +428,11 @@ async fn prometheus_gate(
     if !(status.is_success() || status.as_u16() == 400 || status.as_u16() == 422) {
         return GateVerdict::Pending(format!("Prometheus at {shown} answered {status}"));
     }
-    match resp.json::<serde_json::Value>().await {
+    match crate::net::json_capped::<serde_json::Value>(resp, crate::net::MAX_GATE_BODY_BYTES).await
+    {
         Ok(v) => prometheus_verdict(&v, min, max),
         Err(e) => GateVerdict::Pending(format!(
-            "Prometheus at {shown}: unreadable answer ({status}): {}",
-            describe(e)
+            "Prometheus at {shown}: unreadable answer ({status}): {e}"
         )),
     }
 }
@@ -468,7 +466,7 @@ async fn webhook_gate(
         Ok(r) if r.status().is_success() => GateVerdict::Pass,
         Ok(r) => {
             let status = r.status();
-            let body = r.text().await.unwrap_or_default();
+            let body = crate::net::text_capped(r, 4096).await.unwrap_or_default();
             let body: String = body.trim().chars().take(200).collect();
             GateVerdict::Fail(if body.is_empty() {
                 format!("{shown} answered {status}")

@@ -8,6 +8,7 @@
 //! manual commands to the controller through it and reports its answer.
 
 mod api;
+pub mod conn;
 mod hooks;
 pub mod notify;
 mod sse;
@@ -244,11 +245,31 @@ fn router_with(state: AppState) -> Router {
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, ends the SSE
-/// streams and waits for in-flight requests.
+/// streams and waits for in-flight requests. Connections are limited as
+/// [`conn::Limits::default`] says, with twice `config.max_body_bytes` for
+/// bodies on every route.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     hub: Arc<Hub>,
     config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let limits = conn::Limits {
+        // Above the webhook limit, so that webhooks a little over it get
+        // their own clearer answer (and count as `too_large`); anything
+        // larger is refused before the route sees it.
+        max_body_bytes: config.max_body_bytes.saturating_mul(2),
+        ..conn::Limits::default()
+    };
+    serve_with_limits(listener, hub, config, limits, shutdown).await
+}
+
+/// [`serve`] under explicit connection limits.
+pub async fn serve_with_limits(
+    listener: tokio::net::TcpListener,
+    hub: Arc<Hub>,
+    config: Config,
+    limits: conn::Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let token = CancellationToken::new();
@@ -261,13 +282,7 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "HTTP server listening (dashboard, API, metrics, webhooks)");
     }
-    let stop = token.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            stop.cancel();
-        })
-        .await
+    conn::serve_limited(listener, app, limits, shutdown, move || token.cancel()).await
 }
 
 /// A JSON error: `{"error": "...", "status": N}`.

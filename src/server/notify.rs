@@ -330,6 +330,7 @@ async fn deliver_loop(
 ) {
     let client = match reqwest::Client::builder()
         .timeout(policy.timeout)
+        .redirect(crate::net::same_origin_redirects())
         .user_agent(concat!("floyd/", env!("CARGO_PKG_VERSION")))
         .build()
     {

@@ -59,6 +59,25 @@ pub struct ProductLabel {
     pub product: String,
 }
 
+/// `floyd_sync_total{result}` values.
+pub const SYNC_RESULTS: &[&str] = &["ok", "error"];
+/// `floyd_git_fetch_total{result}` values.
+pub const GIT_FETCH_RESULTS: &[&str] = &["changed", "unchanged", "error"];
+/// `floyd_revert_commits_total{result}` values (controller/failure.rs).
+pub const REVERT_RESULTS: &[&str] = &["pushed", "already", "skipped", "retry", "error"];
+/// `floyd_webhook_requests_total{provider}` values.
+pub const WEBHOOK_PROVIDERS: &[&str] = &["github", "gitlab", "gitea", "bitbucket", "generic"];
+/// `floyd_webhook_requests_total{result}` values (server/hooks.rs).
+pub const WEBHOOK_RESULTS: &[&str] = &[
+    "accepted",
+    "ignored",
+    "duplicate",
+    "unauthorized",
+    "malformed",
+    "too_large",
+    "disabled",
+];
+
 fn seconds_histogram() -> Histogram {
     // 5 ms .. ~80 s
     Histogram::new(exponential_buckets(0.005, 2.0, 15))
@@ -198,6 +217,31 @@ impl Metrics {
             "Live objects found different from what Floyd applied (hand edits, deletions), by service and object kind",
             drift_total.clone(),
         );
+        // Counters exist at 0 from start-up for every known label value, so
+        // that `increase(...)` and `rate(...)` see the first event (a series
+        // born at 1 has no earlier sample to increase from).
+        let zero = |family: &Family<ResultLabel, Counter>, results: &[&str]| {
+            for r in results {
+                family
+                    .get_or_create(&ResultLabel {
+                        result: (*r).to_string(),
+                    })
+                    .inc_by(0);
+            }
+        };
+        zero(&sync_total, SYNC_RESULTS);
+        zero(&git_fetch_total, GIT_FETCH_RESULTS);
+        zero(&revert_commits_total, REVERT_RESULTS);
+        for provider in WEBHOOK_PROVIDERS {
+            for result in WEBHOOK_RESULTS {
+                webhook_requests_total
+                    .get_or_create(&WebhookLabels {
+                        provider: (*provider).to_string(),
+                        result: (*result).to_string(),
+                    })
+                    .inc_by(0);
+            }
+        }
         Metrics {
             canary_weight,
             drift_total,
@@ -253,6 +297,73 @@ impl Metrics {
                     phase: p.as_str().to_string(),
                 })
                 .set(i64::from(p == phase));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_exist_at_zero_for_every_known_label_value() {
+        let text = Metrics::new().encode();
+        let mut want: Vec<String> = Vec::new();
+        for r in SYNC_RESULTS {
+            want.push(format!("floyd_sync_total{{result=\"{r}\"}} 0"));
+        }
+        for r in GIT_FETCH_RESULTS {
+            want.push(format!("floyd_git_fetch_total{{result=\"{r}\"}} 0"));
+        }
+        for r in REVERT_RESULTS {
+            want.push(format!("floyd_revert_commits_total{{result=\"{r}\"}} 0"));
+        }
+        for p in WEBHOOK_PROVIDERS {
+            for r in WEBHOOK_RESULTS {
+                want.push(format!(
+                    "floyd_webhook_requests_total{{provider=\"{p}\",result=\"{r}\"}} 0"
+                ));
+            }
+        }
+        for line in want {
+            assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
+        }
+    }
+
+    /// The lists follow the code that counts: every result string the
+    /// controller and the webhook route use is initialised.
+    #[test]
+    fn known_label_values_match_the_code_that_counts() {
+        let failure = include_str!("../controller/failure.rs");
+        let used: Vec<&str> = failure
+            .split("count(\"")
+            .skip(1)
+            .filter_map(|s| s.split('"').next())
+            .collect();
+        assert!(!used.is_empty());
+        for r in used {
+            assert!(
+                REVERT_RESULTS.contains(&r),
+                "revert result {r:?} not initialised"
+            );
+        }
+        let hooks = include_str!("../server/hooks.rs");
+        let used: Vec<&str> = hooks
+            .split("name, \"")
+            .skip(1)
+            .chain(hooks.split(" (\"").skip(1))
+            .filter_map(|s| s.split('"').next())
+            .collect();
+        assert!(used.len() >= 5, "{used:?}");
+        for r in used {
+            assert!(
+                WEBHOOK_RESULTS.contains(&r),
+                "webhook result {r:?} not initialised"
+            );
+        }
+        for p in WEBHOOK_PROVIDERS {
+            let parsed = crate::source::webhook::Provider::parse(p).map(|x| x.as_str());
+            assert_eq!(parsed, Some(*p));
         }
     }
 }

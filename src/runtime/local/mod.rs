@@ -211,7 +211,7 @@ impl LocalRuntime {
             wake: tokio::sync::Notify::new(),
             tasks: tokio_util::task::TaskTracker::new(),
         });
-        let adopted = adopt(&mut st);
+        let adopted = adopt(&mut st, &inner.marker);
         let known: BTreeSet<i32> = adopted.iter().map(|a| a.2).collect();
         // Leftovers: started by a runtime on this state dir but not recorded
         // (killed between spawn and the state write). Nobody owns them: stop them.
@@ -222,7 +222,7 @@ impl LocalRuntime {
                     pid,
                     "stopping unrecorded instance process left by a previous run"
                 );
-                process::signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
+                process::kill_marked_group(pgid, &inner.marker);
             }
         }
         *inner.lock() = st;
@@ -334,15 +334,21 @@ impl LocalRuntime {
     }
 }
 
-/// Splits the loaded state into adoptable instances (returned) and dead ones (removed).
-fn adopt(st: &mut State) -> Vec<(ServiceName, String, i32, u64)> {
+/// Splits the loaded state into adoptable instances (returned) and dead ones
+/// (removed). Adopted: the recorded pid is alive, started at the recorded
+/// time, and carries this state directory's `marker`. Anything else is
+/// forgotten; only processes with the marker are ever signalled, so a pid
+/// or group id reused by another program (after a reboot) is left alone.
+fn adopt(st: &mut State, marker: &str) -> Vec<(ServiceName, String, i32, u64)> {
     let mut adopted = Vec::new();
     let State { services, gpus } = st;
     for (name, svc) in services.iter_mut() {
         let mut dead = Vec::new();
         for (id, inst) in svc.instances.iter_mut() {
             match (inst.pid, inst.start_time) {
-                (Some(pid), Some(start)) if process::alive(pid, start) => {
+                (Some(pid), Some(start))
+                    if process::alive(pid, start) && process::has_marker(pid, marker) =>
+                {
                     let holder = gpu::Holder {
                         service: name.to_string(),
                         instance: id.clone(),
@@ -363,11 +369,13 @@ fn adopt(st: &mut State) -> Vec<(ServiceName, String, i32, u64)> {
                     adopted.push((name.clone(), id.clone(), pid, start));
                 }
                 (pid, _) => {
-                    // Dead: whatever is left of its process group goes too.
-                    if let Some(pid) = pid
-                        && !process::group_members(pid).is_empty()
-                    {
-                        process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+                    // Dead (or the pid is someone else's now): whatever is
+                    // left of its process group that is ours goes too.
+                    if let Some(pid) = pid {
+                        if process::proc_stat(pid).is_some() {
+                            tracing::warn!(service = %name, instance = %id, pid, "recorded pid is alive but not this state directory's instance (no FLOYD_LOCAL_STATE marker, or another start time): forgotten, not signalled");
+                        }
+                        process::kill_marked_group(pid, marker);
                     }
                     dead.push(id.clone());
                 }

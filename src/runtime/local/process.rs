@@ -108,17 +108,47 @@ pub fn group_members(pgid: i32) -> Vec<i32> {
 /// Pids of processes whose environment has `FLOYD_LOCAL_STATE=<marker>`:
 /// instances started by a runtime on this state directory.
 pub fn processes_with_marker(marker: &str) -> Vec<i32> {
-    let needle = format!("FLOYD_LOCAL_STATE={marker}");
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .map(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
-                .unwrap_or(false)
-        })
+        .filter(|pid| has_marker(*pid, marker))
         .collect()
+}
+
+/// Whether `pid` was started by a runtime on this state directory: its
+/// environment carries `FLOYD_LOCAL_STATE=<marker>`. A process whose
+/// environment cannot be read (gone, another user's) is not ours.
+pub fn has_marker(pid: i32, marker: &str) -> bool {
+    let needle = format!("FLOYD_LOCAL_STATE={marker}");
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
+        .unwrap_or(false)
+}
+
+/// Stops what is left of a process group Floyd started, touching only
+/// processes that carry `marker`: the whole group when every live member
+/// does, else only the marked ones, one by one. A recorded pid can be
+/// reused by anyone after a reboot; a group id only once no process of the
+/// old group is left, so a foreign group under an old id is never signalled.
+pub fn kill_marked_group(pgid: i32, marker: &str) -> usize {
+    let members = group_members(pgid);
+    let marked: Vec<i32> = members
+        .iter()
+        .copied()
+        .filter(|p| has_marker(*p, marker))
+        .collect();
+    if marked.is_empty() {
+        return 0;
+    }
+    if marked.len() == members.len() {
+        signal_group(pgid, Signal::SIGKILL);
+    } else {
+        for p in &marked {
+            let _ = nix::sys::signal::kill(Pid::from_raw(*p), Signal::SIGKILL);
+        }
+    }
+    marked.len()
 }
 
 /// Sends `sig` to the process group `pgid`; a group that is gone is fine.
