@@ -19,17 +19,12 @@
 //! [`route_patch`] is the pure part: given the route as read, the patch to
 //! send (or none when the weights are already right).
 
-use super::objects::{
-    ANN_ROLE, Install, LABEL_INSTANCE, LABEL_REVISION, LABEL_SERVICE, base_labels,
-};
+use super::objects::Install;
 use super::{Error, KubeRuntime, api_err};
 use crate::manifest::{Revision, ServiceName, ServiceSpec, Strategy};
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec as KServiceSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 
 /// The API group of `HTTPRoute`.
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
@@ -65,44 +60,12 @@ pub fn role_service(
     role: &'static str,
     revision: Option<&Revision>,
 ) -> Service {
-    let mut selector = BTreeMap::from([
-        (LABEL_INSTANCE.to_string(), install.instance.to_string()),
-        (LABEL_SERVICE.to_string(), service.to_string()),
-    ]);
-    if let Some(r) = revision {
-        selector.insert(LABEL_REVISION.to_string(), r.to_string());
-    }
     let name = if role == "canary" {
         canary_service_name(service)
     } else {
         stable_service_name(service)
     };
-    Service {
-        metadata: ObjectMeta {
-            name: Some(name),
-            namespace: Some(install.namespace.to_string()),
-            labels: Some(base_labels(install.instance, service)),
-            annotations: Some(BTreeMap::from([(ANN_ROLE.to_string(), role.to_string())])),
-            ..ObjectMeta::default()
-        },
-        spec: Some(KServiceSpec {
-            selector: Some(selector),
-            ports: Some(
-                spec.ports
-                    .iter()
-                    .map(|p| ServicePort {
-                        name: Some(p.name.clone()),
-                        port: i32::from(p.port),
-                        target_port: Some(IntOrString::Int(i32::from(p.port))),
-                        protocol: Some("TCP".into()),
-                        ..ServicePort::default()
-                    })
-                    .collect(),
-            ),
-            ..KServiceSpec::default()
-        }),
-        status: None,
-    }
+    super::objects::routed_service(install, service, spec, name, role, revision)
 }
 
 /// Whether `r` is a backendRef to the Service `name` in the route's own namespace.

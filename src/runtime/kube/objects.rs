@@ -662,6 +662,25 @@ pub fn service_object(
     preview: bool,
     revision: Option<&Revision>,
 ) -> Service {
+    let (name, role) = if preview {
+        (preview_service_name(service), "preview")
+    } else {
+        (active_service_name(service), "active")
+    };
+    routed_service(install, service, spec, name, role, revision)
+}
+
+/// A Service named `name` with Floyd's `role` annotation, selecting the pods
+/// of `revision` (every revision of the service when `None`), on the
+/// service's ports.
+pub fn routed_service(
+    install: Install<'_>,
+    service: &ServiceName,
+    spec: &ServiceSpec,
+    name: String,
+    role: &str,
+    revision: Option<&Revision>,
+) -> Service {
     let mut selector = BTreeMap::from([
         (LABEL_INSTANCE.to_string(), install.instance.to_string()),
         (LABEL_SERVICE.to_string(), service.to_string()),
@@ -669,20 +688,12 @@ pub fn service_object(
     if let Some(r) = revision {
         selector.insert(LABEL_REVISION.to_string(), r.to_string());
     }
-    let name = if preview {
-        preview_service_name(service)
-    } else {
-        active_service_name(service)
-    };
     Service {
         metadata: ObjectMeta {
             name: Some(name),
             namespace: Some(install.namespace.to_string()),
             labels: Some(base_labels(install.instance, service)),
-            annotations: Some(BTreeMap::from([(
-                ANN_ROLE.to_string(),
-                if preview { "preview" } else { "active" }.to_string(),
-            )])),
+            annotations: Some(BTreeMap::from([(ANN_ROLE.to_string(), role.to_string())])),
             ..ObjectMeta::default()
         },
         spec: Some(KServiceSpec {
