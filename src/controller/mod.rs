@@ -23,6 +23,7 @@ mod git;
 mod persist;
 pub mod policy;
 mod publish;
+mod render_revert;
 mod step;
 mod sync;
 
@@ -50,6 +51,9 @@ pub enum Error {
     Source(#[from] crate::source::Error),
     #[error("controller: {0}")]
     Other(String),
+    /// The commit does not render (or is not rendered again: `poisoned`).
+    #[error("{message}")]
+    Render { message: String, poisoned: bool },
 }
 
 /// How the controller behaves.
@@ -162,6 +166,8 @@ pub struct Controller {
     fetch_wanted: Option<bool>,
     /// A commit the previous process died rendering (never rendered again).
     poisoned: Option<String>,
+    /// The revert of the commit that broke rendering, waiting to be pushed.
+    render_revert: Option<render_revert::PendingRender>,
     /// A Git operation was started and its [`git::GitDone`] not handled yet
     /// (the worker's own `busy` clears a moment before the event arrives).
     git_in_flight: bool,
@@ -190,6 +196,7 @@ impl Controller {
             fetch_wanted: None,
             git_in_flight: false,
             poisoned: None,
+            render_revert: None,
             sh: Arc::new(Shared {
                 gates: gates::GateRunner::new(cfg.prometheus_url.clone()),
                 hub,
@@ -345,6 +352,20 @@ impl Controller {
                     self.sync_mirror_tip().await;
                 }
             }
+            git::GitDone::RenderReverted { req, result } => {
+                let now = Time::now_wall();
+                if let Err(e) = &result
+                    && git::transient(e)
+                {
+                    self.sh.hub.set_git_reachable(false);
+                }
+                let sync =
+                    render_revert::finished(&self.sh, &mut self.render_revert, &req, result, now);
+                if sync.is_some() {
+                    self.sh.hub.set_git_reachable(true);
+                    self.sync_mirror_tip().await;
+                }
+            }
         }
         if let Some(announced) = self.fetch_wanted {
             self.fetch_wanted = None;
@@ -388,6 +409,23 @@ impl Controller {
                 name,
                 req,
             );
+            return;
+        }
+        if let Some(p) = &self.render_revert
+            && p.next_at <= now
+        {
+            let req = p.request(&self.sh);
+            tracing::info!(failed = %req.failed_commit, base = %req.base, "reverting the commit that broke rendering");
+            self.git_in_flight = self.git.start_planned_revert(
+                self.sh.source.clone(),
+                self.sh.cfg.git_host.clone(),
+                req,
+                render_revert::PLANNER,
+                |req, result| git::GitDone::RenderReverted {
+                    req: Box::new(req),
+                    result,
+                },
+            );
         }
     }
 
@@ -403,6 +441,12 @@ impl Controller {
                 .map(|p| p.next_at)
                 .filter(|_| !self.git_in_flight && !self.git.busy())
         });
+        let render_revert = self
+            .render_revert
+            .as_ref()
+            .map(|p| p.next_at)
+            .filter(|_| !self.git_in_flight && !self.git.busy());
+        let reverts = reverts.chain(render_revert);
         for t in self
             .services
             .values()
