@@ -581,6 +581,135 @@ async fn hand_edits_and_deleted_services_are_detected_corrected_or_only_reported
     validate_sent(&fake, "drift");
 }
 
+/// Deletes a Service the way `kubectl delete svc` does.
+async fn delete_svc(fake: &FakeApi, name: &str) {
+    let svcs: kube::Api<k8s_openapi::api::core::v1::Service> =
+        kube::Api::namespaced(fake.client_as(NS, "kubectl"), NS);
+    svcs.delete(name, &Default::default())
+        .await
+        .expect("kubectl delete svc");
+}
+
+fn selects(fake: &FakeApi, name: &str) -> Option<String> {
+    fake.get("services", NS, name).and_then(|s| {
+        s["spec"]["selector"]["floyd.dev/revision"]
+            .as_str()
+            .map(str::to_string)
+    })
+}
+
+/// A blue-green service's deleted active or preview Service comes back
+/// selecting the revision it selected, also after a restart of Floyd, and is
+/// only reported with `driftPolicy: report`.
+#[tokio::test]
+async fn a_deleted_blue_green_service_is_recreated_selecting_what_it_selected() {
+    let fake = FakeApi::start(vec![FakeNode::cpu("node-1")]).await;
+    let a = install(&fake, "a");
+    let web = name("web");
+    let t1 = template("ghcr.io/acme/web:1");
+    let t2 = template("ghcr.io/acme/web:2");
+    let (r1, r2) = (rev(&t1), rev(&t2));
+    let mut s = blue_green(spec(2, t1.clone()));
+    let create = |t: &InstanceTemplate| Action::CreateRevision {
+        revision: rev(t),
+        template: t.clone(),
+    };
+    let scale = |t: &InstanceTemplate| Action::Scale {
+        revision: rev(t),
+        replicas: 2,
+    };
+    a.apply(
+        &web,
+        &s,
+        &[
+            create(&t1),
+            scale(&t1),
+            Action::SetTraffic {
+                active: Some(r1.clone()),
+                preview: None,
+            },
+        ],
+    )
+    .await
+    .expect("deploy r1");
+    let o = a.observe(&web, Some(&s), Time::now_wall()).await.unwrap();
+    assert!(o.drift.is_empty(), "{:#?}", o.drift);
+
+    // Settled: the active Service deleted by hand comes back on r1.
+    delete_svc(&fake, "web").await;
+    let o = a.observe(&web, Some(&s), Time::now_wall()).await.unwrap();
+    let found: Vec<(&str, &str, &str, bool)> = o
+        .drift
+        .iter()
+        .map(|d| {
+            (
+                d.kind.as_str(),
+                d.object.as_str(),
+                d.message.as_str(),
+                d.corrected,
+            )
+        })
+        .collect();
+    assert_eq!(found, vec![("Service", "web", "deleted", true)]);
+    assert_eq!(selects(&fake, "web").as_deref(), Some(r1.as_str()));
+
+    // Mid-rollout: r2 on preview; the preview Service deleted comes back on r2.
+    s.template = t2.clone();
+    a.apply(
+        &web,
+        &s,
+        &[
+            create(&t2),
+            scale(&t2),
+            Action::SetTraffic {
+                active: Some(r1.clone()),
+                preview: Some(r2.clone()),
+            },
+        ],
+    )
+    .await
+    .expect("preview r2");
+    delete_svc(&fake, "web-preview").await;
+    let o = a.observe(&web, Some(&s), Time::now_wall()).await.unwrap();
+    assert!(
+        o.drift
+            .iter()
+            .any(|d| d.object == "web-preview" && d.corrected),
+        "{:#?}",
+        o.drift
+    );
+    assert_eq!(selects(&fake, "web-preview").as_deref(), Some(r2.as_str()));
+    assert_eq!(selects(&fake, "web").as_deref(), Some(r1.as_str()));
+
+    // A restarted Floyd (nothing in memory) learns the routing from the live
+    // Services, then puts back the active one on r1, not on the newer r2.
+    let b = install(&fake, "a");
+    let o = b.observe(&web, Some(&s), Time::now_wall()).await.unwrap();
+    assert!(o.drift.is_empty(), "{:#?}", o.drift);
+    delete_svc(&fake, "web").await;
+    let o = b.observe(&web, Some(&s), Time::now_wall()).await.unwrap();
+    assert!(
+        o.drift.iter().any(|d| d.object == "web" && d.corrected),
+        "{:#?}",
+        o.drift
+    );
+    assert_eq!(selects(&fake, "web").as_deref(), Some(r1.as_str()));
+
+    // driftPolicy: report: reported, left deleted.
+    s.drift_policy = floyd::manifest::DriftPolicy::Report;
+    delete_svc(&fake, "web-preview").await;
+    let o = b.observe(&web, Some(&s), Time::now_wall()).await.unwrap();
+    assert!(
+        o.drift
+            .iter()
+            .any(|d| d.object == "web-preview" && d.message == "deleted" && !d.corrected),
+        "{:#?}",
+        o.drift
+    );
+    assert!(fake.get("services", NS, "web-preview").is_none());
+    validate_sent(&fake, "blue-green drift");
+}
+
 #[tokio::test]
 async fn revisions_from_before_install_identities_keep_their_immutable_selector() {
     let fake = FakeApi::start(vec![FakeNode::cpu("node-1")]).await;

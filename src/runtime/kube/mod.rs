@@ -281,6 +281,9 @@ struct Inner {
     leader: Option<lease::Leadership>,
     /// Drift reported and not corrected since: (service, kind, object, difference).
     drift_seen: Mutex<HashSet<DriftKey>>,
+    /// Blue-green routing last applied (`Action::SetTraffic`) or seen on the
+    /// live Services: what a deleted active or preview Service selected.
+    routes: Mutex<HashMap<ServiceName, observe::Routing>>,
 }
 
 type DriftKey = (ServiceName, &'static str, String, String);
@@ -351,6 +354,7 @@ impl KubeRuntime {
                 action_events: false,
                 leader: None,
                 drift_seen: Mutex::new(HashSet::new()),
+                routes: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -397,6 +401,7 @@ impl KubeRuntime {
                 action_events: i.action_events,
                 leader: i.leader.clone(),
                 drift_seen: Mutex::new(HashSet::new()),
+                routes: Mutex::new(HashMap::new()),
             });
         }
         Arc::get_mut(&mut self.inner).expect("just made unique")
@@ -822,7 +827,28 @@ impl KubeRuntime {
         active: Option<&Service>,
         preview: Option<&Service>,
     ) -> Vec<runtime::Drift> {
-        let findings = observe::drift(self.install(), service, spec, rss, active, preview);
+        let routing = {
+            let mut routes = self.inner.routes.lock().unwrap_or_else(|e| e.into_inner());
+            let r = routes.entry(service.clone()).or_default();
+            // What the live Services select is what was applied last (a
+            // restarted Floyd learns it here before anyone deletes one).
+            if let Some(a) = active.and_then(observe::selected_revision) {
+                r.active = Some(a);
+            }
+            if let Some(p) = preview.and_then(observe::selected_revision) {
+                r.preview = Some(p);
+            }
+            r.clone()
+        };
+        let findings = observe::drift(
+            self.install(),
+            service,
+            spec,
+            rss,
+            active,
+            preview,
+            &routing,
+        );
         let mut out = Vec::new();
         for f in findings {
             let correct = spec.drift_policy == crate::manifest::DriftPolicy::Correct
@@ -1273,6 +1299,17 @@ impl KubeRuntime {
                 }
                 self.apply_service(service, spec, false, active.as_ref())
                     .await?;
+                self.inner
+                    .routes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(
+                        service.clone(),
+                        observe::Routing {
+                            active: active.clone(),
+                            preview: preview.clone(),
+                        },
+                    );
                 match preview {
                     Some(p) => self.apply_service(service, spec, true, Some(p)).await?,
                     None => {
