@@ -778,6 +778,126 @@ async fn revisions_from_before_install_identities_keep_their_immutable_selector(
     );
 }
 
+/// Removes the install label from every stored object of `resource` that has `name_prefix`.
+fn strip_instance(fake: &FakeApi, resource: &str, name_prefix: &str) -> usize {
+    let mut n = 0;
+    for mut obj in fake.list(resource) {
+        let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+        if !name.starts_with(name_prefix) {
+            continue;
+        }
+        if let Some(labels) = obj["metadata"]["labels"].as_object_mut() {
+            labels.remove("floyd.dev/instance");
+        }
+        fake.insert(resource, NS, obj);
+        n += 1;
+    }
+    n
+}
+
+fn instance_label(fake: &FakeApi, resource: &str, name: &str) -> Option<String> {
+    fake.get(resource, NS, name).and_then(|o| {
+        o["metadata"]["labels"]["floyd.dev/instance"]
+            .as_str()
+            .map(str::to_string)
+    })
+}
+
+/// Objects from a Floyd without install identities are refused as not
+/// ours, unless the install is started with `--adopt-unlabelled`: then it
+/// labels them (metadata only) before its first observation, and leaves
+/// other installs' objects alone.
+#[tokio::test]
+async fn unlabelled_objects_are_adopted_only_when_asked_for() {
+    let fake = FakeApi::start(vec![FakeNode::cpu("node-1")]).await;
+    let a = install(&fake, "a");
+    let web = name("web");
+    let t = template("ghcr.io/acme/web:1");
+    let s = deploy(&a, &web, &t, 2).await;
+    let rs = format!("web-{}", rev(&t));
+    // Another install's object, which must stay untouched.
+    let b = install(&fake, "b");
+    let api = name("api");
+    deploy(&b, &api, &template("ghcr.io/acme/api:1"), 1).await;
+    drop((a, b));
+    // What a Floyd from before identities left behind.
+    fake.pause_replicaset_controller(true);
+    assert_eq!(strip_instance(&fake, "replicasets", "web-"), 1);
+    assert_eq!(strip_instance(&fake, "pods", "web-"), 2);
+    assert_eq!(strip_instance(&fake, "services", "web"), 1);
+    assert_eq!(strip_instance(&fake, "configmaps", "floyd-state-web"), 1);
+    let pods: Vec<String> = fake
+        .list("pods")
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+        .filter(|n| n.starts_with("web-"))
+        .collect();
+
+    // Without the flag: not seen as ours, nothing labelled.
+    let plain = install(&fake, "a");
+    let o = plain
+        .observe(&web, Some(&s), Time::now_wall())
+        .await
+        .unwrap();
+    assert!(o.revisions.is_empty(), "{o:#?}");
+    assert_eq!(instance_label(&fake, "replicasets", &rs), None);
+    drop(plain);
+
+    let before = fake.log().len();
+    let adopting = install(&fake, "a").with_adopt_unlabelled(true);
+    let o = adopting
+        .observe(&web, Some(&s), Time::now_wall())
+        .await
+        .unwrap();
+    assert_eq!(
+        o.revision(&rev(&t)).map(|r| r.ready()),
+        Some(2),
+        "the adopted revision and its pods are observed: {o:#?}"
+    );
+    for (resource, object) in [
+        ("replicasets", rs.as_str()),
+        ("services", "web"),
+        ("configmaps", "floyd-state-web"),
+    ]
+    .into_iter()
+    .chain(pods.iter().map(|p| ("pods", p.as_str())))
+    {
+        assert_eq!(
+            instance_label(&fake, resource, object).as_deref(),
+            Some("a"),
+            "{resource}/{object} adopted"
+        );
+    }
+    let writes: Vec<Logged> = fake.log()[before..]
+        .iter()
+        .filter(|l| l.is_write())
+        .cloned()
+        .collect();
+    assert_eq!(
+        writes.len(),
+        3 + pods.len(),
+        "one patch per object: {writes:#?}"
+    );
+    assert!(
+        writes.iter().all(|w| w.method == "PATCH"
+            && target(w).is_some_and(|n| n.starts_with("web") || n == "floyd-state-web")),
+        "only the unlabelled objects are patched: {writes:#?}"
+    );
+    assert_eq!(
+        instance_label(&fake, "services", "api").as_deref(),
+        Some("b")
+    );
+    // Once: the next observation writes nothing.
+    let n = fake.log().len();
+    adopting
+        .observe(&web, Some(&s), Time::now_wall())
+        .await
+        .unwrap();
+    assert!(fake.log()[n..].iter().all(|l| !l.is_write()));
+    fake.pause_replicaset_controller(false);
+    validate_sent(&fake, "adopt");
+}
+
 /// The fake answers like a real API server where Floyd's correctness
 /// depends on it; these pin that down so the other tests mean something.
 #[tokio::test]

@@ -259,6 +259,10 @@ struct Inner {
     /// List pods of every namespace for GPU accounting (needs a ClusterRole
     /// that can list pods); otherwise only this namespace's pods count.
     cluster_gpu_view: bool,
+    /// Label this namespace's Floyd objects that have no install identity
+    /// (made by a Floyd from before identities) as this install's, once.
+    adopt_unlabelled: bool,
+    adopted: AtomicBool,
     pods: Option<Cache<Pod>>,
     /// This install's ReplicaSets and Services from watches
     /// ([`KubeRuntime::with_object_watch`]).
@@ -344,6 +348,8 @@ impl KubeRuntime {
                 field_manager: FIELD_MANAGER.to_string(),
                 identity: identity_from_env(),
                 cluster_gpu_view: false,
+                adopt_unlabelled: false,
+                adopted: AtomicBool::new(false),
                 pods: None,
                 replica_sets: None,
                 service_objects: None,
@@ -391,6 +397,8 @@ impl KubeRuntime {
                 field_manager: i.field_manager.clone(),
                 identity: i.identity.clone(),
                 cluster_gpu_view: i.cluster_gpu_view,
+                adopt_unlabelled: i.adopt_unlabelled,
+                adopted: AtomicBool::new(false),
                 pods: None,
                 replica_sets: None,
                 service_objects: None,
@@ -446,6 +454,95 @@ impl KubeRuntime {
     pub fn with_cluster_gpu_view(mut self, on: bool) -> Self {
         self.inner_mut().cluster_gpu_view = on;
         self
+    }
+
+    /// Adopt the Floyd objects of this namespace that carry no install
+    /// identity (`app.kubernetes.io/managed-by=floyd` without
+    /// `floyd.dev/instance`: made by a Floyd from before identities): before
+    /// its first observation as leader, this install labels their
+    /// ReplicaSets, pods, Services and state ConfigMaps with its own
+    /// identity ([`KubeRuntime::adopt_unlabelled`]). Off by default: without
+    /// it such objects are refused as not ours. Needs `patch` on pods (the
+    /// chart's `adoptUnlabelled` grants it).
+    #[must_use]
+    pub fn with_adopt_unlabelled(mut self, on: bool) -> Self {
+        self.inner_mut().adopt_unlabelled = on;
+        self
+    }
+
+    /// Labels every object of this namespace that Floyd manages and that has
+    /// no install identity with this install's (a JSON merge patch of
+    /// `metadata.labels` only: specs and immutable selectors stay as they
+    /// are). Returns `<kind>/<name>` of each object adopted. Only the leader
+    /// writes.
+    pub async fn adopt_unlabelled(&self) -> Result<Vec<String>, Error> {
+        self.may_write("patch", "ReplicaSet", "(unlabelled)")?;
+        let selector = objects::unlabelled_selector();
+        let labels = serde_json::json!({(objects::LABEL_INSTANCE): self.instance()});
+        let mut adopted = Vec::new();
+        // Pods first: a Service that selects the install label must find
+        // its pods labelled by then.
+        adopt_all(
+            &self.pod_api(),
+            "Pod",
+            &selector,
+            &labels,
+            self,
+            &mut adopted,
+        )
+        .await?;
+        adopt_all(
+            &self.rs_api(),
+            "ReplicaSet",
+            &selector,
+            &labels,
+            self,
+            &mut adopted,
+        )
+        .await?;
+        adopt_all(
+            &self.svc_api(),
+            "Service",
+            &selector,
+            &labels,
+            self,
+            &mut adopted,
+        )
+        .await?;
+        adopt_all(
+            &self.cm_api(),
+            "ConfigMap",
+            &selector,
+            &labels,
+            self,
+            &mut adopted,
+        )
+        .await?;
+        Ok(adopted)
+    }
+
+    /// [`KubeRuntime::adopt_unlabelled`] once, when asked for and leading;
+    /// a failure is logged and tried again at the next observation.
+    async fn ensure_adopted(&self) {
+        if !self.inner.adopt_unlabelled
+            || self.inner.adopted.load(Ordering::Acquire)
+            || self
+                .may_write("patch", "ReplicaSet", "(unlabelled)")
+                .is_err()
+        {
+            return;
+        }
+        match self.adopt_unlabelled().await {
+            Ok(objects) => {
+                self.inner.adopted.store(true, Ordering::Release);
+                if !objects.is_empty() {
+                    tracing::info!(install = %self.instance(), ?objects, "adopted Floyd objects without an install identity");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot adopt Floyd objects without an install identity; retrying")
+            }
+        }
     }
 
     /// Publish a Kubernetes Event for every action applied (`RevisionCreated`,
@@ -1425,6 +1522,56 @@ pub fn identity_from_env() -> String {
         .unwrap_or_else(|| "floyd".to_string())
 }
 
+/// Merge-patches `labels` into every object of `api` matching `selector`.
+async fn adopt_all<K>(
+    api: &Api<K>,
+    kind: &'static str,
+    selector: &str,
+    labels: &serde_json::Value,
+    rt: &KubeRuntime,
+    adopted: &mut Vec<String>,
+) -> Result<(), Error>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let items = api
+        .list(&ListParams::default().labels(selector))
+        .await
+        .map_err(api_err("list", kind, rt.namespace(), selector))?
+        .items;
+    for item in items {
+        let name = item.meta().name.clone().unwrap_or_default();
+        // A whole object's identity and the labels, nothing else: the API
+        // server merges it into what is there.
+        let patch = serde_json::json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "metadata": {"name": name, "labels": labels},
+        });
+        match api
+            .patch(
+                &name,
+                &PatchParams {
+                    field_manager: Some(rt.inner.field_manager.clone()),
+                    ..PatchParams::default()
+                },
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => adopted.push(format!("{kind}/{name}")),
+            // Deleted meanwhile (a pod replaced by its ReplicaSet): nothing to adopt.
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(api_err("patch", kind, rt.namespace(), &name)(e)),
+        }
+    }
+    Ok(())
+}
+
 async fn run_cache<K>(
     api: Api<K>,
     mut writer: reflector::store::Writer<K>,
@@ -1473,6 +1620,7 @@ impl runtime::Runtime for KubeRuntime {
     }
 
     async fn services(&self) -> Result<Vec<ServiceName>, runtime::Error> {
+        self.ensure_adopted().await;
         let rss = self.replica_sets_of(None).await?;
         let names: BTreeSet<ServiceName> = rss
             .iter()
@@ -1488,6 +1636,7 @@ impl runtime::Runtime for KubeRuntime {
         spec: Option<&ServiceSpec>,
         _now: Time,
     ) -> Result<Observed, runtime::Error> {
+        self.ensure_adopted().await;
         let rss = self.replica_sets_of(Some(service)).await?;
         let pods = self.list_pods(service).await?;
         let active = self
