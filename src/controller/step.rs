@@ -77,13 +77,15 @@ pub(super) async fn step_service(
         rec.state = d.state;
         status_revisions = Some(d.status.revisions);
         gates = d.status.gates;
-        svc.wake_at = d
-            .wake_at
-            .or_else(|| (!rec.state.phase.is_terminal()).then(|| now.plus(Duration::from_secs(1))));
-        if !rec.state.phase.is_terminal() {
+        if rec.state.phase.is_terminal() {
+            svc.wake_at = d.wake_at;
+        } else {
             // Keep rollouts moving even when the engine expects an event the
-            // runtime does not deliver (instances becoming ready).
-            svc.wake_at = svc.wake_at.map(|w| w.min(now.plus(Duration::from_secs(1))));
+            // runtime does not deliver (instances becoming ready): a
+            // runtime that reports changes steps the service at once, this
+            // is the safety net.
+            let poll = now.plus(sh.rollout_poll);
+            svc.wake_at = Some(d.wake_at.map_or(poll, |w| w.min(poll)));
         }
     } else {
         svc.wake_at = None;
