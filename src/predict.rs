@@ -249,7 +249,13 @@ fn simulate(
             .map(|r| r.desired)
             .sum();
         peak = peak.max(world.gpu_usage().0 as u32);
-        if new_desired > last_new || (tick.weight.is_some() && tick.weight != last_weight) {
+        // A canary's waves are its weights; anything else's, the new
+        // revision's scale-ups.
+        let wave = match tick.weight {
+            Some(_) => tick.weight != last_weight,
+            None => new_desired > last_new,
+        };
+        if wave {
             waves.push(Wave {
                 at_seconds: tick.t,
                 new_desired,

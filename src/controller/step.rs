@@ -1,7 +1,7 @@
 //! One step of one service: observe, evaluate gates, ask the engine, apply
 //! its actions, record transitions; on failure hand over to [`super::failure`].
 
-use super::publish::{count_rollout, end_history, publish};
+use super::publish::{count_rollout, end_history, note_plan, publish};
 use super::{Shared, Svc, failure, gates, policy};
 use crate::engine::{self, Phase};
 use crate::manifest::ServiceName;
@@ -155,6 +155,7 @@ pub(super) async fn step_service(
             tracing::debug!(error = %e, "cannot record the rollout event in the runtime");
         }
     }
+    note_plan(&sh, &name, &rec, &observed);
     publish(
         &sh,
         &name,
