@@ -67,6 +67,11 @@ pub struct Config {
     pub resync_interval: Duration,
     /// Rollouts of different services stepped at the same time.
     pub max_concurrent: usize,
+    /// How often a rollout in progress is re-observed without an event.
+    /// `None`: every second when the runtime reports no instance changes
+    /// ([`crate::runtime::Runtime::changes`]), every 5 s when it does (a
+    /// safety net; steps follow the runtime's events within milliseconds).
+    pub rollout_poll: Option<Duration>,
     pub no_revert: bool,
     pub author_name: String,
     pub author_email: String,
@@ -91,6 +96,7 @@ impl Config {
             poll_interval: Duration::from_secs(30),
             resync_interval: Duration::from_secs(10),
             max_concurrent: 16,
+            rollout_poll: None,
             no_revert: false,
             author_name: "Floyd".into(),
             author_email: "floyd@localhost".into(),
@@ -130,6 +136,8 @@ struct Shared {
     cluster_state: tokio::sync::mpsc::UnboundedSender<(ServiceName, String)>,
     /// Evaluates `spec.gates` for runtimes that do not (local, kube).
     gates: gates::GateRunner,
+    /// See [`Config::rollout_poll`], resolved for this runtime.
+    rollout_poll: Duration,
 }
 
 /// One service as the controller tracks it.
@@ -189,6 +197,11 @@ impl Controller {
     ) -> Controller {
         let (cluster_state, cluster_state_rx) = tokio::sync::mpsc::unbounded_channel();
         let (git, git_rx) = git::GitWorker::new(cfg.git_timeout);
+        let rollout_poll = cfg.rollout_poll.unwrap_or(if runtime.changes().is_some() {
+            Duration::from_secs(5)
+        } else {
+            Duration::from_secs(1)
+        });
         Controller {
             git,
             git_rx: Some(git_rx),
@@ -199,6 +212,7 @@ impl Controller {
             render_revert: None,
             sh: Arc::new(Shared {
                 gates: gates::GateRunner::new(cfg.prometheus_url.clone()),
+                rollout_poll,
                 hub,
                 runtime,
                 source,
@@ -239,6 +253,7 @@ impl Controller {
         let mut triggers = self.sh.hub.take_fetch_triggers();
         let mut commands = self.sh.hub.take_commands();
         let mut git_done = self.git_rx.take();
+        let changes = self.sh.runtime.changes();
         tokio::pin!(shutdown);
         let mut resumed = false;
         self.next_poll = Instant::now();
@@ -284,6 +299,15 @@ impl Controller {
                     self.want_fetch(announced);
                 }
                 Some(cmd) = recv_opt(&mut commands) => self.command(cmd).await,
+                changed = next_changes(changes.as_deref()) => {
+                    // Instances changed by themselves (ready, unready,
+                    // gone): step those services now, not at the next tick.
+                    for n in changed {
+                        if self.services.get(&n).is_some_and(|s| s.record.is_some()) {
+                            self.queue.insert(n);
+                        }
+                    }
+                }
                 _ = tokio::time::sleep_until(sleep_until.into()) => {}
             }
             if let Some(sha) = self.pending_sync.take() {
@@ -603,6 +627,13 @@ impl Controller {
         }
         self.start_due_revert(now);
         self.persist_dirty();
+    }
+}
+
+async fn next_changes(changes: Option<&crate::runtime::Changes>) -> BTreeSet<ServiceName> {
+    match changes {
+        Some(c) => c.next().await,
+        None => std::future::pending().await,
     }
 }
 

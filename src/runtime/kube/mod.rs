@@ -264,6 +264,8 @@ struct Inner {
     adopt_unlabelled: bool,
     adopted: AtomicBool,
     pods: Option<Cache<Pod>>,
+    /// Services whose pods the pod watch saw change (see [`runtime::Changes`]).
+    changes: Arc<runtime::Changes>,
     /// This install's ReplicaSets and Services from watches
     /// ([`KubeRuntime::with_object_watch`]).
     replica_sets: Option<Cache<ReplicaSet>>,
@@ -316,12 +318,25 @@ where
         + 'static,
 {
     /// Starts watching `api` for objects matching `selector`, re-listed
-    /// from scratch every `resync`. Needs a tokio runtime.
-    fn start(api: Api<K>, selector: String, resync: Duration) -> Cache<K> {
+    /// from scratch every `resync`; each changed or deleted object marks
+    /// its service in `changes`. Needs a tokio runtime.
+    fn start(
+        api: Api<K>,
+        selector: String,
+        resync: Duration,
+        changes: Option<Arc<runtime::Changes>>,
+    ) -> Cache<K> {
         let (store, writer) = reflector::store();
         let synced = Arc::new(AtomicBool::new(false));
-        let task =
-            tokio::spawn(run_cache(api, writer, synced.clone(), resync, selector)).abort_handle();
+        let task = tokio::spawn(run_cache(
+            api,
+            writer,
+            synced.clone(),
+            resync,
+            selector,
+            changes,
+        ))
+        .abort_handle();
         Cache {
             store,
             synced,
@@ -351,6 +366,7 @@ impl KubeRuntime {
                 adopt_unlabelled: false,
                 adopted: AtomicBool::new(false),
                 pods: None,
+                changes: Arc::new(runtime::Changes::new()),
                 replica_sets: None,
                 service_objects: None,
                 commits: Mutex::new(HashMap::new()),
@@ -400,6 +416,7 @@ impl KubeRuntime {
                 adopt_unlabelled: i.adopt_unlabelled,
                 adopted: AtomicBool::new(false),
                 pods: None,
+                changes: Arc::new(runtime::Changes::new()),
                 replica_sets: None,
                 service_objects: None,
                 commits: Mutex::new(HashMap::new()),
@@ -569,7 +586,8 @@ impl KubeRuntime {
     pub fn with_pod_watch(mut self, resync: Duration) -> Self {
         let api: Api<Pod> = Api::namespaced(self.inner.client.clone(), &self.inner.namespace);
         let selector = objects::managed_selector(&self.inner.instance);
-        self.inner_mut().pods = Some(Cache::start(api, selector, resync));
+        let changes = Some(self.inner.changes.clone());
+        self.inner_mut().pods = Some(Cache::start(api, selector, resync, changes));
         self
     }
 
@@ -588,8 +606,14 @@ impl KubeRuntime {
             Api::namespaced(client.clone(), &ns),
             selector.clone(),
             resync,
+            None,
         ));
-        inner.service_objects = Some(Cache::start(Api::namespaced(client, &ns), selector, resync));
+        inner.service_objects = Some(Cache::start(
+            Api::namespaced(client, &ns),
+            selector,
+            resync,
+            None,
+        ));
         self
     }
 
@@ -1578,6 +1602,7 @@ async fn run_cache<K>(
     synced: Arc<AtomicBool>,
     resync: Duration,
     selector: String,
+    changes: Option<Arc<runtime::Changes>>,
 ) where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -1598,6 +1623,17 @@ async fn run_cache<K>(
                 ev = stream.next() => match ev {
                     Some(Ok(ev)) => {
                         writer.apply_watcher_event(&ev);
+                        if let (Some(c), watcher::Event::Apply(o) | watcher::Event::Delete(o)) =
+                            (&changes, &ev)
+                            && let Some(name) = o
+                                .meta()
+                                .labels
+                                .as_ref()
+                                .and_then(|l| l.get(objects::LABEL_SERVICE))
+                                .and_then(|n| ServiceName::parse(n).ok())
+                        {
+                            c.mark(&name);
+                        }
                         if matches!(ev, watcher::Event::InitDone) {
                             synced.store(true, Ordering::Release);
                         }
@@ -1718,6 +1754,10 @@ impl runtime::Runtime for KubeRuntime {
         message: &str,
     ) -> Result<(), runtime::Error> {
         Ok(KubeRuntime::record_event(self, service, reason, message).await?)
+    }
+
+    fn changes(&self) -> Option<Arc<runtime::Changes>> {
+        self.inner.pods.as_ref().map(|_| self.inner.changes.clone())
     }
 
     fn note_commit(&self, service: &ServiceName, revision: &Revision, commit: &str) {

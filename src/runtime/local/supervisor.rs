@@ -163,6 +163,7 @@ impl Inner {
         };
         if routes {
             self.refresh_routes(service);
+            self.changes.mark(service);
         }
         Some(r)
     }
@@ -190,6 +191,7 @@ impl Inner {
             self.persist_locked(st);
         }
         self.refresh_routes(service);
+        self.changes.mark(service);
         self.poke();
     }
 
