@@ -1376,3 +1376,176 @@ async fn steady_state_observation_from_watch_caches_costs_no_requests() {
         }
     }
 }
+
+/// CPU time of the calling thread (user + system).
+fn thread_cpu() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let u = getrusage(UsageWho::RUSAGE_THREAD).expect("getrusage");
+    let d = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
+    };
+    d(u.user_time()) + d(u.system_time())
+}
+
+/// Observation at scale (issue #15): `services` × `pods` from the watch
+/// caches of `floyd run`, against the fake API server running on threads
+/// of its own, so that the CPU measured is the controller side's alone
+/// (this test's single-threaded runtime: the runtime's reads, the watch
+/// streams and their decoding). Steady state: a round (list the services,
+/// observe each) every `FLOYD_KUBE_SCALE_ROUND` for `FLOYD_KUBE_SCALE_WINDOW`,
+/// as the controller does every `--resync-interval`. Size from
+/// `FLOYD_KUBE_SCALE` (`<services>x<pods>`, default `100x2` in the suite;
+/// docs/benchmarks.md has `1000x10`).
+#[test]
+fn observation_at_scale_from_watch_caches() {
+    let size = std::env::var("FLOYD_KUBE_SCALE").unwrap_or_else(|_| "100x2".into());
+    let (services, pods) = size
+        .split_once('x')
+        .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<u32>().ok()?)))
+        .expect("FLOYD_KUBE_SCALE=<services>x<pods>");
+    let secs = |var: &str, default: f64| {
+        Duration::from_secs_f64(
+            std::env::var(var)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default),
+        )
+    };
+    let window = secs("FLOYD_KUBE_SCALE_WINDOW", 3.0);
+    let every = secs("FLOYD_KUBE_SCALE_ROUND", 1.0);
+
+    // The fake API server (and its simulated kubelet) on its own runtime.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let fake = rt.block_on(FakeApi::start(vec![FakeNode::cpu("node-1")]));
+        let fake = Arc::new(fake);
+        tx.send(fake.clone()).unwrap();
+        rt.block_on(std::future::pending::<()>());
+    });
+    let fake: Arc<FakeApi> = rx.recv().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let setup = KubeRuntime::new(fake.client_as(NS, "setup"), NS).with_instance("a");
+        let t = template("ghcr.io/acme/web:1");
+        let s = spec(pods, t.clone());
+        let names: Vec<ServiceName> = (0..services).map(|i| name(&format!("svc{i}"))).collect();
+        let started = std::time::Instant::now();
+        for n in &names {
+            setup
+                .apply(
+                    n,
+                    &s,
+                    &[
+                        Action::CreateRevision {
+                            revision: rev(&t),
+                            template: t.clone(),
+                        },
+                        Action::Scale {
+                            revision: rev(&t),
+                            replicas: pods,
+                        },
+                    ],
+                )
+                .await
+                .unwrap();
+        }
+        let want = services * pods as usize;
+        let ready = || {
+            fake.list("pods")
+                .iter()
+                .filter(|p| {
+                    p["status"]["conditions"]
+                        .as_array()
+                        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+                })
+                .count()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(600);
+        while ready() < want {
+            assert!(std::time::Instant::now() < deadline, "{} of {want} pods ready", ready());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        eprintln!(
+            "BENCH scale {services}x{pods}: {want} pods ready after {:?}",
+            started.elapsed()
+        );
+
+        let cached = install(&fake, "a")
+            .with_pod_watch(Duration::from_secs(300))
+            .with_object_watch(Duration::from_secs(300));
+        let synced_at = std::time::Instant::now();
+        while !(cached.pod_cache_synced() && cached.object_cache_synced()) {
+            assert!(synced_at.elapsed() < Duration::from_secs(120), "caches never synced");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!("BENCH scale {services}x{pods}: caches synced in {:?}", synced_at.elapsed());
+        let count = |who: &str| fake.log().iter().filter(|l| l.client == who).count();
+        let round = |rt: &KubeRuntime| {
+            let rt = rt.clone();
+            let names = names.clone();
+            let s = s.clone();
+            let t = t.clone();
+            async move {
+                let started = std::time::Instant::now();
+                assert_eq!(rt.services().await.unwrap().len(), services);
+                for n in &names {
+                    let o = rt.observe(n, Some(&s), Time::now_wall()).await.unwrap();
+                    assert_eq!(o.revision(&rev(&t)).map(|r| r.ready()), Some(pods));
+                }
+                started.elapsed()
+            }
+        };
+        // A first round warms the caches' readers.
+        round(&cached).await;
+
+        let (requests0, cpu0, wall0) = (count("a"), thread_cpu(), std::time::Instant::now());
+        let mut rounds = Vec::new();
+        while wall0.elapsed() < window {
+            let next = std::time::Instant::now() + every;
+            rounds.push(round(&cached).await);
+            tokio::time::sleep_until(next.into()).await;
+        }
+        let (requests, cpu, wall) = (count("a") - requests0, thread_cpu() - cpu0, wall0.elapsed());
+        rounds.sort();
+        let per_minute = requests as f64 * 60.0 / wall.as_secs_f64();
+        let cpu_share = cpu.as_secs_f64() / wall.as_secs_f64();
+        eprintln!(
+            "BENCH scale {services}x{pods}: steady state over {wall:.1?}, a round every {every:?}: \
+             {requests} API requests ({per_minute:.1}/min), controller-side CPU {cpu:?} \
+             ({:.1} % of a core), round p50 {:?} max {:?} ({} rounds)",
+            cpu_share * 100.0,
+            rounds[rounds.len() / 2],
+            rounds[rounds.len() - 1],
+            rounds.len()
+        );
+        assert_eq!(requests, 0, "steady-state observation from the caches");
+
+        // For comparison: observing without the caches (list calls), for
+        // up to 40 services (the fake's list answers grow with the cluster).
+        let listed = KubeRuntime::new(fake.client_as(NS, "listed"), NS).with_instance("a");
+        let sample = &names[..names.len().min(40)];
+        let (before, cpu0, started) = (count("listed"), thread_cpu(), std::time::Instant::now());
+        for n in sample {
+            let o = listed.observe(n, Some(&s), Time::now_wall()).await.unwrap();
+            assert_eq!(o.revision(&rev(&t)).map(|r| r.ready()), Some(pods));
+        }
+        let requests = count("listed") - before;
+        eprintln!(
+            "BENCH scale {services}x{pods}: without caches, {} services observed with {requests} requests \
+             ({:.0} per minute at one round per 10 s for all {services}), {:?}, CPU {:?}",
+            sample.len(),
+            requests as f64 / sample.len() as f64 * services as f64 * 6.0,
+            started.elapsed(),
+            thread_cpu() - cpu0
+        );
+        assert_eq!(requests, 4 * sample.len());
+    });
+}

@@ -81,7 +81,6 @@ use k8s_openapi::api::core::v1::{ConfigMap, Node, ObjectReference, Pod, Service}
 use k8s_openapi::api::events::v1::Event as KEvent;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use objects::{ANN_COMMIT, ANN_CREATED_AT, LABEL_SERVICE, RevisionMeta, STATE_KEY};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -296,7 +295,7 @@ type DriftKey = (ServiceName, &'static str, String, String);
 
 /// A watch-fed store of one kind of this install's objects.
 struct Cache<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
-    store: Store<K>,
+    index: Arc<std::sync::RwLock<Index<K>>>,
     synced: Arc<AtomicBool>,
     task: tokio::task::AbortHandle,
 }
@@ -326,7 +325,8 @@ where
         resync: Duration,
         changes: Option<Arc<runtime::Changes>>,
     ) -> Cache<K> {
-        let (store, writer) = reflector::store();
+        let index = Arc::new(std::sync::RwLock::new(Index::default()));
+        let writer = index.clone();
         let synced = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn(run_cache(
             api,
@@ -338,17 +338,95 @@ where
         ))
         .abort_handle();
         Cache {
-            store,
+            index,
             synced,
             task,
         }
     }
 
-    /// The objects, once the first list is in.
-    fn ready(&self) -> Option<Vec<Arc<K>>> {
-        self.synced
-            .load(Ordering::Acquire)
-            .then(|| self.store.state())
+    /// Reads the index, once the first list is in.
+    fn read<T>(&self, f: impl FnOnce(&Index<K>) -> T) -> Option<T> {
+        if !self.synced.load(Ordering::Acquire) {
+            return None;
+        }
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        Some(f(&index))
+    }
+
+    /// The objects of `service` (every object when `None`), once the first list is in.
+    fn of_service(&self, service: Option<&ServiceName>) -> Option<Vec<K>> {
+        self.read(|i| match service {
+            Some(s) => i
+                .by_service
+                .get(s.as_str())
+                .map(|objs| objs.values().map(|o| (**o).clone()).collect())
+                .unwrap_or_default(),
+            None => i
+                .by_service
+                .values()
+                .flat_map(|objs| objs.values().map(|o| (**o).clone()))
+                .collect(),
+        })
+    }
+
+    /// The object named `name`, once the first list is in.
+    fn by_name(&self, name: &str) -> Option<Option<K>> {
+        self.read(|i| {
+            i.service_of
+                .get(name)
+                .and_then(|s| i.by_service.get(s)?.get(name))
+                .map(|o| (**o).clone())
+        })
+    }
+}
+
+/// A watch-fed view of one kind of this install's objects, indexed by the
+/// `floyd.dev/service` label so that observing one service costs its own
+/// objects, not a scan of every object of the install (1,000 services × 10
+/// pods: docs/benchmarks.md).
+struct Index<K> {
+    /// Service label ("" when none) → object name → object.
+    by_service: HashMap<String, std::collections::BTreeMap<String, Arc<K>>>,
+    /// Object name → its service label.
+    service_of: HashMap<String, String>,
+}
+
+impl<K> Default for Index<K> {
+    fn default() -> Self {
+        Index {
+            by_service: HashMap::new(),
+            service_of: HashMap::new(),
+        }
+    }
+}
+
+impl<K: kube::Resource<DynamicType = ()>> Index<K> {
+    fn insert(&mut self, obj: K) {
+        let name = obj.meta().name.clone().unwrap_or_default();
+        let service = obj
+            .meta()
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_SERVICE))
+            .cloned()
+            .unwrap_or_default();
+        self.remove(&name);
+        self.service_of.insert(name.clone(), service.clone());
+        self.by_service
+            .entry(service)
+            .or_default()
+            .insert(name, Arc::new(obj));
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Some(service) = self.service_of.remove(name)
+            && let Some(objs) = self.by_service.get_mut(&service)
+        {
+            objs.remove(name);
+            if objs.is_empty() {
+                self.by_service.remove(&service);
+            }
+        }
     }
 }
 
@@ -622,20 +700,13 @@ impl KubeRuntime {
         &self,
         service: Option<&ServiceName>,
     ) -> Result<Vec<ReplicaSet>, Error> {
-        if let Some(all) = self.inner.replica_sets.as_ref().and_then(Cache::ready) {
-            return Ok(all
-                .iter()
-                .filter(|r| {
-                    service.is_none_or(|s| {
-                        r.metadata
-                            .labels
-                            .as_ref()
-                            .and_then(|l| l.get(LABEL_SERVICE))
-                            == Some(&s.to_string())
-                    })
-                })
-                .map(|r| (**r).clone())
-                .collect());
+        if let Some(rss) = self
+            .inner
+            .replica_sets
+            .as_ref()
+            .and_then(|c| c.of_service(service))
+        {
+            return Ok(rss);
         }
         let sel = match service {
             Some(s) => objects::service_selector(self.instance(), s),
@@ -876,20 +947,15 @@ impl KubeRuntime {
 
     async fn list_pods(&self, service: &ServiceName) -> Result<Vec<Pod>, Error> {
         let selector = objects::service_selector(self.instance(), service);
-        if let Some(all) = self.inner.pods.as_ref().and_then(Cache::ready) {
-            // The cache holds only this install's pods (its watch selects
-            // managed-by and instance).
-            return Ok(all
-                .iter()
-                .filter(|p| {
-                    p.metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get(LABEL_SERVICE))
-                        == Some(&service.to_string())
-                })
-                .map(|p| (**p).clone())
-                .collect());
+        // The cache holds only this install's pods (its watch selects
+        // managed-by and instance).
+        if let Some(pods) = self
+            .inner
+            .pods
+            .as_ref()
+            .and_then(|c| c.of_service(Some(service)))
+        {
+            return Ok(pods);
         }
         Ok(self
             .pod_api()
@@ -1055,13 +1121,15 @@ impl KubeRuntime {
     }
 
     async fn get_opt_service(&self, name: &str) -> Result<Option<Service>, Error> {
-        if let Some(all) = self.inner.service_objects.as_ref().and_then(Cache::ready) {
-            // This install's Services only: another owner's object of that
-            // name reads as absent here, and is refused when written.
-            return Ok(all
-                .iter()
-                .find(|s| s.metadata.name.as_deref() == Some(name))
-                .map(|s| (**s).clone()));
+        // This install's Services only: another owner's object of that
+        // name reads as absent here, and is refused when written.
+        if let Some(svc) = self
+            .inner
+            .service_objects
+            .as_ref()
+            .and_then(|c| c.by_name(name))
+        {
+            return Ok(svc);
         }
         self.svc_api().get_opt(name).await.map_err(api_err(
             "get",
@@ -1596,9 +1664,32 @@ where
     Ok(())
 }
 
+/// Applies one watch event to the index (a list's objects go to `building`
+/// until the list is complete).
+fn apply_watch_event<K: kube::Resource<DynamicType = ()> + Clone>(
+    index: &std::sync::RwLock<Index<K>>,
+    building: &mut Option<Index<K>>,
+    ev: &watcher::Event<K>,
+) {
+    let live = || index.write().unwrap_or_else(|e| e.into_inner());
+    match ev {
+        watcher::Event::Init => *building = Some(Index::default()),
+        watcher::Event::InitApply(o) => building
+            .get_or_insert_with(Index::default)
+            .insert(o.clone()),
+        watcher::Event::InitDone => {
+            if let Some(fresh) = building.take() {
+                *live() = fresh;
+            }
+        }
+        watcher::Event::Apply(o) => live().insert(o.clone()),
+        watcher::Event::Delete(o) => live().remove(o.meta().name.as_deref().unwrap_or_default()),
+    }
+}
+
 async fn run_cache<K>(
     api: Api<K>,
-    mut writer: reflector::store::Writer<K>,
+    index: Arc<std::sync::RwLock<Index<K>>>,
     synced: Arc<AtomicBool>,
     resync: Duration,
     selector: String,
@@ -1612,6 +1703,8 @@ async fn run_cache<K>(
         + Sync
         + 'static,
 {
+    // A (re-)list builds a fresh index, swapped in whole at InitDone.
+    let mut building: Option<Index<K>> = None;
     loop {
         let cfg = watcher::Config::default().labels(&selector);
         let stream = watcher(api.clone(), cfg).default_backoff();
@@ -1622,7 +1715,7 @@ async fn run_cache<K>(
                 _ = &mut deadline => break,
                 ev = stream.next() => match ev {
                     Some(Ok(ev)) => {
-                        writer.apply_watcher_event(&ev);
+                        apply_watch_event(&index, &mut building, &ev);
                         if let (Some(c), watcher::Event::Apply(o) | watcher::Event::Delete(o)) =
                             (&changes, &ev)
                             && let Some(name) = o
