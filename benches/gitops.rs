@@ -143,7 +143,7 @@ async fn webhook_and_revert(server: GitServer, services: usize, rounds: usize, r
         .unwrap(),
     );
     let store = Arc::new(Store::open(state.path()).unwrap());
-    let mut cfg = Config::new(state.path().join("work"));
+    let mut cfg = Config::new();
     // Only webhooks move it; an hour-long poll never fires during the bench.
     cfg.poll_interval = Duration::from_secs(3600);
     cfg.resync_interval = Duration::from_secs(3600);

@@ -6,7 +6,7 @@
 
 use crate::engine::{CanaryStatus, Command, Phase, RevisionCounts, RolloutState};
 use crate::manifest::Revision;
-use crate::runtime::{GateResult, GpuCapacity};
+use crate::model::{GateResult, GpuCapacity};
 use crate::telemetry::Metrics;
 use crate::time::Time;
 use serde::{Deserialize, Serialize};
@@ -148,6 +148,14 @@ pub struct PlanRecord {
     pub samples: VecDeque<(String, f64)>,
 }
 
+/// Where webhook delivery ids outlive the process (the state store
+/// implements it): a trait here so the hub does not depend on the store,
+/// which depends on the hub's record types.
+pub trait DeliveryLog: Send + Sync {
+    /// Records `id` at `now`; `Ok(false)` when it was recorded before.
+    fn first_delivery(&self, id: &str, now: crate::time::Time) -> Result<bool, String>;
+}
+
 /// Shared between the controller and the server. Create one with [`Hub::new`]
 /// and pass `Arc<Hub>` around.
 pub struct Hub {
@@ -164,7 +172,7 @@ pub struct Hub {
     pub fetch_notify: Notify,
     deliveries: Mutex<(HashSet<String>, VecDeque<String>)>,
     /// Where delivery ids outlive a restart (set by `floyd run`).
-    delivery_log: std::sync::OnceLock<std::sync::Arc<crate::store::Store>>,
+    delivery_log: std::sync::OnceLock<std::sync::Arc<dyn DeliveryLog>>,
     synced_once: AtomicBool,
     git_reachable: AtomicBool,
     leader: AtomicBool,
@@ -271,7 +279,7 @@ impl Hub {
     }
     /// Keeps webhook delivery ids in `store` too, so a delivery retried
     /// across a controller restart still triggers one fetch.
-    pub fn persist_deliveries(&self, store: std::sync::Arc<crate::store::Store>) {
+    pub fn persist_deliveries(&self, store: std::sync::Arc<dyn DeliveryLog>) {
         let _ = self.delivery_log.set(store);
     }
     /// Records a webhook delivery id; false when it was seen before (by this

@@ -1699,7 +1699,7 @@ async fn the_controller_steps_on_readiness_events_not_on_its_timer() {
         .unwrap(),
     );
     let store = Arc::new(Store::open(&state).unwrap());
-    let mut cfg = CtlConfig::new(state.join("work"));
+    let mut cfg = CtlConfig::new();
     cfg.poll_interval = Duration::from_secs(3600);
     cfg.resync_interval = Duration::from_secs(60);
     cfg.rollout_poll = Some(Duration::from_secs(60));

@@ -8,7 +8,6 @@
 //! 3 cannot reach the server or the repository. The contract lists 0/1/2;
 //! 3 is an extension so scripts can tell "no" from "could not ask".
 
-pub mod bench;
 pub mod client;
 pub mod demo;
 pub mod logs;
@@ -138,9 +137,6 @@ pub enum Command {
     /// Print this command-line reference as Markdown, or write man pages.
     #[command(after_help = "Exit codes: 0 written; 2 the --man directory cannot be created.")]
     Reference(reference::Args),
-    /// Benchmarks: not built into the binary; run `cargo bench` (docs/benchmarks.md).
-    #[command(hide = true)]
-    Bench(bench::Args),
 }
 
 /// The exit codes of the manual controls, as their `--help` prints them.
@@ -180,10 +176,6 @@ impl CliError {
             message: message.into(),
         }
         .into()
-    }
-    /// A subcommand that exists in the contract but is not built yet: exit 2.
-    pub fn not_built(what: &str) -> anyhow::Error {
-        Self::usage(format!("`floyd {what}` is not built yet in this version"))
     }
 }
 
@@ -229,6 +221,5 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Logs(a) => logs::run(a),
         Command::SampleApp(a) => sample_app::run(a),
         Command::Reference(a) => reference::run(a),
-        Command::Bench(a) => bench::run(a),
     }
 }

@@ -513,7 +513,7 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
         let s = stop.clone();
         tokio::spawn(async move { el.run(s).await });
     }
-    let mut cfg = controller::Config::new(args.state_dir.join("work"));
+    let mut cfg = controller::Config::new();
     cfg.path = args.path.clone();
     cfg.environment = args.environment.clone();
     cfg.poll_interval = args.poll_interval;

@@ -75,9 +75,6 @@ pub struct Config {
     pub no_revert: bool,
     pub author_name: String,
     pub author_email: String,
-    /// Scratch space for the controller (commits are rendered from the
-    /// mirror's objects, in memory, not exported here).
-    pub work_dir: PathBuf,
     /// Prometheus server for `prometheus` gates that name no `address`.
     pub prometheus_url: Option<String>,
     /// A fetch or revert push that takes longer is reported as failed (the
@@ -88,8 +85,14 @@ pub struct Config {
     pub git_host: Option<crate::githost::GitHost>,
 }
 
+impl Default for Config {
+    fn default() -> Config {
+        Config::new()
+    }
+}
+
 impl Config {
-    pub fn new(work_dir: PathBuf) -> Config {
+    pub fn new() -> Config {
         Config {
             path: None,
             environment: None,
@@ -100,7 +103,6 @@ impl Config {
             no_revert: false,
             author_name: "Floyd".into(),
             author_email: "floyd@localhost".into(),
-            work_dir,
             prometheus_url: None,
             git_timeout: Duration::from_secs(60),
             git_host: None,
@@ -180,7 +182,7 @@ pub struct Controller {
     /// (the worker's own `busy` clears a moment before the event arrives).
     git_in_flight: bool,
     /// Rollout notifications (`floyd.yaml` `notifications`), started by `run`.
-    notifier: Option<Arc<crate::server::notify::Notifier>>,
+    notifier: Option<Arc<crate::notifications::Notifier>>,
     cluster_state_rx: Option<tokio::sync::mpsc::UnboundedReceiver<(ServiceName, String)>>,
     /// Each manifest's last render, by blob id: a commit re-renders only the
     /// files it changed. Lent to the blocking task while it renders.
@@ -247,7 +249,7 @@ impl Controller {
         }
         self.restore_from_runtime().await;
         // Notifications follow the hub's events; targets come with each synced commit.
-        let notifier = Arc::new(crate::server::notify::Notifier::new(Vec::new()));
+        let notifier = Arc::new(crate::notifications::Notifier::new(Vec::new()));
         let _follow = notifier.follow(&self.sh.hub);
         self.notifier = Some(notifier);
         let mut triggers = self.sh.hub.take_fetch_triggers();

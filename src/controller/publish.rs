@@ -176,7 +176,7 @@ pub(super) fn publish(
         reason = d.clone();
     }
     // A runtime problem (a load balancer port not bound) is never Complete.
-    (phase, reason) = crate::runtime::with_runtime_problems(phase, reason, observed);
+    (phase, reason) = crate::engine::with_runtime_problems(phase, reason, observed);
     let current = if matches!(rec.state.phase, Phase::Complete | Phase::RolledBack) {
         Some(rec.state.target.clone())
     } else {

@@ -5,7 +5,7 @@
 //! so several Kubernetes-style syncs can run within one `step`.
 
 use crate::manifest::Revision;
-use crate::runtime::{InstancePhase, ObservedRevision};
+use crate::model::{InstancePhase, ObservedRevision};
 use crate::time::Time;
 
 /// Counts of one revision.

@@ -8,7 +8,7 @@
 //! pre-promotion results after a blue-green switch) count as no result.
 
 use crate::manifest::Gate;
-use crate::runtime::{GateResult, GateVerdict};
+use crate::model::{GateResult, GateVerdict};
 use crate::time::Time;
 
 /// All configured gates combined.

@@ -6,7 +6,7 @@
 //! the kind the runtime matched to the request): a terminating instance's
 //! units are held, not free.
 
-use crate::runtime::GpuCapacity;
+use crate::model::GpuCapacity;
 
 /// What the GPU capacity allows for one step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

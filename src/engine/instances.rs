@@ -7,7 +7,7 @@
 //! (not running, then not ready, then ready the shortest time, then newest),
 //! like Kubernetes' ReplicaSet controller.
 
-use crate::runtime::{Instance, InstancePhase};
+use crate::model::{Instance, InstancePhase};
 
 /// Slow-start batch sizes for creating `n` instances: 1, 2, 4, ... summing to `n`.
 pub fn slow_start_batches(n: u32) -> Vec<u32> {

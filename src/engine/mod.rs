@@ -61,7 +61,7 @@ mod rollout;
 pub use rollout::{canary_instances, canary_status};
 
 use crate::manifest::{Revision, ServiceSpec};
-use crate::runtime::{Action, GateResult, Observed};
+use crate::model::{Action, GateResult, Observed};
 use crate::time::Time;
 use serde::{Deserialize, Serialize};
 
@@ -384,5 +384,24 @@ pub fn next_rollout(previous: Option<&RolloutState>, target: Revision, now: Time
     }
 }
 
-#[cfg(test)]
-mod tests;
+/// The phase and reason to show for a service whose runtime reports
+/// `problems`: a rollout that is done (Complete, RolledBack) is Degraded with
+/// the problems as its reason, never Complete; one in progress keeps its
+/// phase and gets the problems appended; Failed and Degraded stay as they are.
+pub fn with_runtime_problems(
+    phase: crate::engine::Phase,
+    reason: String,
+    observed: &crate::model::Observed,
+) -> (crate::engine::Phase, String) {
+    use crate::engine::Phase;
+    if observed.problems.is_empty() {
+        return (phase, reason);
+    }
+    let problems = observed.problems.join("; ");
+    match phase {
+        Phase::Complete | Phase::RolledBack => (Phase::Degraded, problems),
+        Phase::Failed | Phase::Degraded => (phase, reason),
+        _ if reason.is_empty() => (phase, problems),
+        _ => (phase, format!("{reason}; {problems}")),
+    }
+}

@@ -6,7 +6,7 @@ use super::fleet::{Fleet, Rs};
 use super::gates::{self, GateSummary};
 use super::{Command, Decision, Phase, RevisionCounts, RolloutState, Status, gpu, rolling};
 use crate::manifest::{InstanceTemplate, Revision, ServiceSpec, Strategy};
-use crate::runtime::{Action, InstancePhase, Observed};
+use crate::model::{Action, InstancePhase, Observed};
 use crate::time::Time;
 use std::collections::BTreeMap;
 

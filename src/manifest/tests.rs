@@ -367,7 +367,7 @@ fn canary_errors_have_positions_and_paths() {
 
 #[test]
 fn notification_events_are_the_kinds_floyd_sends() {
-    let sent: Vec<&str> = crate::server::notify::NotificationKind::ALL
+    let sent: Vec<&str> = crate::notifications::NotificationKind::ALL
         .iter()
         .map(|k| k.as_str())
         .collect();

@@ -10,7 +10,6 @@
 mod api;
 pub mod conn;
 mod hooks;
-pub mod notify;
 mod sse;
 
 use crate::hub::Hub;
@@ -24,8 +23,6 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-
-pub use notify::{Notification, NotificationKind, Notifier};
 
 /// Default limit for webhook bodies (GitHub caps payloads at 25 MB but a push
 /// payload with its 20 commits is a few hundred KB at most).

@@ -519,6 +519,12 @@ impl Store {
     }
 }
 
+impl crate::hub::DeliveryLog for Store {
+    fn first_delivery(&self, id: &str, now: crate::time::Time) -> Result<bool, String> {
+        Store::first_delivery(self, id, now).map_err(|e| e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -139,7 +139,7 @@ impl Harness {
             .unwrap(),
         );
         let store = Arc::new(Store::open(&state).unwrap());
-        let mut cfg = Config::new(state.join("work"));
+        let mut cfg = Config::new();
         cfg.poll_interval = opts.poll;
         cfg.resync_interval = Duration::from_millis(500);
         cfg.no_revert = opts.no_revert;

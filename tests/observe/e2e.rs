@@ -191,7 +191,7 @@ pub(crate) async fn stack(
         .expect("git source"),
     );
     let store = Arc::new(Store::open(&state).expect("store"));
-    let mut cfg = CtlConfig::new(state.join("work"));
+    let mut cfg = CtlConfig::new();
     // Long poll: later commits arrive through webhooks.
     cfg.poll_interval = Duration::from_secs(3600);
     cfg.resync_interval = Duration::from_millis(500);

@@ -5,7 +5,7 @@
 use crate::fixture::*;
 use floyd::engine::Phase;
 use floyd::manifest::{NotificationFormat, NotificationTarget};
-use floyd::server::notify::{DeliveryPolicy, Notifier};
+use floyd::notifications::{DeliveryPolicy, Notifier};
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -90,7 +90,9 @@ async fn secrets_never_logged() {
             retries: 1,
         },
     );
-    n.send(floyd::server::Notification::from_entry(&entry("web", Phase::Failed, 1)).expect("n"));
+    n.send(
+        floyd::notifications::Notification::from_entry(&entry("web", Phase::Failed, 1)).expect("n"),
+    );
     let text = || String::from_utf8_lossy(&logs.0.lock().expect("logs")).into_owned();
     eventually("the failed notification was logged", || {
         text().contains("notification not delivered")

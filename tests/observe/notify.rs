@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use floyd::engine::Phase;
 use floyd::hub::{Event, Hub};
 use floyd::manifest::{NotificationFormat, NotificationTarget};
-use floyd::server::notify::{DeliveryPolicy, Notifier};
+use floyd::notifications::{DeliveryPolicy, Notifier};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -200,7 +200,7 @@ async fn slack_and_generic_with_retries() {
 async fn send_never_blocks_and_targets_can_change() {
     let (r, url) = start_receiver(&[]).await;
     let notifier = Notifier::with_policy(vec![], fast());
-    let n = floyd::server::Notification::from_entry(&entry("web", Phase::Complete, 1))
+    let n = floyd::notifications::Notification::from_entry(&entry("web", Phase::Complete, 1))
         .expect("notification");
     // No targets: nothing is sent.
     notifier.send(n.clone());

@@ -13,7 +13,7 @@ use super::super::rolling;
 use super::{Cx, GATE_RECHECK_MS, MAX_SYNCS};
 use crate::engine::{CanaryStatus, Phase, RolloutState};
 use crate::manifest::{CanaryParams, CanaryStep, IntOrPercent, Revision, ServiceSpec, Strategy};
-use crate::runtime::{Action, CanarySplit};
+use crate::model::{Action, CanarySplit};
 
 /// Canary instances for `weight` percent of `replicas` (Argo Rollouts
 /// without a traffic router: `ceil(replicas × weight / 100)`), and at least

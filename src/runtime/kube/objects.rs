@@ -341,14 +341,13 @@ pub fn gpu_resource(gpu: &GpuRequest) -> String {
 }
 
 /// How a GPU kind is named in messages and `GpuCapacity.kind`.
+/// The same names as every runtime's ([`crate::placement::gpu_kind`]),
+/// except that a request without a product is named by its resource.
 pub fn gpu_kind(gpu: &GpuRequest) -> String {
     match (&gpu.sharing, &gpu.product) {
-        (GpuSharing::Mig { profile }, Some(p)) => format!("{p} mig-{profile}"),
-        (GpuSharing::Mig { profile }, None) => format!("mig-{profile}"),
-        (GpuSharing::TimeSliced, Some(p)) => format!("{p} (time-sliced)"),
         (GpuSharing::TimeSliced, None) => "nvidia.com/gpu.shared".to_string(),
-        (GpuSharing::Exclusive, Some(p)) => p.clone(),
         (GpuSharing::Exclusive, None) => "nvidia.com/gpu".to_string(),
+        _ => crate::placement::gpu_kind(gpu),
     }
 }
 

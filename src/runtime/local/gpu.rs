@@ -1,21 +1,17 @@
-//! GPU inventory and placement for the local runtime.
+//! GPU inventory for the local runtime.
 //!
 //! Owns: reading the inventory (`nvidia-smi` output or the declared
-//! inventory of `floyd.yaml` / `--gpus`), matching a request (product,
-//! memory, sharing mode) to free units, and bookkeeping of who holds what.
-//! Must not: start or stop processes. A unit is released only when the
-//! instance supervisor says the process has exited.
-//!
-//! Units: an exclusive request takes whole devices (`gpu0`); a time-sliced
-//! request takes slots (`gpu0/slot1`) of devices that declare
-//! `timeSlicedReplicas`; a MIG request takes slices (`gpu0/mig-1g.10gb/2`) of
-//! devices that declare that profile. A device held exclusively offers no
-//! slots or slices, and a device with any slot or slice held cannot be taken
-//! exclusively.
+//! inventory of `floyd.yaml` / `--gpus`) and the environment an instance
+//! gets for its placement. Placement itself (matching a request to free
+//! units, who holds what) is [`crate::placement`], shared with the
+//! simulator. Must not: start or stop processes. A unit is released only
+//! when the instance supervisor says the process has exited.
 
-use crate::manifest::{GpuInventory, GpuRequest, GpuSharing};
-use crate::runtime::GpuCapacity;
-use std::collections::{BTreeMap, BTreeSet};
+use crate::manifest::GpuInventory;
+pub use crate::placement::{
+    GpuDevice, GpuPool, Holder, Placement, devices_from_inventory, normalize_product,
+};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Errors of inventory parsing.
@@ -31,25 +27,6 @@ pub enum GpuError {
         "--gpus entry {entry:?}: {message} (expected PRODUCT:COUNT[:MEMORY_MIB], e.g. NVIDIA-A100-SXM4-80GB:4:81920)"
     )]
     Flag { entry: String, message: String },
-}
-
-/// One physical (or declared) GPU.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GpuDevice {
-    pub index: u32,
-    /// `GPU-…` from nvidia-smi; `None` for declared devices.
-    pub uuid: Option<String>,
-    /// Product name with spaces replaced by '-' (the GPU feature discovery label form).
-    pub product: String,
-    pub memory_mib: Option<u64>,
-    pub time_sliced_replicas: Option<u32>,
-    pub mig: BTreeMap<String, u32>,
-}
-
-/// Normalises a product name: nvidia-smi prints `NVIDIA A100-SXM4-80GB`,
-/// labels and manifests say `NVIDIA-A100-SXM4-80GB`.
-pub fn normalize_product(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join("-")
 }
 
 /// Parses `nvidia-smi --query-gpu=index,uuid,name,memory.total --format=csv,noheader`.
@@ -131,24 +108,6 @@ pub fn parse_gpus_flag(s: &str) -> Result<Vec<GpuInventory>, GpuError> {
     Ok(out)
 }
 
-/// Devices of a declared inventory, numbered in order.
-pub fn devices_from_inventory(inv: &[GpuInventory]) -> Vec<GpuDevice> {
-    let mut out = Vec::new();
-    for line in inv {
-        for _ in 0..line.count {
-            out.push(GpuDevice {
-                index: out.len() as u32,
-                uuid: None,
-                product: normalize_product(&line.product),
-                memory_mib: line.memory_mib,
-                time_sliced_replicas: line.time_sliced_replicas,
-                mig: line.mig.clone(),
-            });
-        }
-    }
-    out
-}
-
 /// Where the inventory came from, for logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InventorySource {
@@ -196,204 +155,6 @@ pub fn detect(
     (devices_from_inventory(declared), InventorySource::Declared)
 }
 
-/// Who holds a unit.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Holder {
-    pub service: String,
-    pub instance: String,
-}
-
-/// The GPU pool: devices plus who holds which unit.
-#[derive(Debug, Clone, Default)]
-pub struct GpuPool {
-    devices: Vec<GpuDevice>,
-    held: BTreeMap<String, Holder>,
-}
-
-/// What one instance got: unit ids and the device indices / uuids they are on.
-#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub struct Placement {
-    pub units: Vec<String>,
-    pub devices: Vec<u32>,
-    pub uuids: Vec<String>,
-}
-
-impl GpuPool {
-    pub fn new(devices: Vec<GpuDevice>) -> GpuPool {
-        GpuPool {
-            devices,
-            held: BTreeMap::new(),
-        }
-    }
-
-    pub fn devices(&self) -> &[GpuDevice] {
-        &self.devices
-    }
-
-    fn matches(dev: &GpuDevice, req: &GpuRequest) -> bool {
-        let product_ok = req
-            .product
-            .as_deref()
-            .is_none_or(|p| normalize_product(p).eq_ignore_ascii_case(&dev.product));
-        let memory_ok = match (req.memory_mib, dev.memory_mib) {
-            (Some(want), Some(have)) => have >= want,
-            (Some(_), None) => false,
-            (None, _) => true,
-        };
-        let sharing_ok = match &req.sharing {
-            GpuSharing::Exclusive => true,
-            GpuSharing::TimeSliced => dev.time_sliced_replicas.is_some_and(|n| n > 0),
-            GpuSharing::Mig { profile } => dev.mig.get(profile).is_some_and(|n| *n > 0),
-        };
-        product_ok && memory_ok && sharing_ok
-    }
-
-    fn device_prefix(dev: &GpuDevice) -> String {
-        format!("gpu{}", dev.index)
-    }
-
-    /// Whether any unit on the device is held.
-    fn device_busy(&self, dev: &GpuDevice) -> bool {
-        let whole = Self::device_prefix(dev);
-        let sub = format!("{whole}/");
-        self.held.keys().any(|k| k == &whole || k.starts_with(&sub))
-    }
-
-    /// All units of matching kind, with whether each is free.
-    fn units(&self, req: &GpuRequest) -> Vec<(String, u32, bool)> {
-        let mut out = Vec::new();
-        for dev in self.devices.iter().filter(|d| Self::matches(d, req)) {
-            let base = Self::device_prefix(dev);
-            match &req.sharing {
-                GpuSharing::Exclusive => {
-                    out.push((base.clone(), dev.index, !self.device_busy(dev)));
-                }
-                GpuSharing::TimeSliced | GpuSharing::Mig { .. } => {
-                    // Unit ids are `{mode_prefix}{k}`.
-                    let (n, mode_prefix) = match &req.sharing {
-                        GpuSharing::Mig { profile } => (
-                            dev.mig.get(profile).copied().unwrap_or(0),
-                            format!("{base}/mig-{profile}/"),
-                        ),
-                        _ => (
-                            dev.time_sliced_replicas.unwrap_or(0),
-                            format!("{base}/slot"),
-                        ),
-                    };
-                    let sub = format!("{base}/");
-                    let blocked = self.held.keys().any(|k| {
-                        k == &base || (k.starts_with(&sub) && !k.starts_with(&mode_prefix))
-                    });
-                    for k in 0..n {
-                        let id = format!("{mode_prefix}{k}");
-                        let free = !blocked && !self.held.contains_key(&id);
-                        out.push((id, dev.index, free));
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    /// The capacity view of a request for `service`.
-    pub fn capacity(&self, req: &GpuRequest, service: &str) -> GpuCapacity {
-        let units = self.units(req);
-        let kind = match &req.sharing {
-            GpuSharing::Exclusive => req.product.clone().unwrap_or_else(|| "gpu".into()),
-            GpuSharing::TimeSliced => format!(
-                "{} time-slice",
-                req.product.clone().unwrap_or_else(|| "gpu".into())
-            ),
-            GpuSharing::Mig { profile } => format!("mig-{profile}"),
-        };
-        let held_by_service = self
-            .held
-            .iter()
-            .filter(|(id, h)| h.service == service && units.iter().any(|(u, _, _)| u == *id))
-            .count() as u32;
-        GpuCapacity {
-            kind,
-            exist: units.len() as u32,
-            free: units.iter().filter(|(_, _, f)| *f).count() as u32,
-            held_by_service,
-        }
-    }
-
-    /// Takes `req.count` free units for `holder`, or says why it cannot.
-    /// All or nothing: never a partial allocation.
-    pub fn allocate(&mut self, req: &GpuRequest, holder: Holder) -> Result<Placement, String> {
-        let units = self.units(req);
-        let free: Vec<&(String, u32, bool)> = units.iter().filter(|u| u.2).collect();
-        if free.len() < req.count as usize {
-            let cap = self.capacity(req, &holder.service);
-            return Err(format!(
-                "waiting for GPU: needs {} {} unit(s), {} of {} free",
-                req.count, cap.kind, cap.free, cap.exist
-            ));
-        }
-        let mut placement = Placement::default();
-        for (id, dev, _) in free.into_iter().take(req.count as usize) {
-            self.held.insert(id.clone(), holder.clone());
-            placement.units.push(id.clone());
-            if !placement.devices.contains(dev) {
-                placement.devices.push(*dev);
-                if let Some(u) = self
-                    .devices
-                    .iter()
-                    .find(|d| d.index == *dev)
-                    .and_then(|d| d.uuid.clone())
-                {
-                    placement.uuids.push(u);
-                }
-            }
-        }
-        Ok(placement)
-    }
-
-    /// Marks units as held (adoption after a restart). Units already held by
-    /// someone else are reported, not taken twice.
-    pub fn claim(&mut self, units: &[String], holder: &Holder) -> Vec<String> {
-        let mut conflicts = Vec::new();
-        for u in units {
-            match self.held.get(u) {
-                Some(h) if h != holder => conflicts.push(u.clone()),
-                _ => {
-                    self.held.insert(u.clone(), holder.clone());
-                }
-            }
-        }
-        conflicts
-    }
-
-    /// Releases every unit `holder` holds.
-    pub fn release(&mut self, holder: &Holder) {
-        self.held.retain(|_, h| h != holder);
-    }
-
-    /// Every held unit id.
-    pub fn held_units(&self) -> BTreeSet<String> {
-        self.held.keys().cloned().collect()
-    }
-
-    /// Per product: (devices, units held), for the `floyd_gpu_capacity` and
-    /// `floyd_gpu_allocated` metrics.
-    pub fn usage(&self) -> BTreeMap<String, (u32, u32)> {
-        let mut out: BTreeMap<String, (u32, u32)> = BTreeMap::new();
-        for d in &self.devices {
-            let e = out.entry(d.product.clone()).or_default();
-            e.0 += 1;
-            let whole = Self::device_prefix(d);
-            let sub = format!("{whole}/");
-            e.1 += self
-                .held
-                .keys()
-                .filter(|k| **k == whole || k.starts_with(&sub))
-                .count() as u32;
-        }
-        out
-    }
-}
-
 /// Environment variables for a placement.
 pub fn placement_env(p: &Placement) -> Vec<(String, String)> {
     if p.units.is_empty() {
@@ -420,6 +181,7 @@ pub fn placement_env(p: &Placement) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::{GpuRequest, GpuSharing};
 
     // Recorded from an 8×A100 machine and a mixed workstation.
     const A100_OUT: &str = "0, GPU-1c3c8a0e-6f2b-5a5b-9f34-2f8f0f4e5d11, NVIDIA A100-SXM4-80GB, 81920 MiB\n\
@@ -539,10 +301,12 @@ mod tests {
     }
 
     #[test]
-    fn time_sliced_and_mig_share_devices_but_not_with_exclusive() {
-        let mut inv = parse_gpus_flag("A100:1").unwrap();
+    fn a_device_is_offered_only_in_the_mode_it_declares() {
+        let mut inv = parse_gpus_flag("A100:1,A100:1").unwrap();
         inv[0].time_sliced_replicas = Some(3);
-        inv[0].mig.insert("1g.10gb".into(), 7);
+        inv[1].mig.insert("1g.10gb".into(), 7);
+        // Declaring both: MIG wins, as on a node whose GPU is partitioned.
+        inv[1].time_sliced_replicas = Some(2);
         let mut pool = GpuPool::new(devices_from_inventory(&inv));
         let ts = req(1, None, GpuSharing::TimeSliced);
         let mig = req(
@@ -552,26 +316,20 @@ mod tests {
                 profile: "1g.10gb".into(),
             },
         );
+        let whole = req(1, None, GpuSharing::Exclusive);
         assert_eq!(pool.capacity(&ts, "svc").exist, 3);
         assert_eq!(pool.capacity(&mig, "svc").exist, 7);
+        // Neither device is offered whole.
+        assert_eq!(pool.capacity(&whole, "svc").exist, 0);
         for i in 0..3 {
             pool.allocate(&ts, holder(&format!("t{i}"))).unwrap();
         }
         assert!(pool.allocate(&ts, holder("t3")).is_err());
-        // The device is in time-slicing use: no MIG slices, no exclusive.
-        assert_eq!(pool.capacity(&mig, "svc").free, 0);
-        assert_eq!(
-            pool.capacity(&req(1, None, GpuSharing::Exclusive), "svc")
-                .free,
-            0
-        );
-        for i in 0..3 {
-            pool.release(&holder(&format!("t{i}")));
-        }
+        // The slots in use take nothing from the MIG device.
+        assert_eq!(pool.capacity(&mig, "svc").free, 7);
         let p = pool.allocate(&mig, holder("m")).unwrap();
-        assert_eq!(p.units, vec!["gpu0/mig-1g.10gb/0".to_string()]);
+        assert_eq!(p.units, vec!["gpu1/mig-1g.10gb/0".to_string()]);
         assert_eq!(pool.capacity(&mig, "svc").free, 6);
-        assert_eq!(pool.capacity(&ts, "svc").free, 0);
     }
 
     #[test]

@@ -1,112 +1,39 @@
-//! The simulated GPU inventory: whole GPUs, MIG slices and time-slice slots,
-//! each a *unit* that one instance may hold. Built from the same
-//! [`GpuInventory`] lines as `floyd.yaml`'s `runtime.local.gpus`.
+//! The simulated machine's GPUs: the same placement model as the local
+//! runtime ([`crate::placement`]), built from the same [`GpuInventory`]
+//! lines as `floyd.yaml`'s `runtime.local.gpus`, with holders named by the
+//! simulator's service index and instance key.
 
-use crate::manifest::{GpuInventory, GpuRequest, GpuSharing};
-use crate::runtime::GpuCapacity;
+use crate::manifest::{GpuInventory, GpuRequest};
+use crate::model::GpuCapacity;
+use crate::placement::{self, Holder};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum UnitKind {
-    Whole,
-    Mig(String),
-    Slot,
-}
-
-#[derive(Debug, Clone)]
-struct Unit {
-    id: String,
-    product: String,
-    memory_mib: Option<u64>,
-    kind: UnitKind,
-    /// `(service index, instance id)` holding it.
-    holder: Option<(usize, u64)>,
-}
-
-/// Every GPU unit of the simulated machine(s).
+/// Every GPU of the simulated machine(s).
 #[derive(Debug, Clone, Default)]
 pub struct GpuPool {
-    units: Vec<Unit>,
+    pool: placement::GpuPool,
+}
+
+fn holder(service: usize, instance: u64) -> Holder {
+    Holder {
+        service: service.to_string(),
+        instance: instance.to_string(),
+    }
 }
 
 impl GpuPool {
     pub fn new(inventory: &[GpuInventory]) -> GpuPool {
-        let mut units = Vec::new();
-        for line in inventory {
-            for g in 0..line.count {
-                let gpu = format!("{}#{g}", line.product);
-                let unit = |id: String, kind: UnitKind| Unit {
-                    id,
-                    product: line.product.clone(),
-                    memory_mib: line.memory_mib,
-                    kind,
-                    holder: None,
-                };
-                if !line.mig.is_empty() {
-                    for (profile, slices) in &line.mig {
-                        for s in 0..*slices {
-                            units.push(unit(
-                                format!("{gpu}/mig-{profile}#{s}"),
-                                UnitKind::Mig(profile.clone()),
-                            ));
-                        }
-                    }
-                } else if let Some(slots) = line.time_sliced_replicas {
-                    for s in 0..slots {
-                        units.push(unit(format!("{gpu}/slot{s}"), UnitKind::Slot));
-                    }
-                } else {
-                    units.push(unit(gpu, UnitKind::Whole));
-                }
-            }
+        GpuPool {
+            pool: placement::GpuPool::new(placement::devices_from_inventory(inventory)),
         }
-        GpuPool { units }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.units.is_empty()
-    }
-
-    fn matches(u: &Unit, req: &GpuRequest) -> bool {
-        let kind = match (&req.sharing, &u.kind) {
-            (GpuSharing::Exclusive, UnitKind::Whole) | (GpuSharing::TimeSliced, UnitKind::Slot) => {
-                true
-            }
-            (GpuSharing::Mig { profile }, UnitKind::Mig(p)) => profile == p,
-            _ => false,
-        };
-        kind && req.product.as_ref().is_none_or(|p| *p == u.product)
-            && match (req.memory_mib, u.memory_mib) {
-                (Some(want), Some(have)) => have >= want,
-                (Some(_), None) => false,
-                (None, _) => true,
-            }
+        self.pool.devices().is_empty()
     }
 
     /// What the runtime reports for one service's request.
     pub fn capacity(&self, req: &GpuRequest, service: usize) -> GpuCapacity {
-        let mut exist = 0;
-        let mut free = 0;
-        let mut held = 0;
-        for u in self.units.iter().filter(|u| Self::matches(u, req)) {
-            exist += 1;
-            match u.holder {
-                None => free += 1,
-                Some((s, _)) if s == service => held += 1,
-                Some(_) => {}
-            }
-        }
-        let product = req.product.clone().unwrap_or_else(|| "any GPU".to_string());
-        let kind = match &req.sharing {
-            GpuSharing::Exclusive => product,
-            GpuSharing::Mig { profile } => format!("mig-{profile}"),
-            GpuSharing::TimeSliced => format!("{product} (time-sliced)"),
-        };
-        GpuCapacity {
-            kind,
-            exist,
-            free,
-            held_by_service: held,
-        }
+        self.pool.capacity(req, &service.to_string())
     }
 
     /// Takes `req.count` free matching units for an instance; `None` (and
@@ -117,51 +44,39 @@ impl GpuPool {
         service: usize,
         instance: u64,
     ) -> Option<Vec<String>> {
-        let picks: Vec<usize> = self
-            .units
-            .iter()
-            .enumerate()
-            .filter(|(_, u)| u.holder.is_none() && Self::matches(u, req))
-            .map(|(i, _)| i)
-            .take(req.count as usize)
-            .collect();
-        if picks.len() < req.count as usize {
-            return None;
-        }
-        Some(
-            picks
-                .into_iter()
-                .map(|i| {
-                    self.units[i].holder = Some((service, instance));
-                    self.units[i].id.clone()
-                })
-                .collect(),
-        )
+        self.pool
+            .allocate(req, holder(service, instance))
+            .ok()
+            .map(|p| p.units)
     }
 
     /// Frees what an instance held.
     pub fn release(&mut self, service: usize, instance: u64) {
-        for u in &mut self.units {
-            if u.holder == Some((service, instance)) {
-                u.holder = None;
-            }
-        }
+        self.pool.release(&holder(service, instance));
     }
 
     /// Units held by anyone.
     pub fn held(&self) -> usize {
-        self.units.iter().filter(|u| u.holder.is_some()).count()
+        self.pool.held_units().len()
     }
-    /// Units that exist.
+
+    /// Devices that exist.
     pub fn len(&self) -> usize {
-        self.units.len()
+        self.pool.devices().len()
+    }
+
+    /// The shared pool (for tests comparing runtimes).
+    pub fn placement(&self) -> &placement::GpuPool {
+        &self.pool
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
+    use crate::manifest::GpuSharing;
+    use crate::runtime::local::gpu as local;
+    use proptest::prelude::*;
 
     fn req(count: u32, product: Option<&str>, sharing: GpuSharing) -> GpuRequest {
         GpuRequest {
@@ -173,64 +88,57 @@ mod tests {
         }
     }
 
+    fn line(product: &str, count: u32, slots: Option<u32>, mig: &[(&str, u32)]) -> GpuInventory {
+        GpuInventory {
+            product: product.into(),
+            memory_mib: Some(81920),
+            count,
+            time_sliced_replicas: slots,
+            mig: mig.iter().map(|(p, n)| (p.to_string(), *n)).collect(),
+        }
+    }
+
     #[test]
-    fn kinds_do_not_mix() {
-        let mut mig = BTreeMap::new();
-        mig.insert("1g.10gb".to_string(), 7);
+    fn a_device_is_offered_as_it_is_declared() {
         let pool = GpuPool::new(&[
-            GpuInventory {
-                product: "A100".into(),
-                memory_mib: Some(81920),
-                count: 2,
-                time_sliced_replicas: None,
-                mig: BTreeMap::new(),
-            },
-            GpuInventory {
-                product: "A100".into(),
-                memory_mib: Some(81920),
-                count: 1,
-                time_sliced_replicas: None,
-                mig,
-            },
-            GpuInventory {
-                product: "T4".into(),
-                memory_mib: None,
-                count: 2,
-                time_sliced_replicas: Some(4),
-                mig: BTreeMap::new(),
-            },
+            line("A100", 2, None, &[]),
+            line("A100", 1, None, &[("1g.10gb", 7), ("3g.40gb", 1)]),
+            line("T4", 2, Some(4), &[]),
         ]);
         let whole = pool.capacity(&req(1, Some("A100"), GpuSharing::Exclusive), 0);
+        // The MIG device is not offered whole.
         assert_eq!(
             (whole.kind.as_str(), whole.exist, whole.free),
             ("A100", 2, 2)
         );
-        let slices = pool.capacity(
-            &req(
-                1,
-                None,
-                GpuSharing::Mig {
-                    profile: "1g.10gb".into(),
-                },
-            ),
-            0,
-        );
+        let mig = |p: &str| GpuSharing::Mig { profile: p.into() };
+        let slices = pool.capacity(&req(1, None, mig("1g.10gb")), 0);
         assert_eq!((slices.kind.as_str(), slices.exist), ("mig-1g.10gb", 7));
         let slots = pool.capacity(&req(1, Some("T4"), GpuSharing::TimeSliced), 0);
         assert_eq!((slots.kind.as_str(), slots.exist), ("T4 (time-sliced)", 8));
+        // Time-sliced devices are not offered whole either.
+        assert_eq!(
+            pool.capacity(&req(1, Some("T4"), GpuSharing::Exclusive), 0)
+                .exist,
+            0
+        );
+        // Products match as nvidia-smi prints them too.
+        assert_eq!(
+            pool.capacity(&req(1, Some("a100"), GpuSharing::Exclusive), 0)
+                .exist,
+            2
+        );
         let h100 = pool.capacity(&req(1, Some("H100"), GpuSharing::Exclusive), 0);
         assert_eq!(h100.exist, 0);
+        // MIG profiles of one device coexist (MIG "mixed").
+        let mut pool = pool;
+        assert!(pool.allocate(&req(1, None, mig("3g.40gb")), 0, 1).is_some());
+        assert_eq!(pool.capacity(&req(1, None, mig("1g.10gb")), 0).free, 7);
     }
 
     #[test]
     fn allocate_is_all_or_nothing_and_release_frees() {
-        let mut pool = GpuPool::new(&[GpuInventory {
-            product: "A100".into(),
-            memory_mib: None,
-            count: 3,
-            time_sliced_replicas: None,
-            mig: BTreeMap::new(),
-        }]);
+        let mut pool = GpuPool::new(&[line("A100", 3, None, &[])]);
         let r2 = req(2, None, GpuSharing::Exclusive);
         assert_eq!(pool.allocate(&r2, 0, 1).map(|v| v.len()), Some(2));
         assert_eq!(pool.allocate(&r2, 0, 2), None);
@@ -240,5 +148,99 @@ mod tests {
         assert_eq!(pool.capacity(&r2, 1).held_by_service, 0);
         pool.release(0, 1);
         assert_eq!(pool.held(), 0);
+    }
+
+    fn inventory() -> impl Strategy<Value = Vec<GpuInventory>> {
+        let one = (
+            prop::sample::select(vec!["NVIDIA-A100-SXM4-80GB", "NVIDIA-L4", "Tesla-T4"]),
+            1u32..4,
+            prop::option::of(1u32..5),
+            prop::collection::btree_map(
+                prop::sample::select(vec!["1g.10gb", "3g.40gb"]),
+                1u32..8,
+                0..3,
+            ),
+        )
+            .prop_map(|(product, count, slots, mig)| GpuInventory {
+                product: product.to_string(),
+                memory_mib: Some(81920),
+                count,
+                time_sliced_replicas: slots,
+                mig: mig.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            });
+        prop::collection::vec(one, 1..4)
+    }
+
+    /// One step of demand: (service, take or release, count, product, sharing).
+    fn demand() -> impl Strategy<Value = Vec<(usize, bool, u32, Option<&'static str>, u8)>> {
+        prop::collection::vec(
+            (
+                0usize..3,
+                prop::bool::weighted(0.7),
+                1u32..3,
+                prop::option::of(prop::sample::select(vec![
+                    "NVIDIA-A100-SXM4-80GB",
+                    "nvidia a100-sxm4-80gb",
+                    "NVIDIA L4",
+                    "Tesla-T4",
+                ])),
+                0u8..4,
+            ),
+            1..40,
+        )
+    }
+
+    fn sharing(k: u8) -> GpuSharing {
+        match k {
+            0 => GpuSharing::Exclusive,
+            1 => GpuSharing::TimeSliced,
+            2 => GpuSharing::Mig {
+                profile: "1g.10gb".into(),
+            },
+            _ => GpuSharing::Mig {
+                profile: "3g.40gb".into(),
+            },
+        }
+    }
+
+    proptest! {
+        /// The simulator (`floyd simulate`, `floyd diff`'s predictions) and
+        /// the local runtime place every demand sequence identically: the
+        /// same units for each instance, the same refusals, the same
+        /// capacity reported to the engine at every step.
+        #[test]
+        fn the_simulator_and_the_local_runtime_place_identically(
+            inv in inventory(),
+            steps in demand(),
+        ) {
+            let mut sim = GpuPool::new(&inv);
+            // As the local runtime builds it (runtime/local: inventory → devices → pool).
+            let mut loc = local::GpuPool::new(local::devices_from_inventory(&inv));
+            let names = ["web", "api", "batch"];
+            let mut live: Vec<(usize, u64)> = Vec::new();
+            for (n, (svc, take, count, product, k)) in steps.into_iter().enumerate() {
+                let r = req(count, product, sharing(k));
+                if take || live.is_empty() {
+                    let id = n as u64;
+                    let a = sim.allocate(&r, svc, id);
+                    let b = loc
+                        .allocate(&r, local::Holder { service: names[svc].into(), instance: id.to_string() })
+                        .ok()
+                        .map(|p| p.units);
+                    prop_assert_eq!(&a, &b, "step {} {:?}", n, r);
+                    if a.is_some() {
+                        live.push((svc, id));
+                    }
+                } else {
+                    let (s, id) = live.remove(n % live.len());
+                    sim.release(s, id);
+                    loc.release(&local::Holder { service: names[s].into(), instance: id.to_string() });
+                }
+                for (s, name) in names.iter().enumerate() {
+                    prop_assert_eq!(sim.capacity(&r, s), loc.capacity(&r, name));
+                }
+            }
+            prop_assert_eq!(sim.held(), loc.held_units().len());
+        }
     }
 }

@@ -16,6 +16,9 @@
 mod gpu;
 pub mod scenario;
 
+#[cfg(test)]
+mod engine_tests;
+
 pub use gpu::GpuPool;
 
 use super::{

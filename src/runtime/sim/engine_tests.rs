@@ -1,16 +1,20 @@
 //! Engine behaviour tables, driven through the `sim` runtime (the engine
-//! itself is pure; the sim only plays the instances).
+//! itself is pure; the sim only plays the instances). They live beside the
+//! simulator so that `src/engine` depends on no runtime, not even in tests.
 
-use super::*;
+use crate::engine::*;
+use crate::manifest::Revision;
 use crate::manifest::{
     BlueGreenParams, Gate, GpuInventory, GpuRequest, GpuSharing, InstanceTemplate, IntOrPercent,
     OnNoData, RollingUpdateParams, ServiceName, ServiceSpec, Strategy,
 };
+use crate::model::{Action, Observed};
 use crate::runtime::sim::Behaviour;
 use crate::runtime::sim::scenario::{
     GateScript, Outcome, Scenario, ScriptCommand, ScriptEvent, Simulation, TemplateChange, Tick,
 };
 use crate::runtime::{GpuCapacity, Instance, InstancePhase, ObservedRevision};
+use crate::time::Time;
 use IntOrPercent::{Int, Percent};
 
 fn spec(r: u32, surge: IntOrPercent, unavailable: IntOrPercent) -> ServiceSpec {
