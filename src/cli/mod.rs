@@ -10,6 +10,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod dataplane;
 pub mod demo;
 pub mod logs;
 pub mod reference;
@@ -134,6 +135,9 @@ pub enum Command {
     /// Benchmarks: not built into the binary; run `cargo bench` (docs/benchmarks.md).
     #[command(hide = true)]
     Bench(bench::Args),
+    /// The local runtime's load balancers as a process of their own; started by `floyd run`.
+    #[command(hide = true)]
+    Dataplane(dataplane::Args),
 }
 
 /// The exit codes of the manual controls, as their `--help` prints them.
@@ -223,5 +227,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::SampleApp(a) => sample_app::run(a),
         Command::Reference(a) => reference::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Dataplane(a) => dataplane::run(a, fmt),
     }
 }
