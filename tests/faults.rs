@@ -1129,7 +1129,17 @@ fn kill_9_soak_of_floyd_run_under_load_loses_no_request() {
     let port = support::free_port();
     struct Run(std::process::Child);
     impl Drop for Run {
+        // A failed run still stops its instances and dataplane (SIGTERM:
+        // graceful shutdown), then makes sure the controller is gone.
         fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = self.0.kill();
             let _ = self.0.wait();
         }
