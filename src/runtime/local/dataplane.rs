@@ -831,3 +831,224 @@ fn write_record(path: &Path, r: &Record) -> Result<(), String> {
     }
     std::fs::rename(&tmp, path).map_err(err)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn settings() -> Settings {
+        Settings {
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            policy: LbPolicy::RoundRobin,
+            threads: 1,
+        }
+    }
+
+    fn hello(protocol: u32, settings: Settings) -> Response {
+        Response::Hello {
+            protocol,
+            version: "0.0.0".into(),
+            pid: 1,
+            settings,
+        }
+    }
+
+    #[test]
+    fn a_running_dataplane_is_adopted_only_when_protocol_and_settings_match() {
+        let want = settings();
+        let other_policy = Settings {
+            policy: LbPolicy::LeastConnections,
+            ..settings()
+        };
+        let other_bind = Settings {
+            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            ..settings()
+        };
+        let more_threads = Settings {
+            threads: 4,
+            ..settings()
+        };
+        let cases = [
+            (hello(PROTOCOL, want.clone()), true),
+            (hello(PROTOCOL + 1, want.clone()), false),
+            (hello(PROTOCOL, other_policy), false),
+            (hello(PROTOCOL, other_bind), false),
+            (hello(PROTOCOL, more_threads), false),
+            (Response::Done, false),
+        ];
+        for (answer, adopt) in cases {
+            let got = judge(&answer, &want);
+            assert_eq!(got == Found::Adopt, adopt, "{answer:?}: {got:?}");
+            if let Found::Replace(why) = got {
+                assert!(!why.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn requests_and_answers_keep_their_wire_form() {
+        // The wire form is what an older or newer dataplane reads: pinned here.
+        let req = Request::Inflight {
+            service: ServiceName::parse("web").unwrap(),
+            instance: "web-1".into(),
+        };
+        let text = serde_json::to_string(&req).unwrap();
+        assert_eq!(
+            text,
+            r#"{"op":"inflight","service":"web","instance":"web-1"}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), req);
+        let text = serde_json::to_string(&hello(PROTOCOL, settings())).unwrap();
+        assert!(
+            text.starts_with(r#"{"answer":"hello","protocol":1,"#),
+            "{text}"
+        );
+        assert!(text.contains(r#""policy":"round-robin""#), "{text}");
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    async fn http_status(port: u16) -> String {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        use tokio::io::AsyncReadExt;
+        s.read_to_string(&mut out).await.unwrap();
+        out.lines().next().unwrap_or_default().to_string()
+    }
+
+    #[tokio::test]
+    async fn the_channel_configures_listeners_reports_and_shuts_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = socket_path(dir.path());
+        let dp = Dataplane::start(settings()).unwrap();
+        let server = tokio::spawn({
+            let socket = socket.clone();
+            async move { serve(dp, &socket, Duration::from_secs(1)).await }
+        });
+        let mut up = false;
+        for _ in 0..200 {
+            if call(&socket, &Request::Hello).await.is_ok() {
+                up = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(up, "the dataplane answers");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "only the owner may configure it");
+
+        let web = ServiceName::parse("web").unwrap();
+        let port = free_port();
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let busy = taken.local_addr().unwrap().port();
+        let config = ServiceConfig {
+            listeners: [port, busy]
+                .into_iter()
+                .map(|p| ListenerConfig {
+                    port: p,
+                    port_name: "http".into(),
+                    preview: false,
+                })
+                .collect(),
+            revisions: vec![Revision("r1".into())],
+            ..ServiceConfig::default()
+        };
+        let answer = call(
+            &socket,
+            &Request::Apply {
+                service: web.clone(),
+                config,
+            },
+        )
+        .await
+        .unwrap();
+        let Response::Applied { listening, errors } = answer else {
+            panic!("{answer:?}");
+        };
+        assert_eq!(listening, vec![port]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains(&busy.to_string()), "{errors:?}");
+        assert!(http_status(port).await.contains("503"), "no ready instance");
+        let Response::Stats { services } = call(&socket, &Request::Stats { service: None })
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(services[&web].listening, vec![port]);
+        assert_eq!(services[&web].problems.len(), 1);
+
+        // Garbage and oversize lines get an error, not a crash.
+        let mut conn = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        conn.write_all(b"{\"op\":\"launch-missiles\"}\n")
+            .await
+            .unwrap();
+        let mut r = BufReader::new(conn);
+        let line = read_line(&mut r).await.unwrap().unwrap();
+        let answer: Response = serde_json::from_slice(&line).unwrap();
+        assert!(
+            matches!(&answer, Response::Error { message } if message.contains("not a dataplane request")),
+            "{answer:?}"
+        );
+
+        assert_eq!(
+            call(&socket, &Request::Shutdown).await.unwrap(),
+            Response::Done
+        );
+        server.await.unwrap().unwrap();
+        assert!(!socket.exists(), "the socket goes with it");
+        let mut closed = false;
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+            {
+                closed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(closed, "the listener is closed");
+    }
+
+    #[tokio::test]
+    async fn a_dataplane_whose_socket_was_removed_exits() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = socket_path(dir.path());
+        let dp = Dataplane::start(settings()).unwrap();
+        let server = tokio::spawn({
+            let socket = socket.clone();
+            async move { serve(dp, &socket, Duration::from_secs(1)).await }
+        });
+        while !socket.exists() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        std::fs::remove_file(&socket).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("exits within a few seconds")
+            .unwrap()
+            .unwrap();
+    }
+
+    #[test]
+    fn a_socket_path_too_long_for_unix_sockets_is_a_clear_error() {
+        let long = PathBuf::from(format!("/tmp/{}", "d".repeat(120)));
+        let e = check_socket_path(&socket_path(&long)).unwrap_err();
+        assert!(e.contains("shorter --state-dir"), "{e}");
+        assert!(check_socket_path(Path::new("/tmp/x/dataplane.sock")).is_ok());
+    }
+}

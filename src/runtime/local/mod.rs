@@ -1256,3 +1256,101 @@ impl Runtime for LocalRuntime {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::PortSpec;
+
+    fn inst(id: &str, rev: &str, ready: bool, terminating: bool) -> Inst {
+        Inst {
+            id: id.into(),
+            revision: Revision(rev.into()),
+            created_at: Time::from_millis(0),
+            ports: [(String::new(), 9000)].into_iter().collect(),
+            gpu: None,
+            pid: Some(1),
+            start_time: Some(1),
+            restarts: 0,
+            terminating,
+            ready_since: ready.then(|| Time::from_millis(1)),
+            last_exit: None,
+            phase: InstancePhase::Running,
+            reason: None,
+            stop: CancellationToken::new(),
+        }
+    }
+
+    /// a1 ready (r1), a2 unready (r1), a3 terminating (r1), b1 ready (r2).
+    fn svc() -> Svc {
+        let mut s = Svc {
+            ports: vec![PortSpec {
+                name: "http".into(),
+                port: 8080,
+            }],
+            ..Svc::default()
+        };
+        for i in [
+            inst("a1", "r1", true, false),
+            inst("a2", "r1", false, false),
+            inst("a3", "r1", true, true),
+            inst("b1", "r2", true, false),
+        ] {
+            s.instances.insert(i.id.clone(), i);
+        }
+        s
+    }
+
+    fn ids(b: &[BackendConfig]) -> Vec<&str> {
+        b.iter().map(|b| b.instance.as_str()).collect()
+    }
+
+    #[test]
+    fn the_load_balancer_configuration_follows_readiness_and_traffic() {
+        let r = |s: &str| Some(Revision(s.into()));
+        // No traffic decision yet: every ready, non-terminating instance.
+        let c = service_config(&svc());
+        assert_eq!(ids(&c.active), ["a1", "b1"]);
+        assert!(c.preview.is_empty() && c.canary.is_none());
+        assert_eq!(c.listeners.len(), 1);
+        // Blue-green: active r1, preview r2 on the preview port.
+        let mut s = svc();
+        s.active = r("r1");
+        s.preview = r("r2");
+        s.preview_port = Some(8081);
+        let c = service_config(&s);
+        assert_eq!(ids(&c.active), ["a1"]);
+        assert_eq!(ids(&c.preview), ["b1"]);
+        assert_eq!(
+            c.listeners
+                .iter()
+                .map(|l| (l.port, l.preview))
+                .collect::<Vec<_>>(),
+            [(8080, false), (8081, true)]
+        );
+        // Canary split r2 over stable r1.
+        let mut s = svc();
+        s.canary = Some(CanarySplit {
+            canary: Revision("r2".into()),
+            stable: r("r1"),
+            weight: 25,
+        });
+        let c = service_config(&s);
+        assert_eq!(ids(&c.active), ["a1"]);
+        let canary = c.canary.unwrap();
+        assert_eq!((ids(&canary.backends), canary.weight), (vec!["b1"], 25));
+        // The stable revision has no ready instance: other ready revisions serve its share.
+        let mut s = svc();
+        s.canary = Some(CanarySplit {
+            canary: Revision("r2".into()),
+            stable: r("r0"),
+            weight: 25,
+        });
+        assert_eq!(ids(&service_config(&s).active), ["a1"]);
+        // Being deleted: no listener, no route.
+        let mut s = svc();
+        s.deleting = true;
+        let c = service_config(&s);
+        assert!(c.listeners.is_empty() && c.active.is_empty());
+    }
+}
