@@ -650,9 +650,11 @@ impl Inner {
             }
             // Their load balancers are removed by the next push.
             changed_routes.extend(gone_services);
-        }
-        for d in forgotten_logs {
-            let _ = std::fs::remove_dir_all(d);
+            // Under the lock (rare, small): whoever sees the service or
+            // revision gone finds its logs gone too.
+            for d in forgotten_logs {
+                let _ = std::fs::remove_dir_all(d);
+            }
         }
         changed_routes.dedup();
         for n in changed_routes {
