@@ -1673,3 +1673,30 @@ async fn the_dataplane_process_outlives_the_controller_and_is_restarted_when_it_
     assert!(!pid_alive(new), "shutdown stops the dataplane");
     assert!(instance_processes(dir.path()).is_empty());
 }
+
+/// A running dataplane started with other load balancer settings is
+/// replaced by the next controller (stopped, a new one started), not adopted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dataplane_with_other_settings_is_replaced_not_adopted() {
+    use floyd::runtime::local::{DataplaneMode, LbPolicy, LocalRuntime};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.dataplane = DataplaneMode::Process;
+    let (rt, lb) = one_ready_web(cfg.clone()).await;
+    let old = rt.dataplane_pid().unwrap();
+    drop(rt);
+    cfg.lb_policy = LbPolicy::LeastConnections;
+    let rt = LocalRuntime::start(cfg).await.unwrap();
+    let new = rt.dataplane_pid().unwrap();
+    assert_ne!(new, old, "replaced");
+    assert!(!pid_alive(old), "the old dataplane was stopped");
+    let svc = name("web");
+    wait_for(&rt, &svc, 10, "ready again", |o| {
+        ready(o, "aaaaaaaaaa") == 1
+    })
+    .await;
+    let url = format!("http://127.0.0.1:{lb}/");
+    assert_eq!(get(&url).await.map(|r| r.0), Ok(200), "the new one serves");
+    rt.shutdown().await;
+    assert!(!pid_alive(new));
+}
