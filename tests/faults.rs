@@ -1215,9 +1215,16 @@ fn kill_9_soak_of_floyd_run_under_load_loses_no_request() {
     let (mut web_rollouts, mut api_rollouts) = (0u32, 0u32);
     for k in 1..=kills {
         // A new version of web (a rolling update, often superseding one in
-        // flight) or, every other time when its last rollout is done, of api
+        // flight) or, every other time once its last rollout is done, of api
         // (blue-green; the engine keeps a superseded preview revision until
         // promotion, which is not what this scenario measures).
+        if k % 2 == 0 {
+            // Give the previous blue-green rollout (killed into as well) time to finish.
+            let until = Instant::now() + Duration::from_secs(20);
+            while !complete_at("api", &api_tip) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let tip = if k % 2 == 0 && complete_at("api", &api_tip) {
             api_rollouts += 1;
             write_api(api_rollouts);
