@@ -172,6 +172,8 @@ pub(crate) struct Inner {
     stopping: std::sync::atomic::AtomicBool,
     wake: tokio::sync::Notify,
     tasks: tokio_util::task::TaskTracker,
+    /// Readiness changes and removed instances, for the controller.
+    pub(crate) changes: Arc<crate::runtime::Changes>,
 }
 
 /// The load balancers as the runtime reaches them.
@@ -270,6 +272,7 @@ impl LocalRuntime {
             stopping: false.into(),
             wake: tokio::sync::Notify::new(),
             tasks: tokio_util::task::TaskTracker::new(),
+            changes: Arc::new(crate::runtime::Changes::new()),
         });
         let adopted = adopt(&mut st, &inner.marker);
         let known: BTreeSet<i32> = adopted.iter().map(|a| a.2).collect();
@@ -1113,6 +1116,10 @@ impl Runtime for LocalRuntime {
             .filter(|(_, s)| !s.deleting)
             .map(|(n, _)| n.clone())
             .collect())
+    }
+
+    fn changes(&self) -> Option<Arc<crate::runtime::Changes>> {
+        Some(self.inner.changes.clone())
     }
 
     async fn observe(

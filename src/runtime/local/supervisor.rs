@@ -162,6 +162,7 @@ impl Inner {
         };
         if routes {
             self.refresh_routes(service);
+            self.changes.mark(service);
         }
         Some(r)
     }
@@ -189,6 +190,7 @@ impl Inner {
             self.persist_locked(st);
         }
         self.refresh_routes(service);
+        self.changes.mark(service);
         self.poke();
     }
 
