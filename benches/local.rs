@@ -109,15 +109,22 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// The dataplane process of the runtime under test (`--dataplane-process`).
-static DATAPLANE_PID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// The dataplane process of the latest runtime started (`--dataplane-process`).
+static DATAPLANE_PID: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+fn dataplane_pid() -> Option<String> {
+    DATAPLANE_PID
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+}
 
 /// CPU time of this process plus the dataplane process, if any.
 fn cpu_self() -> (f64, f64) {
     let (u, k) = cpu_secs("self");
-    match DATAPLANE_PID.get() {
+    match dataplane_pid() {
         Some(p) => {
-            let (du, dk) = cpu_secs(p);
+            let (du, dk) = cpu_secs(&p);
             (u + du, k + dk)
         }
         None => (u, k),
@@ -136,9 +143,8 @@ async fn start(dir: &std::path::Path) -> LocalRuntime {
         cfg.lb_threads = threads;
     }
     let rt = LocalRuntime::start(cfg).await.expect("runtime starts");
-    if let Some(p) = rt.dataplane_pid() {
-        let _ = DATAPLANE_PID.set(p.to_string());
-    }
+    *DATAPLANE_PID.lock().unwrap_or_else(|e| e.into_inner()) =
+        rt.dataplane_pid().map(|p| p.to_string());
     rt
 }
 
@@ -300,8 +306,9 @@ fn pin(app_pid: i32) {
             eprintln!("taskset {args:?} failed");
         }
     };
-    let dataplane_tasks = DATAPLANE_PID
-        .get()
+    let dp = dataplane_pid();
+    let dataplane_tasks = dp
+        .as_ref()
         .map(|p| format!("/proc/{p}/task"))
         .unwrap_or_else(|| "/proc/self/task".into());
     let tasks = std::fs::read_dir("/proc/self/task")
@@ -309,7 +316,7 @@ fn pin(app_pid: i32) {
         .chain(
             std::fs::read_dir(&dataplane_tasks)
                 .into_iter()
-                .filter(|_| DATAPLANE_PID.get().is_some()),
+                .filter(|_| dp.is_some()),
         )
         .flatten()
         .flatten();
