@@ -1,10 +1,14 @@
 //! Benchmark: local. Results and the command to reproduce them are in docs/benchmarks.md.
 //!
-//! `cargo bench --bench local [-- --seconds 5 --rounds 3 --instances 100] [--lb-only] [--canary-only] [--load T[,T...] [--connections N]] [--lb-threads N] [--pin]`
+//! `cargo bench --bench local [-- --seconds 5 --rounds 3 --instances 100] [--lb-only] [--canary-only] [--load T[,T...] [--connections N]] [--lb-threads N] [--pin] [--dataplane-process]`
 //! (T: `direct`, `lb`, either followed by a path as in `lb/slow?ms=5`, or a URL)
 //!
 //! `--pin` (phase 3): the load balancer's threads (`floyd-lb`) on the last
 //! CPU, the load generator and the instance on the others (`taskset`).
+//!
+//! `--dataplane-process`: the load balancers run in their own process
+//! (`floyd dataplane`, as `floyd run` does by default) instead of threads of
+//! this one; their CPU time is counted with this process's.
 //!
 //! `--lb-only` skips phases 1 and 2. `--load T` skips them too and, instead
 //! of the side-by-side rounds, loads each target in turn for `--seconds` (to profile
@@ -105,15 +109,43 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// The dataplane process of the latest runtime started (`--dataplane-process`).
+static DATAPLANE_PID: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+fn dataplane_pid() -> Option<String> {
+    DATAPLANE_PID
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+}
+
+/// CPU time of this process plus the dataplane process, if any.
+fn cpu_self() -> (f64, f64) {
+    let (u, k) = cpu_secs("self");
+    match dataplane_pid() {
+        Some(p) => {
+            let (du, dk) = cpu_secs(&p);
+            (u + du, k + dk)
+        }
+        None => (u, k),
+    }
+}
+
 async fn start(dir: &std::path::Path) -> LocalRuntime {
     let mut cfg = LocalConfig::new(dir);
+    if std::env::args().any(|a| a == "--dataplane-process") {
+        cfg.dataplane = floyd::runtime::local::DataplaneMode::Process;
+    }
     cfg.floyd_bin = Some(env!("CARGO_BIN_EXE_floyd").into());
     cfg.nvidia_smi = None;
     let threads = arg("--lb-threads", 0) as usize;
     if threads > 0 {
         cfg.lb_threads = threads;
     }
-    LocalRuntime::start(cfg).await.expect("runtime starts")
+    let rt = LocalRuntime::start(cfg).await.expect("runtime starts");
+    *DATAPLANE_PID.lock().unwrap_or_else(|e| e.into_inner()) =
+        rt.dataplane_pid().map(|p| p.to_string());
+    rt
 }
 
 /// Create revision `r` of `s` and scale it to `n` instances.
@@ -186,7 +218,7 @@ fn cpu_secs(pid: &str) -> (f64, f64) {
 
 async fn load(url: &str, secs: u64, app_pid: i32, connections: usize) -> Round {
     let app_pid = app_pid.to_string();
-    let (self0, app0) = (cpu_secs("self"), cpu_secs(&app_pid));
+    let (self0, app0) = (cpu_self(), cpu_secs(&app_pid));
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
@@ -234,7 +266,7 @@ async fn load(url: &str, secs: u64, app_pid: i32, connections: usize) -> Round {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let (self1, app1) = (cpu_secs("self"), cpu_secs(&app_pid));
+    let (self1, app1) = (cpu_self(), cpu_secs(&app_pid));
     let n = all.len().max(1) as f64;
     all.sort_unstable();
     let pct = |p: f64| {
@@ -274,11 +306,21 @@ fn pin(app_pid: i32) {
             eprintln!("taskset {args:?} failed");
         }
     };
-    for t in std::fs::read_dir("/proc/self/task")
+    let dp = dataplane_pid();
+    let dataplane_tasks = dp
+        .as_ref()
+        .map(|p| format!("/proc/{p}/task"))
+        .unwrap_or_else(|| "/proc/self/task".into());
+    let tasks = std::fs::read_dir("/proc/self/task")
         .into_iter()
+        .chain(
+            std::fs::read_dir(&dataplane_tasks)
+                .into_iter()
+                .filter(|_| dp.is_some()),
+        )
         .flatten()
-        .flatten()
-    {
+        .flatten();
+    for t in tasks {
         let tid = t.file_name().to_string_lossy().to_string();
         let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
         let cpu = if comm.trim() == "floyd-lb" {

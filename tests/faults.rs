@@ -5,6 +5,7 @@
 //! 2. A push refused by a protected branch (a `pre-receive` hook).
 //! 3. A branch force-pushed to unrelated history.
 //! 4. A dead controller task (`floyd run` with an injected failure).
+//! 5. Random `kill -9` of `floyd run` during rollouts under HTTP load.
 
 #[path = "gitops/support.rs"]
 mod support;
@@ -1011,4 +1012,372 @@ fn logs_to_a_pipe_are_plain_and_counters_start_at_zero() {
     for l in &lines {
         assert!(!l.contains('\u{1b}'), "no ANSI codes in a pipe: {l:?}");
     }
+}
+
+// ---- Scenario 5: kill -9 soak (issue #14) ----
+
+/// `web` (RollingUpdate, surge 1) or `api` (BlueGreen) run for real by the
+/// local runtime, two replicas each.
+fn soak_service(name: &str, version: &str, port: u16, preview: Option<u16>) -> String {
+    let strategy = match preview {
+        None => {
+            "type: RollingUpdate\n    rollingUpdate: { maxSurge: 1, maxUnavailable: 0 }".to_string()
+        }
+        Some(p) => format!(
+            "type: BlueGreen\n    blueGreen: {{ previewPort: {p}, scaleDownDelaySeconds: 1s }}"
+        ),
+    };
+    format!(
+        "apiVersion: floyd.dev/v1
+kind: Service
+metadata:
+  name: {name}
+spec:
+  replicas: 2
+  template:
+    command: [\"${{FLOYD_BIN}}\", \"sample-app\", \"--version\", \"{version}\"]
+    terminationGracePeriodSeconds: 5
+  ports:
+    - {{ name: http, port: {port} }}
+  health:
+    readiness: {{ http: {{ path: /healthz, port: http }}, periodSeconds: 1 }}
+  progressDeadlineSeconds: 120
+  strategy:
+    {strategy}
+"
+    )
+}
+
+/// A `floyd run` (the default: a separate dataplane process) on a repo.
+fn floyd_run(
+    repo: &str,
+    api: u16,
+    state: &std::path::Path,
+    log: &std::path::Path,
+) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_floyd"))
+        .args(["run", "--repo", repo, "--poll-interval", "200ms"])
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{api}"))
+        .arg("--state-dir")
+        .arg(state)
+        .stdout(std::process::Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap(),
+        )
+        .spawn()
+        .unwrap()
+}
+
+/// Non-terminating instances per service in the local runtime's state file.
+fn live_instances(
+    state_file: &std::path::Path,
+) -> Option<std::collections::BTreeMap<String, usize>> {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(state_file).ok()?).ok()?;
+    Some(
+        v["services"]
+            .as_object()?
+            .iter()
+            .map(|(name, s)| {
+                let n = s["instances"].as_object().map_or(0, |is| {
+                    is.values().filter(|i| i["terminating"] != true).count()
+                });
+                (name.clone(), n)
+            })
+            .collect(),
+    )
+}
+
+/// HTTP/1.0 GET on a new connection: the status code, if any answer came.
+fn status_of(port: u16) -> Result<u16, String> {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(s, "GET / HTTP/1.0\r\nHost: x\r\n\r\n").map_err(|e| format!("write: {e}"))?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .map_err(|e| format!("read: {e}"))?;
+    out.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status line: {out:?}"))
+}
+
+/// Scenario 5: random `kill -9` of `floyd run` at random moments of rolling
+/// and blue-green rollouts under HTTP load, each followed by a restart.
+/// The dataplane process keeps serving: 0 failed requests; instances never
+/// exceed replicas + surge (blue-green: both colours); every rollout
+/// completes; nothing is orphaned. `FLOYD_FAULT_KILLS` sets the number of
+/// kills (default 30).
+#[test]
+fn kill_9_soak_of_floyd_run_under_load_loses_no_request() {
+    use rand::Rng;
+    let kills: u32 = std::env::var("FLOYD_FAULT_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let server = support::GitServer::daemon();
+    let w = support::Work::clone(&server.url);
+    let (web_port, api_port, preview) = (
+        support::free_port(),
+        support::free_port(),
+        support::free_port(),
+    );
+    let write_web = |v: u32| {
+        w.write(
+            "services/web.yaml",
+            &soak_service("web", &format!("w{v}"), web_port, None),
+        );
+    };
+    let write_api = |v: u32| {
+        w.write(
+            "services/api.yaml",
+            &soak_service("api", &format!("a{v}"), api_port, Some(preview)),
+        );
+    };
+    write_web(0);
+    write_api(0);
+    let first = w.commit("web and api");
+    w.push();
+    // The last commit that changed each service.
+    let (mut web_tip, mut api_tip) = (first.clone(), first);
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().join("state");
+    let log = state.path().join("floyd.log");
+    let port = support::free_port();
+    struct Run(std::process::Child);
+    impl Drop for Run {
+        // A failed run still stops its instances and dataplane (SIGTERM:
+        // graceful shutdown), then makes sure the controller is gone.
+        fn drop(&mut self) {
+            if !matches!(self.0.try_wait(), Ok(None)) {
+                return; // already reaped: its pid may be someone else's now
+            }
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let view = |name: &str| -> Option<serde_json::Value> {
+        let (code, body) = http_get(port, &format!("/api/v1/services/{name}"))?;
+        (code == 200).then(|| serde_json::from_str(&body).ok())?
+    };
+    let complete_at = |name: &str, sha: &str| {
+        view(name).is_some_and(|v| v["phase"] == "Complete" && v["commit"]["sha"] == sha)
+    };
+    let mut run = Run(floyd_run(&server.url, port, &state_dir, &log));
+    support::wait_for("web and api Complete", Duration::from_secs(60), || {
+        complete_at("web", &web_tip) && complete_at("api", &api_tip)
+    });
+
+    // Load on both services and a sampler of the state file, until `stop`.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut threads = Vec::new();
+    for p in [web_port, web_port, api_port, api_port] {
+        let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+        threads.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match status_of(p) {
+                    Ok(200) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("port {p}: {other:?}")),
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }));
+    }
+    let state_file = state_dir.join("local/state.json");
+    let peaks = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<
+        String,
+        usize,
+    >::new()));
+    let samples = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    {
+        let (stop, peaks, samples, state_file) = (
+            stop.clone(),
+            peaks.clone(),
+            samples.clone(),
+            state_file.clone(),
+        );
+        threads.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(live) = live_instances(&state_file) {
+                    samples.fetch_add(1, Ordering::Relaxed);
+                    let mut p = peaks.lock().unwrap();
+                    for (s, n) in live {
+                        let e = p.entry(s).or_default();
+                        *e = (*e).max(n);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }));
+    }
+
+    let started = Instant::now();
+    let mut rng = rand::rng();
+    let mut dataplanes = std::collections::BTreeSet::new();
+    let (mut web_rollouts, mut api_rollouts) = (0u32, 0u32);
+    for k in 1..=kills {
+        // A new version of web (a rolling update, often superseding one in
+        // flight) or, every other time once its last rollout is done, of api
+        // (blue-green; the engine keeps a superseded preview revision until
+        // promotion, which is not what this scenario measures).
+        if k % 2 == 0 {
+            // Give the previous blue-green rollout (killed into as well) time to finish.
+            let until = Instant::now() + Duration::from_secs(20);
+            while !complete_at("api", &api_tip) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let tip = if k % 2 == 0 && complete_at("api", &api_tip) {
+            api_rollouts += 1;
+            write_api(api_rollouts);
+            let tip = w.commit(&format!("api a{api_rollouts} (kill {k})"));
+            api_tip = tip.clone();
+            tip
+        } else {
+            web_rollouts += 1;
+            write_web(web_rollouts);
+            let tip = w.commit(&format!("web w{web_rollouts} (kill {k})"));
+            web_tip = tip.clone();
+            tip
+        };
+        let _ = tip;
+        w.push();
+        std::thread::sleep(Duration::from_millis(rng.random_range(200..2000)));
+        let dp = std::fs::read(state_dir.join("local/dataplane.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["pid"].as_i64());
+        dataplanes.insert(dp);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(run.0.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let _ = run.0.wait();
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..300)));
+        run = Run(floyd_run(&server.url, port, &state_dir, &log));
+        support::wait_for("floyd run answers again", Duration::from_secs(30), || {
+            http_get(port, "/healthz").is_some()
+        });
+    }
+    let kill_phase = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !(complete_at("web", &web_tip) && complete_at("api", &api_tip)) {
+        if Instant::now() > deadline {
+            let logs = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = logs.lines().rev().take(60).collect();
+            panic!(
+                "every rollout Complete at {web_tip} / {api_tip}: web {:?}\napi {:?}\nlog tail:\n{}",
+                view("web"),
+                view("api"),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Nothing orphaned: the instance processes are exactly the 4 recorded.
+    let marker = state_dir.join("local").canonicalize().unwrap();
+    let marker = marker.to_string_lossy();
+    let recorded = || -> std::collections::BTreeSet<i64> {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&state_file).unwrap_or_default())
+                .unwrap_or_default();
+        v["services"]
+            .as_object()
+            .into_iter()
+            .flat_map(|s| s.values())
+            .flat_map(|s| {
+                s["instances"]
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|i| i.values())
+            })
+            .filter_map(|i| i["pid"].as_i64())
+            .collect()
+    };
+    let running = || -> std::collections::BTreeSet<i64> {
+        floyd::runtime::local::process::processes_with_marker(&marker)
+            .into_iter()
+            .map(i64::from)
+            .collect()
+    };
+    support::wait_for(
+        "4 instance processes, all recorded",
+        Duration::from_secs(30),
+        || {
+            let r = running();
+            r.len() == 4 && r == recorded()
+        },
+    );
+    let dp_running =
+        floyd::runtime::local::process::processes_with_env("FLOYD_DATAPLANE_STATE", &marker);
+    assert_eq!(dp_running.len(), 1, "one dataplane: {dp_running:?}");
+    stop.store(true, Ordering::SeqCst);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let failures = failures.lock().unwrap().clone();
+    let ok = ok.load(Ordering::SeqCst);
+    let peaks = peaks.lock().unwrap().clone();
+    eprintln!(
+        "kill -9 soak: {kills} kills in {kill_phase:?} ({web_rollouts} rolling, {api_rollouts} blue-green rollouts); {ok} requests answered 200, {} failed; \
+         {} state samples, peak non-terminating instances {peaks:?}; dataplane pids seen {dataplanes:?}",
+        failures.len(),
+        samples.load(Ordering::SeqCst),
+    );
+    assert!(
+        failures.is_empty(),
+        "failed requests: {} e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    assert!(ok > 100, "{ok} requests");
+    assert!(
+        peaks.get("web").is_some_and(|n| *n <= 3),
+        "web: replicas 2 + surge 1: {peaks:?}"
+    );
+    assert!(
+        peaks.get("api").is_some_and(|n| *n <= 4),
+        "api: 2 per colour: {peaks:?}"
+    );
+    assert_eq!(
+        dataplanes.len(),
+        1,
+        "the same dataplane process throughout: {dataplanes:?}"
+    );
+
+    // A graceful stop takes everything down: instances and the dataplane.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let _ = run.0.wait();
+    support::wait_for("no process left", Duration::from_secs(20), || {
+        running().is_empty()
+            && floyd::runtime::local::process::processes_with_env("FLOYD_DATAPLANE_STATE", &marker)
+                .is_empty()
+    });
 }

@@ -1610,6 +1610,97 @@ async fn adoption_never_signals_a_foreign_process_reusing_a_recorded_pid() {
     }
 }
 
+/// The dataplane process (`floyd dataplane`): traffic continues while no
+/// controller runs; the next controller adopts the same process (no
+/// restart, no dropped request); a dataplane killed with -9 is started
+/// again and serves again; shutdown stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dataplane_process_outlives_the_controller_and_is_restarted_when_it_dies() {
+    use floyd::runtime::local::{DataplaneMode, LocalRuntime};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.dataplane = DataplaneMode::Process;
+    let (rt, lb) = one_ready_web(cfg.clone()).await;
+    let svc = name("web");
+    let dp = rt.dataplane_pid().expect("a dataplane process");
+    assert_ne!(dp, std::process::id() as i32);
+    let url = format!("http://127.0.0.1:{lb}/");
+    let load = Load::start(url.clone(), 4, 1_000_000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Like kill -9 of the controller: nothing runs the runtime for a while.
+    drop(rt);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(pid_alive(dp), "the dataplane outlives the controller");
+    let rt = LocalRuntime::start(cfg.clone()).await.unwrap();
+    assert_eq!(rt.dataplane_pid(), Some(dp), "adopted, not restarted");
+    assert_eq!(rt.lb_ports(&svc), vec![lb]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (done, failed, errors, _) = load.finish().await;
+    assert_eq!(
+        failed, 0,
+        "no request lost across the controller's absence: {errors:?}"
+    );
+    assert!(done > 50, "{done}");
+    // Traffic counters live in the dataplane: they kept counting.
+    let o = observe(&rt, &svc).await;
+    let counted: u64 = o.traffic.iter().map(|t| t.requests).sum();
+    assert!(counted >= done, "{counted} counted, {done} done");
+
+    // kill -9 of the dataplane: started again, listening again.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(dp),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut back = None;
+    while started.elapsed() < Duration::from_secs(10) {
+        if let Some(p) = rt.dataplane_pid()
+            && p != dp
+            && get(&url).await.is_ok_and(|(code, _)| code == 200)
+        {
+            back = Some(p);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let new = back.expect("a new dataplane serves within 10 s");
+    eprintln!(
+        "dataplane killed: serving again after {:?}",
+        started.elapsed()
+    );
+    rt.shutdown().await;
+    assert!(!pid_alive(new), "shutdown stops the dataplane");
+    assert!(instance_processes(dir.path()).is_empty());
+}
+
+/// A running dataplane started with other load balancer settings is
+/// replaced by the next controller (stopped, a new one started), not adopted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dataplane_with_other_settings_is_replaced_not_adopted() {
+    use floyd::runtime::local::{DataplaneMode, LbPolicy, LocalRuntime};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.dataplane = DataplaneMode::Process;
+    let (rt, lb) = one_ready_web(cfg.clone()).await;
+    let old = rt.dataplane_pid().unwrap();
+    drop(rt);
+    cfg.lb_policy = LbPolicy::LeastConnections;
+    let rt = LocalRuntime::start(cfg).await.unwrap();
+    let new = rt.dataplane_pid().unwrap();
+    assert_ne!(new, old, "replaced");
+    assert!(!pid_alive(old), "the old dataplane was stopped");
+    let svc = name("web");
+    wait_for(&rt, &svc, 10, "ready again", |o| {
+        ready(o, "aaaaaaaaaa") == 1
+    })
+    .await;
+    let url = format!("http://127.0.0.1:{lb}/");
+    assert_eq!(get(&url).await.map(|r| r.0), Ok(200), "the new one serves");
+    rt.shutdown().await;
+    assert!(!pid_alive(new));
+}
+
 fn git_in(dir: &std::path::Path, args: &[&str]) {
     let out = std::process::Command::new("git")
         .args(args)

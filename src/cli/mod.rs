@@ -9,6 +9,7 @@
 //! 3 is an extension so scripts can tell "no" from "could not ask".
 
 pub mod client;
+pub mod dataplane;
 pub mod demo;
 pub mod logs;
 pub mod reference;
@@ -137,6 +138,9 @@ pub enum Command {
     /// Print this command-line reference as Markdown, or write man pages.
     #[command(after_help = "Exit codes: 0 written; 2 the --man directory cannot be created.")]
     Reference(reference::Args),
+    /// The local runtime's load balancers as a process of their own; started by `floyd run`.
+    #[command(hide = true)]
+    Dataplane(dataplane::Args),
 }
 
 /// The exit codes of the manual controls, as their `--help` prints them.
@@ -221,5 +225,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Logs(a) => logs::run(a),
         Command::SampleApp(a) => sample_app::run(a),
         Command::Reference(a) => reference::run(a),
+        Command::Dataplane(a) => dataplane::run(a, fmt),
     }
 }

@@ -99,6 +99,13 @@ pub struct Args {
         default_value = "round-robin"
     )]
     pub lb_policy: crate::runtime::local::LbPolicy,
+    /// Where the local runtime's load balancers run: `process`, a
+    /// `floyd dataplane` process that the controller starts, adopts after a
+    /// restart and restarts if it dies, so traffic outlives a crash, kill or
+    /// upgrade of `floyd run`; `in-process`, threads of `floyd run` (traffic
+    /// stops with it).
+    #[arg(long, env = "FLOYD_DATAPLANE", value_enum, default_value = "process")]
+    pub dataplane: crate::runtime::local::DataplaneMode,
     /// Prometheus server (http or https URL) for `prometheus` gates that
     /// name no `address`.
     #[arg(long, env = "FLOYD_PROMETHEUS_URL", value_parser = prometheus_url)]
@@ -243,6 +250,7 @@ impl Args {
             lb_threads: None,
             lb_bind: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             lb_policy: crate::runtime::local::LbPolicy::RoundRobin,
+            dataplane: crate::runtime::local::DataplaneMode::Process,
             prometheus_url: None,
             instance: crate::runtime::kube::objects::DEFAULT_INSTANCE.into(),
             lease_name: "floyd-leader".into(),
@@ -316,6 +324,7 @@ pub async fn make_runtime(args: &Args, gpus: Vec<GpuInventory>) -> anyhow::Resul
             };
             cfg.leave_running = args.leave_running;
             cfg.lb_policy = args.lb_policy;
+            cfg.dataplane = args.dataplane;
             cfg.bind = args.lb_bind;
             if let Some(n) = args.lb_threads {
                 cfg.lb_threads = n.into();

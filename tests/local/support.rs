@@ -24,6 +24,10 @@ pub fn config(dir: &std::path::Path) -> LocalConfig {
     c.tick = Duration::from_millis(50);
     c.restart_backoff_min = Duration::from_millis(200);
     c.restart_backoff_max = Duration::from_secs(2);
+    // The whole suite can run against the dataplane process too.
+    if std::env::var("FLOYD_TEST_DATAPLANE").as_deref() == Ok("process") {
+        c.dataplane = floyd::runtime::local::DataplaneMode::Process;
+    }
     c
 }
 

@@ -39,7 +39,18 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// How a backend is chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum LbPolicy {
     #[default]
     RoundRobin,

@@ -36,6 +36,7 @@
 //!
 //! Layout of `<state-dir>/local/`: `state.json`, `logs/<service>/<revision>/<instance>.log[.N]`.
 
+pub mod dataplane;
 pub mod gpu;
 pub mod lb;
 pub mod logtimes;
@@ -44,6 +45,7 @@ pub mod process;
 pub mod state;
 mod supervisor;
 
+pub use dataplane::DataplaneMode;
 pub use gpu::{GpuDevice, GpuError, parse_gpus_flag, parse_nvidia_smi};
 pub use lb::{LbPolicy, LbThreads};
 
@@ -54,7 +56,10 @@ use crate::runtime::{
     RevisionTraffic, Runtime,
 };
 use crate::time::Time;
-use lb::{Backend, Lb, ListenerKind, Routes};
+use dataplane::{
+    BackendConfig, CanaryConfig, Dataplane, ListenerConfig, Request, Response, ServiceConfig,
+    ServiceStats, Settings, Supervised,
+};
 use state::{Inst, Rev, State, Svc};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -92,6 +97,10 @@ pub struct LocalConfig {
     pub restart_backoff_max: Duration,
     /// How often the instance manager reconciles (default 100 ms).
     pub tick: Duration,
+    /// Where the load balancers run. [`LocalConfig::new`] says in-process
+    /// (a library user need not ship the `floyd` binary); `floyd run`
+    /// defaults to a process of their own (`--dataplane`).
+    pub dataplane: DataplaneMode,
 }
 
 impl LocalConfig {
@@ -110,6 +119,7 @@ impl LocalConfig {
             restart_backoff_min: Duration::from_secs(1),
             restart_backoff_max: Duration::from_secs(300),
             tick: Duration::from_millis(100),
+            dataplane: DataplaneMode::InProcess,
         }
     }
 
@@ -142,10 +152,19 @@ pub(crate) struct Inner {
     /// `FLOYD_LOCAL_STATE` value given to instances: finds our leftovers.
     marker: String,
     state: Mutex<State>,
-    /// Lock order: `state` before `lbs`.
-    lbs: Mutex<BTreeMap<ServiceName, Arc<Lb>>>,
-    /// Where the load balancers run; dropped (stopped) with the runtime.
-    lb_threads: LbThreads,
+    /// The load balancers (in this process or their own).
+    dp: Dp,
+    /// Configuration pushes, one at a time, each computed when it is sent.
+    push_lock: tokio::sync::Mutex<()>,
+    /// Bumped by every route change ([`Inner::refresh_routes`]).
+    route_gen: std::sync::atomic::AtomicU64,
+    /// Services whose configuration the pusher sends next.
+    dirty: Mutex<BTreeSet<ServiceName>>,
+    push_wake: tokio::sync::Notify,
+    /// Per service, the route generation the dataplane has applied.
+    applied: Mutex<BTreeMap<ServiceName, u64>>,
+    /// Per service, the ports its load balancer listened on at the last push.
+    listening: Mutex<BTreeMap<ServiceName, Vec<u16>>>,
     probe_client: probe::ProbeClient,
     /// Cancelled when the runtime goes away: tasks stop, processes stay.
     abandon: CancellationToken,
@@ -157,12 +176,28 @@ pub(crate) struct Inner {
     pub(crate) changes: Arc<crate::runtime::Changes>,
 }
 
+/// The load balancers as the runtime reaches them.
+enum Dp {
+    InProcess(Arc<Dataplane>),
+    Process(Box<Supervised>),
+}
+
+impl Dp {
+    async fn request(&self, req: Request) -> Result<Response, String> {
+        match self {
+            Dp::InProcess(dp) => Ok(dp.handle(req).await),
+            Dp::Process(p) => p.request(&req).await,
+        }
+    }
+}
+
 impl Drop for LocalRuntime {
     fn drop(&mut self) {
-        // Like `kill -9` of the controller: instances keep running, listeners close.
+        // Like `kill -9` of the controller: instances keep running; an
+        // in-process data plane closes, a dataplane process keeps serving.
         self.inner.abandon.cancel();
-        for lb in self.inner.lbs().values() {
-            lb.close();
+        if let Dp::InProcess(dp) = &self.inner.dp {
+            dp.close();
         }
     }
 }
@@ -192,21 +227,46 @@ impl LocalRuntime {
             .or_else(|| std::env::current_exe().ok())
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_else(|| "floyd".into());
-        let lb_threads = LbThreads::start(cfg.lb_threads).map_err(|e| {
-            Error::Unavailable(format!(
-                "cannot start {} load balancer thread(s): {e}",
-                cfg.lb_threads.max(1)
-            ))
-        })?;
+        let settings = Settings {
+            bind: cfg.bind,
+            policy: cfg.lb_policy,
+            threads: cfg.lb_threads.max(1),
+        };
+        let dp = match cfg.dataplane {
+            DataplaneMode::InProcess => Dp::InProcess(Dataplane::start(settings).map_err(|e| {
+                Error::Unavailable(format!(
+                    "cannot start {} load balancer thread(s): {e}",
+                    cfg.lb_threads.max(1)
+                ))
+            })?),
+            DataplaneMode::Process => {
+                let p = Supervised::new(
+                    &dir,
+                    dir.parent().unwrap_or(&dir),
+                    floyd_bin.clone(),
+                    settings,
+                )
+                .map_err(Error::Unavailable)?;
+                p.adopt_or_start()
+                    .await
+                    .map_err(|e| Error::Unavailable(format!("cannot start the dataplane: {e}")))?;
+                Dp::Process(Box::new(p))
+            }
+        };
         let inner = Arc::new(Inner {
-            lb_threads,
+            dp,
+            push_lock: tokio::sync::Mutex::new(()),
+            route_gen: 0.into(),
+            dirty: Mutex::new(BTreeSet::new()),
+            push_wake: tokio::sync::Notify::new(),
+            applied: Mutex::new(BTreeMap::new()),
+            listening: Mutex::new(BTreeMap::new()),
             marker: dir.to_string_lossy().into_owned(),
             floyd_bin,
             state_file,
             dir,
             cfg,
             state: Mutex::new(State::default()),
-            lbs: Mutex::new(BTreeMap::new()),
             probe_client: probe::client(),
             abandon: CancellationToken::new(),
             stopping: false.into(),
@@ -234,17 +294,19 @@ impl LocalRuntime {
             tracing::info!(%service, instance = %id, pid, "adopted instance");
             inner.spawn_supervisor(service, id, Some((pid, start_time)));
         }
-        let services: Vec<ServiceName> = inner.lock().services.keys().cloned().collect();
-        let mut errors = Vec::new();
-        for s in &services {
-            errors.extend(inner.sync_listeners(s).await);
-            inner.refresh_routes(s);
-        }
-        for e in errors {
+        for e in inner.push_all().await {
             tracing::warn!("{e}");
         }
         let ticker = inner.clone();
         inner.tasks.spawn(async move { ticker.run_manager().await });
+        let pusher = inner.clone();
+        inner.tasks.spawn(async move { pusher.run_pusher().await });
+        if matches!(inner.dp, Dp::Process(_)) {
+            let watcher = inner.clone();
+            inner
+                .tasks
+                .spawn(async move { watcher.watch_dataplane().await });
+        }
         Ok(LocalRuntime { inner })
     }
 
@@ -281,11 +343,22 @@ impl LocalRuntime {
         }
         inner.persist();
         inner.abandon.cancel();
-        for lb in inner.lbs().values() {
-            lb.close();
-        }
         inner.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), inner.tasks.wait()).await;
+        match &inner.dp {
+            Dp::InProcess(dp) => dp.close(),
+            // Left running with the instances it serves.
+            Dp::Process(_) if inner.cfg.leave_running => {}
+            Dp::Process(p) => p.stop().await,
+        }
+    }
+
+    /// The pid of the dataplane process (none in-process).
+    pub fn dataplane_pid(&self) -> Option<i32> {
+        match &self.inner.dp {
+            Dp::InProcess(_) => None,
+            Dp::Process(p) => p.pid(),
+        }
     }
 
     /// The state directory of this runtime (`<state-dir>/local`).
@@ -317,9 +390,11 @@ impl LocalRuntime {
     /// Ports the load balancer of `service` listens on.
     pub fn lb_ports(&self, service: &ServiceName) -> Vec<u16> {
         self.inner
-            .lbs()
+            .listening
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .get(service)
-            .map(|l| l.ports())
+            .cloned()
             .unwrap_or_default()
     }
 
@@ -397,10 +472,6 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lbs(&self) -> MutexGuard<'_, BTreeMap<ServiceName, Arc<Lb>>> {
-        self.lbs.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn max_grace(&self) -> Duration {
         let st = self.lock();
         let secs = st
@@ -453,23 +524,6 @@ impl Inner {
             if last_rotation.elapsed() >= Duration::from_secs(1) {
                 last_rotation = tokio::time::Instant::now();
                 self.rotate_logs();
-                self.retry_listeners().await;
-            }
-        }
-    }
-
-    /// Tries again to bind the ports that could not be bound (the process
-    /// holding one may have exited), so the service recovers by itself.
-    async fn retry_listeners(&self) {
-        let failing: Vec<ServiceName> = self
-            .lbs()
-            .iter()
-            .filter(|(_, lb)| !lb.bind_errors().is_empty())
-            .map(|(s, _)| s.clone())
-            .collect();
-        for s in failing {
-            if self.sync_listeners(&s).await.is_empty() {
-                tracing::info!(service = %s, "load balancer listening on every port again");
             }
         }
     }
@@ -583,7 +637,6 @@ impl Inner {
                 svc.revisions = keep;
                 for r in forgotten {
                     dirty = true;
-                    svc.counters.remove(&r.revision);
                     forgotten_logs.push(self.logs_dir(name).join(r.revision.as_str()));
                 }
                 if svc.deleting && svc.instances.is_empty() {
@@ -598,17 +651,13 @@ impl Inner {
             if dirty {
                 self.persist_locked(st);
             }
-            if !gone_services.is_empty() {
-                let mut lbs = self.lbs();
-                for n in gone_services {
-                    if let Some(lb) = lbs.remove(&n) {
-                        lb.close();
-                    }
-                }
+            // Their load balancers are removed by the next push.
+            changed_routes.extend(gone_services);
+            // Under the lock (rare, small): whoever sees the service or
+            // revision gone finds its logs gone too.
+            for d in forgotten_logs {
+                let _ = std::fs::remove_dir_all(d);
             }
-        }
-        for d in forgotten_logs {
-            let _ = std::fs::remove_dir_all(d);
         }
         changed_routes.dedup();
         for n in changed_routes {
@@ -619,135 +668,191 @@ impl Inner {
         }
     }
 
-    /// Recomputes the route table of a service and swaps it in.
-    pub(crate) fn refresh_routes(&self, service: &ServiceName) {
-        let mut st = self.lock();
-        let Some(svc) = st.services.get_mut(service) else {
-            return;
+    /// Marks the service's load balancer configuration as changed; the
+    /// pusher sends it. Returns the route generation that includes the change.
+    pub(crate) fn refresh_routes(&self, service: &ServiceName) -> u64 {
+        let generation = self.route_gen.fetch_add(1, Ordering::SeqCst) + 1;
+        self.dirty
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(service.clone());
+        self.push_wake.notify_one();
+        generation
+    }
+
+    /// Sends the service's configuration, computed now, to the dataplane.
+    /// Returns why wanted ports could not be bound; Err when the dataplane
+    /// cannot be reached.
+    async fn push(&self, service: &ServiceName) -> Result<Vec<String>, String> {
+        let _one_at_a_time = self.push_lock.lock().await;
+        let generation = self.route_gen.load(Ordering::SeqCst);
+        let config = {
+            let st = self.lock();
+            st.services.get(service).map(service_config)
         };
-        let mut routes = Routes::default();
-        let split = svc.canary.clone();
-        let mut canary_backends = Vec::new();
-        let ready: Vec<(String, Revision)> = svc
-            .instances
-            .values()
-            .filter(|i| {
-                !i.terminating && i.phase == InstancePhase::Running && i.ready_since.is_some()
-            })
-            .map(|i| (i.id.clone(), i.revision.clone()))
-            .collect();
-        for (id, rev) in ready {
-            let counters = svc.counters(&rev);
-            let Some(i) = svc.instances.get(&id) else {
-                continue;
-            };
-            let b = Backend {
-                instance: id.clone(),
-                revision: rev.clone(),
-                ports: i.ports.clone(),
-                inflight: i.inflight.clone(),
-                counters,
-            };
-            if let Some(c) = &split {
-                if c.canary == rev {
-                    canary_backends.push(b.clone());
-                } else if c.stable.as_ref().is_none_or(|s| s == &rev) {
-                    routes.active.push(b.clone());
-                }
-            } else if svc.active.as_ref().is_none_or(|a| a == &rev) {
-                routes.active.push(b.clone());
+        let req = match config {
+            Some(config) => Request::Apply {
+                service: service.clone(),
+                config,
+            },
+            None => Request::Remove {
+                service: service.clone(),
+            },
+        };
+        let errors = match self.dp.request(req).await? {
+            Response::Applied { listening, errors } => {
+                self.listening
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(service.clone(), listening);
+                errors
             }
-            if svc.preview.as_ref() == Some(&rev) {
-                routes.preview.push(b);
+            Response::Done => {
+                self.listening
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(service);
+                Vec::new()
             }
+            other => return Err(format!("unexpected answer from the dataplane: {other:?}")),
+        };
+        let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        let a = applied.entry(service.clone()).or_default();
+        *a = (*a).max(generation);
+        Ok(errors
+            .into_iter()
+            .map(|e| format!("service {service}: {e}"))
+            .collect())
+    }
+
+    /// Sends every service's configuration and removes the services the
+    /// dataplane serves that the state does not know (a fresh or adopted
+    /// dataplane). Returns the bind errors and push failures.
+    async fn push_all(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        let mut names: BTreeSet<ServiceName> = self.lock().services.keys().cloned().collect();
+        match self.dp.request(Request::Stats { service: None }).await {
+            Ok(Response::Stats { services }) => names.extend(services.into_keys()),
+            Ok(_) => {}
+            Err(e) => errors.push(format!("dataplane: {e}")),
         }
-        if let Some(c) = split {
-            let params = svc.canary_params.clone();
-            if c.stable.is_some() && routes.active.is_empty() {
-                // The stable revision has no ready instance: every other
-                // ready revision serves the stable share.
-                for i in svc.instances.values() {
-                    if !i.terminating
-                        && i.phase == InstancePhase::Running
-                        && i.ready_since.is_some()
-                        && i.revision != c.canary
-                        && let Some(counters) = svc.counters.get(&i.revision)
-                    {
-                        routes.active.push(Backend {
-                            instance: i.id.clone(),
-                            revision: i.revision.clone(),
-                            ports: i.ports.clone(),
-                            inflight: i.inflight.clone(),
-                            counters: counters.clone(),
-                        });
-                    }
+        for n in &names {
+            match self.push(n).await {
+                Ok(e) => errors.extend(e),
+                Err(e) => {
+                    errors.push(format!("service {n}: dataplane: {e}"));
+                    self.refresh_routes(n);
                 }
             }
-            routes.canary = Some(lb::CanaryRoutes::new(
-                canary_backends,
-                c.weight,
-                params.as_ref().map_or(&[][..], |p| &p.matches[..]),
-                params.as_ref().is_some_and(|p| p.mirror),
-            ));
         }
-        let lbs = self.lbs();
-        if let Some(lb) = lbs.get(service) {
-            lb.set_routes(routes);
+        errors
+    }
+
+    /// Sends changed configurations as they come; one that could not be
+    /// sent (the dataplane is restarting) is sent again.
+    async fn run_pusher(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = self.abandon.cancelled() => return,
+                _ = self.push_wake.notified() => {}
+            }
+            let todo = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()));
+            let mut failed = false;
+            for n in todo {
+                if let Err(e) = self.push(&n).await {
+                    tracing::debug!(service = %n, "dataplane: {e}; will retry");
+                    self.dirty
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(n);
+                    failed = true;
+                }
+            }
+            if failed {
+                tokio::select! {
+                    _ = self.abandon.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+                self.push_wake.notify_one();
+            }
         }
     }
 
-    /// Opens / closes the service's listeners to match its ports and preview port.
-    async fn sync_listeners(&self, service: &ServiceName) -> Vec<String> {
-        let want: BTreeMap<u16, ListenerKind> = {
-            let st = self.lock();
-            let Some(svc) = st.services.get(service) else {
-                return Vec::new();
-            };
-            let mut want: BTreeMap<u16, ListenerKind> = svc
-                .ports
-                .iter()
-                .map(|p| {
-                    (
-                        p.port,
-                        ListenerKind {
-                            port_name: p.name.clone(),
-                            preview: false,
-                        },
-                    )
-                })
-                .collect();
-            if let Some(pp) = svc.preview_port {
-                want.insert(
-                    pp,
-                    ListenerKind {
-                        port_name: svc
-                            .ports
-                            .first()
-                            .map(|p| p.name.clone())
-                            .unwrap_or_default(),
-                        preview: true,
-                    },
-                );
+    /// Starts the dataplane process again when it dies (its listeners are
+    /// bound again and every service's configuration is sent).
+    async fn watch_dataplane(self: Arc<Self>) {
+        let Dp::Process(p) = &self.dp else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = self.abandon.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
-            want
-        };
-        let lb = {
-            let mut lbs = self.lbs();
-            lbs.entry(service.clone())
-                .or_insert_with(|| {
-                    Lb::new(
-                        service.as_str(),
-                        self.cfg.lb_policy,
-                        self.lb_threads.handle(),
-                    )
-                })
-                .clone()
-        };
-        let errors = lb.set_listeners(self.cfg.bind, &want).await;
-        errors
-            .into_iter()
-            .map(|e| format!("service {service}: {e}"))
-            .collect()
+            if self.stopping.load(Ordering::SeqCst) || p.alive().await {
+                continue;
+            }
+            tracing::warn!("the dataplane process is gone; starting it again");
+            match p.start().await {
+                Ok(()) => {
+                    for e in self.push_all().await {
+                        tracing::warn!("{e}");
+                    }
+                }
+                Err(e) => tracing::error!("cannot restart the dataplane: {e}"),
+            }
+        }
+    }
+
+    /// Waits until the dataplane has applied route generation `generation`
+    /// of the service, at most `limit`. False when it did not in time.
+    async fn wait_applied(&self, service: &ServiceName, generation: u64, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let done = self
+                .applied
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(service)
+                .is_some_and(|g| *g >= generation);
+            if done {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Requests in flight to an instance (0 when the dataplane is unreachable:
+    /// nothing goes through a dataplane that is down).
+    async fn inflight(&self, service: &ServiceName, instance: &str) -> usize {
+        match self
+            .dp
+            .request(Request::Inflight {
+                service: service.clone(),
+                instance: instance.to_string(),
+            })
+            .await
+        {
+            Ok(Response::Inflight { count }) => count,
+            _ => 0,
+        }
+    }
+
+    /// The dataplane's counters and problems for a service.
+    async fn stats(&self, service: &ServiceName) -> Result<ServiceStats, String> {
+        match self
+            .dp
+            .request(Request::Stats {
+                service: Some(service.clone()),
+            })
+            .await?
+        {
+            Response::Stats { mut services } => Ok(services.remove(service).unwrap_or_default()),
+            other => Err(format!("unexpected answer from the dataplane: {other:?}")),
+        }
     }
 
     fn observe_locked(
@@ -755,6 +860,7 @@ impl Inner {
         st: &State,
         service: &ServiceName,
         spec: Option<&ServiceSpec>,
+        stats: Result<ServiceStats, String>,
     ) -> Observed {
         let Some(svc) = st.services.get(service) else {
             return Observed::default();
@@ -782,18 +888,22 @@ impl Inner {
                 .and_then(|r| r.template.resources.gpu.clone())
         });
         let gpu = gpu_req.map(|req| st.gpus.capacity(&req, service.as_str()));
-        let traffic = svc
-            .counters
-            .iter()
-            .map(|(rev, c)| RevisionTraffic {
-                revision: rev.clone(),
-                requests: c.requests.load(Ordering::Relaxed),
-                errors: c.errors.load(Ordering::Relaxed),
-            })
-            .collect();
-        // The load balancer's own lock, taken after (never around) the state's.
-        let lb = self.lbs().get(service).cloned();
-        let problems = lb.map(|lb| lb.bind_errors()).unwrap_or_default();
+        let (traffic, problems) = match stats {
+            Ok(stats) => (
+                stats
+                    .traffic
+                    .into_iter()
+                    .filter(|(rev, _)| svc.rev(rev).is_some())
+                    .map(|(revision, (requests, errors))| RevisionTraffic {
+                        revision,
+                        requests,
+                        errors,
+                    })
+                    .collect(),
+                stats.problems,
+            ),
+            Err(e) => (Vec::new(), vec![format!("load balancer: {e}")]),
+        };
         Observed {
             revisions,
             active: svc.active.clone(),
@@ -806,6 +916,83 @@ impl Inner {
             problems,
         }
     }
+}
+
+/// The load balancer configuration of a service: its listeners (none while
+/// it is being deleted) and which ready instances get which traffic.
+fn service_config(svc: &Svc) -> ServiceConfig {
+    let mut c = ServiceConfig {
+        revisions: svc.revisions.iter().map(|r| r.revision.clone()).collect(),
+        ..ServiceConfig::default()
+    };
+    if svc.deleting {
+        return c;
+    }
+    c.listeners = svc
+        .ports
+        .iter()
+        .map(|p| ListenerConfig {
+            port: p.port,
+            port_name: p.name.clone(),
+            preview: false,
+        })
+        .collect();
+    if let Some(pp) = svc.preview_port {
+        c.listeners.push(ListenerConfig {
+            port: pp,
+            port_name: svc
+                .ports
+                .first()
+                .map(|p| p.name.clone())
+                .unwrap_or_default(),
+            preview: true,
+        });
+    }
+    let ready = || {
+        svc.instances.values().filter(|i| {
+            !i.terminating && i.phase == InstancePhase::Running && i.ready_since.is_some()
+        })
+    };
+    let backend = |i: &Inst| BackendConfig {
+        instance: i.id.clone(),
+        revision: i.revision.clone(),
+        ports: i.ports.clone(),
+    };
+    let split = svc.canary.as_ref();
+    let mut canary_backends = Vec::new();
+    for i in ready() {
+        let rev = &i.revision;
+        if let Some(split) = split {
+            if &split.canary == rev {
+                canary_backends.push(backend(i));
+            } else if split.stable.as_ref().is_none_or(|s| s == rev) {
+                c.active.push(backend(i));
+            }
+        } else if svc.active.as_ref().is_none_or(|a| a == rev) {
+            c.active.push(backend(i));
+        }
+        if svc.preview.as_ref() == Some(rev) {
+            c.preview.push(backend(i));
+        }
+    }
+    if let Some(split) = split {
+        if split.stable.is_some() && c.active.is_empty() {
+            // The stable revision has no ready instance: every other
+            // ready revision serves the stable share.
+            c.active = ready()
+                .filter(|i| i.revision != split.canary)
+                .map(backend)
+                .collect();
+        }
+        let params = svc.canary_params.as_ref();
+        c.canary = Some(CanaryConfig {
+            backends: canary_backends,
+            weight: split.weight,
+            matches: params.map(|p| p.matches.clone()).unwrap_or_default(),
+            mirror: params.is_some_and(|p| p.mirror),
+        });
+    }
+    c
 }
 
 /// The trait view of an instance record.
@@ -901,7 +1088,6 @@ fn new_instance(
             last_exit: None,
             phase: InstancePhase::Pending,
             reason: Some("starting".into()),
-            inflight: Default::default(),
             stop: CancellationToken::new(),
         },
     );
@@ -942,8 +1128,9 @@ impl Runtime for LocalRuntime {
         spec: Option<&ServiceSpec>,
         _now: Time,
     ) -> Result<Observed, Error> {
+        let stats = self.inner.stats(service).await;
         let st = self.inner.lock();
-        Ok(self.inner.observe_locked(&st, service, spec))
+        Ok(self.inner.observe_locked(&st, service, spec, stats))
     }
 
     async fn apply(
@@ -1026,7 +1213,6 @@ impl Runtime for LocalRuntime {
                             }
                         } else {
                             svc.revisions.retain(|r| &r.revision != revision);
-                            svc.counters.remove(revision);
                             let _ = std::fs::remove_dir_all(
                                 inner.logs_dir(service).join(revision.as_str()),
                             );
@@ -1036,8 +1222,14 @@ impl Runtime for LocalRuntime {
             }
             inner.persist_locked(&st);
         }
-        errors.extend(inner.sync_listeners(service).await);
-        inner.refresh_routes(service);
+        match inner.push(service).await {
+            Ok(e) => errors.extend(e),
+            Err(e) => {
+                // Sent again by the pusher (the dataplane is being restarted).
+                inner.refresh_routes(service);
+                tracing::warn!(%service, "dataplane: {e}");
+            }
+        }
         inner.reconcile();
         if errors.is_empty() {
             Ok(())
@@ -1065,11 +1257,109 @@ impl Runtime for LocalRuntime {
             svc.canary = None;
             self.inner.persist_locked(&st);
         }
-        self.inner.refresh_routes(service);
-        if let Some(lb) = self.inner.lbs().get(service) {
-            lb.close();
+        // Its configuration now has no listener: they close.
+        if self.inner.push(service).await.is_err() {
+            self.inner.refresh_routes(service);
         }
         self.inner.reconcile();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::PortSpec;
+
+    fn inst(id: &str, rev: &str, ready: bool, terminating: bool) -> Inst {
+        Inst {
+            id: id.into(),
+            revision: Revision(rev.into()),
+            created_at: Time::from_millis(0),
+            ports: [(String::new(), 9000)].into_iter().collect(),
+            gpu: None,
+            pid: Some(1),
+            start_time: Some(1),
+            restarts: 0,
+            terminating,
+            ready_since: ready.then(|| Time::from_millis(1)),
+            last_exit: None,
+            phase: InstancePhase::Running,
+            reason: None,
+            stop: CancellationToken::new(),
+        }
+    }
+
+    /// a1 ready (r1), a2 unready (r1), a3 terminating (r1), b1 ready (r2).
+    fn svc() -> Svc {
+        let mut s = Svc {
+            ports: vec![PortSpec {
+                name: "http".into(),
+                port: 8080,
+            }],
+            ..Svc::default()
+        };
+        for i in [
+            inst("a1", "r1", true, false),
+            inst("a2", "r1", false, false),
+            inst("a3", "r1", true, true),
+            inst("b1", "r2", true, false),
+        ] {
+            s.instances.insert(i.id.clone(), i);
+        }
+        s
+    }
+
+    fn ids(b: &[BackendConfig]) -> Vec<&str> {
+        b.iter().map(|b| b.instance.as_str()).collect()
+    }
+
+    #[test]
+    fn the_load_balancer_configuration_follows_readiness_and_traffic() {
+        let r = |s: &str| Some(Revision(s.into()));
+        // No traffic decision yet: every ready, non-terminating instance.
+        let c = service_config(&svc());
+        assert_eq!(ids(&c.active), ["a1", "b1"]);
+        assert!(c.preview.is_empty() && c.canary.is_none());
+        assert_eq!(c.listeners.len(), 1);
+        // Blue-green: active r1, preview r2 on the preview port.
+        let mut s = svc();
+        s.active = r("r1");
+        s.preview = r("r2");
+        s.preview_port = Some(8081);
+        let c = service_config(&s);
+        assert_eq!(ids(&c.active), ["a1"]);
+        assert_eq!(ids(&c.preview), ["b1"]);
+        assert_eq!(
+            c.listeners
+                .iter()
+                .map(|l| (l.port, l.preview))
+                .collect::<Vec<_>>(),
+            [(8080, false), (8081, true)]
+        );
+        // Canary split r2 over stable r1.
+        let mut s = svc();
+        s.canary = Some(CanarySplit {
+            canary: Revision("r2".into()),
+            stable: r("r1"),
+            weight: 25,
+        });
+        let c = service_config(&s);
+        assert_eq!(ids(&c.active), ["a1"]);
+        let canary = c.canary.unwrap();
+        assert_eq!((ids(&canary.backends), canary.weight), (vec!["b1"], 25));
+        // The stable revision has no ready instance: other ready revisions serve its share.
+        let mut s = svc();
+        s.canary = Some(CanarySplit {
+            canary: Revision("r2".into()),
+            stable: r("r0"),
+            weight: 25,
+        });
+        assert_eq!(ids(&service_config(&s).active), ["a1"]);
+        // Being deleted: no listener, no route.
+        let mut s = svc();
+        s.deleting = true;
+        let c = service_config(&s);
+        assert!(c.listeners.is_empty() && c.active.is_empty());
     }
 }

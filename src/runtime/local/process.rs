@@ -108,11 +108,16 @@ pub fn group_members(pgid: i32) -> Vec<i32> {
 /// Pids of processes whose environment has `FLOYD_LOCAL_STATE=<marker>`:
 /// instances started by a runtime on this state directory.
 pub fn processes_with_marker(marker: &str) -> Vec<i32> {
+    processes_with_env("FLOYD_LOCAL_STATE", marker)
+}
+
+/// Pids of live processes whose environment has `key=value`.
+pub fn processes_with_env(key: &str, value: &str) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| has_marker(*pid, marker))
+        .filter(|pid| has_env(*pid, key, value) && proc_stat(*pid).is_some_and(|s| s.0 != 'Z'))
         .collect()
 }
 
@@ -120,7 +125,12 @@ pub fn processes_with_marker(marker: &str) -> Vec<i32> {
 /// environment carries `FLOYD_LOCAL_STATE=<marker>`. A process whose
 /// environment cannot be read (gone, another user's) is not ours.
 pub fn has_marker(pid: i32, marker: &str) -> bool {
-    let needle = format!("FLOYD_LOCAL_STATE={marker}");
+    has_env(pid, "FLOYD_LOCAL_STATE", marker)
+}
+
+/// Whether the environment of `pid` has `key=value` (false when it cannot be read).
+pub fn has_env(pid: i32, key: &str, value: &str) -> bool {
+    let needle = format!("{key}={value}");
     std::fs::read(format!("/proc/{pid}/environ"))
         .map(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
         .unwrap_or(false)

@@ -2,14 +2,13 @@
 //!
 //! Owns: the service / revision / instance records and their persisted form
 //! (`<state-dir>/local/state.json`, written atomically: temp file, fsync,
-//! rename). Fields marked `serde(skip)` are live-only (probe state, in-flight
-//! counters, stop tokens); everything needed to adopt instances after a
+//! rename). Fields marked `serde(skip)` are live-only (probe state, stop
+//! tokens); everything needed to adopt instances after a
 //! controller restart (pid, process start time, ports, GPU units, revision
 //! templates, desired counts, traffic) is persisted.
 //! Must not: start, stop or signal anything.
 
 use super::gpu::{GpuPool, Placement};
-use super::lb::Counters;
 use crate::manifest::{
     CanaryParams, HealthSpec, InstanceTemplate, PortSpec, Revision, ServiceName,
 };
@@ -18,8 +17,6 @@ use crate::time::Time;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use tokio_util::sync::CancellationToken;
 
 /// Errors reading or writing the state file.
@@ -70,8 +67,6 @@ pub struct Svc {
     /// Being deleted (prune): removed once its last instance has stopped.
     #[serde(default)]
     pub deleting: bool,
-    #[serde(skip)]
-    pub counters: BTreeMap<Revision, Arc<Counters>>,
 }
 
 impl Svc {
@@ -80,9 +75,6 @@ impl Svc {
     }
     pub fn rev_mut(&mut self, r: &Revision) -> Option<&mut Rev> {
         self.revisions.iter_mut().find(|x| &x.revision == r)
-    }
-    pub fn counters(&mut self, r: &Revision) -> Arc<Counters> {
-        self.counters.entry(r.clone()).or_default().clone()
     }
 }
 
@@ -119,8 +111,6 @@ pub struct Inst {
     pub phase: InstancePhase,
     #[serde(skip)]
     pub reason: Option<String>,
-    #[serde(skip)]
-    pub inflight: Arc<AtomicUsize>,
     /// Cancelled to stop the instance (drain, SIGTERM, grace, SIGKILL).
     #[serde(skip)]
     pub stop: CancellationToken,

@@ -17,7 +17,6 @@ use backon::BackoffBuilder;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -362,16 +361,18 @@ fn fmt_secs(d: Duration) -> String {
     }
 }
 
-/// Waits until no request is in flight to the instance (it is already out of
-/// the route table), at most `limit`.
+/// Waits until no request is in flight to the instance, at most `limit`:
+/// first until the dataplane has applied a route table without it, then
+/// until its in-flight count is 0.
 async fn drain(inner: &Inner, service: &ServiceName, id: &str, limit: Duration) {
-    let Some(inflight) = inner.update(service, id, |i| (i.inflight.clone(), false)) else {
-        return;
-    };
+    let deadline = Instant::now() + limit;
+    let generation = inner.refresh_routes(service);
+    if !inner.wait_applied(service, generation, limit).await {
+        tracing::warn!(%service, instance = %id, "the dataplane did not apply the routes without this instance in time; stopping it anyway");
+    }
     // A request may have picked this instance just before the route swap.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let deadline = Instant::now() + limit;
-    while inflight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+    while inner.inflight(service, id).await > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
