@@ -580,6 +580,7 @@ fn template(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<InstanceTemplat
             "workingDir",
             "resources",
             "terminationGracePeriodSeconds",
+            "kubernetes",
         ],
     )?;
     let mut t = InstanceTemplate {
@@ -617,6 +618,9 @@ fn template(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<InstanceTemplat
     }
     if let Some(g) = opt_u32(cx, &o, "terminationGracePeriodSeconds", 30, 0, 86_400) {
         t.termination_grace_period_seconds = g;
+    }
+    if let Some(n) = o.get("kubernetes") {
+        t.kubernetes = super::pod::kubernetes(cx, n, &o.at("kubernetes"), &t.env).map(Box::new);
     }
     Some(t)
 }

@@ -195,6 +195,40 @@ pub struct InstanceTemplate {
     pub resources: Resources,
     /// SIGTERM, then SIGKILL after this many seconds (default 30).
     pub termination_grace_period_seconds: u32,
+    /// `kubernetes`: pod metadata and any PodSpec field, merged with the
+    /// fields above by the kube runtime (see docs/manifest.md for the
+    /// precedence). The local runtime does not use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<Box<KubernetesPod>>,
+}
+
+/// `spec.template.kubernetes`: a pod template fragment, typed with the
+/// Kubernetes API's own types. Hashed into the revision through its
+/// canonical JSON, so the key order it was written in does not matter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct KubernetesPod {
+    #[serde(default, skip_serializing_if = "PodMetadata::is_empty")]
+    pub metadata: PodMetadata,
+    #[serde(default)]
+    pub spec: k8s_openapi::api::core::v1::PodSpec,
+}
+
+/// `spec.template.kubernetes.metadata`: what a pod may carry besides
+/// Floyd's own labels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodMetadata {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl PodMetadata {
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.annotations.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
