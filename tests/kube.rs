@@ -13,6 +13,7 @@
 //! - `ownership`: two installs in one namespace, foreign objects, deletions
 //!   racing the ReplicaSet controller, a hung leader, drift, the fake's strictness.
 //! - `binary`: `floyd run` with the chart's environment against the fake.
+//! - `render`: `floyd render --objects` of the examples repo, validated.
 
 #[path = "kube/binary.rs"]
 mod binary;
@@ -28,6 +29,8 @@ mod fake_api;
 mod gateway;
 #[path = "kube/ownership.rs"]
 mod ownership;
+#[path = "kube/render.rs"]
+mod render;
 #[path = "kube/rollouts.rs"]
 mod rollouts;
 #[path = "kube/scenarios.rs"]

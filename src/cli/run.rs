@@ -189,7 +189,7 @@ impl GitHostArgs {
     }
 }
 
-fn instance_name(s: &str) -> Result<String, String> {
+pub(crate) fn instance_name(s: &str) -> Result<String, String> {
     crate::runtime::kube::objects::check_instance(s).map(|()| s.to_string())
 }
 

@@ -834,6 +834,59 @@ pub fn state_config_map(install: Install<'_>, service: &ServiceName, json: &str)
     }
 }
 
+/// Every object Floyd applies for `service` once a rollout of `revision`
+/// (the release's revision of `spec`) has completed, in apply order: the
+/// revision's ReplicaSet at `spec.replicas`, the active Service (when the
+/// service has ports; a blue-green one selects the revision, others every
+/// revision), the stable Service of a canary routed through an HTTPRoute,
+/// and the state ConfigMap (without its data, which Floyd writes as
+/// rollouts progress). `floyd render --objects` prints these; the runtime
+/// applies the same builders.
+pub fn settled_objects(
+    install: Install<'_>,
+    service: &ServiceName,
+    revision: &Revision,
+    spec: &ServiceSpec,
+    meta: &RevisionMeta,
+) -> Result<Vec<serde_json::Value>, Error> {
+    check_service_name(service)?;
+    let json = |v: Result<serde_json::Value, serde_json::Error>| {
+        v.map_err(|e| Error::Spec {
+            service: service.to_string(),
+            message: format!("cannot encode an object: {e}"),
+        })
+    };
+    let rs = replica_set(
+        install,
+        service,
+        revision,
+        spec,
+        &spec.template,
+        meta,
+        spec.replicas,
+    )?;
+    let mut out = vec![json(serde_json::to_value(&rs))?];
+    if !spec.ports.is_empty() {
+        let blue_green = matches!(spec.strategy, crate::manifest::Strategy::BlueGreen { .. });
+        let active = service_object(
+            install,
+            service,
+            spec,
+            false,
+            blue_green.then_some(revision),
+        );
+        out.push(json(serde_json::to_value(&active))?);
+        if super::gateway::http_route(spec).is_some() {
+            let stable = super::gateway::role_service(install, service, spec, "stable", None);
+            out.push(json(serde_json::to_value(&stable))?);
+        }
+    }
+    let mut cm = state_config_map(install, service, "");
+    cm.data = None;
+    out.push(json(serde_json::to_value(&cm))?);
+    Ok(out)
+}
+
 /// Whether an event reason describes something a person should look at.
 pub fn is_warning_reason(reason: &str) -> bool {
     [
