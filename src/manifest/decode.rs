@@ -392,6 +392,7 @@ const SPEC_FIELDS: &[&str] = &[
     "gates",
     "onFailure",
     "driftPolicy",
+    "autoscaling",
 ];
 pub(crate) const API_VERSION: &str = "floyd.dev/v1";
 
@@ -513,6 +514,9 @@ fn spec(cx: &mut Ctx<'_>, node: &Node) -> Option<ServiceSpec> {
         Some(n) => drift_policy(cx, n, &o.at("driftPolicy")),
         None => Some(DriftPolicy::Correct),
     };
+    let autoscaling = o
+        .get("autoscaling")
+        .map(|n| autoscaling(cx, n, "spec.autoscaling"));
     if cx.diags.len() > before {
         return None;
     }
@@ -528,6 +532,76 @@ fn spec(cx: &mut Ctx<'_>, node: &Node) -> Option<ServiceSpec> {
         gates,
         on_failure: on_failure?,
         drift_policy: drift_policy?,
+        autoscaling: autoscaling.flatten(),
+    })
+}
+
+fn autoscaling(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<Autoscaling> {
+    let o = cx.obj(
+        node,
+        path,
+        &[
+            "minReplicas",
+            "maxReplicas",
+            "targetCPUUtilizationPercentage",
+            "metric",
+        ],
+    )?;
+    let min = opt_u32(cx, &o, "minReplicas", 1, 1, i32::MAX as u32);
+    let max = cx
+        .required(&o, "maxReplicas")
+        .and_then(|n| cx.u32_in(n, &o.at("maxReplicas"), 1, i32::MAX as u32));
+    if let (Some(lo), Some(hi)) = (min, max)
+        && hi < lo
+    {
+        let pos = o.get("maxReplicas").map_or(o.pos, |n| n.pos);
+        cx.err(
+            pos,
+            &o.at("maxReplicas"),
+            format!("must be at least minReplicas ({hi} < {lo})"),
+        );
+    }
+    let cpu = o
+        .get("targetCPUUtilizationPercentage")
+        .and_then(|n| cx.u32_in(n, &o.at("targetCPUUtilizationPercentage"), 1, 1000));
+    let metric = o.get("metric").and_then(|n| {
+        let p = o.at("metric");
+        let m = cx.obj(n, &p, &["name", "averageValue"])?;
+        let name = cx
+            .required(&m, "name")
+            .and_then(|v| cx.nonempty_string(v, &m.at("name")));
+        let value = cx
+            .required(&m, "averageValue")
+            .and_then(|v| quantity(cx, v, &m.at("averageValue")));
+        Some(PodsMetric {
+            name: name?,
+            average_value: value?,
+        })
+    });
+    let has_cpu = o.get("targetCPUUtilizationPercentage").is_some();
+    let has_metric = o.get("metric").is_some();
+    if !has_cpu && !has_metric && o.unknown > 0 {
+        // A misspelt target was reported as such.
+        return None;
+    }
+    if has_cpu == has_metric {
+        cx.err_hint(
+            o.pos,
+            path,
+            if has_cpu {
+                "targetCPUUtilizationPercentage and metric are both set"
+            } else {
+                "needs a target"
+            },
+            "set one of targetCPUUtilizationPercentage (e.g. 70) or metric: { name, averageValue }",
+        );
+        return None;
+    }
+    Some(Autoscaling {
+        min_replicas: min?,
+        max_replicas: max?,
+        target_cpu_utilization_percentage: cpu,
+        metric,
     })
 }
 

@@ -147,6 +147,44 @@ pub struct ServiceSpec {
     /// puts them back on the next resync, `report` only reports.
     #[serde(default, skip_serializing_if = "DriftPolicy::is_correct")]
     pub drift_policy: DriftPolicy,
+    /// `spec.autoscaling`: a HorizontalPodAutoscaler owns the replica count
+    /// (kube runtime); `replicas` is then only the first count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+}
+
+/// `spec.autoscaling`: bounds and one target (CPU or a per-pod metric).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Autoscaling {
+    pub min_replicas: u32,
+    pub max_replicas: u32,
+    /// Average CPU utilisation of the pods, percent of their CPU request.
+    #[serde(
+        default,
+        rename = "targetCPUUtilizationPercentage",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub target_cpu_utilization_percentage: Option<u32>,
+    /// A per-pod custom metric (`Pods` metric of the custom metrics API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<PodsMetric>,
+}
+
+/// `spec.autoscaling.metric`: scale so the metric's per-pod average is `averageValue`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodsMetric {
+    pub name: String,
+    /// A Kubernetes quantity (`100`, `500m`).
+    pub average_value: String,
+}
+
+impl Autoscaling {
+    /// `n` within the bounds.
+    pub fn clamp(&self, n: u32) -> u32 {
+        n.clamp(self.min_replicas, self.max_replicas.max(self.min_replicas))
+    }
 }
 
 /// `spec.driftPolicy`.
@@ -645,6 +683,7 @@ impl ServiceSpec {
             },
             gates: Vec::new(),
             on_failure: OnFailure::default(),
+            autoscaling: None,
         }
     }
 }

@@ -738,4 +738,61 @@ metadata:
         t.kubernetes = Some(Box::default());
         assert_ne!(plain.revision, revision_of(&t));
     }
+
+    #[test]
+    fn autoscaling_decodes_and_its_errors_have_positions() {
+        let doc = |a: &str| {
+            format!(
+                "apiVersion: floyd.dev/v1\nkind: Service\nmetadata: {{ name: web }}\nspec:\n  template: {{ image: x }}\n  autoscaling: {a}\n"
+            )
+        };
+        let p = |a: &str| {
+            parse_service(&doc(a), Path::new("svc.yaml")).map_err(|e| match e {
+                Error::Invalid(d) => d.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+                other => vec![other.to_string()],
+            })
+        };
+        let s =
+            p("{ minReplicas: 2, maxReplicas: 5, targetCPUUtilizationPercentage: 70 }").unwrap();
+        let a = s.spec.autoscaling.clone().unwrap();
+        assert_eq!(
+            (
+                a.min_replicas,
+                a.max_replicas,
+                a.target_cpu_utilization_percentage
+            ),
+            (2, 5, Some(70))
+        );
+        let s2 = p("{ maxReplicas: 5, metric: { name: rps, averageValue: 100 } }").unwrap();
+        assert_eq!(
+            s2.spec.autoscaling.unwrap().metric.unwrap().average_value,
+            "100"
+        );
+        assert_eq!(s.revision, s2.revision, "not part of the revision");
+        for (a, want) in [
+            (
+                "{ minReplicas: 3, maxReplicas: 2, targetCPUUtilizationPercentage: 70 }",
+                "svc.yaml:6:47: spec.autoscaling.maxReplicas: must be at least minReplicas (2 < 3)",
+            ),
+            (
+                "{ maxReplicas: 2 }",
+                "svc.yaml:6:16: spec.autoscaling: needs a target (hint: set one of targetCPUUtilizationPercentage (e.g. 70) or metric: { name, averageValue })",
+            ),
+            (
+                "{ targetCPUUtilizationPercentage: 70 }",
+                "svc.yaml:6:16: spec.autoscaling.maxReplicas: required field is missing",
+            ),
+            (
+                "{ maxReplicas: 2, targetCPUUtilisationPercentage: 70 }",
+                "svc.yaml:6:34: spec.autoscaling.targetCPUUtilisationPercentage: unknown field (hint: did you mean `targetCPUUtilizationPercentage`?)",
+            ),
+        ] {
+            let errs = p(a).unwrap_err();
+            assert_eq!(
+                errs.first().map(String::as_str),
+                Some(want),
+                "{a}: {errs:?}"
+            );
+        }
+    }
 }

@@ -436,6 +436,11 @@ fn rbac_grants_nothing_beyond_the_list() {
             &["get", "create", "update"],
         ),
         ("gateway.networking.k8s.io", "httproutes", &["get", "patch"]),
+        (
+            "autoscaling",
+            "horizontalpodautoscalers",
+            &["get", "create", "patch", "delete"],
+        ),
     ]);
     // What the runtime's requests need (see the fake-API and tower tests).
     let role_needed = spec(&[
@@ -456,6 +461,12 @@ fn rbac_grants_nothing_beyond_the_list() {
         ),
         // Canary weights through a Gateway API HTTPRoute (tests/kube/gateway.rs).
         ("gateway.networking.k8s.io", "httproutes", &["get", "patch"]),
+        // spec.autoscaling (tests/kube/autoscaling.rs); apply creates.
+        (
+            "autoscaling",
+            "horizontalpodautoscalers",
+            &["get", "create", "patch", "delete"],
+        ),
     ]);
     let nodes_only = spec(&[("", "nodes", &["get", "list", "watch"])]);
     let nodes_needed = spec(&[("", "nodes", &["list"])]);

@@ -58,6 +58,17 @@ fn objects_of_the_k8s_environment_validate_for_1_35() {
             })
             .unwrap_or_else(|| panic!("no ReplicaSet for {name}"))
     };
+    // web is autoscaled there: its HPA scales its revision's ReplicaSet.
+    let hpas: Vec<&Value> = objs
+        .iter()
+        .filter(|o| o["kind"] == "HorizontalPodAutoscaler")
+        .collect();
+    assert_eq!(hpas.len(), 1, "{out}");
+    assert_eq!(
+        hpas[0]["spec"]["scaleTargetRef"]["name"],
+        rs("web")["metadata"]["name"]
+    );
+    assert_eq!(hpas[0]["spec"]["maxReplicas"], 6);
     let web = &rs("web")["spec"]["template"]["spec"];
     assert_eq!(
         web["containers"][0]["image"],

@@ -834,12 +834,128 @@ pub fn state_config_map(install: Install<'_>, service: &ServiceName, json: &str)
     }
 }
 
+/// Set on Floyd's HorizontalPodAutoscaler while a rollout is in flight: the
+/// replica count the rollout works towards (the HPA's count when it began).
+/// The HPA's scaling is disabled meanwhile.
+pub const ANN_FROZEN_REPLICAS: &str = "floyd.dev/frozen-replicas";
+
+/// The HorizontalPodAutoscaler of a service: `<service>`.
+pub fn autoscaler_name(service: &ServiceName) -> String {
+    service.as_str().to_string()
+}
+
+/// The `autoscaling/v2` HorizontalPodAutoscaler of `service`, scaling the
+/// ReplicaSet of `revision` within the manifest's bounds on its target.
+/// `frozen`: a rollout is in flight towards that many replicas; scaling is
+/// disabled both ways (the HPA keeps its metrics) until it completes.
+pub fn autoscaler(
+    install: Install<'_>,
+    service: &ServiceName,
+    a: &crate::manifest::Autoscaling,
+    revision: &Revision,
+    frozen: Option<u32>,
+) -> k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler {
+    use k8s_openapi::api::autoscaling::v2::{
+        CrossVersionObjectReference, HPAScalingRules, HorizontalPodAutoscaler,
+        HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec, MetricIdentifier, MetricSpec,
+        MetricTarget, PodsMetricSource, ResourceMetricSource,
+    };
+    let metric = match (&a.metric, a.target_cpu_utilization_percentage) {
+        (Some(m), _) => MetricSpec {
+            type_: "Pods".into(),
+            pods: Some(PodsMetricSource {
+                metric: MetricIdentifier {
+                    name: m.name.clone(),
+                    selector: None,
+                },
+                target: MetricTarget {
+                    type_: "AverageValue".into(),
+                    average_value: Some(Quantity(m.average_value.clone())),
+                    ..MetricTarget::default()
+                },
+            }),
+            ..MetricSpec::default()
+        },
+        (None, cpu) => MetricSpec {
+            type_: "Resource".into(),
+            resource: Some(ResourceMetricSource {
+                name: "cpu".into(),
+                target: MetricTarget {
+                    type_: "Utilization".into(),
+                    average_utilization: Some(cpu.unwrap_or(80).min(i32::MAX as u32) as i32),
+                    ..MetricTarget::default()
+                },
+            }),
+            ..MetricSpec::default()
+        },
+    };
+    let disabled = || HPAScalingRules {
+        select_policy: Some("Disabled".into()),
+        ..HPAScalingRules::default()
+    };
+    let mut annotations = BTreeMap::new();
+    if let Some(n) = frozen {
+        annotations.insert(ANN_FROZEN_REPLICAS.to_string(), n.to_string());
+    }
+    HorizontalPodAutoscaler {
+        metadata: ObjectMeta {
+            name: Some(autoscaler_name(service)),
+            namespace: Some(install.namespace.to_string()),
+            labels: Some(base_labels(install.instance, service)),
+            annotations: (!annotations.is_empty()).then_some(annotations),
+            ..ObjectMeta::default()
+        },
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "ReplicaSet".into(),
+                name: replica_set_name(service, revision),
+            },
+            min_replicas: Some(a.min_replicas.min(i32::MAX as u32) as i32),
+            max_replicas: a.max_replicas.min(i32::MAX as u32) as i32,
+            metrics: Some(vec![metric]),
+            behavior: frozen.map(|_| HorizontalPodAutoscalerBehavior {
+                scale_up: Some(disabled()),
+                scale_down: Some(disabled()),
+            }),
+        }),
+        status: None,
+    }
+}
+
+/// The replica count a rollout of an autoscaled service works with, and
+/// whether Floyd's HPA must be (re)applied, from what is live:
+/// `settled`: no rollout in flight (the HPA owns the count: it is the
+/// count of the target's ReplicaSet, `target_desired`); otherwise the count
+/// frozen on the HPA when the rollout began (`frozen`), or, when it begins
+/// now, the count of the revision the HPA scaled until now (`hpa_desired`).
+/// With nothing live yet, `replicas` (the manifest's first count). Always
+/// within the bounds.
+pub fn autoscaled_replicas(
+    a: &crate::manifest::Autoscaling,
+    replicas: u32,
+    settled: bool,
+    frozen: Option<u32>,
+    target_desired: Option<u32>,
+    hpa_desired: Option<u32>,
+) -> u32 {
+    let n = if settled {
+        target_desired
+            .filter(|n| *n > 0)
+            .or(frozen)
+            .or(hpa_desired.filter(|n| *n > 0))
+    } else {
+        frozen.or(hpa_desired.filter(|n| *n > 0))
+    };
+    a.clamp(n.unwrap_or(replicas))
+}
+
 /// Every object Floyd applies for `service` once a rollout of `revision`
 /// (the release's revision of `spec`) has completed, in apply order: the
 /// revision's ReplicaSet at `spec.replicas`, the active Service (when the
 /// service has ports; a blue-green one selects the revision, others every
 /// revision), the stable Service of a canary routed through an HTTPRoute,
-/// and the state ConfigMap (without its data, which Floyd writes as
+/// the HorizontalPodAutoscaler of an autoscaled service, and the state ConfigMap (without its data, which Floyd writes as
 /// rollouts progress). `floyd render --objects` prints these; the runtime
 /// applies the same builders.
 pub fn settled_objects(
@@ -863,7 +979,10 @@ pub fn settled_objects(
         spec,
         &spec.template,
         meta,
-        spec.replicas,
+        // An autoscaled service starts within its bounds.
+        spec.autoscaling
+            .as_ref()
+            .map_or(spec.replicas, |a| a.clamp(spec.replicas)),
     )?;
     let mut out = vec![json(serde_json::to_value(&rs))?];
     if !spec.ports.is_empty() {
@@ -880,6 +999,10 @@ pub fn settled_objects(
             let stable = super::gateway::role_service(install, service, spec, "stable", None);
             out.push(json(serde_json::to_value(&stable))?);
         }
+    }
+    if let Some(a) = &spec.autoscaling {
+        let hpa = autoscaler(install, service, a, revision, None);
+        out.push(json(serde_json::to_value(&hpa))?);
     }
     let mut cm = state_config_map(install, service, "");
     cm.data = None;
@@ -1078,6 +1201,65 @@ spec:
         assert_eq!(spec.containers.len(), 1);
         assert_eq!(spec.containers[0].name, MAIN_CONTAINER);
         assert!(plain.metadata.unwrap().annotations.is_none());
+    }
+
+    /// Who decides the count of an autoscaled service, and when.
+    #[test]
+    fn autoscaled_replicas_follow_the_hpa_within_bounds() {
+        let a = crate::manifest::Autoscaling {
+            min_replicas: 2,
+            max_replicas: 6,
+            target_cpu_utilization_percentage: Some(70),
+            metric: None,
+        };
+        // (manifest replicas, settled, frozen, target RS, HPA's RS) -> count
+        for (replicas, settled, frozen, target, hpa, want) in [
+            (1, false, None, None, None, 2), // nothing live: the manifest's, clamped up
+            (9, false, None, None, None, 6), // ... clamped down
+            (3, false, None, None, None, 3), // ... as written
+            (3, false, None, None, Some(5), 5), // a rollout begins: the HPA's count
+            (3, false, Some(4), None, Some(1), 4), // in flight: the frozen count
+            (3, true, None, Some(5), None, 5), // settled: the HPA's (the target RS)
+            (3, true, Some(4), Some(0), None, 4), // just completed, not yet scaled
+            (3, true, None, Some(0), None, 3), // settled, nothing anywhere
+            (3, true, None, Some(50), None, 6), // never beyond the bounds
+        ] {
+            assert_eq!(
+                autoscaled_replicas(&a, replicas, settled, frozen, target, hpa),
+                want,
+                "{replicas} {settled} {frozen:?} {target:?} {hpa:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn autoscaler_targets_the_revision_and_freezes_during_a_rollout() {
+        let a = crate::manifest::Autoscaling {
+            min_replicas: 1,
+            max_replicas: 3,
+            target_cpu_utilization_percentage: None,
+            metric: Some(crate::manifest::PodsMetric {
+                name: "http_requests_per_second".into(),
+                average_value: "100".into(),
+            }),
+        };
+        let r = Revision("abc".into());
+        let h = serde_json::to_value(autoscaler(INSTALL, &svc("web"), &a, &r, None)).unwrap();
+        assert_eq!(h["apiVersion"], "autoscaling/v2");
+        assert_eq!(h["spec"]["scaleTargetRef"]["name"], "web-abc");
+        assert_eq!(h["spec"]["metrics"][0]["type"], "Pods");
+        assert_eq!(
+            h["spec"]["metrics"][0]["pods"]["target"]["averageValue"],
+            "100"
+        );
+        assert!(h["spec"].get("behavior").is_none());
+        let f = serde_json::to_value(autoscaler(INSTALL, &svc("web"), &a, &r, Some(2))).unwrap();
+        assert_eq!(f["metadata"]["annotations"][ANN_FROZEN_REPLICAS], "2");
+        assert_eq!(f["spec"]["behavior"]["scaleUp"]["selectPolicy"], "Disabled");
+        assert_eq!(
+            f["spec"]["behavior"]["scaleDown"]["selectPolicy"],
+            "Disabled"
+        );
     }
 
     #[test]
