@@ -821,7 +821,8 @@ fn cli_validate_and_render_exit_codes() {
         (
             0,
             "ok: 4 services, environments: demo, k8s, prod, staging\n",
-            ""
+            "note: service web: spec.autoscaling applies on the kube runtime only; the local runtime ignores it and runs spec.replicas instances\n\
+             note: service web: spec.template.kubernetes applies on the kube runtime only; the local runtime ignores it\n"
         )
     );
     let (code, out, _) = floyd(&["validate", ex, "--output", "json"]);
