@@ -682,7 +682,7 @@ fn template(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<InstanceTemplat
         );
     }
     if let Some(n) = o.get("env") {
-        t.env = env(cx, n, &o.at("env"));
+        (t.env, t.env_from) = env(cx, n, &o.at("env"));
     }
     if let Some(n) = o.get("workingDir") {
         t.working_dir = cx.nonempty_string(n, &o.at("workingDir"));
@@ -694,13 +694,22 @@ fn template(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<InstanceTemplat
         t.termination_grace_period_seconds = g;
     }
     if let Some(n) = o.get("kubernetes") {
-        t.kubernetes = super::pod::kubernetes(cx, n, &o.at("kubernetes"), &t.env).map(Box::new);
+        let mut names = t.env.clone();
+        names.extend(t.env_from.keys().map(|k| (k.clone(), String::new())));
+        t.kubernetes = super::pod::kubernetes(cx, n, &o.at("kubernetes"), &names).map(Box::new);
     }
     Some(t)
 }
 
-fn env(cx: &mut Ctx<'_>, node: &Node, path: &str) -> BTreeMap<String, String> {
+/// `env`: literal values, and `{ valueFrom: { file | env } }` references
+/// the local runtime resolves at instance start.
+fn env(
+    cx: &mut Ctx<'_>,
+    node: &Node,
+    path: &str,
+) -> (BTreeMap<String, String>, BTreeMap<String, EnvSource>) {
     let mut out = BTreeMap::new();
+    let mut refs = BTreeMap::new();
     let Value::Map(entries) = &node.value else {
         cx.err(
             node.pos,
@@ -710,7 +719,7 @@ fn env(cx: &mut Ctx<'_>, node: &Node, path: &str) -> BTreeMap<String, String> {
                 node.value.kind()
             ),
         );
-        return out;
+        return (out, refs);
     };
     for (k, v) in entries {
         let Some(name) = k.key_text() else {
@@ -741,6 +750,12 @@ fn env(cx: &mut Ctx<'_>, node: &Node, path: &str) -> BTreeMap<String, String> {
             );
             continue;
         }
+        if let Value::Map(_) = v.value {
+            if let Some(r) = env_ref(cx, v, &p) {
+                refs.insert(name, r);
+            }
+            continue;
+        }
         let value = if v.value == Value::Null {
             Some(String::new())
         } else {
@@ -750,7 +765,47 @@ fn env(cx: &mut Ctx<'_>, node: &Node, path: &str) -> BTreeMap<String, String> {
             out.insert(name, value);
         }
     }
-    out
+    (out, refs)
+}
+
+/// `NAME: { valueFrom: { file: /abs/path } }` or `{ valueFrom: { env: VAR } }`.
+fn env_ref(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<EnvSource> {
+    let o = cx.obj(node, path, &["valueFrom"])?;
+    let n = cx.required(&o, "valueFrom")?;
+    let p = o.at("valueFrom");
+    let f = cx.obj(n, &p, &["file", "env"])?;
+    match (f.get("file"), f.get("env")) {
+        (Some(file), None) => {
+            let fp = f.at("file");
+            let s = cx.nonempty_string(file, &fp)?;
+            if !s.starts_with('/') {
+                cx.err_hint(
+                    file.pos,
+                    &fp,
+                    "must be an absolute path",
+                    "the file is read on the controller's machine, e.g. /run/secrets/db-password",
+                );
+                return None;
+            }
+            Some(EnvSource::File(s))
+        }
+        (None, Some(var)) => {
+            let vp = f.at("env");
+            let s = cx.nonempty_string(var, &vp)?;
+            Some(EnvSource::Env(s))
+        }
+        // A misspelt (or Kubernetes) source was reported as such.
+        (None, None) if f.unknown > 0 => None,
+        _ => {
+            cx.err_hint(
+                f.pos,
+                &p,
+                "needs exactly one of file and env",
+                "valueFrom: { file: /run/secrets/db-password } or valueFrom: { env: DB_PASSWORD }",
+            );
+            None
+        }
+    }
 }
 
 /// Kubernetes quantity: `500m`, `1`, `0.5`, `256Mi`, `1G`.

@@ -214,9 +214,11 @@ impl ServiceSpec {
     }
 }
 
-/// What one instance runs. Hashed into the revision.
+/// What one instance runs. Hashed into the revision. Serialised as in
+/// manifests: `env` holds the literal values and, for the names in
+/// `env_from`, `{valueFrom: ...}` references ([`TemplateRepr`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", into = "TemplateRepr", from = "TemplateRepr")]
 pub struct InstanceTemplate {
     /// Container image (kube runtime).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -238,6 +240,103 @@ pub struct InstanceTemplate {
     /// precedence). The local runtime does not use it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<Box<KubernetesPod>>,
+    /// `env` entries whose value the local runtime reads when it starts an
+    /// instance (a secret's file, the controller's environment): only the
+    /// reference is in Git, the revision and the API.
+    #[serde(skip)]
+    pub env_from: BTreeMap<String, EnvSource>,
+}
+
+/// `env.NAME.valueFrom`: where the local runtime reads a value at instance start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EnvSource {
+    /// The contents of this file (one trailing newline removed).
+    File(String),
+    /// This variable of the controller's own environment.
+    Env(String),
+}
+
+/// The serialised (manifest) form of an [`InstanceTemplate`].
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateRepr {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    image: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    command: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    env: BTreeMap<String, EnvValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    working_dir: Option<String>,
+    #[serde(default)]
+    resources: Resources,
+    termination_grace_period_seconds: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kubernetes: Option<Box<KubernetesPod>>,
+}
+
+/// One `env` value: a literal (serialised as a plain string, as before
+/// references existed) or a reference.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum EnvValue {
+    Literal(String),
+    From {
+        #[serde(rename = "valueFrom")]
+        value_from: EnvSource,
+    },
+}
+
+impl From<InstanceTemplate> for TemplateRepr {
+    fn from(t: InstanceTemplate) -> TemplateRepr {
+        let mut env: BTreeMap<String, EnvValue> = t
+            .env
+            .into_iter()
+            .map(|(k, v)| (k, EnvValue::Literal(v)))
+            .collect();
+        env.extend(
+            t.env_from
+                .into_iter()
+                .map(|(k, v)| (k, EnvValue::From { value_from: v })),
+        );
+        TemplateRepr {
+            image: t.image,
+            command: t.command,
+            env,
+            working_dir: t.working_dir,
+            resources: t.resources,
+            termination_grace_period_seconds: t.termination_grace_period_seconds,
+            kubernetes: t.kubernetes,
+        }
+    }
+}
+
+impl From<TemplateRepr> for InstanceTemplate {
+    fn from(r: TemplateRepr) -> InstanceTemplate {
+        let mut env = BTreeMap::new();
+        let mut env_from = BTreeMap::new();
+        for (k, v) in r.env {
+            match v {
+                EnvValue::Literal(s) => {
+                    env.insert(k, s);
+                }
+                EnvValue::From { value_from } => {
+                    env_from.insert(k, value_from);
+                }
+            }
+        }
+        InstanceTemplate {
+            image: r.image,
+            command: r.command,
+            env,
+            working_dir: r.working_dir,
+            resources: r.resources,
+            termination_grace_period_seconds: r.termination_grace_period_seconds,
+            kubernetes: r.kubernetes,
+            env_from,
+        }
+    }
 }
 
 /// `spec.template.kubernetes`: a pod template fragment, typed with the

@@ -795,4 +795,63 @@ metadata:
             );
         }
     }
+
+    #[test]
+    fn env_value_from_is_a_reference_in_the_template() {
+        let doc = |env: &str| {
+            format!(
+                "apiVersion: floyd.dev/v1\nkind: Service\nmetadata: {{ name: web }}\nspec:\n  template:\n    command: [x]\n    env:\n{env}"
+            )
+        };
+        let p = |env: &str| {
+            parse_service(&doc(env), Path::new("svc.yaml")).map_err(|e| match e {
+                Error::Invalid(d) => d.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+                other => vec![other.to_string()],
+            })
+        };
+        let s = p("      LOG: info\n      DB: { valueFrom: { file: /run/secrets/db } }\n      KEY: { valueFrom: { env: API_KEY } }\n").unwrap();
+        let t = &s.spec.template;
+        assert_eq!(t.env.len(), 1);
+        assert_eq!(
+            t.env_from["DB"],
+            crate::manifest::EnvSource::File("/run/secrets/db".into())
+        );
+        assert_eq!(
+            t.env_from["KEY"],
+            crate::manifest::EnvSource::Env("API_KEY".into())
+        );
+        // The manifest form, and back.
+        let json = serde_json::to_value(t).unwrap();
+        assert_eq!(
+            json["env"]["DB"],
+            serde_json::json!({"valueFrom": {"file": "/run/secrets/db"}})
+        );
+        assert_eq!(json["env"]["LOG"], "info");
+        let back: crate::manifest::InstanceTemplate = serde_json::from_value(json).unwrap();
+        assert_eq!(&back, t);
+        // Another file is another revision (a rename rolls; see docs for a changed secret).
+        let other = p("      LOG: info\n      DB: { valueFrom: { file: /run/secrets/db-2 } }\n      KEY: { valueFrom: { env: API_KEY } }\n").unwrap();
+        assert_ne!(s.revision, other.revision);
+        for (env, want) in [
+            (
+                "      DB: { valueFrom: { file: secrets/db } }\n",
+                "svc.yaml:8:32: spec.template.env.DB.valueFrom.file: must be an absolute path (hint: the file is read on the controller's machine, e.g. /run/secrets/db-password)",
+            ),
+            (
+                "      DB: { valueFrom: { file: /a, env: B } }\n",
+                "svc.yaml:8:24: spec.template.env.DB.valueFrom: needs exactly one of file and env (hint: valueFrom: { file: /run/secrets/db-password } or valueFrom: { env: DB_PASSWORD })",
+            ),
+            (
+                "      DB: { valueFrom: { secretKeyRef: { name: a, key: b } } }\n",
+                "svc.yaml:8:26: spec.template.env.DB.valueFrom.secretKeyRef: unknown field (hint: known fields here: file, env)",
+            ),
+        ] {
+            let errs = p(env).unwrap_err();
+            assert_eq!(
+                errs.first().map(String::as_str),
+                Some(want),
+                "{env}: {errs:?}"
+            );
+        }
+    }
 }

@@ -23,6 +23,7 @@ pub fn template(image: &str) -> InstanceTemplate {
         },
         termination_grace_period_seconds: 30,
         kubernetes: None,
+        env_from: Default::default(),
     }
 }
 

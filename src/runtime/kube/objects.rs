@@ -450,6 +450,14 @@ pub fn pod_template(
         message: "spec.template.image is required by the kube runtime (the container image to run)"
             .into(),
     })?;
+    if let Some(name) = template.env_from.keys().next() {
+        return Err(Error::Spec {
+            service: service.to_string(),
+            message: format!(
+                "spec.template.env.{name}: valueFrom file/env is resolved by the local runtime only; on Kubernetes use a Secret: spec.template.kubernetes.spec.containers[name: app].env[].valueFrom.secretKeyRef"
+            ),
+        });
+    }
     let mut env: Vec<EnvVar> = Vec::new();
     if let Some(first) = spec.ports.first()
         && !template.env.contains_key("PORT")
@@ -1185,6 +1193,24 @@ spec:
             .collect();
         assert_eq!(keys, ["zone", LABEL_GPU_MEMORY], "both must hold");
         assert_eq!(spec.volumes.unwrap()[0].name, "config");
+    }
+
+    #[test]
+    fn local_secret_references_are_refused_with_what_to_use() {
+        let mut t = InstanceTemplate::command(["./web"]);
+        t.image = Some("x:1".into());
+        t.env_from.insert(
+            "DB".into(),
+            crate::manifest::EnvSource::File("/run/secrets/db".into()),
+        );
+        let spec = ServiceSpec::with_defaults(1, t.clone());
+        let e = pod_template("a", &svc("web"), &Revision("r".into()), &spec, &t, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("spec.template.env.DB") && e.contains("secretKeyRef"),
+            "{e}"
+        );
     }
 
     #[test]
