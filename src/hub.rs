@@ -135,10 +135,25 @@ pub struct FetchTrigger {
 const HISTORY_KEEP: usize = 50;
 const DELIVERIES_KEEP: usize = 4096;
 
+/// What predicting a service's rollouts needs, as the controller last saw it.
+#[derive(Debug, Clone)]
+pub struct PlanRecord {
+    /// The spec rendered from the synced commit.
+    pub spec: crate::manifest::ServiceSpec,
+    pub target: Revision,
+    /// The revision the rollout to `target` started from.
+    pub from: Option<crate::predict::CurrentRevision>,
+    pub gpu: Option<GpuCapacity>,
+    /// Start-up samples: (instance, seconds from creation to ready).
+    pub samples: VecDeque<(String, f64)>,
+}
+
 /// Shared between the controller and the server. Create one with [`Hub::new`]
 /// and pass `Arc<Hub>` around.
 pub struct Hub {
     services: RwLock<BTreeMap<String, ServiceView>>,
+    /// What a rollout prediction needs, per service (see [`PlanRecord`]).
+    plans: RwLock<BTreeMap<String, PlanRecord>>,
     history: RwLock<BTreeMap<String, VecDeque<HistoryEntry>>>,
     events: broadcast::Sender<Event>,
     commands: mpsc::UnboundedSender<ControlRequest>,
@@ -177,6 +192,7 @@ impl Hub {
         let (fetch_tx, fetch_rx) = mpsc::unbounded_channel();
         Hub {
             services: RwLock::new(BTreeMap::new()),
+            plans: RwLock::new(BTreeMap::new()),
             history: RwLock::new(BTreeMap::new()),
             events,
             commands,
@@ -209,6 +225,10 @@ impl Hub {
     }
     pub fn service(&self, name: &str) -> Option<ServiceView> {
         self.services.read().expect("hub lock").get(name).cloned()
+    }
+    /// What the controller last recorded for predicting `name`'s rollouts.
+    pub fn plan(&self, name: &str) -> Option<PlanRecord> {
+        self.plans.read().expect("hub lock").get(name).cloned()
     }
     /// Newest first.
     pub fn history(&self, name: &str) -> Vec<HistoryEntry> {
@@ -350,7 +370,44 @@ impl Hub {
                 .inc();
         }
     }
+    /// Records the rendered spec, the revision rolled from, GPU capacity,
+    /// and start-up samples `(instance, seconds)` (an instance counted once;
+    /// the newest [`crate::predict::SAMPLES_KEPT`] kept).
+    pub fn note_plan(
+        &self,
+        name: &str,
+        spec: &crate::manifest::ServiceSpec,
+        target: &Revision,
+        from: Option<crate::predict::CurrentRevision>,
+        gpu: Option<GpuCapacity>,
+        samples: impl IntoIterator<Item = (String, f64)>,
+    ) {
+        let mut plans = self.plans.write().expect("hub lock");
+        let p = plans.entry(name.to_string()).or_insert_with(|| PlanRecord {
+            spec: spec.clone(),
+            target: target.clone(),
+            from: None,
+            gpu: None,
+            samples: VecDeque::new(),
+        });
+        if p.target != *target || p.spec != *spec {
+            p.spec = spec.clone();
+            p.target = target.clone();
+        }
+        p.from = from;
+        p.gpu = gpu;
+        for (id, secs) in samples {
+            if p.samples.iter().any(|(i, _)| *i == id) {
+                continue;
+            }
+            p.samples.push_back((id, secs));
+            if p.samples.len() > crate::predict::SAMPLES_KEPT {
+                p.samples.pop_front();
+            }
+        }
+    }
     pub fn remove_service(&self, name: &str) {
+        self.plans.write().expect("hub lock").remove(name);
         let mut s = self.services.write().expect("hub lock");
         s.remove(name);
         self.version.fetch_add(1, Ordering::AcqRel);

@@ -13,6 +13,7 @@ pub mod githost;
 pub mod hub;
 pub mod manifest;
 pub mod net;
+pub mod predict;
 pub mod runtime;
 pub mod server;
 pub mod source;

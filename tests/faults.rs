@@ -319,10 +319,11 @@ fn a_dead_controller_fails_liveness_and_exits_non_zero() {
 
 /// Crash-loop guard: a commit whose rendering killed the previous process
 /// (recorded as "being rendered" in the store) is not rendered again after
-/// the restart; the previous release keeps running, readiness says why, and
-/// the next commit syncs normally.
+/// the restart; the previous release keeps running, the commit is reverted
+/// in Git (without rendering it to plan the revert), and the next commit
+/// syncs normally.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_commit_that_killed_the_process_while_rendering_is_not_rendered_again() {
+async fn a_commit_that_killed_the_process_while_rendering_is_not_rendered_again_and_is_reverted() {
     let mut h = Harness::new(Opts::default()).await;
     let c0 = h.server.tip();
     h.wait_complete_at("web", &c0).await;
@@ -333,21 +334,44 @@ async fn a_commit_that_killed_the_process_while_rendering_is_not_rendered_again(
         store.set_rendering(Some(&killer)).unwrap();
     }
     h.start(Opts::default());
+    // Not rendered again (rendered, v2 would be fine and nothing reverted):
+    // it counts as not rendering, and is reverted back to c0's tree.
     support::wait_for(
-        "the sync error is reported",
-        Duration::from_secs(20),
+        "the revert of the commit that killed the process is pushed",
+        Duration::from_secs(30),
         || {
-            h.hub
-                .sync_error()
-                .is_some_and(|e| e.contains(&killer) && e.contains("died while rendering"))
+            h.server
+                .message(&h.server.tip())
+                .contains(&format!("Floyd-Revert-Of: {killer}"))
         },
     );
+    let revert = h.server.tip();
+    support::wait_for("the revert synced", Duration::from_secs(20), || {
+        h.hub.sync_error().is_none()
+    });
     let v = h.hub.service("web").unwrap();
     assert_eq!(
         v.commit.unwrap().sha,
         c0,
-        "the previous release keeps running"
+        "the previous release keeps running (the revert renders to it)"
     );
+    assert_eq!(h.server.tip(), revert);
+    let msg = h.server.message(&revert);
+    assert!(msg.contains("died while rendering"), "{msg}");
+    let tree = |c: &str| git(&h.server.bare(), &["rev-parse", &format!("{c}^{{tree}}")]);
+    assert_eq!(
+        tree(&revert),
+        tree(&c0),
+        "Git is back to the last good tree"
+    );
+    let before = h.hub.history("web");
+    assert!(
+        before
+            .iter()
+            .all(|e| e.commit.as_ref().is_none_or(|c| c.sha != killer)),
+        "no rollout of the commit that killed the process: {before:#?}"
+    );
+    h.work.pull();
     let fix = h.push_web("v3", false, "web: v3");
     h.wait_complete_at("web", &fix).await;
     assert_eq!(h.hub.sync_error(), None);

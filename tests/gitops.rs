@@ -59,6 +59,7 @@ fn revert_req(service: &str, failed: &str, good: &str, files: &[&str]) -> Revert
         reason: "progress deadline exceeded: 0 of 2 instances of bbbbbbbbbb became ready".into(),
         author_name: "Floyd".into(),
         author_email: "floyd@localhost".into(),
+        render: None,
     }
 }
 
@@ -915,3 +916,6 @@ fn render_reads_only_the_config_directory_given_by_path() {
         .to_string();
     assert!(err.contains("is not a directory"), "{err}");
 }
+
+#[path = "gitops/render_revert.rs"]
+mod render_revert;

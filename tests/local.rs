@@ -1704,3 +1704,156 @@ async fn secret_from_a_file_reaches_the_instance_and_nothing_else() {
     assert!(rt.pids().is_empty());
     rt.shutdown().await;
 }
+
+fn git_in(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Ada")
+        .env("GIT_AUTHOR_EMAIL", "ada@example.com")
+        .env("GIT_COMMITTER_NAME", "Ada")
+        .env("GIT_COMMITTER_EMAIL", "ada@example.com")
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn stepping_yaml(version: &str, port: u16) -> String {
+    format!(
+        "apiVersion: floyd.dev/v1
+kind: Service
+metadata:
+  name: web
+spec:
+  replicas: 3
+  template:
+    command: [\"${{FLOYD_BIN}}\", \"sample-app\", \"--version\", \"{version}\"]
+    terminationGracePeriodSeconds: 2
+  ports:
+    - {{ name: http, port: {port} }}
+  health:
+    readiness: {{ http: {{ path: /healthz, port: http }}, periodSeconds: 1, failureThreshold: 1 }}
+  strategy:
+    type: RollingUpdate
+    rollingUpdate: {{ maxSurge: 1, maxUnavailable: 0 }}
+"
+    )
+}
+
+/// The real controller on the local runtime, with its re-observation timer
+/// (and the drift resync) at 60 s: a rolling update of 3 instances that
+/// waits for readiness 3 times (surge 1, unavailable 0) can only finish in
+/// seconds if each step follows the prober's readiness event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_steps_on_readiness_events_not_on_its_timer() {
+    use floyd::controller::{Config as CtlConfig, Controller};
+    use floyd::engine::Phase;
+    use floyd::hub::{FetchTrigger, Hub};
+    use floyd::source::{Credentials, GitSource, SourceConfig};
+    use floyd::store::Store;
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().unwrap();
+    let remote = tmp.path().join("remote.git");
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&remote).unwrap();
+    git_in(&remote, &["init", "--bare", "-q", "-b", "main"]);
+    git_in(
+        tmp.path(),
+        &["clone", "-q", remote.to_str().unwrap(), "work"],
+    );
+    std::fs::create_dir_all(work.join("services")).unwrap();
+    let port = free_port();
+    std::fs::write(work.join("services/web.yaml"), stepping_yaml("v1", port)).unwrap();
+    git_in(&work, &["add", "-A"]);
+    git_in(&work, &["commit", "-q", "-m", "web v1"]);
+    git_in(&work, &["push", "-q", "origin", "HEAD:main"]);
+
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let runtime = Arc::new(
+        floyd::runtime::local::LocalRuntime::start(config(&state))
+            .await
+            .unwrap(),
+    );
+    assert!(
+        runtime.changes().is_some(),
+        "the local runtime reports changes"
+    );
+    let hub = Arc::new(Hub::new());
+    let src = Arc::new(
+        GitSource::open(SourceConfig {
+            url: remote.to_str().unwrap().to_string(),
+            branch: "main".into(),
+            mirror: state.join("repo.git"),
+            credentials: Credentials::default(),
+        })
+        .unwrap(),
+    );
+    let store = Arc::new(Store::open(&state).unwrap());
+    let mut cfg = CtlConfig::new(state.join("work"));
+    cfg.poll_interval = Duration::from_secs(3600);
+    cfg.resync_interval = Duration::from_secs(60);
+    cfg.rollout_poll = Some(Duration::from_secs(60));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let ctl = Controller::new(hub.clone(), runtime.clone(), src, store, cfg);
+    let controller = {
+        let stop = stop.clone();
+        tokio::spawn(async move { ctl.run(async move { stop.cancelled().await }).await })
+    };
+    let wait_complete = |target: Option<String>| {
+        let hub = hub.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(v) = hub.service("web")
+                    && v.phase == Phase::Complete
+                    && target
+                        .as_ref()
+                        .is_none_or(|t| v.target_revision.as_ref().map(|r| r.as_str()) != Some(t))
+                {
+                    return (std::time::Instant::now(), v);
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "not Complete in 30 s: {:?}",
+                    hub.service("web").map(|v| (v.phase, v.reason))
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let (_, v1) = wait_complete(None).await;
+    let rev1 = v1.target_revision.clone().unwrap().as_str().to_string();
+
+    std::fs::write(work.join("services/web.yaml"), stepping_yaml("v2", port)).unwrap();
+    git_in(&work, &["commit", "-q", "-am", "web v2"]);
+    git_in(&work, &["push", "-q", "origin", "HEAD:main"]);
+    let started = std::time::Instant::now();
+    hub.trigger_fetch(FetchTrigger {
+        source: "test".into(),
+        after: None,
+    });
+    let (done, v2) = wait_complete(Some(rev1.clone())).await;
+    let took = done - started;
+    assert_ne!(v2.target_revision.as_ref().unwrap().as_str(), rev1);
+    // Three readiness waits of at most one probe period each, plus process
+    // start-up and the old instances' exits; a timer-driven step would need
+    // 3 × 60 s.
+    assert!(
+        took < Duration::from_secs(15),
+        "rollout took {took:?} with a 60 s timer"
+    );
+    assert_eq!(
+        version_at(&format!("http://127.0.0.1:{port}/"))
+            .await
+            .as_deref(),
+        Some("v2")
+    );
+    stop.cancel();
+    controller.await.unwrap().unwrap();
+    runtime.shutdown().await;
+}

@@ -746,7 +746,7 @@ pub fn watch(a: ReadArgs) -> anyhow::Result<u8> {
 // ---------- diff ----------
 
 /// What a sync would do to one service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Change {
     pub service: String,
@@ -759,6 +759,9 @@ pub struct Change {
     /// GPU units the desired service holds in total (replicas × per instance).
     pub gpu_units: Option<u32>,
     pub gpu_product: Option<String>,
+    /// The predicted rollout (added and rolled-out services), see [`crate::predict`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prediction: Option<crate::predict::Prediction>,
 }
 
 /// Compares a rendered release with the live services. Pure.
@@ -780,6 +783,7 @@ pub fn plan_diff(release: &Release, live: &[ServiceView]) -> Vec<Change> {
                 to_replicas: Some(s.spec.replicas),
                 gpu_units,
                 gpu_product,
+                prediction: None,
             }),
             Some(v) => {
                 let live_rev = v.target_revision.as_ref().or(v.current_revision.as_ref());
@@ -800,6 +804,7 @@ pub fn plan_diff(release: &Release, live: &[ServiceView]) -> Vec<Change> {
                     to_replicas: Some(s.spec.replicas),
                     gpu_units,
                     gpu_product,
+                    prediction: None,
                 });
             }
         }
@@ -819,11 +824,18 @@ pub fn plan_diff(release: &Release, live: &[ServiceView]) -> Vec<Change> {
                 to_replicas: None,
                 gpu_units: None,
                 gpu_product: None,
+                prediction: None,
             });
         }
     }
     out.sort_by(|a, b| a.service.cmp(&b.service));
     out
+}
+
+/// The part of `GET /api/v1/services/{name}/plan` that `floyd diff` uses.
+#[derive(serde::Deserialize)]
+struct PlanResponse {
+    inputs: crate::predict::PlanInputs,
 }
 
 fn change_line(c: &Change) -> String {
@@ -866,7 +878,25 @@ pub fn diff(a: DiffArgs) -> anyhow::Result<u8> {
     let release = crate::manifest::load_release(&a.dir, a.environment.as_deref())
         .map_err(|e| CliError::usage(e.to_string()))?;
     let live: ServiceList = c.get("/api/v1/services")?;
-    let changes = plan_diff(&release, &live.services);
+    let mut changes = plan_diff(&release, &live.services);
+    for ch in changes.iter_mut() {
+        let Some(svc) = release.service(&ch.service) else {
+            continue;
+        };
+        if !matches!(ch.change.as_str(), "added" | "rollout" | "rollout+scale") {
+            continue;
+        }
+        // What the controller has seen of the service (start-up times, GPU
+        // capacity); a new service, or a server without the endpoint: none.
+        let inputs = if ch.change == "added" {
+            crate::predict::PlanInputs::default()
+        } else {
+            c.get::<PlanResponse>(&format!("/api/v1/services/{}/plan", ch.service))
+                .map(|p| p.inputs)
+                .unwrap_or_default()
+        };
+        ch.prediction = Some(crate::predict::predict(&svc.name, &svc.spec, &inputs));
+    }
     if c.output == Output::Json {
         c.print_json(&serde_json::json!({ "changes": changes }))?;
     } else if changes.is_empty() {
@@ -874,6 +904,9 @@ pub fn diff(a: DiffArgs) -> anyhow::Result<u8> {
     } else {
         for ch in &changes {
             println!("{}", change_line(ch));
+            for l in ch.prediction.iter().flat_map(crate::predict::describe) {
+                println!("    {l}");
+            }
         }
     }
     Ok(u8::from(!changes.is_empty()))

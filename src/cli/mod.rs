@@ -80,6 +80,13 @@ pub enum Command {
     )]
     Render(render::Args),
     /// What a sync would change against the live state.
+    ///
+    /// Each rollout (and each new service) comes with its prediction: the
+    /// strategy's waves, the duration with the start-up times the
+    /// controller observed for the service (p50/p90; the probes' earliest
+    /// when there is no history), GPUs at peak against free now, and
+    /// "INFEASIBLE" with the arithmetic when it cannot fit. The engine runs
+    /// on the simulator in virtual time; see GET /api/v1/services/{name}/plan.
     #[command(
         after_help = "Exit codes: 0 no changes; 1 a sync would change something; \
         2 invalid config repo or flags; 3 cannot reach the server."

@@ -125,6 +125,11 @@ pub struct Args {
     /// `rbac.clusterWideGpuAccounting`: list pods cluster-wide).
     #[arg(long, env = "FLOYD_CLUSTER_GPU_ACCOUNTING")]
     pub cluster_gpu_accounting: bool,
+    /// Kube runtime: adopt this namespace's Floyd objects that carry no
+    /// install identity (made by a Floyd from before identities) by labelling
+    /// them with --instance. Without it they are refused as not ours.
+    #[arg(long, env = "FLOYD_ADOPT_UNLABELLED")]
+    pub adopt_unlabelled: bool,
     /// Origins or hosts (comma-separated, e.g. `https://floyd.example.com`)
     /// whose web pages may send manual controls, besides this server itself.
     #[arg(long, env = "FLOYD_ALLOWED_ORIGINS", value_delimiter = ',')]
@@ -278,6 +283,7 @@ impl Args {
             lease_renew_deadline: Duration::from_secs(10),
             lease_retry_period: Duration::from_secs(2),
             cluster_gpu_accounting: false,
+            adopt_unlabelled: false,
             allowed_origins: Vec::new(),
             git_host: GitHostArgs {
                 status_aggregate_above: crate::githost::status::DEFAULT_AGGREGATE_ABOVE,
@@ -370,7 +376,8 @@ pub async fn make_runtime(args: &Args, gpus: Vec<GpuInventory>) -> anyhow::Resul
             let kube =
                 crate::runtime::kube::KubeRuntime::from_env(Some(&args.namespace), &args.instance)
                     .await?
-                    .with_cluster_gpu_view(args.cluster_gpu_accounting);
+                    .with_cluster_gpu_view(args.cluster_gpu_accounting)
+                    .with_adopt_unlabelled(args.adopt_unlabelled);
             let elector = Arc::new(kube.leader_elector_with(lease));
             // Writes stop the moment leadership lapses, not when the
             // controller next looks.

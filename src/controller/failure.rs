@@ -116,12 +116,13 @@ pub(super) fn revert_request(sh: &Shared, name: &ServiceName, p: &PendingRevert)
         reason: p.reason.clone(),
         author_name: sh.cfg.author_name.clone(),
         author_email: sh.cfg.author_email.clone(),
+        render: None,
     }
 }
 
 /// Wait before the next attempt after `attempts` failed ones: 2, 4, 8 … s,
 /// at most 5 minutes.
-fn retry_after(attempts: u32) -> Duration {
+pub(super) fn retry_after(attempts: u32) -> Duration {
     Duration::from_secs(2u64 << attempts.min(8)).min(Duration::from_secs(300))
 }
 

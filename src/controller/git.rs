@@ -31,6 +31,11 @@ pub(super) enum GitDone {
         req: Box<RevertRequest>,
         result: Result<RevertOutcome, source::Error>,
     },
+    /// A revert attempt of the commit that broke rendering.
+    RenderReverted {
+        req: Box<RevertRequest>,
+        result: Result<RevertOutcome, source::Error>,
+    },
 }
 
 /// Runs Git operations for the loop.
@@ -131,6 +136,30 @@ impl GitWorker {
         service: ServiceName,
         req: RevertRequest,
     ) -> bool {
+        self.start_planned_revert(
+            src,
+            host,
+            req,
+            super::policy::plan_revert,
+            move |req, result| GitDone::Reverted {
+                service,
+                req: Box::new(req),
+                result,
+            },
+        )
+    }
+
+    /// One revert attempt planned by `planner`; `done` makes the event.
+    pub(super) fn start_planned_revert(
+        &self,
+        src: Arc<GitSource>,
+        host: Option<crate::githost::GitHost>,
+        req: RevertRequest,
+        planner: source::revert::Planner,
+        done: impl FnOnce(RevertRequest, Result<RevertOutcome, source::Error>) -> GitDone
+        + Send
+        + 'static,
+    ) -> bool {
         if self
             .busy
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
@@ -142,8 +171,7 @@ impl GitWorker {
         let (tx, timeout) = (self.tx.clone(), self.timeout);
         tokio::spawn(async move {
             let _guard = guard;
-            let attempt =
-                crate::githost::pr::revert(host, src, req.clone(), super::policy::plan_revert);
+            let attempt = crate::githost::pr::revert(host, src, req.clone(), planner);
             let result = match tokio::time::timeout(timeout, attempt).await {
                 Ok(r) => r,
                 Err(_) => Err(source::Error::Timeout {
@@ -151,11 +179,7 @@ impl GitWorker {
                     seconds: timeout.as_secs(),
                 }),
             };
-            let _ = tx.send(GitDone::Reverted {
-                service,
-                req: Box::new(req),
-                result,
-            });
+            let _ = tx.send(done(req, result));
         });
         true
     }

@@ -23,6 +23,7 @@ mod git;
 mod persist;
 pub mod policy;
 mod publish;
+mod render_revert;
 mod step;
 mod sync;
 
@@ -50,6 +51,9 @@ pub enum Error {
     Source(#[from] crate::source::Error),
     #[error("controller: {0}")]
     Other(String),
+    /// The commit does not render (or is not rendered again: `poisoned`).
+    #[error("{message}")]
+    Render { message: String, poisoned: bool },
 }
 
 /// How the controller behaves.
@@ -63,6 +67,11 @@ pub struct Config {
     pub resync_interval: Duration,
     /// Rollouts of different services stepped at the same time.
     pub max_concurrent: usize,
+    /// How often a rollout in progress is re-observed without an event.
+    /// `None`: every second when the runtime reports no instance changes
+    /// ([`crate::runtime::Runtime::changes`]), every 5 s when it does (a
+    /// safety net; steps follow the runtime's events within milliseconds).
+    pub rollout_poll: Option<Duration>,
     pub no_revert: bool,
     pub author_name: String,
     pub author_email: String,
@@ -87,6 +96,7 @@ impl Config {
             poll_interval: Duration::from_secs(30),
             resync_interval: Duration::from_secs(10),
             max_concurrent: 16,
+            rollout_poll: None,
             no_revert: false,
             author_name: "Floyd".into(),
             author_email: "floyd@localhost".into(),
@@ -126,6 +136,8 @@ struct Shared {
     cluster_state: tokio::sync::mpsc::UnboundedSender<(ServiceName, String)>,
     /// Evaluates `spec.gates` for runtimes that do not (local, kube).
     gates: gates::GateRunner,
+    /// See [`Config::rollout_poll`], resolved for this runtime.
+    rollout_poll: Duration,
 }
 
 /// One service as the controller tracks it.
@@ -162,6 +174,8 @@ pub struct Controller {
     fetch_wanted: Option<bool>,
     /// A commit the previous process died rendering (never rendered again).
     poisoned: Option<String>,
+    /// The revert of the commit that broke rendering, waiting to be pushed.
+    render_revert: Option<render_revert::PendingRender>,
     /// A Git operation was started and its [`git::GitDone`] not handled yet
     /// (the worker's own `busy` clears a moment before the event arrives).
     git_in_flight: bool,
@@ -183,6 +197,11 @@ impl Controller {
     ) -> Controller {
         let (cluster_state, cluster_state_rx) = tokio::sync::mpsc::unbounded_channel();
         let (git, git_rx) = git::GitWorker::new(cfg.git_timeout);
+        let rollout_poll = cfg.rollout_poll.unwrap_or(if runtime.changes().is_some() {
+            Duration::from_secs(5)
+        } else {
+            Duration::from_secs(1)
+        });
         Controller {
             git,
             git_rx: Some(git_rx),
@@ -190,8 +209,10 @@ impl Controller {
             fetch_wanted: None,
             git_in_flight: false,
             poisoned: None,
+            render_revert: None,
             sh: Arc::new(Shared {
                 gates: gates::GateRunner::new(cfg.prometheus_url.clone()),
+                rollout_poll,
                 hub,
                 runtime,
                 source,
@@ -232,6 +253,7 @@ impl Controller {
         let mut triggers = self.sh.hub.take_fetch_triggers();
         let mut commands = self.sh.hub.take_commands();
         let mut git_done = self.git_rx.take();
+        let changes = self.sh.runtime.changes();
         tokio::pin!(shutdown);
         let mut resumed = false;
         self.next_poll = Instant::now();
@@ -277,6 +299,15 @@ impl Controller {
                     self.want_fetch(announced);
                 }
                 Some(cmd) = recv_opt(&mut commands) => self.command(cmd).await,
+                changed = next_changes(changes.as_deref()) => {
+                    // Instances changed by themselves (ready, unready,
+                    // gone): step those services now, not at the next tick.
+                    for n in changed {
+                        if self.services.get(&n).is_some_and(|s| s.record.is_some()) {
+                            self.queue.insert(n);
+                        }
+                    }
+                }
                 _ = tokio::time::sleep_until(sleep_until.into()) => {}
             }
             if let Some(sha) = self.pending_sync.take() {
@@ -345,6 +376,20 @@ impl Controller {
                     self.sync_mirror_tip().await;
                 }
             }
+            git::GitDone::RenderReverted { req, result } => {
+                let now = Time::now_wall();
+                if let Err(e) = &result
+                    && git::transient(e)
+                {
+                    self.sh.hub.set_git_reachable(false);
+                }
+                let sync =
+                    render_revert::finished(&self.sh, &mut self.render_revert, &req, result, now);
+                if sync.is_some() {
+                    self.sh.hub.set_git_reachable(true);
+                    self.sync_mirror_tip().await;
+                }
+            }
         }
         if let Some(announced) = self.fetch_wanted {
             self.fetch_wanted = None;
@@ -388,6 +433,23 @@ impl Controller {
                 name,
                 req,
             );
+            return;
+        }
+        if let Some(p) = &self.render_revert
+            && p.next_at <= now
+        {
+            let req = p.request(&self.sh);
+            tracing::info!(failed = %req.failed_commit, base = %req.base, "reverting the commit that broke rendering");
+            self.git_in_flight = self.git.start_planned_revert(
+                self.sh.source.clone(),
+                self.sh.cfg.git_host.clone(),
+                req,
+                render_revert::PLANNER,
+                |req, result| git::GitDone::RenderReverted {
+                    req: Box::new(req),
+                    result,
+                },
+            );
         }
     }
 
@@ -403,6 +465,12 @@ impl Controller {
                 .map(|p| p.next_at)
                 .filter(|_| !self.git_in_flight && !self.git.busy())
         });
+        let render_revert = self
+            .render_revert
+            .as_ref()
+            .map(|p| p.next_at)
+            .filter(|_| !self.git_in_flight && !self.git.busy());
+        let reverts = reverts.chain(render_revert);
         for t in self
             .services
             .values()
@@ -559,6 +627,13 @@ impl Controller {
         }
         self.start_due_revert(now);
         self.persist_dirty();
+    }
+}
+
+async fn next_changes(changes: Option<&crate::runtime::Changes>) -> BTreeSet<ServiceName> {
+    match changes {
+        Some(c) => c.next().await,
+        None => std::future::pending().await,
     }
 }
 

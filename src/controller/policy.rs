@@ -491,5 +491,52 @@ pub fn plan_revert(facts: &RevertFacts, failed: &str, base: &str) -> RevertPlan 
     }
 }
 
+/// Which commit to revert when the branch tip `failed` does not render and
+/// `base` is the last commit that synced. The commits since `base` that do
+/// not render form a streak ending at the tip; its first commit is what broke
+/// rendering, and only it is reverted (later commits in the streak may be
+/// good work that fails only because of it). Whoever carries the plan out
+/// pushes it only when the result renders.
+pub fn plan_render_revert(facts: &RevertFacts, failed: &str, base: &str) -> RevertPlan {
+    if !facts.failed_on_branch {
+        return RevertPlan::Refuse(format!(
+            "commit {failed} is no longer on the branch (history was rewritten); not reverting"
+        ));
+    }
+    if let Some(by) = facts
+        .since
+        .iter()
+        .find(|c| c.reverts.iter().any(|s| s == failed))
+    {
+        return RevertPlan::AlreadyReverted { by: by.sha.clone() };
+    }
+    if !facts.since.is_empty() {
+        // Someone pushed after the broken tip: the newer tip is synced (and,
+        // if it does not render either, judged) on its own.
+        return RevertPlan::ChangedSince(facts.since.iter().map(|c| c.sha.clone()).collect());
+    }
+    if !facts.base_is_ancestor {
+        return RevertPlan::Refuse(format!(
+            "the last synced commit {base} is not an ancestor of {failed}: the history was rewritten, so reverting could undo unrelated changes; fix the branch by hand"
+        ));
+    }
+    let Some(chain) = &facts.chain else {
+        return RevertPlan::Refuse(format!(
+            "the last synced commit {base} is not on the first-parent history of {failed} (a merge brought it in from the side); revert by hand"
+        ));
+    };
+    let streak: Vec<_> = chain.iter().take_while(|c| c.unrenderable).collect();
+    let Some(first) = streak.last() else {
+        return RevertPlan::NothingToRevert;
+    };
+    if !first.reverts.is_empty() {
+        return RevertPlan::Refuse(format!(
+            "the first commit that does not render, {}, is a Floyd revert: not reverting a revert; fix the manifests by hand",
+            first.sha
+        ));
+    }
+    RevertPlan::Revert(vec![first.sha.clone()])
+}
+
 #[cfg(test)]
 mod tests;

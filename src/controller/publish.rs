@@ -86,6 +86,40 @@ pub(super) fn end_history(
     finish_history(sh, name, rec, now, result, &rec.state.reason);
 }
 
+/// Records what a prediction of this service's rollouts needs: the
+/// rendered spec, the revision rolled from, GPU capacity, and how long
+/// its instances took from creation to ready (those that never restarted).
+pub(super) fn note_plan(sh: &Shared, name: &ServiceName, rec: &RolloutRecord, observed: &Observed) {
+    let from = rec
+        .from_revision
+        .as_ref()
+        .filter(|r| **r != rec.state.target)
+        .map(|r| crate::predict::CurrentRevision {
+            revision: r.clone(),
+            replicas: rec.spec.replicas,
+            gpu: observed
+                .revision(r)
+                .and_then(|o| o.template.resources.gpu.clone()),
+        });
+    let samples = observed
+        .revisions
+        .iter()
+        .flat_map(|r| r.instances.iter())
+        .filter(|i| i.restarts == 0 && i.phase != InstancePhase::Terminating)
+        .filter_map(|i| {
+            let ready = i.ready_since?;
+            (ready >= i.created_at).then(|| (i.id.clone(), ready.since(i.created_at).as_secs_f64()))
+        });
+    sh.hub.note_plan(
+        name.as_str(),
+        &rec.spec,
+        &rec.state.target,
+        from,
+        observed.gpu.clone(),
+        samples,
+    );
+}
+
 /// Updates the hub's view, metrics and gauges of one service.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn publish(

@@ -1,7 +1,7 @@
 //! One step of one service: observe, evaluate gates, ask the engine, apply
 //! its actions, record transitions; on failure hand over to [`super::failure`].
 
-use super::publish::{count_rollout, end_history, publish};
+use super::publish::{count_rollout, end_history, note_plan, publish};
 use super::{Shared, Svc, failure, gates, policy};
 use crate::engine::{self, Phase};
 use crate::manifest::ServiceName;
@@ -95,13 +95,15 @@ pub(super) async fn step_service(
         rec.state = d.state;
         status_revisions = Some(d.status.revisions);
         gates = d.status.gates;
-        svc.wake_at = d
-            .wake_at
-            .or_else(|| (!rec.state.phase.is_terminal()).then(|| now.plus(Duration::from_secs(1))));
-        if !rec.state.phase.is_terminal() {
+        if rec.state.phase.is_terminal() {
+            svc.wake_at = d.wake_at;
+        } else {
             // Keep rollouts moving even when the engine expects an event the
-            // runtime does not deliver (instances becoming ready).
-            svc.wake_at = svc.wake_at.map(|w| w.min(now.plus(Duration::from_secs(1))));
+            // runtime does not deliver (instances becoming ready): a
+            // runtime that reports changes steps the service at once, this
+            // is the safety net.
+            let poll = now.plus(sh.rollout_poll);
+            svc.wake_at = Some(d.wake_at.map_or(poll, |w| w.min(poll)));
         }
     } else {
         svc.wake_at = None;
@@ -171,6 +173,7 @@ pub(super) async fn step_service(
             tracing::debug!(error = %e, "cannot record the rollout event in the runtime");
         }
     }
+    note_plan(&sh, &name, &rec, &observed);
     publish(
         &sh,
         &name,

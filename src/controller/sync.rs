@@ -33,6 +33,27 @@ impl Controller {
                 m.sync_duration_seconds
                     .observe(started.elapsed().as_secs_f64());
                 self.sh.hub.set_sync_error(None);
+                self.render_revert = None;
+            }
+            Err(Error::Render { message, poisoned }) => {
+                tracing::error!(commit = sha, error = %message, "the commit does not render; keeping the previous release");
+                self.sh
+                    .hub
+                    .set_sync_error(Some(format!("commit {sha}: {message}")));
+                self.synced = Some(sha.to_string());
+                self.render_revert = match self.sh.store.synced_commit() {
+                    // Git goes back to something that renders, unless asked not to.
+                    Ok(Some(base)) if !self.sh.cfg.no_revert && base != sha => {
+                        Some(super::render_revert::PendingRender::new(
+                            sha,
+                            &base,
+                            &message,
+                            poisoned,
+                            crate::time::Time::now_wall(),
+                        ))
+                    }
+                    _ => None,
+                };
             }
             Err(e) => {
                 tracing::error!(commit = sha, error = %e, "sync failed; keeping the previous release");
@@ -48,9 +69,12 @@ impl Controller {
     async fn sync_inner(&mut self, sha: &str) -> Result<(), Error> {
         let sh = self.sh.clone();
         if self.poisoned.as_deref() == Some(sha) {
-            return Err(Error::Other(format!(
-                "commit {sha} is not rendered again: the previous Floyd process died while rendering it (a manifest that exhausts memory?); push a fix"
-            )));
+            return Err(Error::Render {
+                message: format!(
+                    "commit {sha} is not rendered again: the previous Floyd process died while rendering it (a manifest that exhausts memory?)"
+                ),
+                poisoned: true,
+            });
         }
         // Crash-loop guard: a commit whose rendering kills the process is
         // found here at the next start-up and skipped.
@@ -99,7 +123,10 @@ impl Controller {
             .await
             .map_err(|e| Error::Other(e.to_string()))?;
             self.renderer = Some(renderer);
-            r?.map_err(|e| Error::Other(format!("commit {sha}: {e}")))?
+            r?.map_err(|e| Error::Render {
+                message: e.to_string(),
+                poisoned: false,
+            })?
         };
         if let Some(n) = &self.notifier {
             n.set_targets(release.notifications.clone());

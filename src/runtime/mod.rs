@@ -16,6 +16,8 @@ pub mod sim;
 use crate::manifest::{InstanceTemplate, Revision, ServiceName, ServiceSpec};
 use crate::time::Time;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::sync::Mutex;
 
 /// What a runtime sees of one service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -277,6 +279,57 @@ pub enum Action {
     },
 }
 
+/// Services whose instances changed by themselves (became ready or
+/// unready, crashed, finished terminating), as a runtime reports them to
+/// the controller so a rollout steps on the event instead of on a timer.
+/// Marks coalesce: a service marked ten times before the controller looks
+/// is stepped once.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pending: Mutex<BTreeSet<ServiceName>>,
+    wake: tokio::sync::Notify,
+}
+
+impl Changes {
+    pub fn new() -> Changes {
+        Changes::default()
+    }
+
+    /// Records that `service`'s instances changed.
+    pub fn mark(&self, service: &ServiceName) {
+        let fresh = match self.pending.lock() {
+            Ok(mut p) => p.insert(service.clone()),
+            Err(_) => return,
+        };
+        if fresh {
+            // A stored permit if nobody waits: the next `next` returns at once.
+            self.wake.notify_one();
+        }
+    }
+
+    /// The services marked since the last call, waiting for at least one.
+    pub async fn next(&self) -> BTreeSet<ServiceName> {
+        loop {
+            let taken = match self.pending.lock() {
+                Ok(mut p) => std::mem::take(&mut *p),
+                Err(_) => BTreeSet::new(),
+            };
+            if !taken.is_empty() {
+                return taken;
+            }
+            self.wake.notified().await;
+        }
+    }
+
+    /// The services marked since the last call, without waiting.
+    pub fn take(&self) -> BTreeSet<ServiceName> {
+        self.pending
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default()
+    }
+}
+
 /// Errors of a runtime.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -323,6 +376,13 @@ pub trait Runtime: Send + Sync {
         spec: &ServiceSpec,
         actions: &[Action],
     ) -> Result<(), Error>;
+
+    /// Where the runtime reports instance changes as they happen (see
+    /// [`Changes`]); `None` when it does not, and the controller then
+    /// re-observes a rollout in progress every second.
+    fn changes(&self) -> Option<std::sync::Arc<Changes>> {
+        None
+    }
 
     /// Remove everything of a service (prune).
     async fn delete_service(&self, service: &ServiceName) -> Result<(), Error>;
@@ -381,7 +441,31 @@ pub trait Runtime: Send + Sync {
 
 #[cfg(test)]
 mod tests {
-    use super::{Observed, with_runtime_problems};
+    use super::{Changes, Observed, with_runtime_problems};
+
+    #[tokio::test]
+    async fn changes_coalesce_and_wake_a_later_waiter() {
+        let c = std::sync::Arc::new(Changes::new());
+        let a = crate::manifest::ServiceName::parse("a").unwrap();
+        let b = crate::manifest::ServiceName::parse("b").unwrap();
+        c.mark(&a);
+        c.mark(&a);
+        c.mark(&b);
+        assert_eq!(c.next().await.len(), 2);
+        assert!(c.take().is_empty());
+        // Marked while nobody waits, then awaited: not lost.
+        let waiter = tokio::spawn({
+            let c = c.clone();
+            async move { c.next().await }
+        });
+        tokio::task::yield_now().await;
+        c.mark(&b);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!(got.into_iter().collect::<Vec<_>>(), vec![b]);
+    }
     use crate::engine::Phase;
 
     #[test]

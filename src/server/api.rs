@@ -86,6 +86,56 @@ pub(crate) async fn service(
         .ok_or_else(|| unknown_service(&name))
 }
 
+/// `GET /api/v1/services/{name}/plan`: the predicted rollout of the spec
+/// rendered from the synced commit (from the revision it started from),
+/// and the inputs for predicting a rollout from what runs now (`floyd diff`).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Plan {
+    service: String,
+    target_revision: crate::manifest::Revision,
+    prediction: crate::predict::Prediction,
+    /// For a rollout that starts from the target revision (what runs once
+    /// this rollout is done).
+    inputs: crate::predict::PlanInputs,
+}
+
+pub(crate) async fn plan(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Plan>, ApiError> {
+    let rec = st.hub.plan(&name).ok_or_else(|| unknown_service(&name))?;
+    let service = crate::manifest::ServiceName::parse(&name).map_err(|_| unknown_service(&name))?;
+    let samples: Vec<f64> = rec.samples.iter().map(|(_, s)| *s).collect();
+    let from_here = crate::predict::PlanInputs {
+        current: rec.from.clone(),
+        startup_samples: samples.clone(),
+        gpu: rec.gpu.clone(),
+    };
+    let target_revision = rec.target.clone();
+    let inputs = crate::predict::PlanInputs {
+        current: Some(crate::predict::CurrentRevision {
+            revision: rec.target.clone(),
+            replicas: rec.spec.replicas,
+            gpu: rec.spec.gpu().cloned(),
+        }),
+        startup_samples: samples,
+        gpu: rec.gpu.clone(),
+    };
+    // Simulating a large service takes milliseconds, off the async threads.
+    let prediction = tokio::task::spawn_blocking(move || {
+        crate::predict::predict(&service, &rec.spec, &from_here)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(Plan {
+        service: name,
+        target_revision,
+        prediction,
+        inputs,
+    }))
+}
+
 #[derive(Deserialize)]
 pub(crate) struct HistoryQuery {
     limit: Option<String>,

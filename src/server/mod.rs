@@ -227,6 +227,7 @@ fn router_with(state: AppState) -> Router {
         .route("/api/v1/services", get(api::services))
         .route("/api/v1/services/{name}", get(api::service))
         .route("/api/v1/services/{name}/history", get(api::history))
+        .route("/api/v1/services/{name}/plan", get(api::plan))
         .route("/api/v1/services/{name}/{command}", post(api::control))
         .route("/api/v1/events", get(sse::events))
         .fallback(not_found)

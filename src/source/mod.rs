@@ -17,7 +17,10 @@ pub mod watch;
 pub mod webhook;
 
 pub use propose::{Proposal, ProposeOutcome, revert_branch};
-pub use revert::{CommitFact, GitWriter, RevertFacts, RevertOutcome, RevertPlan, RevertRequest};
+pub use revert::{
+    CommitFact, GitWriter, RENDER_REVERT, RenderFailure, RevertFacts, RevertOutcome, RevertPlan,
+    RevertRequest,
+};
 
 use crate::hub::CommitInfo;
 use crate::manifest::tree::{IncrementalRenderer, TreeFile, TreeListing};
@@ -822,7 +825,7 @@ const MAX_SYMLINK_BYTES: u64 = 4096;
 /// A blob's bytes, refused from its object header (size only, nothing
 /// inflated) when it is larger than `limit`: a 50 MiB blob in a commit costs
 /// a header read, not 50 MiB of memory.
-fn read_blob_within(
+pub(super) fn read_blob_within(
     repo: &Repository,
     odb: &git2::Odb<'_>,
     oid: Oid,
@@ -874,6 +877,44 @@ pub fn revert_message(
     let sentence_end = if one_line.ends_with('.') { "" } else { "." };
     m.push_str(&format!(
         "\nFloyd rolled back {service} from revision {failed_revision} to {rolled_back_to}: {one_line}{sentence_end}\n\n"
+    ));
+    for sha in reverted {
+        m.push_str(&format!("Floyd-Revert-Of: {sha}\n"));
+    }
+    for s in services {
+        m.push_str(&format!("Floyd-Service: {s}\n"));
+    }
+    m.push_str(&format!("Floyd-Reason: {one_line}\n"));
+    m
+}
+
+/// The message of a revert of commits that made the branch stop rendering
+/// (no rollout ran): the same format as [`revert_message`], with a sentence
+/// saying which commit kept running; `services` are those whose rendered
+/// spec differs from that commit's after the revert.
+pub fn render_revert_message(
+    services: &[String],
+    reverted: &[String],
+    summaries: &[String],
+    kept: &str,
+    reason: &str,
+) -> String {
+    let one_line: String = reason.split_whitespace().collect::<Vec<_>>().join(" ");
+    let title = if reverted.len() == 1 {
+        format!(
+            "Revert \"{}\"",
+            summaries.first().map(String::as_str).unwrap_or("")
+        )
+    } else {
+        format!("Revert {} commits that broke rendering", reverted.len())
+    };
+    let mut m = format!("{title}\n\n");
+    for sha in reverted {
+        m.push_str(&format!("This reverts commit {sha}.\n"));
+    }
+    let sentence_end = if one_line.ends_with('.') { "" } else { "." };
+    m.push_str(&format!(
+        "\nFloyd kept commit {kept} running: the branch does not render: {one_line}{sentence_end}\n\n"
     ));
     for sha in reverted {
         m.push_str(&format!("Floyd-Revert-Of: {sha}\n"));

@@ -39,7 +39,24 @@ pub struct RevertRequest {
     pub reason: String,
     pub author_name: String,
     pub author_email: String,
+    /// Set when the failure is that the branch does not render (no rollout
+    /// failed): the revert must make it render again, or is not pushed.
+    pub render: Option<RenderFailure>,
 }
+
+/// A branch tip that does not render, as a revert request carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RenderFailure {
+    /// The render error (file:line:col: field: message).
+    pub error: String,
+    /// Commits never to render again (the previous process died rendering
+    /// them): they count as not rendering.
+    pub unrenderable: Vec<String>,
+}
+
+/// The `service` of a render revert request: not a DNS-1123 label, so no
+/// service (nor a revert pull request's branch for one) can be named so.
+pub const RENDER_REVERT: &str = ".render";
 
 /// One commit as the revert planner needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -50,6 +67,8 @@ pub struct CommitFact {
     pub changed_service: bool,
     /// Shas named by its `Floyd-Revert-Of:` trailers (one of Floyd's reverts).
     pub reverts: Vec<String>,
+    /// Its manifests do not render (only gathered for render reverts).
+    pub unrenderable: bool,
 }
 
 /// What Git says around a failed commit.
@@ -315,7 +334,25 @@ impl GitWriter<'_> {
                 .map_err(|e| rerr(e.to_string()))?;
             ours = repo.find_commit(tmp).map_err(|e| rerr(e.to_string()))?;
         }
-        let services = changed_services(&repo, req, tip, &ours.id().to_string());
+        let result = ours.id().to_string();
+        if let Some(render) = &req.render {
+            // A render revert is pushed only when it makes the branch render.
+            let mut r = IncrementalRenderer::new(req.environment.as_deref());
+            if let Err(e) = render_result(&repo, req, &mut r, &result) {
+                return Err(Error::Revert {
+                    service: req.service.clone(),
+                    message: format!(
+                        "reverting {} would not make the branch render either: {e}; fix the manifests by hand (the tip's error: {})",
+                        commits.join(", "),
+                        render.error
+                    ),
+                });
+            }
+        }
+        // What the revert changes: against the tip, or, when the tip does not
+        // render, against the last commit that synced.
+        let before = if req.render.is_some() { &req.base } else { tip };
+        let services = changed_services(&repo, req, before, &result);
         let summaries: Vec<String> = commits
             .iter()
             .map(|s| {
@@ -324,14 +361,19 @@ impl GitWriter<'_> {
                     .unwrap_or_default()
             })
             .collect();
-        let message = super::revert_message(
-            &services,
-            commits,
-            &summaries,
-            &req.failed_revision,
-            &req.rolled_back_to,
-            &req.reason,
-        );
+        let message = match &req.render {
+            None => super::revert_message(
+                &services,
+                commits,
+                &summaries,
+                &req.failed_revision,
+                &req.rolled_back_to,
+                &req.reason,
+            ),
+            Some(_) => {
+                super::render_revert_message(&services, commits, &summaries, &req.base, &req.reason)
+            }
+        };
         let tree = ours.tree().map_err(|e| rerr(e.to_string()))?;
         let tip_commit = repo.find_commit(tip_oid).map_err(|e| rerr(e.to_string()))?;
         let new = signing::commit(
@@ -356,25 +398,43 @@ fn render_at(
     renderer: &mut IncrementalRenderer,
     sha: &str,
 ) -> Option<Rendered> {
-    let listing = list_config_tree(repo, sha, req.subdir.as_deref()).ok()?;
+    render_result(repo, req, renderer, sha).ok()
+}
+
+/// The services `sha` renders to, or why it does not render. A commit the
+/// request marks as unrenderable is not rendered at all.
+fn render_result(
+    repo: &Repository,
+    req: &RevertRequest,
+    renderer: &mut IncrementalRenderer,
+    sha: &str,
+) -> Result<Rendered, String> {
+    if let Some(r) = &req.render
+        && r.unrenderable.iter().any(|s| s == sha)
+    {
+        return Err(format!(
+            "commit {sha} is not rendered again (a Floyd process died rendering it)"
+        ));
+    }
+    let listing = list_config_tree(repo, sha, req.subdir.as_deref()).map_err(|e| e.to_string())?;
+    let odb = repo.odb().map_err(|e| e.message().to_string())?;
+    // Sizes checked from the object header, as the sync's own render does.
     let mut read = |f: &TreeFile| -> Result<Vec<u8>, String> {
         let oid = Oid::from_str(&f.id).map_err(|e| e.to_string())?;
-        repo.find_blob(oid)
-            .map(|b| b.content().to_vec())
-            .map_err(|e| e.message().to_string())
+        super::read_blob_within(repo, &odb, oid, crate::manifest::MAX_FILE_BYTES)
     };
-    let release: Release = renderer.render(&listing, &mut read).ok()?;
+    let release: Release = renderer
+        .render(&listing, &mut read)
+        .map_err(|e| e.to_string())?;
     let base = req.subdir.clone().unwrap_or_default();
-    Some(
-        release
-            .services
-            .into_iter()
-            .map(|s| {
-                let file = s.file.map(|f| base.join(f));
-                (s.name.to_string(), (s.revision, s.spec, file))
-            })
-            .collect(),
-    )
+    Ok(release
+        .services
+        .into_iter()
+        .map(|s| {
+            let file = s.file.map(|f| base.join(f));
+            (s.name.to_string(), (s.revision, s.spec, file))
+        })
+        .collect())
 }
 
 /// Services whose rendered desired state differs between two commits (the
@@ -391,10 +451,17 @@ fn changed_services(
         render_at(repo, req, &mut r, before),
         render_at(repo, req, &mut r, after),
     ) else {
-        return vec![req.service.clone()];
+        return if req.render.is_none() {
+            vec![req.service.clone()]
+        } else {
+            Vec::new()
+        };
     };
     let names: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-    let mut out = vec![req.service.clone()];
+    let mut out = Vec::new();
+    if req.render.is_none() {
+        out.push(req.service.clone());
+    }
     for n in names {
         let differs = match (a.get(n), b.get(n)) {
             (Some(x), Some(y)) => x.0 != y.0 || x.1 != y.1,
@@ -475,6 +542,7 @@ impl<'r> ServiceJudge<'r> {
             sha: c.id().to_string(),
             changed_service: files_changed || state_changed,
             reverts: super::revert_of(&message),
+            unrenderable: self.rendered.get(&c.id()).is_some_and(Option::is_none),
         })
     }
 }

@@ -175,6 +175,7 @@ async fn protected_branch_revert_goes_through_one_pull_request_and_its_merge_is_
         reason: "again".into(),
         author_name: "Floyd".into(),
         author_email: "floyd@localhost".into(),
+        render: None,
     };
     let out = floyd::githost::pr::revert(Some(host.clone()), src2.clone(), req, plan_revert)
         .await
@@ -506,6 +507,7 @@ fn signed_revert_passes_git_verify_commit() {
         reason: "broken".into(),
         author_name: "Floyd".into(),
         author_email: "floyd@localhost".into(),
+        render: None,
     };
     let out = src.revert(&req, plan_revert).unwrap();
     let RevertOutcome::Pushed { commit, .. } = out else {

@@ -51,6 +51,7 @@ fn req(failed: &str, base: &str) -> RevertRequest {
         reason: "progress deadline exceeded".into(),
         author_name: "Floyd".into(),
         author_email: "floyd@localhost".into(),
+        render: None,
     }
 }
 

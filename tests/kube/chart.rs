@@ -425,7 +425,8 @@ fn rbac_grants_nothing_beyond_the_list() {
     let role_allowed = spec(&[
         ("apps", "replicasets", RW),
         ("apps", "replicasets/scale", &["get", "update", "patch"]),
-        ("", "pods", &["get", "list", "watch", "delete"]),
+        // patch: only with adoptUnlabelled (checked below).
+        ("", "pods", &["get", "list", "watch", "delete", "patch"]),
         ("", "services", RW),
         ("", "configmaps", RW),
         ("", "events", &["create", "patch"]),
@@ -485,6 +486,15 @@ fn rbac_grants_nothing_beyond_the_list() {
         };
         let role = one(&objs, "Role");
         assert_within(values, &grants(&role["rules"]), &role_allowed, &role_needed);
+        // Pods are patched only to adopt unlabelled objects, when asked to.
+        let adopting = values == "full-values.yaml";
+        assert_eq!(
+            grants(&role["rules"])
+                .get(&("".to_string(), "pods".to_string()))
+                .is_some_and(|v| v.contains("patch")),
+            adopting,
+            "{values}: pods patch only with adoptUnlabelled"
+        );
         let cr = one(&objs, "ClusterRole");
         assert_within(
             values,

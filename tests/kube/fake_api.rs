@@ -1432,17 +1432,26 @@ fn is_ready(pod: &Value) -> bool {
 }
 
 /// Pods a ReplicaSet owns that count as replicas (not terminating, not finished).
-fn owned_live(db: &Db, uid: &Value) -> Vec<(Key, Value)> {
+/// Every stored pod (a range of the ordered map, not a scan of everything).
+fn all_pods(db: &Db) -> impl Iterator<Item = (&Key, &Value)> {
     db.objects
-        .iter()
-        .filter(|(k, p)| {
-            k.0 == "pods"
-                && &p["metadata"]["ownerReferences"][0]["uid"] == uid
-                && p["metadata"].get("deletionTimestamp").is_none()
-                && !matches!(p["status"]["phase"].as_str(), Some("Failed" | "Succeeded"))
-        })
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+        .range(("pods".to_string(), String::new(), String::new())..)
+        .take_while(|(k, _)| k.0 == "pods")
+}
+
+/// Pods that are not terminating or finished, by their owner's uid: built
+/// once per round so the simulation stays linear in the number of pods.
+fn live_pods_by_owner(db: &Db) -> HashMap<String, Vec<Key>> {
+    let mut out: HashMap<String, Vec<Key>> = HashMap::new();
+    for (k, p) in all_pods(db) {
+        if p["metadata"].get("deletionTimestamp").is_none()
+            && !matches!(p["status"]["phase"].as_str(), Some("Failed" | "Succeeded"))
+            && let Some(uid) = p["metadata"]["ownerReferences"][0]["uid"].as_str()
+        {
+            out.entry(uid.to_string()).or_default().push(k.clone());
+        }
+    }
+    out
 }
 
 /// One round of controller-manager, scheduler and kubelet.
@@ -1463,18 +1472,26 @@ fn simulate(db: &mut Db) {
 
     // ReplicaSet controller.
     let paused = db.replicaset_controller_paused;
-    let rss: Vec<(Key, Value)> = db
+    let rss: Vec<(Key, String, usize, i64)> = db
         .objects
-        .iter()
-        .filter(|(k, _)| k.0 == "replicasets" && !paused)
-        .map(|(k, v)| (k.clone(), v.clone()))
+        .range(("replicasets".to_string(), String::new(), String::new())..)
+        .take_while(|(k, _)| k.0 == "replicasets")
+        .filter(|_| !paused)
+        .map(|(k, rs)| {
+            (
+                k.clone(),
+                rs["metadata"]["uid"].as_str().unwrap_or("").to_string(),
+                rs["spec"]["replicas"].as_i64().unwrap_or(0).max(0) as usize,
+                rs["metadata"]["generation"].as_i64().unwrap_or(1),
+            )
+        })
         .collect();
-    for (rk, rs) in rss {
-        let uid = rs["metadata"]["uid"].clone();
-        let desired = rs["spec"]["replicas"].as_i64().unwrap_or(0).max(0) as usize;
-        let pods = owned_live(db, &uid);
-        if pods.len() < desired {
-            for _ in pods.len()..desired {
+    let mut by_owner = live_pods_by_owner(db);
+    for (rk, uid, desired, generation) in rss {
+        let mut keys = by_owner.remove(&uid).unwrap_or_default();
+        if keys.len() < desired {
+            let rs = db.objects.get(&rk).cloned().unwrap_or(Value::Null);
+            for _ in keys.len()..desired {
                 db.uid += 1;
                 let name = format!("{}-{:05x}", rk.2, db.uid);
                 let k = ("pods".to_string(), rk.1.clone(), name.clone());
@@ -1487,14 +1504,18 @@ fn simulate(db: &mut Db) {
                     "status": {"phase": "Pending"},
                 });
                 let obj = db.new_object(&k, "v1", "Pod", &body);
-                db.put(k, obj, "ADDED");
+                db.put(k.clone(), obj, "ADDED");
+                keys.push(k);
             }
         }
         // Scale-down, with the ReplicaSet controller's ranking: unassigned <
         // assigned, pending < running, not ready < ready, lower deletion cost
         // first, newer first.
-        let mut pods = owned_live(db, &uid);
-        if pods.len() > desired {
+        if keys.len() > desired {
+            let mut pods: Vec<(Key, Value)> = keys
+                .iter()
+                .filter_map(|k| Some((k.clone(), db.objects.get(k)?.clone())))
+                .collect();
             pods.sort_by_key(|(_, p)| {
                 let assigned = p["spec"]["nodeName"].is_string();
                 let running = p["status"]["phase"] == "Running";
@@ -1516,24 +1537,19 @@ fn simulate(db: &mut Db) {
                 )
             });
             let extra = pods.len() - desired;
-            for (k, p) in pods.into_iter().take(extra) {
+            let rest = pods.split_off(extra);
+            for (k, p) in pods {
                 mark_deleted(db, &k, p);
             }
+            keys = rest.into_iter().map(|(k, _)| k).collect();
         }
-        // Status.
-        let live: Vec<Value> = db
-            .objects
+        // Status, of the pods not terminating.
+        let ready = keys
             .iter()
-            .filter(|(k, p)| {
-                k.0 == "pods"
-                    && p["metadata"]["ownerReferences"][0]["uid"] == uid
-                    && p["metadata"].get("deletionTimestamp").is_none()
-            })
-            .map(|(_, v)| v.clone())
-            .collect();
-        let ready = live.iter().filter(|p| is_ready(p)).count();
-        let st = json!({"replicas": live.len(), "readyReplicas": ready, "availableReplicas": ready,
-                        "observedGeneration": rs["metadata"]["generation"].as_i64().unwrap_or(1)});
+            .filter(|k| db.objects.get(*k).is_some_and(is_ready))
+            .count();
+        let st = json!({"replicas": keys.len(), "readyReplicas": ready, "availableReplicas": ready,
+                        "observedGeneration": generation});
         if let Some(cur) = db.objects.get(&rk)
             && cur["status"] != st
         {
@@ -1544,16 +1560,26 @@ fn simulate(db: &mut Db) {
     }
 
     // Scheduler.
-    let pending: Vec<(Key, Value)> = db
-        .objects
-        .iter()
-        .filter(|(k, p)| {
-            k.0 == "pods"
-                && !p["spec"]["nodeName"].is_string()
-                && p["metadata"].get("deletionTimestamp").is_none()
+    let pending: Vec<(Key, Value)> = all_pods(db)
+        .filter(|(_, p)| {
+            !p["spec"]["nodeName"].is_string() && p["metadata"].get("deletionTimestamp").is_none()
         })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    // Extended resources in use per node, once per round (and as pods bind).
+    let mut in_use: HashMap<String, BTreeMap<String, u32>> = HashMap::new();
+    if !pending.is_empty() {
+        for (_, q) in all_pods(db) {
+            if let Some(node) = q["spec"]["nodeName"].as_str()
+                && !matches!(q["status"]["phase"].as_str(), Some("Failed" | "Succeeded"))
+            {
+                let acc = in_use.entry(node.to_string()).or_default();
+                for (r, c) in ext_requests(q) {
+                    *acc.entry(r).or_default() += c;
+                }
+            }
+        }
+    }
     for (k, mut p) in pending {
         let need = ext_requests(&p);
         let selector: BTreeMap<String, String> = p["spec"]["nodeSelector"]
@@ -1584,20 +1610,7 @@ fn simulate(db: &mut Db) {
                     .or_default() += 1;
                 continue;
             }
-            let used: BTreeMap<String, u32> = db
-                .objects
-                .iter()
-                .filter(|(pk, q)| {
-                    pk.0 == "pods"
-                        && q["spec"]["nodeName"] == n.name.as_str()
-                        && !matches!(q["status"]["phase"].as_str(), Some("Failed" | "Succeeded"))
-                })
-                .fold(BTreeMap::new(), |mut acc, (_, q)| {
-                    for (r, c) in ext_requests(q) {
-                        *acc.entry(r).or_default() += c;
-                    }
-                    acc
-                });
+            let used = in_use.get(&n.name).cloned().unwrap_or_default();
             let short = need.iter().find(|(r, c)| {
                 n.allocatable.get(*r).copied().unwrap_or(0)
                     < used.get(*r).copied().unwrap_or(0) + **c
@@ -1612,6 +1625,10 @@ fn simulate(db: &mut Db) {
         }
         match chosen {
             Some(node) => {
+                let acc = in_use.entry(node.clone()).or_default();
+                for (r, c) in &need {
+                    *acc.entry(r.clone()).or_default() += c;
+                }
                 p["spec"]["nodeName"] = json!(node);
                 p["status"]["conditions"] = json!([{"type": "PodScheduled", "status": "True",
                                                      "lastTransitionTime": now_rfc3339()}]);
@@ -1641,14 +1658,14 @@ fn simulate(db: &mut Db) {
     // Kubelet: start containers.
     let bound: Vec<(Key, Instant)> = db.bound_at.iter().map(|(k, t)| (k.clone(), *t)).collect();
     for (k, at) in bound {
-        let Some(mut p) = db.objects.get(&k).cloned() else {
+        let Some(cur) = db.objects.get(&k) else {
             db.bound_at.remove(&k);
             continue;
         };
-        if p["metadata"].get("deletionTimestamp").is_some() {
+        if cur["metadata"].get("deletionTimestamp").is_some() {
             continue;
         }
-        let image = p["spec"]["containers"][0]["image"]
+        let image = cur["spec"]["containers"][0]["image"]
             .as_str()
             .unwrap_or("")
             .to_string();
@@ -1657,6 +1674,11 @@ fn simulate(db: &mut Db) {
             .get(&image)
             .copied()
             .unwrap_or(db.default_behavior);
+        // Settled pods cost a lookup, not a copy (10,000 of them every round).
+        if matches!(behavior, Behavior::ReadyAfter(_)) && is_ready(cur) {
+            continue;
+        }
+        let mut p = cur.clone();
         let cstatus = |ready: bool, restarts: u64, state: Value, last: Value| {
             json!([{"name": "app", "image": image, "imageID": "", "ready": ready,
                     "restartCount": restarts, "started": ready, "state": state, "lastState": last}])

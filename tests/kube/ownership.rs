@@ -581,6 +581,135 @@ async fn hand_edits_and_deleted_services_are_detected_corrected_or_only_reported
     validate_sent(&fake, "drift");
 }
 
+/// Deletes a Service the way `kubectl delete svc` does.
+async fn delete_svc(fake: &FakeApi, name: &str) {
+    let svcs: kube::Api<k8s_openapi::api::core::v1::Service> =
+        kube::Api::namespaced(fake.client_as(NS, "kubectl"), NS);
+    svcs.delete(name, &Default::default())
+        .await
+        .expect("kubectl delete svc");
+}
+
+fn selects(fake: &FakeApi, name: &str) -> Option<String> {
+    fake.get("services", NS, name).and_then(|s| {
+        s["spec"]["selector"]["floyd.dev/revision"]
+            .as_str()
+            .map(str::to_string)
+    })
+}
+
+/// A blue-green service's deleted active or preview Service comes back
+/// selecting the revision it selected, also after a restart of Floyd, and is
+/// only reported with `driftPolicy: report`.
+#[tokio::test]
+async fn a_deleted_blue_green_service_is_recreated_selecting_what_it_selected() {
+    let fake = FakeApi::start(vec![FakeNode::cpu("node-1")]).await;
+    let a = install(&fake, "a");
+    let web = name("web");
+    let t1 = template("ghcr.io/acme/web:1");
+    let t2 = template("ghcr.io/acme/web:2");
+    let (r1, r2) = (rev(&t1), rev(&t2));
+    let mut s = blue_green(spec(2, t1.clone()));
+    let create = |t: &InstanceTemplate| Action::CreateRevision {
+        revision: rev(t),
+        template: t.clone(),
+    };
+    let scale = |t: &InstanceTemplate| Action::Scale {
+        revision: rev(t),
+        replicas: 2,
+    };
+    a.apply(
+        &web,
+        &s,
+        &[
+            create(&t1),
+            scale(&t1),
+            Action::SetTraffic {
+                active: Some(r1.clone()),
+                preview: None,
+            },
+        ],
+    )
+    .await
+    .expect("deploy r1");
+    let o = a.observe(&web, Some(&s), Time::now_wall()).await.unwrap();
+    assert!(o.drift.is_empty(), "{:#?}", o.drift);
+
+    // Settled: the active Service deleted by hand comes back on r1.
+    delete_svc(&fake, "web").await;
+    let o = a.observe(&web, Some(&s), Time::now_wall()).await.unwrap();
+    let found: Vec<(&str, &str, &str, bool)> = o
+        .drift
+        .iter()
+        .map(|d| {
+            (
+                d.kind.as_str(),
+                d.object.as_str(),
+                d.message.as_str(),
+                d.corrected,
+            )
+        })
+        .collect();
+    assert_eq!(found, vec![("Service", "web", "deleted", true)]);
+    assert_eq!(selects(&fake, "web").as_deref(), Some(r1.as_str()));
+
+    // Mid-rollout: r2 on preview; the preview Service deleted comes back on r2.
+    s.template = t2.clone();
+    a.apply(
+        &web,
+        &s,
+        &[
+            create(&t2),
+            scale(&t2),
+            Action::SetTraffic {
+                active: Some(r1.clone()),
+                preview: Some(r2.clone()),
+            },
+        ],
+    )
+    .await
+    .expect("preview r2");
+    delete_svc(&fake, "web-preview").await;
+    let o = a.observe(&web, Some(&s), Time::now_wall()).await.unwrap();
+    assert!(
+        o.drift
+            .iter()
+            .any(|d| d.object == "web-preview" && d.corrected),
+        "{:#?}",
+        o.drift
+    );
+    assert_eq!(selects(&fake, "web-preview").as_deref(), Some(r2.as_str()));
+    assert_eq!(selects(&fake, "web").as_deref(), Some(r1.as_str()));
+
+    // A restarted Floyd (nothing in memory) learns the routing from the live
+    // Services, then puts back the active one on r1, not on the newer r2.
+    let b = install(&fake, "a");
+    let o = b.observe(&web, Some(&s), Time::now_wall()).await.unwrap();
+    assert!(o.drift.is_empty(), "{:#?}", o.drift);
+    delete_svc(&fake, "web").await;
+    let o = b.observe(&web, Some(&s), Time::now_wall()).await.unwrap();
+    assert!(
+        o.drift.iter().any(|d| d.object == "web" && d.corrected),
+        "{:#?}",
+        o.drift
+    );
+    assert_eq!(selects(&fake, "web").as_deref(), Some(r1.as_str()));
+
+    // driftPolicy: report: reported, left deleted.
+    s.drift_policy = floyd::manifest::DriftPolicy::Report;
+    delete_svc(&fake, "web-preview").await;
+    let o = b.observe(&web, Some(&s), Time::now_wall()).await.unwrap();
+    assert!(
+        o.drift
+            .iter()
+            .any(|d| d.object == "web-preview" && d.message == "deleted" && !d.corrected),
+        "{:#?}",
+        o.drift
+    );
+    assert!(fake.get("services", NS, "web-preview").is_none());
+    validate_sent(&fake, "blue-green drift");
+}
+
 #[tokio::test]
 async fn revisions_from_before_install_identities_keep_their_immutable_selector() {
     let fake = FakeApi::start(vec![FakeNode::cpu("node-1")]).await;
@@ -647,6 +776,126 @@ async fn revisions_from_before_install_identities_keep_their_immutable_selector(
         live["spec"]["template"]["metadata"]["labels"]["floyd.dev/instance"],
         "a"
     );
+}
+
+/// Removes the install label from every stored object of `resource` that has `name_prefix`.
+fn strip_instance(fake: &FakeApi, resource: &str, name_prefix: &str) -> usize {
+    let mut n = 0;
+    for mut obj in fake.list(resource) {
+        let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+        if !name.starts_with(name_prefix) {
+            continue;
+        }
+        if let Some(labels) = obj["metadata"]["labels"].as_object_mut() {
+            labels.remove("floyd.dev/instance");
+        }
+        fake.insert(resource, NS, obj);
+        n += 1;
+    }
+    n
+}
+
+fn instance_label(fake: &FakeApi, resource: &str, name: &str) -> Option<String> {
+    fake.get(resource, NS, name).and_then(|o| {
+        o["metadata"]["labels"]["floyd.dev/instance"]
+            .as_str()
+            .map(str::to_string)
+    })
+}
+
+/// Objects from a Floyd without install identities are refused as not
+/// ours, unless the install is started with `--adopt-unlabelled`: then it
+/// labels them (metadata only) before its first observation, and leaves
+/// other installs' objects alone.
+#[tokio::test]
+async fn unlabelled_objects_are_adopted_only_when_asked_for() {
+    let fake = FakeApi::start(vec![FakeNode::cpu("node-1")]).await;
+    let a = install(&fake, "a");
+    let web = name("web");
+    let t = template("ghcr.io/acme/web:1");
+    let s = deploy(&a, &web, &t, 2).await;
+    let rs = format!("web-{}", rev(&t));
+    // Another install's object, which must stay untouched.
+    let b = install(&fake, "b");
+    let api = name("api");
+    deploy(&b, &api, &template("ghcr.io/acme/api:1"), 1).await;
+    drop((a, b));
+    // What a Floyd from before identities left behind.
+    fake.pause_replicaset_controller(true);
+    assert_eq!(strip_instance(&fake, "replicasets", "web-"), 1);
+    assert_eq!(strip_instance(&fake, "pods", "web-"), 2);
+    assert_eq!(strip_instance(&fake, "services", "web"), 1);
+    assert_eq!(strip_instance(&fake, "configmaps", "floyd-state-web"), 1);
+    let pods: Vec<String> = fake
+        .list("pods")
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+        .filter(|n| n.starts_with("web-"))
+        .collect();
+
+    // Without the flag: not seen as ours, nothing labelled.
+    let plain = install(&fake, "a");
+    let o = plain
+        .observe(&web, Some(&s), Time::now_wall())
+        .await
+        .unwrap();
+    assert!(o.revisions.is_empty(), "{o:#?}");
+    assert_eq!(instance_label(&fake, "replicasets", &rs), None);
+    drop(plain);
+
+    let before = fake.log().len();
+    let adopting = install(&fake, "a").with_adopt_unlabelled(true);
+    let o = adopting
+        .observe(&web, Some(&s), Time::now_wall())
+        .await
+        .unwrap();
+    assert_eq!(
+        o.revision(&rev(&t)).map(|r| r.ready()),
+        Some(2),
+        "the adopted revision and its pods are observed: {o:#?}"
+    );
+    for (resource, object) in [
+        ("replicasets", rs.as_str()),
+        ("services", "web"),
+        ("configmaps", "floyd-state-web"),
+    ]
+    .into_iter()
+    .chain(pods.iter().map(|p| ("pods", p.as_str())))
+    {
+        assert_eq!(
+            instance_label(&fake, resource, object).as_deref(),
+            Some("a"),
+            "{resource}/{object} adopted"
+        );
+    }
+    let writes: Vec<Logged> = fake.log()[before..]
+        .iter()
+        .filter(|l| l.is_write())
+        .cloned()
+        .collect();
+    assert_eq!(
+        writes.len(),
+        3 + pods.len(),
+        "one patch per object: {writes:#?}"
+    );
+    assert!(
+        writes.iter().all(|w| w.method == "PATCH"
+            && target(w).is_some_and(|n| n.starts_with("web") || n == "floyd-state-web")),
+        "only the unlabelled objects are patched: {writes:#?}"
+    );
+    assert_eq!(
+        instance_label(&fake, "services", "api").as_deref(),
+        Some("b")
+    );
+    // Once: the next observation writes nothing.
+    let n = fake.log().len();
+    adopting
+        .observe(&web, Some(&s), Time::now_wall())
+        .await
+        .unwrap();
+    assert!(fake.log()[n..].iter().all(|l| !l.is_write()));
+    fake.pause_replicaset_controller(false);
+    validate_sent(&fake, "adopt");
 }
 
 /// The fake answers like a real API server where Floyd's correctness
@@ -1142,4 +1391,177 @@ async fn steady_state_observation_from_watch_caches_costs_no_requests() {
             assert_eq!(requests, 1 + 4 * SERVICES);
         }
     }
+}
+
+/// CPU time of the calling thread (user + system).
+fn thread_cpu() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let u = getrusage(UsageWho::RUSAGE_THREAD).expect("getrusage");
+    let d = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
+    };
+    d(u.user_time()) + d(u.system_time())
+}
+
+/// Observation at scale (issue #15): `services` × `pods` from the watch
+/// caches of `floyd run`, against the fake API server running on threads
+/// of its own, so that the CPU measured is the controller side's alone
+/// (this test's single-threaded runtime: the runtime's reads, the watch
+/// streams and their decoding). Steady state: a round (list the services,
+/// observe each) every `FLOYD_KUBE_SCALE_ROUND` for `FLOYD_KUBE_SCALE_WINDOW`,
+/// as the controller does every `--resync-interval`. Size from
+/// `FLOYD_KUBE_SCALE` (`<services>x<pods>`, default `100x2` in the suite;
+/// docs/benchmarks.md has `1000x10`).
+#[test]
+fn observation_at_scale_from_watch_caches() {
+    let size = std::env::var("FLOYD_KUBE_SCALE").unwrap_or_else(|_| "100x2".into());
+    let (services, pods) = size
+        .split_once('x')
+        .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<u32>().ok()?)))
+        .expect("FLOYD_KUBE_SCALE=<services>x<pods>");
+    let secs = |var: &str, default: f64| {
+        Duration::from_secs_f64(
+            std::env::var(var)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default),
+        )
+    };
+    let window = secs("FLOYD_KUBE_SCALE_WINDOW", 3.0);
+    let every = secs("FLOYD_KUBE_SCALE_ROUND", 1.0);
+
+    // The fake API server (and its simulated kubelet) on its own runtime.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let fake = rt.block_on(FakeApi::start(vec![FakeNode::cpu("node-1")]));
+        let fake = Arc::new(fake);
+        tx.send(fake.clone()).unwrap();
+        rt.block_on(std::future::pending::<()>());
+    });
+    let fake: Arc<FakeApi> = rx.recv().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let setup = KubeRuntime::new(fake.client_as(NS, "setup"), NS).with_instance("a");
+        let t = template("ghcr.io/acme/web:1");
+        let s = spec(pods, t.clone());
+        let names: Vec<ServiceName> = (0..services).map(|i| name(&format!("svc{i}"))).collect();
+        let started = std::time::Instant::now();
+        for n in &names {
+            setup
+                .apply(
+                    n,
+                    &s,
+                    &[
+                        Action::CreateRevision {
+                            revision: rev(&t),
+                            template: t.clone(),
+                        },
+                        Action::Scale {
+                            revision: rev(&t),
+                            replicas: pods,
+                        },
+                    ],
+                )
+                .await
+                .unwrap();
+        }
+        let want = services * pods as usize;
+        let ready = || {
+            fake.list("pods")
+                .iter()
+                .filter(|p| {
+                    p["status"]["conditions"]
+                        .as_array()
+                        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+                })
+                .count()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(600);
+        while ready() < want {
+            assert!(std::time::Instant::now() < deadline, "{} of {want} pods ready", ready());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        eprintln!(
+            "BENCH scale {services}x{pods}: {want} pods ready after {:?}",
+            started.elapsed()
+        );
+
+        let cached = install(&fake, "a")
+            .with_pod_watch(Duration::from_secs(300))
+            .with_object_watch(Duration::from_secs(300));
+        let synced_at = std::time::Instant::now();
+        while !(cached.pod_cache_synced() && cached.object_cache_synced()) {
+            assert!(synced_at.elapsed() < Duration::from_secs(120), "caches never synced");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!("BENCH scale {services}x{pods}: caches synced in {:?}", synced_at.elapsed());
+        let count = |who: &str| fake.log().iter().filter(|l| l.client == who).count();
+        let round = |rt: &KubeRuntime| {
+            let rt = rt.clone();
+            let names = names.clone();
+            let s = s.clone();
+            let t = t.clone();
+            async move {
+                let started = std::time::Instant::now();
+                assert_eq!(rt.services().await.unwrap().len(), services);
+                for n in &names {
+                    let o = rt.observe(n, Some(&s), Time::now_wall()).await.unwrap();
+                    assert_eq!(o.revision(&rev(&t)).map(|r| r.ready()), Some(pods));
+                }
+                started.elapsed()
+            }
+        };
+        // A first round warms the caches' readers.
+        round(&cached).await;
+
+        let (requests0, cpu0, wall0) = (count("a"), thread_cpu(), std::time::Instant::now());
+        let mut rounds = Vec::new();
+        while wall0.elapsed() < window {
+            let next = std::time::Instant::now() + every;
+            rounds.push(round(&cached).await);
+            tokio::time::sleep_until(next.into()).await;
+        }
+        let (requests, cpu, wall) = (count("a") - requests0, thread_cpu() - cpu0, wall0.elapsed());
+        rounds.sort();
+        let per_minute = requests as f64 * 60.0 / wall.as_secs_f64();
+        let cpu_share = cpu.as_secs_f64() / wall.as_secs_f64();
+        eprintln!(
+            "BENCH scale {services}x{pods}: steady state over {wall:.1?}, a round every {every:?}: \
+             {requests} API requests ({per_minute:.1}/min), controller-side CPU {cpu:?} \
+             ({:.1} % of a core), round p50 {:?} max {:?} ({} rounds)",
+            cpu_share * 100.0,
+            rounds[rounds.len() / 2],
+            rounds[rounds.len() - 1],
+            rounds.len()
+        );
+        assert_eq!(requests, 0, "steady-state observation from the caches");
+
+        // For comparison: observing without the caches (list calls), for
+        // up to 40 services (the fake's list answers grow with the cluster).
+        let listed = KubeRuntime::new(fake.client_as(NS, "listed"), NS).with_instance("a");
+        let sample = &names[..names.len().min(40)];
+        let (before, cpu0, started) = (count("listed"), thread_cpu(), std::time::Instant::now());
+        for n in sample {
+            let o = listed.observe(n, Some(&s), Time::now_wall()).await.unwrap();
+            assert_eq!(o.revision(&rev(&t)).map(|r| r.ready()), Some(pods));
+        }
+        let requests = count("listed") - before;
+        eprintln!(
+            "BENCH scale {services}x{pods}: without caches, {} services observed with {requests} requests \
+             ({:.0} per minute at one round per 10 s for all {services}), {:?}, CPU {:?}",
+            sample.len(),
+            requests as f64 / sample.len() as f64 * services as f64 * 6.0,
+            started.elapsed(),
+            thread_cpu() - cpu0
+        );
+        assert_eq!(requests, 4 * sample.len());
+    });
 }

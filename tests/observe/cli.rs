@@ -470,3 +470,131 @@ async fn cli_reference_is_up_to_date() {
 fn words(b: &[u8]) -> String {
     text(b).split_whitespace().collect::<Vec<_>>().join(" ")
 }
+
+/// `floyd diff` predicts each rollout of the examples repo from what the
+/// controller observed (start-up samples, GPU capacity), and says so when a
+/// rollout cannot fit; `GET /api/v1/services/{name}/plan` gives the same
+/// prediction for the synced commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_predicts_each_rollout_of_the_examples_repo() {
+    use floyd::manifest::Revision;
+    use floyd::runtime::GpuCapacity;
+    let s = Server::start().await;
+    let ex = examples_repo();
+    let release = floyd::manifest::load_release(std::path::Path::new(&ex), None).expect("examples");
+    let old = Revision("0000000000".into());
+    let samples = || {
+        [("i1", 1.5), ("i2", 2.5), ("i3", 3.0)]
+            .map(|(i, s)| (i.to_string(), s))
+            .into_iter()
+    };
+    let cap = |exist, free, held| GpuCapacity {
+        kind: "NVIDIA-A100-SXM4-80GB".into(),
+        exist,
+        free,
+        held_by_service: held,
+    };
+    for svc in &release.services {
+        let mut v = settled(svc);
+        v.current_revision = Some(old.clone());
+        v.target_revision = Some(old.clone());
+        s.hub.set_service(v);
+        let gpu = svc.spec.gpu().map(|_| cap(4, 2, 2));
+        s.hub
+            .note_plan(svc.name.as_str(), &svc.spec, &old, None, gpu, samples());
+    }
+    let out = floyd(&["diff", &ex, "--server", &s.url, "-o", "json"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let changes = v["changes"].as_array().expect("changes");
+    assert_eq!(changes.len(), release.services.len());
+    for ch in changes {
+        let name = ch["service"].as_str().unwrap();
+        let svc = release.service(name).unwrap();
+        let p = &ch["prediction"];
+        assert_eq!(ch["change"], "rollout", "{name}");
+        assert_eq!(p["timing"]["source"], "observed", "{name}");
+        assert_eq!(p["timing"]["samples"], 3, "{name}");
+        assert_eq!(p["timing"]["startupP50Seconds"], 2.5, "{name}");
+        assert!(p["infeasible"].is_null(), "{name}: {p}");
+        let p50 = p["durationP50Seconds"].as_f64().expect("p50");
+        let p90 = p["durationP90Seconds"].as_f64().expect("p90");
+        // At least one start-up plus minReadySeconds; slower start-ups
+        // never make it faster.
+        let floor = 2.5 + f64::from(svc.spec.min_ready_seconds);
+        assert!(p50 >= floor && p90 >= p50, "{name}: {p50} {p90}");
+        let waves = p["waves"].as_array().expect("waves");
+        assert!(!waves.is_empty(), "{name}");
+        if svc.spec.strategy_name() != "Canary" {
+            assert_eq!(
+                waves.last().unwrap()["newDesired"],
+                svc.spec.replicas,
+                "{name}: {waves:?}"
+            );
+        }
+        match name {
+            // Two 20 s pauses between the canary's steps.
+            "shop" => assert!(p50 >= 40.0, "{p50}"),
+            "inference" => {
+                let g = &p["gpu"];
+                assert_eq!(
+                    (g["freeNow"].as_u64(), g["heldNow"].as_u64()),
+                    (Some(2), Some(2))
+                );
+                let peak = g["peak"].as_u64().unwrap();
+                assert!((2..=4).contains(&peak), "{g}");
+            }
+            _ => assert!(p["gpu"].is_null(), "{name}"),
+        }
+    }
+    let out = floyd(&["diff", &ex, "--server", &s.url]).await;
+    let t = text(&out.stdout);
+    assert_eq!(
+        t.matches("wave(s), about").count(),
+        release.services.len(),
+        "{t}"
+    );
+
+    // No GPU to spare and fewer than the service needs: infeasible, with the numbers.
+    let inference = release.service("inference").unwrap();
+    s.hub.note_plan(
+        "inference",
+        &inference.spec,
+        &old,
+        None,
+        Some(cap(1, 0, 1)),
+        samples(),
+    );
+    let out = floyd(&["diff", &ex, "--server", &s.url]).await;
+    let t = text(&out.stdout);
+    let replicas = inference.spec.replicas;
+    assert!(
+        t.contains(&format!(
+            "INFEASIBLE: needs {replicas} NVIDIA-A100-SXM4-80GB unit(s) ({replicas} replicas × 1); 0 free + 1 held by inference = 1 usable of 1 that exist"
+        )),
+        "{t}"
+    );
+
+    // The API: the prediction for the synced commit, and the inputs.
+    let plan: serde_json::Value = reqwest::get(format!("{}/api/v1/services/web/plan", s.url))
+        .await
+        .expect("plan")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(plan["service"], "web");
+    assert_eq!(plan["targetRevision"], "0000000000");
+    assert!(
+        plan["prediction"]["durationP50Seconds"].as_f64().is_some(),
+        "{plan}"
+    );
+    assert_eq!(
+        plan["inputs"]["startupSamples"].as_array().map(Vec::len),
+        Some(3)
+    );
+    let missing = reqwest::get(format!("{}/api/v1/services/nope/plan", s.url))
+        .await
+        .expect("plan");
+    assert_eq!(missing.status(), 404);
+    s.shutdown().await;
+}

@@ -293,6 +293,7 @@ impl World {
             sha: self.commits[i].sha.clone(),
             changed_service: self.changed(i, svc),
             reverts: self.commits[i].reverts.clone(),
+            unrenderable: false,
         }
     }
 
@@ -721,6 +722,7 @@ fn fact(sha: &str, changed: bool) -> CommitFact {
         sha: sha.into(),
         changed_service: changed,
         reverts: vec![],
+        unrenderable: false,
     }
 }
 
@@ -736,6 +738,7 @@ fn plan_revert_table() {
         sha: sha.into(),
         changed_service: true,
         reverts: v(of),
+        unrenderable: false,
     };
     type Row = (&'static str, RevertFacts, RevertPlan);
     let rows: Vec<Row> = vec![
@@ -895,4 +898,100 @@ proptest! {
             }
         }
     }
+}
+
+// ---- plan_render_revert -----------------------------------------------------
+
+#[test]
+fn plan_render_revert_table() {
+    let c = |sha: &str, broken: bool| CommitFact {
+        sha: sha.into(),
+        unrenderable: broken,
+        ..CommitFact::default()
+    };
+    let floyd = |sha: &str, broken: bool, of: &[&str]| CommitFact {
+        sha: sha.into(),
+        unrenderable: broken,
+        reverts: v(of),
+        ..CommitFact::default()
+    };
+    let facts = |chain: Option<Vec<CommitFact>>, since: Vec<CommitFact>| RevertFacts {
+        failed_on_branch: true,
+        base_is_ancestor: true,
+        chain,
+        since,
+    };
+    let refuse =
+        |p: &RevertPlan, needle: &str| matches!(p, RevertPlan::Refuse(m) if m.contains(needle));
+    type Row = (&'static str, RevertFacts, fn(&RevertPlan) -> bool);
+    let rows: Vec<Row> = vec![
+        (
+            "one broken commit on the synced one: it is reverted",
+            facts(Some(vec![c("d", true)]), vec![]),
+            |p| *p == RevertPlan::Revert(v(&["d"])),
+        ),
+        (
+            "a streak: the first broken commit, not the good work after it",
+            facts(
+                Some(vec![c("d", true), c("c", true), c("b", false)]),
+                vec![],
+            ),
+            |p| *p == RevertPlan::Revert(v(&["c"])),
+        ),
+        (
+            "broken, fixed, broken again: only the current streak counts",
+            facts(
+                Some(vec![c("e", true), c("d", false), c("c", true)]),
+                vec![],
+            ),
+            |p| *p == RevertPlan::Revert(v(&["e"])),
+        ),
+        (
+            "the tip renders now: nothing to revert",
+            facts(Some(vec![c("d", false)]), vec![]),
+            |p| *p == RevertPlan::NothingToRevert,
+        ),
+        (
+            "a Floyd revert that does not render is never reverted",
+            facts(Some(vec![floyd("r", true, &["d"]), c("d", false)]), vec![]),
+            |p| matches!(p, RevertPlan::Refuse(m) if m.contains("Floyd revert")),
+        ),
+        (
+            "already reverted by Floyd on the branch",
+            facts(Some(vec![c("d", true)]), vec![floyd("r", false, &["d"])]),
+            |p| *p == RevertPlan::AlreadyReverted { by: "r".into() },
+        ),
+        (
+            "a person pushed after the broken tip: left to the next sync",
+            facts(Some(vec![c("d", true)]), vec![c("e", true)]),
+            |p| *p == RevertPlan::ChangedSince(v(&["e"])),
+        ),
+        (
+            "the synced commit is not on the first-parent chain",
+            facts(None, vec![]),
+            |p| matches!(p, RevertPlan::Refuse(m) if m.contains("first-parent")),
+        ),
+    ];
+    for (what, f, ok) in rows {
+        let plan = plan_render_revert(&f, "d", "base");
+        assert!(ok(&plan), "{what}: {plan:?}");
+    }
+    let rewritten = RevertFacts {
+        failed_on_branch: false,
+        ..RevertFacts::default()
+    };
+    assert!(refuse(
+        &plan_render_revert(&rewritten, "d", "b"),
+        "no longer on the branch"
+    ));
+    let not_ancestor = RevertFacts {
+        failed_on_branch: true,
+        base_is_ancestor: false,
+        chain: Some(vec![c("d", true)]),
+        since: vec![],
+    };
+    assert!(refuse(
+        &plan_render_revert(&not_ancestor, "d", "b"),
+        "rewritten"
+    ));
 }

@@ -82,7 +82,6 @@ use k8s_openapi::api::core::v1::{ConfigMap, Node, ObjectReference, Pod, Service}
 use k8s_openapi::api::events::v1::Event as KEvent;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use objects::{ANN_COMMIT, ANN_CREATED_AT, LABEL_SERVICE, RevisionMeta, STATE_KEY};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -260,7 +259,13 @@ struct Inner {
     /// List pods of every namespace for GPU accounting (needs a ClusterRole
     /// that can list pods); otherwise only this namespace's pods count.
     cluster_gpu_view: bool,
+    /// Label this namespace's Floyd objects that have no install identity
+    /// (made by a Floyd from before identities) as this install's, once.
+    adopt_unlabelled: bool,
+    adopted: AtomicBool,
     pods: Option<Cache<Pod>>,
+    /// Services whose pods the pod watch saw change (see [`runtime::Changes`]).
+    changes: Arc<runtime::Changes>,
     /// This install's ReplicaSets and Services from watches
     /// ([`KubeRuntime::with_object_watch`]).
     replica_sets: Option<Cache<ReplicaSet>>,
@@ -285,13 +290,16 @@ struct Inner {
     /// Services known to have no HorizontalPodAutoscaler of Floyd's, so a
     /// service without `autoscaling` is not looked up on every step.
     no_autoscaler: Mutex<HashSet<ServiceName>>,
+    /// Blue-green routing last applied (`Action::SetTraffic`) or seen on the
+    /// live Services: what a deleted active or preview Service selected.
+    routes: Mutex<HashMap<ServiceName, observe::Routing>>,
 }
 
 type DriftKey = (ServiceName, &'static str, String, String);
 
 /// A watch-fed store of one kind of this install's objects.
 struct Cache<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
-    store: Store<K>,
+    index: Arc<std::sync::RwLock<Index<K>>>,
     synced: Arc<AtomicBool>,
     task: tokio::task::AbortHandle,
 }
@@ -313,24 +321,116 @@ where
         + 'static,
 {
     /// Starts watching `api` for objects matching `selector`, re-listed
-    /// from scratch every `resync`. Needs a tokio runtime.
-    fn start(api: Api<K>, selector: String, resync: Duration) -> Cache<K> {
-        let (store, writer) = reflector::store();
+    /// from scratch every `resync`; each changed or deleted object marks
+    /// its service in `changes`. Needs a tokio runtime.
+    fn start(
+        api: Api<K>,
+        selector: String,
+        resync: Duration,
+        changes: Option<Arc<runtime::Changes>>,
+    ) -> Cache<K> {
+        let index = Arc::new(std::sync::RwLock::new(Index::default()));
+        let writer = index.clone();
         let synced = Arc::new(AtomicBool::new(false));
-        let task =
-            tokio::spawn(run_cache(api, writer, synced.clone(), resync, selector)).abort_handle();
+        let task = tokio::spawn(run_cache(
+            api,
+            writer,
+            synced.clone(),
+            resync,
+            selector,
+            changes,
+        ))
+        .abort_handle();
         Cache {
-            store,
+            index,
             synced,
             task,
         }
     }
 
-    /// The objects, once the first list is in.
-    fn ready(&self) -> Option<Vec<Arc<K>>> {
-        self.synced
-            .load(Ordering::Acquire)
-            .then(|| self.store.state())
+    /// Reads the index, once the first list is in.
+    fn read<T>(&self, f: impl FnOnce(&Index<K>) -> T) -> Option<T> {
+        if !self.synced.load(Ordering::Acquire) {
+            return None;
+        }
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        Some(f(&index))
+    }
+
+    /// The objects of `service` (every object when `None`), once the first list is in.
+    fn of_service(&self, service: Option<&ServiceName>) -> Option<Vec<K>> {
+        self.read(|i| match service {
+            Some(s) => i
+                .by_service
+                .get(s.as_str())
+                .map(|objs| objs.values().map(|o| (**o).clone()).collect())
+                .unwrap_or_default(),
+            None => i
+                .by_service
+                .values()
+                .flat_map(|objs| objs.values().map(|o| (**o).clone()))
+                .collect(),
+        })
+    }
+
+    /// The object named `name`, once the first list is in.
+    fn by_name(&self, name: &str) -> Option<Option<K>> {
+        self.read(|i| {
+            i.service_of
+                .get(name)
+                .and_then(|s| i.by_service.get(s)?.get(name))
+                .map(|o| (**o).clone())
+        })
+    }
+}
+
+/// A watch-fed view of one kind of this install's objects, indexed by the
+/// `floyd.dev/service` label so that observing one service costs its own
+/// objects, not a scan of every object of the install (1,000 services × 10
+/// pods: docs/benchmarks.md).
+struct Index<K> {
+    /// Service label ("" when none) → object name → object.
+    by_service: HashMap<String, std::collections::BTreeMap<String, Arc<K>>>,
+    /// Object name → its service label.
+    service_of: HashMap<String, String>,
+}
+
+impl<K> Default for Index<K> {
+    fn default() -> Self {
+        Index {
+            by_service: HashMap::new(),
+            service_of: HashMap::new(),
+        }
+    }
+}
+
+impl<K: kube::Resource<DynamicType = ()>> Index<K> {
+    fn insert(&mut self, obj: K) {
+        let name = obj.meta().name.clone().unwrap_or_default();
+        let service = obj
+            .meta()
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_SERVICE))
+            .cloned()
+            .unwrap_or_default();
+        self.remove(&name);
+        self.service_of.insert(name.clone(), service.clone());
+        self.by_service
+            .entry(service)
+            .or_default()
+            .insert(name, Arc::new(obj));
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Some(service) = self.service_of.remove(name)
+            && let Some(objs) = self.by_service.get_mut(&service)
+        {
+            objs.remove(name);
+            if objs.is_empty() {
+                self.by_service.remove(&service);
+            }
+        }
     }
 }
 
@@ -345,7 +445,10 @@ impl KubeRuntime {
                 field_manager: FIELD_MANAGER.to_string(),
                 identity: identity_from_env(),
                 cluster_gpu_view: false,
+                adopt_unlabelled: false,
+                adopted: AtomicBool::new(false),
                 pods: None,
+                changes: Arc::new(runtime::Changes::new()),
                 replica_sets: None,
                 service_objects: None,
                 commits: Mutex::new(HashMap::new()),
@@ -356,6 +459,7 @@ impl KubeRuntime {
                 leader: None,
                 drift_seen: Mutex::new(HashSet::new()),
                 no_autoscaler: Mutex::new(HashSet::new()),
+                routes: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -392,7 +496,10 @@ impl KubeRuntime {
                 field_manager: i.field_manager.clone(),
                 identity: i.identity.clone(),
                 cluster_gpu_view: i.cluster_gpu_view,
+                adopt_unlabelled: i.adopt_unlabelled,
+                adopted: AtomicBool::new(false),
                 pods: None,
+                changes: Arc::new(runtime::Changes::new()),
                 replica_sets: None,
                 service_objects: None,
                 commits: Mutex::new(HashMap::new()),
@@ -403,6 +510,7 @@ impl KubeRuntime {
                 leader: i.leader.clone(),
                 drift_seen: Mutex::new(HashSet::new()),
                 no_autoscaler: Mutex::new(HashSet::new()),
+                routes: Mutex::new(HashMap::new()),
             });
         }
         Arc::get_mut(&mut self.inner).expect("just made unique")
@@ -449,6 +557,95 @@ impl KubeRuntime {
         self
     }
 
+    /// Adopt the Floyd objects of this namespace that carry no install
+    /// identity (`app.kubernetes.io/managed-by=floyd` without
+    /// `floyd.dev/instance`: made by a Floyd from before identities): before
+    /// its first observation as leader, this install labels their
+    /// ReplicaSets, pods, Services and state ConfigMaps with its own
+    /// identity ([`KubeRuntime::adopt_unlabelled`]). Off by default: without
+    /// it such objects are refused as not ours. Needs `patch` on pods (the
+    /// chart's `adoptUnlabelled` grants it).
+    #[must_use]
+    pub fn with_adopt_unlabelled(mut self, on: bool) -> Self {
+        self.inner_mut().adopt_unlabelled = on;
+        self
+    }
+
+    /// Labels every object of this namespace that Floyd manages and that has
+    /// no install identity with this install's (a JSON merge patch of
+    /// `metadata.labels` only: specs and immutable selectors stay as they
+    /// are). Returns `<kind>/<name>` of each object adopted. Only the leader
+    /// writes.
+    pub async fn adopt_unlabelled(&self) -> Result<Vec<String>, Error> {
+        self.may_write("patch", "ReplicaSet", "(unlabelled)")?;
+        let selector = objects::unlabelled_selector();
+        let labels = serde_json::json!({(objects::LABEL_INSTANCE): self.instance()});
+        let mut adopted = Vec::new();
+        // Pods first: a Service that selects the install label must find
+        // its pods labelled by then.
+        adopt_all(
+            &self.pod_api(),
+            "Pod",
+            &selector,
+            &labels,
+            self,
+            &mut adopted,
+        )
+        .await?;
+        adopt_all(
+            &self.rs_api(),
+            "ReplicaSet",
+            &selector,
+            &labels,
+            self,
+            &mut adopted,
+        )
+        .await?;
+        adopt_all(
+            &self.svc_api(),
+            "Service",
+            &selector,
+            &labels,
+            self,
+            &mut adopted,
+        )
+        .await?;
+        adopt_all(
+            &self.cm_api(),
+            "ConfigMap",
+            &selector,
+            &labels,
+            self,
+            &mut adopted,
+        )
+        .await?;
+        Ok(adopted)
+    }
+
+    /// [`KubeRuntime::adopt_unlabelled`] once, when asked for and leading;
+    /// a failure is logged and tried again at the next observation.
+    async fn ensure_adopted(&self) {
+        if !self.inner.adopt_unlabelled
+            || self.inner.adopted.load(Ordering::Acquire)
+            || self
+                .may_write("patch", "ReplicaSet", "(unlabelled)")
+                .is_err()
+        {
+            return;
+        }
+        match self.adopt_unlabelled().await {
+            Ok(objects) => {
+                self.inner.adopted.store(true, Ordering::Release);
+                if !objects.is_empty() {
+                    tracing::info!(install = %self.instance(), ?objects, "adopted Floyd objects without an install identity");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot adopt Floyd objects without an install identity; retrying")
+            }
+        }
+    }
+
     /// Publish a Kubernetes Event for every action applied (`RevisionCreated`,
     /// `ScalingReplicaSet`, `InstanceDeleted`, `TrafficSwitched`,
     /// `RevisionDeleted`), best effort: a failed Event is logged, never fails
@@ -473,7 +670,8 @@ impl KubeRuntime {
     pub fn with_pod_watch(mut self, resync: Duration) -> Self {
         let api: Api<Pod> = Api::namespaced(self.inner.client.clone(), &self.inner.namespace);
         let selector = objects::managed_selector(&self.inner.instance);
-        self.inner_mut().pods = Some(Cache::start(api, selector, resync));
+        let changes = Some(self.inner.changes.clone());
+        self.inner_mut().pods = Some(Cache::start(api, selector, resync, changes));
         self
     }
 
@@ -492,8 +690,14 @@ impl KubeRuntime {
             Api::namespaced(client.clone(), &ns),
             selector.clone(),
             resync,
+            None,
         ));
-        inner.service_objects = Some(Cache::start(Api::namespaced(client, &ns), selector, resync));
+        inner.service_objects = Some(Cache::start(
+            Api::namespaced(client, &ns),
+            selector,
+            resync,
+            None,
+        ));
         self
     }
 
@@ -502,20 +706,13 @@ impl KubeRuntime {
         &self,
         service: Option<&ServiceName>,
     ) -> Result<Vec<ReplicaSet>, Error> {
-        if let Some(all) = self.inner.replica_sets.as_ref().and_then(Cache::ready) {
-            return Ok(all
-                .iter()
-                .filter(|r| {
-                    service.is_none_or(|s| {
-                        r.metadata
-                            .labels
-                            .as_ref()
-                            .and_then(|l| l.get(LABEL_SERVICE))
-                            == Some(&s.to_string())
-                    })
-                })
-                .map(|r| (**r).clone())
-                .collect());
+        if let Some(rss) = self
+            .inner
+            .replica_sets
+            .as_ref()
+            .and_then(|c| c.of_service(service))
+        {
+            return Ok(rss);
         }
         let sel = match service {
             Some(s) => objects::service_selector(self.instance(), s),
@@ -888,20 +1085,15 @@ impl KubeRuntime {
 
     async fn list_pods(&self, service: &ServiceName) -> Result<Vec<Pod>, Error> {
         let selector = objects::service_selector(self.instance(), service);
-        if let Some(all) = self.inner.pods.as_ref().and_then(Cache::ready) {
-            // The cache holds only this install's pods (its watch selects
-            // managed-by and instance).
-            return Ok(all
-                .iter()
-                .filter(|p| {
-                    p.metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get(LABEL_SERVICE))
-                        == Some(&service.to_string())
-                })
-                .map(|p| (**p).clone())
-                .collect());
+        // The cache holds only this install's pods (its watch selects
+        // managed-by and instance).
+        if let Some(pods) = self
+            .inner
+            .pods
+            .as_ref()
+            .and_then(|c| c.of_service(Some(service)))
+        {
+            return Ok(pods);
         }
         Ok(self
             .pod_api()
@@ -960,7 +1152,28 @@ impl KubeRuntime {
         active: Option<&Service>,
         preview: Option<&Service>,
     ) -> Vec<runtime::Drift> {
-        let findings = observe::drift(self.install(), service, spec, rss, active, preview);
+        let routing = {
+            let mut routes = self.inner.routes.lock().unwrap_or_else(|e| e.into_inner());
+            let r = routes.entry(service.clone()).or_default();
+            // What the live Services select is what was applied last (a
+            // restarted Floyd learns it here before anyone deletes one).
+            if let Some(a) = active.and_then(observe::selected_revision) {
+                r.active = Some(a);
+            }
+            if let Some(p) = preview.and_then(observe::selected_revision) {
+                r.preview = Some(p);
+            }
+            r.clone()
+        };
+        let findings = observe::drift(
+            self.install(),
+            service,
+            spec,
+            rss,
+            active,
+            preview,
+            &routing,
+        );
         let mut out = Vec::new();
         for f in findings {
             let correct = spec.drift_policy == crate::manifest::DriftPolicy::Correct
@@ -1046,13 +1259,15 @@ impl KubeRuntime {
     }
 
     async fn get_opt_service(&self, name: &str) -> Result<Option<Service>, Error> {
-        if let Some(all) = self.inner.service_objects.as_ref().and_then(Cache::ready) {
-            // This install's Services only: another owner's object of that
-            // name reads as absent here, and is refused when written.
-            return Ok(all
-                .iter()
-                .find(|s| s.metadata.name.as_deref() == Some(name))
-                .map(|s| (**s).clone()));
+        // This install's Services only: another owner's object of that
+        // name reads as absent here, and is refused when written.
+        if let Some(svc) = self
+            .inner
+            .service_objects
+            .as_ref()
+            .and_then(|c| c.by_name(name))
+        {
+            return Ok(svc);
         }
         self.svc_api().get_opt(name).await.map_err(api_err(
             "get",
@@ -1411,6 +1626,17 @@ impl KubeRuntime {
                 }
                 self.apply_service(service, spec, false, active.as_ref())
                     .await?;
+                self.inner
+                    .routes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(
+                        service.clone(),
+                        observe::Routing {
+                            active: active.clone(),
+                            preview: preview.clone(),
+                        },
+                    );
                 match preview {
                     Some(p) => self.apply_service(service, spec, true, Some(p)).await?,
                     None => {
@@ -1526,12 +1752,86 @@ pub fn identity_from_env() -> String {
         .unwrap_or_else(|| "floyd".to_string())
 }
 
+/// Merge-patches `labels` into every object of `api` matching `selector`.
+async fn adopt_all<K>(
+    api: &Api<K>,
+    kind: &'static str,
+    selector: &str,
+    labels: &serde_json::Value,
+    rt: &KubeRuntime,
+    adopted: &mut Vec<String>,
+) -> Result<(), Error>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let items = api
+        .list(&ListParams::default().labels(selector))
+        .await
+        .map_err(api_err("list", kind, rt.namespace(), selector))?
+        .items;
+    for item in items {
+        let name = item.meta().name.clone().unwrap_or_default();
+        // A whole object's identity and the labels, nothing else: the API
+        // server merges it into what is there.
+        let patch = serde_json::json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "metadata": {"name": name, "labels": labels},
+        });
+        match api
+            .patch(
+                &name,
+                &PatchParams {
+                    field_manager: Some(rt.inner.field_manager.clone()),
+                    ..PatchParams::default()
+                },
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => adopted.push(format!("{kind}/{name}")),
+            // Deleted meanwhile (a pod replaced by its ReplicaSet): nothing to adopt.
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(api_err("patch", kind, rt.namespace(), &name)(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Applies one watch event to the index (a list's objects go to `building`
+/// until the list is complete).
+fn apply_watch_event<K: kube::Resource<DynamicType = ()> + Clone>(
+    index: &std::sync::RwLock<Index<K>>,
+    building: &mut Option<Index<K>>,
+    ev: &watcher::Event<K>,
+) {
+    let live = || index.write().unwrap_or_else(|e| e.into_inner());
+    match ev {
+        watcher::Event::Init => *building = Some(Index::default()),
+        watcher::Event::InitApply(o) => building
+            .get_or_insert_with(Index::default)
+            .insert(o.clone()),
+        watcher::Event::InitDone => {
+            if let Some(fresh) = building.take() {
+                *live() = fresh;
+            }
+        }
+        watcher::Event::Apply(o) => live().insert(o.clone()),
+        watcher::Event::Delete(o) => live().remove(o.meta().name.as_deref().unwrap_or_default()),
+    }
+}
+
 async fn run_cache<K>(
     api: Api<K>,
-    mut writer: reflector::store::Writer<K>,
+    index: Arc<std::sync::RwLock<Index<K>>>,
     synced: Arc<AtomicBool>,
     resync: Duration,
     selector: String,
+    changes: Option<Arc<runtime::Changes>>,
 ) where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -1541,6 +1841,8 @@ async fn run_cache<K>(
         + Sync
         + 'static,
 {
+    // A (re-)list builds a fresh index, swapped in whole at InitDone.
+    let mut building: Option<Index<K>> = None;
     loop {
         let cfg = watcher::Config::default().labels(&selector);
         let stream = watcher(api.clone(), cfg).default_backoff();
@@ -1551,7 +1853,18 @@ async fn run_cache<K>(
                 _ = &mut deadline => break,
                 ev = stream.next() => match ev {
                     Some(Ok(ev)) => {
-                        writer.apply_watcher_event(&ev);
+                        apply_watch_event(&index, &mut building, &ev);
+                        if let (Some(c), watcher::Event::Apply(o) | watcher::Event::Delete(o)) =
+                            (&changes, &ev)
+                            && let Some(name) = o
+                                .meta()
+                                .labels
+                                .as_ref()
+                                .and_then(|l| l.get(objects::LABEL_SERVICE))
+                                .and_then(|n| ServiceName::parse(n).ok())
+                        {
+                            c.mark(&name);
+                        }
                         if matches!(ev, watcher::Event::InitDone) {
                             synced.store(true, Ordering::Release);
                         }
@@ -1586,6 +1899,7 @@ impl runtime::Runtime for KubeRuntime {
     }
 
     async fn services(&self) -> Result<Vec<ServiceName>, runtime::Error> {
+        self.ensure_adopted().await;
         let rss = self.replica_sets_of(None).await?;
         let names: BTreeSet<ServiceName> = rss
             .iter()
@@ -1601,6 +1915,7 @@ impl runtime::Runtime for KubeRuntime {
         spec: Option<&ServiceSpec>,
         _now: Time,
     ) -> Result<Observed, runtime::Error> {
+        self.ensure_adopted().await;
         let rss = self.replica_sets_of(Some(service)).await?;
         let pods = self.list_pods(service).await?;
         let active = self
@@ -1682,6 +1997,10 @@ impl runtime::Runtime for KubeRuntime {
         message: &str,
     ) -> Result<(), runtime::Error> {
         Ok(KubeRuntime::record_event(self, service, reason, message).await?)
+    }
+
+    fn changes(&self) -> Option<Arc<runtime::Changes>> {
+        self.inner.pods.as_ref().map(|_| self.inner.changes.clone())
     }
 
     fn note_commit(&self, service: &ServiceName, revision: &Revision, commit: &str) {

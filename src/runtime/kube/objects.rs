@@ -85,6 +85,11 @@ pub fn managed_selector(instance: &str) -> String {
     format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_INSTANCE}={instance}")
 }
 
+/// Floyd's objects without any install identity (from before identities).
+pub fn unlabelled_selector() -> String {
+    format!("{LABEL_MANAGED_BY}={MANAGED_BY},!{LABEL_INSTANCE}")
+}
+
 /// Checks an install identity (`--instance`): it is a label value, so at
 /// most 63 characters of `[A-Za-z0-9-_.]`, starting and ending with a letter
 /// or digit. The error says what is wrong; the caller names the flag.

@@ -543,6 +543,25 @@ fn quantity_value(s: &str) -> Option<i128> {
     Some((num * mult * 1000.0).round() as i128)
 }
 
+/// Which revisions a blue-green service's Services select.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Routing {
+    pub active: Option<Revision>,
+    pub preview: Option<Revision>,
+}
+
+/// The one revision of `service` with replicas, when exactly one has any.
+fn only_scaled_revision(service: &ServiceName, replica_sets: &[ReplicaSet]) -> Option<Revision> {
+    let mut scaled = replica_sets
+        .iter()
+        .filter(|rs| label(&rs.metadata, LABEL_SERVICE) == Some(service.as_str()))
+        .filter(|rs| rs.metadata.deletion_timestamp.is_none())
+        .filter(|rs| rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0) > 0)
+        .filter_map(|rs| label(&rs.metadata, LABEL_REVISION).map(|r| Revision(r.to_string())));
+    let first = scaled.next()?;
+    scaled.next().is_none().then_some(first)
+}
+
 /// What to apply to put a drifted object back.
 #[derive(Debug, Clone)]
 pub enum Fix {
@@ -562,9 +581,11 @@ pub struct Finding {
 /// Compares the live ReplicaSets and Services of `service` with what Floyd
 /// applies for `spec` (pod templates rebuilt from each revision's template
 /// annotation; Service ports, selector keys and labels), and says what
-/// drifted and how to put it back. A missing active Service of a
-/// non-blue-green service with ports and revisions is drift too (blue-green
-/// Services are recreated by the engine's next traffic switch).
+/// drifted and how to put it back. A missing active Service of a service
+/// with ports and revisions is drift too, and so is a missing blue-green
+/// preview Service while one is routed: a blue-green Service is recreated
+/// selecting the revision `routing` says it selected (or, unknown, the only
+/// revision with replicas).
 pub fn drift(
     install: Install<'_>,
     service: &ServiceName,
@@ -572,6 +593,7 @@ pub fn drift(
     replica_sets: &[ReplicaSet],
     active: Option<&Service>,
     preview: Option<&Service>,
+    routing: &Routing,
 ) -> Vec<Finding> {
     let mut out = Vec::new();
     for rs in replica_sets
@@ -661,6 +683,30 @@ pub fn drift(
                     install, service, spec, false, None,
                 ))),
             }),
+            None if blue_green => {
+                let selected = if is_preview {
+                    routing.preview.clone()
+                } else {
+                    routing
+                        .active
+                        .clone()
+                        .or_else(|| only_scaled_revision(service, replica_sets))
+                };
+                if let Some(revision) = selected {
+                    out.push(Finding {
+                        kind: "Service",
+                        object: name,
+                        message: "deleted".to_string(),
+                        fix: Fix::Service(Box::new(service_object(
+                            install,
+                            service,
+                            spec,
+                            is_preview,
+                            Some(&revision),
+                        ))),
+                    });
+                }
+            }
             None => {}
         }
     }

@@ -153,6 +153,8 @@ pub(crate) struct Inner {
     stopping: std::sync::atomic::AtomicBool,
     wake: tokio::sync::Notify,
     tasks: tokio_util::task::TaskTracker,
+    /// Readiness changes and removed instances, for the controller.
+    pub(crate) changes: Arc<crate::runtime::Changes>,
 }
 
 impl Drop for LocalRuntime {
@@ -210,6 +212,7 @@ impl LocalRuntime {
             stopping: false.into(),
             wake: tokio::sync::Notify::new(),
             tasks: tokio_util::task::TaskTracker::new(),
+            changes: Arc::new(crate::runtime::Changes::new()),
         });
         let adopted = adopt(&mut st, &inner.marker);
         let known: BTreeSet<i32> = adopted.iter().map(|a| a.2).collect();
@@ -927,6 +930,10 @@ impl Runtime for LocalRuntime {
             .filter(|(_, s)| !s.deleting)
             .map(|(n, _)| n.clone())
             .collect())
+    }
+
+    fn changes(&self) -> Option<Arc<crate::runtime::Changes>> {
+        Some(self.inner.changes.clone())
     }
 
     async fn observe(

@@ -178,6 +178,7 @@ impl Inner {
         };
         if routes {
             self.refresh_routes(service);
+            self.changes.mark(service);
         }
         Some(r)
     }
@@ -205,6 +206,7 @@ impl Inner {
             self.persist_locked(st);
         }
         self.refresh_routes(service);
+        self.changes.mark(service);
         self.poke();
     }
 

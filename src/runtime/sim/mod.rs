@@ -661,27 +661,103 @@ impl SimWorld {
     }
 }
 
-/// [`SimWorld`] behind the async [`Runtime`] trait. `observe(.., now)`
-/// advances the virtual clock to `now` first.
+/// [`SimWorld`] behind the async [`Runtime`] trait, on the wall clock:
+/// `observe(.., now)` advances the virtual clock to `now` first, and (inside
+/// a tokio runtime) a timer advances it at the world's next instance event
+/// and reports the services that changed through [`Runtime::changes`], as
+/// the local runtime's prober does.
 #[derive(Debug)]
 pub struct SimRuntime {
+    shared: std::sync::Arc<SimShared>,
+}
+
+#[derive(Debug)]
+struct SimShared {
     world: Mutex<SimWorld>,
+    changes: std::sync::Arc<super::Changes>,
+    /// The instant the running timer task fires at, if one runs.
+    timer: Mutex<Option<Time>>,
+}
+
+impl SimWorld {
+    /// Moves a fresh world's clock to `t` (a world that follows the wall clock).
+    pub fn start_at(&mut self, t: Time) {
+        self.now = self.now.max(t);
+    }
 }
 
 impl SimRuntime {
     pub fn new(world: SimWorld) -> SimRuntime {
         SimRuntime {
-            world: Mutex::new(world),
+            shared: std::sync::Arc::new(SimShared {
+                world: Mutex::new(world),
+                changes: std::sync::Arc::new(super::Changes::new()),
+                timer: Mutex::new(None),
+            }),
         }
     }
 
     /// Runs `f` on the world (to script behaviour or read the clock).
     pub fn with_world<R>(&self, f: impl FnOnce(&mut SimWorld) -> R) -> Result<R, Error> {
+        let r = self.shared.with_world(f)?;
+        SimShared::schedule(&self.shared);
+        Ok(r)
+    }
+}
+
+impl SimShared {
+    fn with_world<R>(&self, f: impl FnOnce(&mut SimWorld) -> R) -> Result<R, Error> {
         let mut w = self
             .world
             .lock()
             .map_err(|_| Error::Unavailable("sim world lock poisoned".into()))?;
         Ok(f(&mut w))
+    }
+
+    /// Starts a timer for the world's next instance event unless one runs
+    /// for that instant or earlier. Outside a tokio runtime: nothing (the
+    /// driver advances the clock itself).
+    fn schedule(this: &std::sync::Arc<SimShared>) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Ok(Some(next)) = this.with_world(|w| w.next_event()) else {
+            return;
+        };
+        {
+            let Ok(mut t) = this.timer.lock() else {
+                return;
+            };
+            if t.is_some_and(|t| t <= next) {
+                return;
+            }
+            *t = Some(next);
+        }
+        let me = std::sync::Arc::downgrade(this);
+        handle.spawn(async move {
+            let wait = next.since(Time::now_wall());
+            tokio::time::sleep(wait).await;
+            let Some(this) = me.upgrade() else { return };
+            if let Ok(mut t) = this.timer.lock()
+                && *t == Some(next)
+            {
+                *t = None;
+            }
+            let changed = this
+                .with_world(|w| {
+                    w.advance_to(Time::now_wall().max(next));
+                    let names = w.service_names();
+                    w.take_dirty()
+                        .into_iter()
+                        .filter_map(|i| names.get(i).cloned())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+            for n in &changed {
+                this.changes.mark(n);
+            }
+            SimShared::schedule(&this);
+        });
     }
 }
 
@@ -691,8 +767,12 @@ impl Runtime for SimRuntime {
         "sim"
     }
 
+    fn changes(&self) -> Option<std::sync::Arc<super::Changes>> {
+        Some(self.shared.changes.clone())
+    }
+
     async fn services(&self) -> Result<Vec<ServiceName>, Error> {
-        self.with_world(|w| {
+        self.shared.with_world(|w| {
             w.services
                 .iter()
                 .filter(|s| !s.revisions.is_empty())
@@ -763,6 +843,51 @@ mod tests {
             allow_in_place: true,
         });
         t
+    }
+
+    /// On the wall clock, the runtime reports an instance becoming ready
+    /// when it happens, without anyone observing.
+    #[tokio::test]
+    async fn sim_runtime_reports_readiness_on_the_wall_clock() {
+        let mut w = SimWorld::new(&[], 0);
+        w.start_at(Time::now_wall());
+        w.set_default_behaviour(Behaviour {
+            startup_seconds: 0.3,
+            ..Behaviour::default()
+        });
+        let rt = SimRuntime::new(w);
+        let changes = rt.changes().expect("sim reports changes");
+        let r = Revision("aaaaaaaaaa".into());
+        let t = InstanceTemplate::command(["serve"]);
+        let spec = ServiceSpec::with_defaults(1, t.clone());
+        let started = std::time::Instant::now();
+        rt.apply(
+            &name(),
+            &spec,
+            &[
+                Action::CreateRevision {
+                    revision: r.clone(),
+                    template: t,
+                },
+                Action::Scale {
+                    revision: r.clone(),
+                    replicas: 1,
+                },
+            ],
+        )
+        .await
+        .unwrap();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), changes.next())
+            .await
+            .expect("a change within 5 s");
+        let waited = started.elapsed();
+        assert!(got.contains(&name()), "{got:?}");
+        assert!(
+            waited >= std::time::Duration::from_millis(250),
+            "not before start-up: {waited:?}"
+        );
+        let o = rt.observe(&name(), None, Time::now_wall()).await.unwrap();
+        assert_eq!(o.revision(&r).unwrap().ready(), 1);
     }
 
     #[test]
