@@ -13,7 +13,11 @@
 //! - `ownership`: two installs in one namespace, foreign objects, deletions
 //!   racing the ReplicaSet controller, a hung leader, drift, the fake's strictness.
 //! - `binary`: `floyd run` with the chart's environment against the fake.
+//! - `autoscaling`: the HorizontalPodAutoscaler across a rollout and a resync.
+//! - `render`: `floyd render --objects` of the examples repo, validated.
 
+#[path = "kube/autoscaling.rs"]
+mod autoscaling;
 #[path = "kube/binary.rs"]
 mod binary;
 #[path = "kube/chart.rs"]
@@ -28,6 +32,8 @@ mod fake_api;
 mod gateway;
 #[path = "kube/ownership.rs"]
 mod ownership;
+#[path = "kube/render.rs"]
+mod render;
 #[path = "kube/rollouts.rs"]
 mod rollouts;
 #[path = "kube/scenarios.rs"]

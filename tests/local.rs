@@ -1701,6 +1701,101 @@ async fn a_dataplane_with_other_settings_is_replaced_not_adopted() {
     assert!(!pid_alive(new));
 }
 
+/// Every file under `dir`, read as text (lossy).
+fn all_text(dir: &std::path::Path) -> String {
+    let mut out = String::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if let Ok(b) = std::fs::read(&p) {
+                out.push_str(&String::from_utf8_lossy(&b));
+            }
+        }
+    }
+    out
+}
+
+/// `env: { DB_PASSWORD: { valueFrom: { file: ... } } }`: the instance gets
+/// the file's contents; the runtime's state, the instance logs, what is
+/// observed and the revision hold only the reference. A file that cannot be
+/// read keeps the instance from starting, with a reason naming the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_from_a_file_reaches_the_instance_and_nothing_else() {
+    use floyd::manifest::{EnvSource, revision_of};
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = "s3cr3t-1f9a7c";
+    let file = secrets.path().join("db-password");
+    std::fs::write(&file, format!("{secret}\n")).unwrap();
+    let rt = runtime(dir.path()).await;
+    let svc = name("db");
+    let mut t = sample(&["--version", "v1", "--log-requests"]);
+    t.env_from.insert(
+        "DB_PASSWORD".into(),
+        EnvSource::File(file.display().to_string()),
+    );
+    t.env_from
+        .insert("FROM_ENV".into(), EnvSource::Env("PATH".into()));
+    let spec = web_spec(1, t.clone(), free_port());
+    rt.apply(&svc, &spec, &create("s1", &t, 1)).await.unwrap();
+    let o = wait_for(&rt, &svc, 20, "1 ready", |o| ready(o, "s1") == 1).await;
+
+    let pid = rt.pids()[0];
+    let environ =
+        String::from_utf8(std::fs::read(format!("/proc/{pid}/environ")).unwrap()).unwrap();
+    let vars: Vec<&str> = environ.split('\0').collect();
+    assert!(
+        vars.contains(&format!("DB_PASSWORD={secret}").as_str()),
+        "trailing newline removed"
+    );
+    let path = std::env::var("PATH").unwrap();
+    assert!(vars.contains(&format!("FROM_ENV={path}").as_str()));
+
+    // Only the reference anywhere Floyd writes or reports.
+    let text = serde_json::to_string(&t).unwrap();
+    assert!(text.contains(&file.display().to_string()), "{text}");
+    assert!(!text.contains(secret));
+    assert_ne!(revision_of(&t), {
+        let mut plain = t.clone();
+        plain.env_from.clear();
+        revision_of(&plain)
+    });
+    assert!(!format!("{o:?}").contains(secret));
+    rt.shutdown().await;
+    let written = all_text(dir.path());
+    assert!(!written.is_empty());
+    assert!(!written.contains(secret), "the state dir holds the secret");
+
+    // A missing file: no process, a reason that names the file.
+    let dir2 = tempfile::tempdir().unwrap();
+    let rt = runtime(dir2.path()).await;
+    let mut bad = sample(&["--version", "v1"]);
+    bad.env_from.insert(
+        "DB_PASSWORD".into(),
+        EnvSource::File(secrets.path().join("missing").display().to_string()),
+    );
+    let spec = web_spec(1, bad.clone(), free_port());
+    rt.apply(&svc, &spec, &create("s2", &bad, 1)).await.unwrap();
+    let o = wait_for(&rt, &svc, 20, "a reason", |o| {
+        o.revisions[0]
+            .instances
+            .first()
+            .and_then(|i| i.reason.as_deref())
+            .is_some_and(|r| r.contains("valueFrom file"))
+    })
+    .await;
+    let reason = o.revisions[0].instances[0].reason.clone().unwrap();
+    assert!(
+        reason.contains("env DB_PASSWORD: cannot read valueFrom file"),
+        "{reason}"
+    );
+    assert!(rt.pids().is_empty());
+    rt.shutdown().await;
+}
+
 fn git_in(dir: &std::path::Path, args: &[&str]) {
     let out = std::process::Command::new("git")
         .args(args)

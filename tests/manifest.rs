@@ -388,7 +388,7 @@ statuss: {}
         None,
         &[
             "services/a.yaml:5:13: spec.replicas: must be at least 0 (is -3)",
-            "services/a.yaml:6:53: spec.template.extra: unknown field (hint: known fields here: image, command, env, workingDir, resources, terminationGracePeriodSeconds)",
+            "services/a.yaml:6:53: spec.template.extra: unknown field (hint: known fields here: image, command, env, workingDir, resources, terminationGracePeriodSeconds, kubernetes)",
         ],
     ),
     (
@@ -592,7 +592,7 @@ fn missing_directory_and_unknown_environment() {
     let r = manifest::load_release(&examples(), Some("qa"));
     assert_eq!(
         r.unwrap_err().to_string(),
-        "unknown environment \"qa\"; floyd.yaml defines: demo, prod, staging"
+        "unknown environment \"qa\"; floyd.yaml defines: demo, k8s, prod, staging"
     );
 }
 
@@ -707,7 +707,7 @@ const GOLDEN_REVISION: &str = "483c01f160";
 fn every_environment_of_examples_repo_is_valid() {
     let repo = ConfigRepo::read(&examples()).unwrap();
     let envs = repo.environments();
-    assert_eq!(envs, vec!["demo", "prod", "staging"]);
+    assert_eq!(envs, vec!["demo", "k8s", "prod", "staging"]);
     for env in std::iter::once(None).chain(envs.iter().map(|e| Some(e.as_str()))) {
         let r = repo.release(env).unwrap_or_else(|e| panic!("{env:?}: {e}"));
         let names: Vec<_> = r.services.iter().map(|s| s.name.as_str()).collect();
@@ -731,7 +731,21 @@ fn every_environment_of_examples_repo_is_valid() {
         );
         assert_eq!(r.service("shop").unwrap().spec.strategy_name(), "Canary");
         for s in &r.services {
-            assert_eq!(s.spec.template.command[0], "${FLOYD_BIN}");
+            // The k8s environment runs the binary of the image; the others
+            // the local runtime's.
+            let (program, image) = match env {
+                Some("k8s") => (
+                    "/usr/local/bin/floyd",
+                    Some("ghcr.io/floyd-dev/floyd:0.1.0"),
+                ),
+                _ => ("${FLOYD_BIN}", None),
+            };
+            assert_eq!(s.spec.template.command[0], program);
+            assert_eq!(s.spec.template.image.as_deref(), image);
+            assert_eq!(
+                s.spec.template.kubernetes.is_some(),
+                image.is_some() && s.name.as_str() == "web"
+            );
             assert!(
                 s.spec
                     .ports
@@ -804,7 +818,12 @@ fn cli_validate_and_render_exit_codes() {
     let (code, out, err) = floyd(&["validate", ex]);
     assert_eq!(
         (code, out.as_str(), err.as_str()),
-        (0, "ok: 4 services, environments: demo, prod, staging\n", "")
+        (
+            0,
+            "ok: 4 services, environments: demo, k8s, prod, staging\n",
+            "note: service web: spec.autoscaling applies on the kube runtime only; the local runtime ignores it and runs spec.replicas instances\n\
+             note: service web: spec.template.kubernetes applies on the kube runtime only; the local runtime ignores it\n"
+        )
     );
     let (code, out, _) = floyd(&["validate", ex, "--output", "json"]);
     assert_eq!(code, 0);
@@ -834,7 +853,7 @@ fn cli_validate_and_render_exit_codes() {
         vec![
             format!("{dir}/services/a.yaml:5:13: spec.replicas: must be at least 0 (is -1) [prod]"),
             format!(
-                "{dir}/services/a.yaml:6:29: spec.template.bogus: unknown field (hint: known fields here: image, command, env, workingDir, resources, terminationGracePeriodSeconds)"
+                "{dir}/services/a.yaml:6:29: spec.template.bogus: unknown field (hint: known fields here: image, command, env, workingDir, resources, terminationGracePeriodSeconds, kubernetes)"
             ),
             format!("error: 2 problem(s) in {dir}"),
         ]
@@ -1168,6 +1187,7 @@ fn render_output_validates_and_loads_back_the_same() {
         (ex.as_path(), None),
         (ex.as_path(), Some("prod")),
         (ex.as_path(), Some("staging")),
+        (ex.as_path(), Some("k8s")),
     ] {
         let mut args = vec!["render", dir.to_str().unwrap()];
         if let Some(e) = env {

@@ -67,10 +67,16 @@ pub enum Command {
         file:line:col: field.path: message), or the directory cannot be read."
     )]
     Validate(validate::Args),
-    /// Print the rendered release (services with revisions).
+    /// Print the rendered release (services with revisions), or with
+    /// --objects the Kubernetes objects the kube runtime applies for it.
     #[command(
         after_help = "Exit codes: 0 printed; 2 the config repo is invalid or the \
-        environment unknown. The output reads back with `floyd validate`."
+        environment unknown, or (--objects) a service cannot run on Kubernetes \
+        (no image). The release output reads back with `floyd validate`; the \
+        --objects output is what Floyd applies once each service's rollout has \
+        completed (the ReplicaSet of its revision at spec.replicas, the Services, \
+        the state ConfigMap without its data), for `kubectl apply --dry-run` or \
+        `kubernetes-validate`."
     )]
     Render(render::Args),
     /// What a sync would change against the live state.

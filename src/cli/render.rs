@@ -1,5 +1,7 @@
 //! `floyd render [<dir>] [--environment <name>] [-o yaml|json]`: prints the
 //! rendered release, `{"services": [{"name", "revision", "spec"}]}`.
+//! With `--objects`: the Kubernetes objects the kube runtime applies for
+//! it, built by the runtime's own builders (`runtime::kube::objects`).
 
 use crate::manifest::{Error, Gate, Release, Revision, ServiceName, ServiceSpec, load_release};
 use serde::Serialize;
@@ -22,6 +24,17 @@ pub struct Args {
         env = "FLOYD_OUTPUT"
     )]
     pub output: Output,
+    /// Print the Kubernetes objects the kube runtime applies (ReplicaSet,
+    /// Services, state ConfigMap) instead of the release: YAML documents,
+    /// or a JSON `List`.
+    #[arg(long)]
+    pub objects: bool,
+    /// With --objects: the namespace the objects go to.
+    #[arg(long, env = "FLOYD_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// With --objects: the install identity (`floyd run --instance`).
+    #[arg(long, env = "FLOYD_INSTANCE", default_value = crate::runtime::kube::objects::DEFAULT_INSTANCE, value_parser = super::run::instance_name)]
+    pub instance: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -135,8 +148,70 @@ pub fn to_text(release: &Release, output: Output) -> anyhow::Result<String> {
     })
 }
 
+/// The objects of every service of `release`, as the kube runtime applies
+/// them once each service's rollout has completed; `commit` is recorded on
+/// the ReplicaSets as Floyd does.
+pub fn objects_text(
+    release: &Release,
+    install: crate::runtime::kube::objects::Install<'_>,
+    commit: Option<&str>,
+    output: Output,
+) -> anyhow::Result<String> {
+    use crate::runtime::kube::objects::{RevisionMeta, settled_objects};
+    let meta = RevisionMeta {
+        created_at: crate::time::Time::now_wall(),
+        commit: commit.map(str::to_string),
+        gpu: None,
+    };
+    let mut objects = Vec::new();
+    for s in &release.services {
+        objects.extend(settled_objects(
+            install,
+            &s.name,
+            &s.revision,
+            &s.spec,
+            &meta,
+        )?);
+    }
+    Ok(match output {
+        Output::Json => {
+            let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects});
+            serde_json::to_string_pretty(&list)? + "\n"
+        }
+        Output::Yaml => {
+            let mut out = String::new();
+            for o in &objects {
+                out.push_str("---\n");
+                if o["kind"] == "ConfigMap" {
+                    out.push_str("# state.json is written by Floyd as rollouts progress\n");
+                }
+                out.push_str(&serde_saphyr::to_string(o)?);
+            }
+            out
+        }
+    })
+}
+
+/// The commit checked out at `dir`, if it is in a Git work tree.
+fn head_commit(dir: &std::path::Path) -> Option<String> {
+    let repo = git2::Repository::discover(dir).ok()?;
+    let id = repo.head().ok()?.peel_to_commit().ok()?.id();
+    Some(id.to_string())
+}
+
 pub fn run(args: Args) -> anyhow::Result<u8> {
     match load_release(&args.dir, args.environment.as_deref()) {
+        Ok(release) if args.objects => {
+            let install = crate::runtime::kube::objects::Install {
+                namespace: &args.namespace,
+                instance: &args.instance,
+            };
+            let commit = head_commit(&args.dir);
+            let text = objects_text(&release, install, commit.as_deref(), args.output)
+                .map_err(|e| super::CliError::usage(e.to_string()))?;
+            print!("{text}");
+            Ok(0)
+        }
         Ok(release) => {
             print!("{}", to_text(&release, args.output)?);
             Ok(0)

@@ -191,7 +191,7 @@ impl GitHostArgs {
             kind: self.host_kind,
             api: self.host_api.clone(),
             token_file: self.host_token_file.clone(),
-            token: std::env::var("FLOYD_GIT_HOST_TOKEN").ok(),
+            token: std::env::var(GIT_HOST_TOKEN_ENV).ok(),
             repo: self.host_repo.clone(),
             via: self.revert_via,
             public_url: self.public_url.clone(),
@@ -201,7 +201,40 @@ impl GitHostArgs {
     }
 }
 
-fn instance_name(s: &str) -> Result<String, String> {
+/// The Git host API token, read from the environment only (a flag would
+/// show it in `ps`); `--git-host-token-file` is the file form.
+pub const GIT_HOST_TOKEN_ENV: &str = "FLOYD_GIT_HOST_TOKEN";
+
+/// Every environment variable `floyd run` reads: the `env` of its flags and
+/// the global ones (clap's own metadata), and the credentials read from the
+/// environment only. The chart test checks each `FLOYD_*` it sets is here.
+pub fn environment_variables() -> std::collections::BTreeSet<String> {
+    use clap::CommandFactory;
+    let mut cmd = super::Cli::command();
+    cmd.build();
+    let globals: Vec<String> = cmd
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect();
+    let run = cmd
+        .find_subcommand("run")
+        .map(|c| {
+            c.get_arguments()
+                .filter_map(|a| a.get_env())
+                .map(|e| e.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    globals
+        .into_iter()
+        .chain(run)
+        .chain(crate::source::CREDENTIAL_ENV.iter().map(|s| s.to_string()))
+        .chain([GIT_HOST_TOKEN_ENV.to_string()])
+        .collect()
+}
+
+pub(crate) fn instance_name(s: &str) -> Result<String, String> {
     crate::runtime::kube::objects::check_instance(s).map(|()| s.to_string())
 }
 

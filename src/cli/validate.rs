@@ -52,12 +52,30 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     // Each problem once, with the renders it showed up in.
     let mut problems: Vec<(Diagnostic, Vec<&str>)> = Vec::new();
     let mut base_services = 0;
+    // Fields only the kube runtime uses, per service: said once, as notes.
+    let mut kube_only: std::collections::BTreeMap<String, std::collections::BTreeSet<&str>> =
+        Default::default();
     for env in &targets {
         let label = env.unwrap_or("base");
         match repo.release(*env) {
             Ok(r) => {
                 if env.is_none() {
                     base_services = r.services.len();
+                }
+                for s in &r.services {
+                    let mut fields = Vec::new();
+                    if s.spec.autoscaling.is_some() {
+                        fields.push("spec.autoscaling");
+                    }
+                    if s.spec.template.kubernetes.is_some() {
+                        fields.push("spec.template.kubernetes");
+                    }
+                    if !fields.is_empty() {
+                        kube_only
+                            .entry(s.name.to_string())
+                            .or_default()
+                            .extend(fields);
+                    }
                 }
             }
             Err(Error::Invalid(diags)) => {
@@ -103,6 +121,16 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         return Ok(code);
     }
 
+    for (service, fields) in &kube_only {
+        for f in fields {
+            let what = if *f == "spec.autoscaling" {
+                "the local runtime ignores it and runs spec.replicas instances"
+            } else {
+                "the local runtime ignores it"
+            };
+            eprintln!("note: service {service}: {f} applies on the kube runtime only; {what}");
+        }
+    }
     if problems.is_empty() {
         let envs = if envs.is_empty() {
             "none".to_string()

@@ -61,12 +61,30 @@ pub(super) async fn step_service(
     let mut status_revisions = None;
     let mut gates = observed.gates.clone();
     if stepping {
-        let d = engine::step(&rec.spec, &observed, &rec.state, now);
+        // An autoscaled service: the runtime's autoscaler owns the count
+        // (frozen while a rollout is in flight); the engine works with it.
+        let settled = matches!(rec.state.phase, Phase::Complete | Phase::RolledBack);
+        let mut spec = rec.spec.clone();
+        match sh
+            .runtime
+            .autoscale(&name, &rec.spec, &rec.state.target, settled)
+            .await
+        {
+            Ok(Some(n)) => spec.replicas = n,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(service = %name, error = %e, "autoscaler apply failed; retrying");
+                svc.wake_at = Some(now.plus(Duration::from_secs(2)));
+                svc.record = Some(rec);
+                return (name, svc);
+            }
+        }
+        let d = engine::step(&spec, &observed, &rec.state, now);
         for ev in &d.events {
             tracing::info!(service = %name, revision = %rec.state.target, "{ev}");
         }
         if !d.actions.is_empty()
-            && let Err(e) = sh.runtime.apply(&name, &rec.spec, &d.actions).await
+            && let Err(e) = sh.runtime.apply(&name, &spec, &d.actions).await
         {
             tracing::warn!(service = %name, error = %e, "runtime apply failed; retrying");
             rec.state.reason = format!("runtime: {e}");

@@ -88,7 +88,8 @@ pub fn plan(
                     // The controller remembers a target but the runtime lost
                     // everything (wiped, new cluster): start again.
                     Change::Create { revision: cur }
-                } else if desired != svc.spec.replicas {
+                } else if desired != svc.spec.replicas && svc.spec.autoscaling.is_none() {
+                    // (An autoscaled service's count is its autoscaler's.)
                     Change::Scale {
                         revision: cur,
                         from: desired,

@@ -392,6 +392,7 @@ const SPEC_FIELDS: &[&str] = &[
     "gates",
     "onFailure",
     "driftPolicy",
+    "autoscaling",
 ];
 pub(crate) const API_VERSION: &str = "floyd.dev/v1";
 
@@ -513,6 +514,9 @@ fn spec(cx: &mut Ctx<'_>, node: &Node) -> Option<ServiceSpec> {
         Some(n) => drift_policy(cx, n, &o.at("driftPolicy")),
         None => Some(DriftPolicy::Correct),
     };
+    let autoscaling = o
+        .get("autoscaling")
+        .map(|n| autoscaling(cx, n, "spec.autoscaling"));
     if cx.diags.len() > before {
         return None;
     }
@@ -528,6 +532,76 @@ fn spec(cx: &mut Ctx<'_>, node: &Node) -> Option<ServiceSpec> {
         gates,
         on_failure: on_failure?,
         drift_policy: drift_policy?,
+        autoscaling: autoscaling.flatten(),
+    })
+}
+
+fn autoscaling(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<Autoscaling> {
+    let o = cx.obj(
+        node,
+        path,
+        &[
+            "minReplicas",
+            "maxReplicas",
+            "targetCPUUtilizationPercentage",
+            "metric",
+        ],
+    )?;
+    let min = opt_u32(cx, &o, "minReplicas", 1, 1, i32::MAX as u32);
+    let max = cx
+        .required(&o, "maxReplicas")
+        .and_then(|n| cx.u32_in(n, &o.at("maxReplicas"), 1, i32::MAX as u32));
+    if let (Some(lo), Some(hi)) = (min, max)
+        && hi < lo
+    {
+        let pos = o.get("maxReplicas").map_or(o.pos, |n| n.pos);
+        cx.err(
+            pos,
+            &o.at("maxReplicas"),
+            format!("must be at least minReplicas ({hi} < {lo})"),
+        );
+    }
+    let cpu = o
+        .get("targetCPUUtilizationPercentage")
+        .and_then(|n| cx.u32_in(n, &o.at("targetCPUUtilizationPercentage"), 1, 1000));
+    let metric = o.get("metric").and_then(|n| {
+        let p = o.at("metric");
+        let m = cx.obj(n, &p, &["name", "averageValue"])?;
+        let name = cx
+            .required(&m, "name")
+            .and_then(|v| cx.nonempty_string(v, &m.at("name")));
+        let value = cx
+            .required(&m, "averageValue")
+            .and_then(|v| quantity(cx, v, &m.at("averageValue")));
+        Some(PodsMetric {
+            name: name?,
+            average_value: value?,
+        })
+    });
+    let has_cpu = o.get("targetCPUUtilizationPercentage").is_some();
+    let has_metric = o.get("metric").is_some();
+    if !has_cpu && !has_metric && o.unknown > 0 {
+        // A misspelt target was reported as such.
+        return None;
+    }
+    if has_cpu == has_metric {
+        cx.err_hint(
+            o.pos,
+            path,
+            if has_cpu {
+                "targetCPUUtilizationPercentage and metric are both set"
+            } else {
+                "needs a target"
+            },
+            "set one of targetCPUUtilizationPercentage (e.g. 70) or metric: { name, averageValue }",
+        );
+        return None;
+    }
+    Some(Autoscaling {
+        min_replicas: min?,
+        max_replicas: max?,
+        target_cpu_utilization_percentage: cpu,
+        metric,
     })
 }
 
@@ -580,6 +654,7 @@ fn template(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<InstanceTemplat
             "workingDir",
             "resources",
             "terminationGracePeriodSeconds",
+            "kubernetes",
         ],
     )?;
     let mut t = InstanceTemplate {
@@ -607,7 +682,7 @@ fn template(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<InstanceTemplat
         );
     }
     if let Some(n) = o.get("env") {
-        t.env = env(cx, n, &o.at("env"));
+        (t.env, t.env_from) = env(cx, n, &o.at("env"));
     }
     if let Some(n) = o.get("workingDir") {
         t.working_dir = cx.nonempty_string(n, &o.at("workingDir"));
@@ -618,11 +693,23 @@ fn template(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<InstanceTemplat
     if let Some(g) = opt_u32(cx, &o, "terminationGracePeriodSeconds", 30, 0, 86_400) {
         t.termination_grace_period_seconds = g;
     }
+    if let Some(n) = o.get("kubernetes") {
+        let mut names = t.env.clone();
+        names.extend(t.env_from.keys().map(|k| (k.clone(), String::new())));
+        t.kubernetes = super::pod::kubernetes(cx, n, &o.at("kubernetes"), &names).map(Box::new);
+    }
     Some(t)
 }
 
-fn env(cx: &mut Ctx<'_>, node: &Node, path: &str) -> BTreeMap<String, String> {
+/// `env`: literal values, and `{ valueFrom: { file | env } }` references
+/// the local runtime resolves at instance start.
+fn env(
+    cx: &mut Ctx<'_>,
+    node: &Node,
+    path: &str,
+) -> (BTreeMap<String, String>, BTreeMap<String, EnvSource>) {
     let mut out = BTreeMap::new();
+    let mut refs = BTreeMap::new();
     let Value::Map(entries) = &node.value else {
         cx.err(
             node.pos,
@@ -632,7 +719,7 @@ fn env(cx: &mut Ctx<'_>, node: &Node, path: &str) -> BTreeMap<String, String> {
                 node.value.kind()
             ),
         );
-        return out;
+        return (out, refs);
     };
     for (k, v) in entries {
         let Some(name) = k.key_text() else {
@@ -663,6 +750,12 @@ fn env(cx: &mut Ctx<'_>, node: &Node, path: &str) -> BTreeMap<String, String> {
             );
             continue;
         }
+        if let Value::Map(_) = v.value {
+            if let Some(r) = env_ref(cx, v, &p) {
+                refs.insert(name, r);
+            }
+            continue;
+        }
         let value = if v.value == Value::Null {
             Some(String::new())
         } else {
@@ -672,7 +765,47 @@ fn env(cx: &mut Ctx<'_>, node: &Node, path: &str) -> BTreeMap<String, String> {
             out.insert(name, value);
         }
     }
-    out
+    (out, refs)
+}
+
+/// `NAME: { valueFrom: { file: /abs/path } }` or `{ valueFrom: { env: VAR } }`.
+fn env_ref(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<EnvSource> {
+    let o = cx.obj(node, path, &["valueFrom"])?;
+    let n = cx.required(&o, "valueFrom")?;
+    let p = o.at("valueFrom");
+    let f = cx.obj(n, &p, &["file", "env"])?;
+    match (f.get("file"), f.get("env")) {
+        (Some(file), None) => {
+            let fp = f.at("file");
+            let s = cx.nonempty_string(file, &fp)?;
+            if !s.starts_with('/') {
+                cx.err_hint(
+                    file.pos,
+                    &fp,
+                    "must be an absolute path",
+                    "the file is read on the controller's machine, e.g. /run/secrets/db-password",
+                );
+                return None;
+            }
+            Some(EnvSource::File(s))
+        }
+        (None, Some(var)) => {
+            let vp = f.at("env");
+            let s = cx.nonempty_string(var, &vp)?;
+            Some(EnvSource::Env(s))
+        }
+        // A misspelt (or Kubernetes) source was reported as such.
+        (None, None) if f.unknown > 0 => None,
+        _ => {
+            cx.err_hint(
+                f.pos,
+                &p,
+                "needs exactly one of file and env",
+                "valueFrom: { file: /run/secrets/db-password } or valueFrom: { env: DB_PASSWORD }",
+            );
+            None
+        }
+    }
 }
 
 /// Kubernetes quantity: `500m`, `1`, `0.5`, `256Mi`, `1G`.

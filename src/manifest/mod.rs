@@ -7,6 +7,7 @@
 mod decode;
 mod load;
 pub mod model;
+mod pod;
 mod revision;
 mod template;
 pub mod tree;
@@ -15,6 +16,7 @@ mod yaml;
 pub use load::{CONFIG_FILE, ConfigRepo, MAX_FILE_BYTES, NOTIFICATION_EVENTS, SERVICES_DIR};
 
 pub use model::*;
+pub use pod::MAIN_CONTAINER;
 pub use revision::revision_of;
 
 use std::fmt;

@@ -147,6 +147,44 @@ pub struct ServiceSpec {
     /// puts them back on the next resync, `report` only reports.
     #[serde(default, skip_serializing_if = "DriftPolicy::is_correct")]
     pub drift_policy: DriftPolicy,
+    /// `spec.autoscaling`: a HorizontalPodAutoscaler owns the replica count
+    /// (kube runtime); `replicas` is then only the first count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+}
+
+/// `spec.autoscaling`: bounds and one target (CPU or a per-pod metric).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Autoscaling {
+    pub min_replicas: u32,
+    pub max_replicas: u32,
+    /// Average CPU utilisation of the pods, percent of their CPU request.
+    #[serde(
+        default,
+        rename = "targetCPUUtilizationPercentage",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub target_cpu_utilization_percentage: Option<u32>,
+    /// A per-pod custom metric (`Pods` metric of the custom metrics API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<PodsMetric>,
+}
+
+/// `spec.autoscaling.metric`: scale so the metric's per-pod average is `averageValue`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodsMetric {
+    pub name: String,
+    /// A Kubernetes quantity (`100`, `500m`).
+    pub average_value: String,
+}
+
+impl Autoscaling {
+    /// `n` within the bounds.
+    pub fn clamp(&self, n: u32) -> u32 {
+        n.clamp(self.min_replicas, self.max_replicas.max(self.min_replicas))
+    }
 }
 
 /// `spec.driftPolicy`.
@@ -176,9 +214,11 @@ impl ServiceSpec {
     }
 }
 
-/// What one instance runs. Hashed into the revision.
+/// What one instance runs. Hashed into the revision. Serialised as in
+/// manifests: `env` holds the literal values and, for the names in
+/// `env_from`, `{valueFrom: ...}` references ([`TemplateRepr`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", into = "TemplateRepr", from = "TemplateRepr")]
 pub struct InstanceTemplate {
     /// Container image (kube runtime).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -195,6 +235,137 @@ pub struct InstanceTemplate {
     pub resources: Resources,
     /// SIGTERM, then SIGKILL after this many seconds (default 30).
     pub termination_grace_period_seconds: u32,
+    /// `kubernetes`: pod metadata and any PodSpec field, merged with the
+    /// fields above by the kube runtime (see docs/manifest.md for the
+    /// precedence). The local runtime does not use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<Box<KubernetesPod>>,
+    /// `env` entries whose value the local runtime reads when it starts an
+    /// instance (a secret's file, the controller's environment): only the
+    /// reference is in Git, the revision and the API.
+    #[serde(skip)]
+    pub env_from: BTreeMap<String, EnvSource>,
+}
+
+/// `env.NAME.valueFrom`: where the local runtime reads a value at instance start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EnvSource {
+    /// The contents of this file (one trailing newline removed).
+    File(String),
+    /// This variable of the controller's own environment.
+    Env(String),
+}
+
+/// The serialised (manifest) form of an [`InstanceTemplate`].
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateRepr {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    image: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    command: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    env: BTreeMap<String, EnvValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    working_dir: Option<String>,
+    #[serde(default)]
+    resources: Resources,
+    termination_grace_period_seconds: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kubernetes: Option<Box<KubernetesPod>>,
+}
+
+/// One `env` value: a literal (serialised as a plain string, as before
+/// references existed) or a reference.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum EnvValue {
+    Literal(String),
+    From {
+        #[serde(rename = "valueFrom")]
+        value_from: EnvSource,
+    },
+}
+
+impl From<InstanceTemplate> for TemplateRepr {
+    fn from(t: InstanceTemplate) -> TemplateRepr {
+        let mut env: BTreeMap<String, EnvValue> = t
+            .env
+            .into_iter()
+            .map(|(k, v)| (k, EnvValue::Literal(v)))
+            .collect();
+        env.extend(
+            t.env_from
+                .into_iter()
+                .map(|(k, v)| (k, EnvValue::From { value_from: v })),
+        );
+        TemplateRepr {
+            image: t.image,
+            command: t.command,
+            env,
+            working_dir: t.working_dir,
+            resources: t.resources,
+            termination_grace_period_seconds: t.termination_grace_period_seconds,
+            kubernetes: t.kubernetes,
+        }
+    }
+}
+
+impl From<TemplateRepr> for InstanceTemplate {
+    fn from(r: TemplateRepr) -> InstanceTemplate {
+        let mut env = BTreeMap::new();
+        let mut env_from = BTreeMap::new();
+        for (k, v) in r.env {
+            match v {
+                EnvValue::Literal(s) => {
+                    env.insert(k, s);
+                }
+                EnvValue::From { value_from } => {
+                    env_from.insert(k, value_from);
+                }
+            }
+        }
+        InstanceTemplate {
+            image: r.image,
+            command: r.command,
+            env,
+            working_dir: r.working_dir,
+            resources: r.resources,
+            termination_grace_period_seconds: r.termination_grace_period_seconds,
+            kubernetes: r.kubernetes,
+            env_from,
+        }
+    }
+}
+
+/// `spec.template.kubernetes`: a pod template fragment, typed with the
+/// Kubernetes API's own types. Hashed into the revision through its
+/// canonical JSON, so the key order it was written in does not matter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct KubernetesPod {
+    #[serde(default, skip_serializing_if = "PodMetadata::is_empty")]
+    pub metadata: PodMetadata,
+    #[serde(default)]
+    pub spec: k8s_openapi::api::core::v1::PodSpec,
+}
+
+/// `spec.template.kubernetes.metadata`: what a pod may carry besides
+/// Floyd's own labels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodMetadata {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl PodMetadata {
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.annotations.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -611,6 +782,7 @@ impl ServiceSpec {
             },
             gates: Vec::new(),
             on_failure: OnFailure::default(),
+            autoscaling: None,
         }
     }
 }

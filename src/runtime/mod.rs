@@ -147,6 +147,23 @@ pub trait Runtime: Send + Sync {
         Ok(())
     }
 
+    /// Autoscaling (`spec.autoscaling`): makes the runtime's autoscaler
+    /// scale `target` (the revision the service runs or rolls out to; it is
+    /// frozen while a rollout is in flight, `settled` false) and returns the
+    /// replica count the engine must use instead of `spec.replicas`; removes
+    /// the autoscaler when the spec has none. Default (local, sim): no
+    /// autoscaler, `None` (the engine uses `spec.replicas`).
+    async fn autoscale(
+        &self,
+        service: &ServiceName,
+        spec: &ServiceSpec,
+        target: &Revision,
+        settled: bool,
+    ) -> Result<Option<u32>, Error> {
+        let _ = (service, spec, target, settled);
+        Ok(None)
+    }
+
     /// Announces a rollout event where the runtime's operators look (kube:
     /// a Kubernetes Event regarding the service). Default: does nothing.
     async fn record_event(

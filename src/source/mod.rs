@@ -146,14 +146,31 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// The environment variables [`Credentials::from_env`] reads (outside the
+/// flags: credentials have no command-line form, so they never show in `ps`).
+pub const CREDENTIAL_ENV: [&str; 6] = [
+    ENV_GIT_TOKEN,
+    ENV_GIT_TOKEN_FILE,
+    ENV_GIT_USER,
+    ENV_GIT_SSH_KEY,
+    ENV_GIT_KNOWN_HOSTS,
+    ENV_GIT_SIGNING_KEY,
+];
+const ENV_GIT_TOKEN: &str = "FLOYD_GIT_TOKEN";
+const ENV_GIT_TOKEN_FILE: &str = "FLOYD_GIT_TOKEN_FILE";
+const ENV_GIT_USER: &str = "FLOYD_GIT_USER";
+const ENV_GIT_SSH_KEY: &str = "FLOYD_GIT_SSH_KEY";
+const ENV_GIT_KNOWN_HOSTS: &str = "FLOYD_GIT_KNOWN_HOSTS";
+const ENV_GIT_SIGNING_KEY: &str = "FLOYD_GIT_SIGNING_KEY";
+
 impl Credentials {
     /// From the environment: `FLOYD_GIT_TOKEN` or `FLOYD_GIT_TOKEN_FILE`,
     /// `FLOYD_GIT_USER`, `FLOYD_GIT_SSH_KEY`, `FLOYD_GIT_KNOWN_HOSTS`,
     /// `FLOYD_GIT_SIGNING_KEY`.
     pub fn from_env() -> Result<Credentials, String> {
         let token = match (
-            std::env::var("FLOYD_GIT_TOKEN").ok(),
-            std::env::var_os("FLOYD_GIT_TOKEN_FILE"),
+            std::env::var(ENV_GIT_TOKEN).ok(),
+            std::env::var_os(ENV_GIT_TOKEN_FILE),
         ) {
             (Some(t), _) if !t.trim().is_empty() => Some(t.trim().to_string()),
             (_, Some(f)) => Some(
@@ -171,10 +188,10 @@ impl Credentials {
         };
         Ok(Credentials {
             token,
-            token_user: std::env::var("FLOYD_GIT_USER").ok(),
-            ssh_key: std::env::var_os("FLOYD_GIT_SSH_KEY").map(PathBuf::from),
-            known_hosts: std::env::var_os("FLOYD_GIT_KNOWN_HOSTS").map(PathBuf::from),
-            signing_key: std::env::var_os("FLOYD_GIT_SIGNING_KEY").map(PathBuf::from),
+            token_user: std::env::var(ENV_GIT_USER).ok(),
+            ssh_key: std::env::var_os(ENV_GIT_SSH_KEY).map(PathBuf::from),
+            known_hosts: std::env::var_os(ENV_GIT_KNOWN_HOSTS).map(PathBuf::from),
+            signing_key: std::env::var_os(ENV_GIT_SIGNING_KEY).map(PathBuf::from),
         })
     }
 }

@@ -437,6 +437,11 @@ fn rbac_grants_nothing_beyond_the_list() {
             &["get", "create", "update"],
         ),
         ("gateway.networking.k8s.io", "httproutes", &["get", "patch"]),
+        (
+            "autoscaling",
+            "horizontalpodautoscalers",
+            &["get", "create", "patch", "delete"],
+        ),
     ]);
     // What the runtime's requests need (see the fake-API and tower tests).
     let role_needed = spec(&[
@@ -457,6 +462,12 @@ fn rbac_grants_nothing_beyond_the_list() {
         ),
         // Canary weights through a Gateway API HTTPRoute (tests/kube/gateway.rs).
         ("gateway.networking.k8s.io", "httproutes", &["get", "patch"]),
+        // spec.autoscaling (tests/kube/autoscaling.rs); apply creates.
+        (
+            "autoscaling",
+            "horizontalpodautoscalers",
+            &["get", "create", "patch", "delete"],
+        ),
     ]);
     let nodes_only = spec(&[("", "nodes", &["get", "list", "watch"])]);
     let nodes_needed = spec(&[("", "nodes", &["list"])]);
@@ -610,4 +621,90 @@ fn single_replica_has_no_disruption_budget_and_two_do() {
     assert!(kinds(&two).contains("PodDisruptionBudget"));
     let d = one(&two, "Deployment");
     assert!(d["spec"]["template"]["spec"]["topologySpreadConstraints"].is_array());
+}
+
+/// The chart and the binary agree: every `FLOYD_*` variable the chart can
+/// set (rendered with every value set, each credentials type, and every
+/// name written in its templates) is one `floyd run` reads, according to
+/// the binary's own flag definitions. A chart value that sets a variable
+/// nothing reads would be silently ignored.
+#[test]
+fn every_floyd_variable_the_chart_sets_is_read_by_floyd_run() {
+    let read = floyd::cli::run::environment_variables();
+    assert!(read.contains("FLOYD_REPO") && read.contains("FLOYD_LOG_FORMAT"));
+    assert!(
+        read.contains("FLOYD_GIT_TOKEN_FILE"),
+        "credentials from the environment"
+    );
+
+    // Every name written in the templates, rendered or not.
+    let mut written = BTreeSet::new();
+    let mut dirs = vec![chart().join("templates")];
+    let mut files = Vec::new();
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p)
+            } else {
+                files.push(p)
+            }
+        }
+    }
+    for f in files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("FLOYD_") {
+            let name: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            written.insert(name);
+            rest = &rest[i + 6..];
+        }
+    }
+    assert!(written.len() > 10, "{written:?}");
+
+    let mut rendered = BTreeSet::new();
+    for (values, extra) in [
+        ("default-values.yaml", &[][..]),
+        ("full-values.yaml", &[][..]),
+        (
+            "full-values.yaml",
+            &["--set", "git.credentialsType=https"][..],
+        ),
+        (
+            "default-values.yaml",
+            &["--set", "git.credentialsSecret=floyd-git"][..],
+        ),
+    ] {
+        let Some(objs) = render(values, extra) else {
+            return;
+        };
+        let d = one(&objs, "Deployment");
+        for c in ["containers", "initContainers"] {
+            for c in d["spec"]["template"]["spec"][c]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                for e in c["env"].as_array().into_iter().flatten() {
+                    rendered.insert(e["name"].as_str().unwrap().to_string());
+                }
+            }
+        }
+    }
+    assert!(
+        rendered.contains("FLOYD_CLUSTER_GPU_ACCOUNTING") && rendered.contains("FLOYD_GIT_USER"),
+        "every value set: {rendered:?}"
+    );
+    let unread: Vec<&String> = written
+        .iter()
+        .chain(&rendered)
+        .filter(|n| n.starts_with("FLOYD_") && !read.contains(*n))
+        .collect();
+    assert!(
+        unread.is_empty(),
+        "the chart sets variables floyd run never reads: {unread:?} (floyd run reads {read:?})"
+    );
 }

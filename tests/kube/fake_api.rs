@@ -235,6 +235,9 @@ fn resource_info(group: &str, resource: &str) -> Option<(&'static str, &'static 
         ("", "pods") => ("v1", "Pod", true),
         ("", "services") => ("v1", "Service", true),
         ("", "configmaps") => ("v1", "ConfigMap", true),
+        ("autoscaling", "horizontalpodautoscalers") => {
+            ("autoscaling/v2", "HorizontalPodAutoscaler", true)
+        }
         ("", "events") => ("v1", "Event", true),
         ("events.k8s.io", "events") => ("events.k8s.io/v1", "Event", true),
         ("", "nodes") => ("v1", "Node", false),

@@ -1141,6 +1141,22 @@ async fn everything_the_runtime_does_is_allowed_by_the_charts_rbac() {
         .unwrap();
     el.release(Time::now_wall()).await.unwrap();
     assert_eq!(rt.services().await.unwrap(), vec![web.clone()]);
+    // Autoscaling: the HPA applied frozen, then settled, then removed.
+    let mut auto = s2.clone();
+    auto.autoscaling = Some(floyd::manifest::Autoscaling {
+        min_replicas: 2,
+        max_replicas: 4,
+        target_cpu_utilization_percentage: Some(70),
+        metric: None,
+    });
+    for settled in [false, true] {
+        rt.autoscale(&web, &auto, &r2, settled)
+            .await
+            .expect("autoscale");
+    }
+    rt.autoscale(&web, &s2, &r2, true)
+        .await
+        .expect("autoscale off");
     rt.delete_service(&web).await.unwrap();
     assert!(fake.denied().is_empty(), "refused: {:#?}", fake.denied());
     assert!(

@@ -810,3 +810,122 @@ async fn bad_service_names_fail_before_any_request() {
     assert!(err.contains("must start with a letter"), "{err}");
     assert!(fake.requests().is_empty());
 }
+
+/// A service with a `kubernetes` pod fragment (a Secret env, a ConfigMap
+/// volume, a sidecar, tolerations): the fake API server receives the merged
+/// pod template in the ReplicaSet, the pods come up from it, and every body
+/// Floyd sent passes `kubernetes-validate --strict`.
+#[tokio::test]
+async fn pod_fragment_reaches_the_replica_set_merged() {
+    let text = r#"apiVersion: floyd.dev/v1
+kind: Service
+metadata: { name: web }
+spec:
+  replicas: 2
+  ports: [{ name: http, port: 8080 }]
+  health: { readiness: { http: { path: /healthz, port: http } } }
+  template:
+    image: ghcr.io/acme/web:1
+    env: { LOG_LEVEL: info }
+    resources: { cpu: 100m, memory: 64Mi }
+    kubernetes:
+      metadata:
+        labels: { team: payments }
+        annotations: { example.com/owner: payments }
+      spec:
+        serviceAccountName: web
+        tolerations:
+          - { key: dedicated, operator: Equal, value: web, effect: NoSchedule }
+        volumes:
+          - name: config
+            configMap: { name: web-config }
+        containers:
+          - name: app
+            volumeMounts: [{ name: config, mountPath: /etc/web, readOnly: true }]
+            env:
+              - name: DB_PASSWORD
+                valueFrom: { secretKeyRef: { name: db, key: password } }
+          - name: log-shipper
+            image: fluent/fluent-bit:3
+            resources: { requests: { cpu: 10m, memory: 16Mi } }
+"#;
+    let svc = floyd::manifest::parse_service(text, std::path::Path::new("web.yaml")).unwrap();
+    let (web, spec, r) = (svc.name.clone(), svc.spec.clone(), svc.revision.clone());
+    let fake = FakeApi::start(vec![FakeNode::cpu("node-1")]).await;
+    let rt = fake_rt(&fake);
+    let actions = vec![
+        Action::CreateRevision {
+            revision: r.clone(),
+            template: spec.template.clone(),
+        },
+        Action::SetTraffic {
+            active: None,
+            preview: None,
+        },
+        Action::Scale {
+            revision: r.clone(),
+            replicas: 2,
+        },
+    ];
+    apply(&rt, &web, &spec, actions).await;
+    let ctx = Ctx::fake();
+    wait_for(&rt, &web, &spec, &ctx, "2/2 ready", |o| {
+        counts(o, &r) == (2, 2, 2)
+    })
+    .await;
+
+    let rs = fake
+        .get("replicasets", "apps", &format!("web-{r}"))
+        .expect("the revision's ReplicaSet");
+    let pod = &rs["spec"]["template"];
+    assert_eq!(pod["metadata"]["labels"]["team"], "payments");
+    assert_eq!(pod["metadata"]["labels"]["floyd.dev/revision"], r.as_str());
+    assert_eq!(
+        pod["metadata"]["annotations"]["example.com/owner"],
+        "payments"
+    );
+    let p = &pod["spec"];
+    assert_eq!(p["serviceAccountName"], "web");
+    assert_eq!(
+        p["tolerations"],
+        json!([{"key": "dedicated", "operator": "Equal", "value": "web", "effect": "NoSchedule"}])
+    );
+    assert_eq!(
+        p["volumes"],
+        json!([{"name": "config", "configMap": {"name": "web-config"}}])
+    );
+    let names: Vec<&str> = p["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["app", "log-shipper"]);
+    let app = &p["containers"][0];
+    assert_eq!(app["image"], "ghcr.io/acme/web:1");
+    assert_eq!(
+        app["env"],
+        json!([
+            {"name": "PORT", "value": "8080"},
+            {"name": "LOG_LEVEL", "value": "info"},
+            {"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}},
+        ])
+    );
+    assert_eq!(app["volumeMounts"][0]["mountPath"], "/etc/web");
+    assert_eq!(app["readinessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(p["containers"][1]["image"], "fluent/fluent-bit:3");
+    // The pods the ReplicaSet controller made carry the same spec.
+    let pods = fake.list("pods");
+    assert_eq!(pods.len(), 2);
+    for pod in &pods {
+        assert_eq!(pod["spec"]["containers"][1]["name"], "log-shipper");
+        assert_eq!(pod["spec"]["serviceAccountName"], "web");
+    }
+    // What was applied is what a resync wants: no drift reported.
+    let o = rt
+        .observe(&web, Some(&spec), Time::now_wall())
+        .await
+        .unwrap();
+    assert!(o.drift.is_empty(), "{:?}", o.drift);
+    validate_sent(&fake, "pod fragment");
+}

@@ -22,6 +22,8 @@ pub fn template(image: &str) -> InstanceTemplate {
             gpu: None,
         },
         termination_grace_period_seconds: 30,
+        kubernetes: None,
+        env_from: Default::default(),
     }
 }
 

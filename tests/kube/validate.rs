@@ -34,6 +34,11 @@ pub fn tool(name: &str) -> Option<PathBuf> {
 /// Validates each object strictly; panics with the tool's output on failure.
 /// Returns how many objects were validated (0 when the tool is absent).
 pub fn validate_objects(label: &str, objects: &[Value]) -> usize {
+    validate_objects_for(label, objects, K8S_VERSION)
+}
+
+/// [`validate_objects`] against Kubernetes `version` (e.g. `1.35.0`).
+pub fn validate_objects_for(label: &str, objects: &[Value], version: &str) -> usize {
     let Some(kv) = tool("kubernetes-validate") else {
         return 0;
     };
@@ -49,7 +54,7 @@ pub fn validate_objects(label: &str, objects: &[Value]) -> usize {
         return 0;
     }
     let out = Command::new(&kv)
-        .args(["--strict", "--no-warn", "-k", K8S_VERSION])
+        .args(["--strict", "--no-warn", "-k", version])
         .args(&files)
         .output()
         .expect("run kubernetes-validate");
@@ -62,7 +67,7 @@ pub fn validate_objects(label: &str, objects: &[Value]) -> usize {
         // Keep the files for a person to look at.
         let kept = dir.keep();
         panic!(
-            "{label}: kubernetes-validate --strict -k {K8S_VERSION} failed (objects kept in {}):\n{text}",
+            "{label}: kubernetes-validate --strict -k {version} failed (objects kept in {}):\n{text}",
             kept.display()
         );
     }

@@ -77,6 +77,7 @@ use crate::runtime::{self, Action, Observed};
 use crate::time::Time;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, ObjectReference, Pod, Service};
 use k8s_openapi::api::events::v1::Event as KEvent;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -286,6 +287,9 @@ struct Inner {
     leader: Option<lease::Leadership>,
     /// Drift reported and not corrected since: (service, kind, object, difference).
     drift_seen: Mutex<HashSet<DriftKey>>,
+    /// Services known to have no HorizontalPodAutoscaler of Floyd's, so a
+    /// service without `autoscaling` is not looked up on every step.
+    no_autoscaler: Mutex<HashSet<ServiceName>>,
     /// Blue-green routing last applied (`Action::SetTraffic`) or seen on the
     /// live Services: what a deleted active or preview Service selected.
     routes: Mutex<HashMap<ServiceName, observe::Routing>>,
@@ -454,6 +458,7 @@ impl KubeRuntime {
                 action_events: false,
                 leader: None,
                 drift_seen: Mutex::new(HashSet::new()),
+                no_autoscaler: Mutex::new(HashSet::new()),
                 routes: Mutex::new(HashMap::new()),
             }),
         }
@@ -504,6 +509,7 @@ impl KubeRuntime {
                 action_events: i.action_events,
                 leader: i.leader.clone(),
                 drift_seen: Mutex::new(HashSet::new()),
+                no_autoscaler: Mutex::new(HashSet::new()),
                 routes: Mutex::new(HashMap::new()),
             });
         }
@@ -834,11 +840,143 @@ impl KubeRuntime {
     fn svc_api(&self) -> Api<Service> {
         Api::namespaced(self.inner.client.clone(), &self.inner.namespace)
     }
+    fn hpa_api(&self) -> Api<HorizontalPodAutoscaler> {
+        Api::namespaced(self.inner.client.clone(), &self.inner.namespace)
+    }
     fn cm_api(&self) -> Api<ConfigMap> {
         Api::namespaced(self.inner.client.clone(), &self.inner.namespace)
     }
     fn apply_params(&self) -> PatchParams {
         PatchParams::apply(&self.inner.field_manager).force()
+    }
+
+    /// [`runtime::Runtime::autoscale`]: Floyd's HorizontalPodAutoscaler
+    /// `<service>` scales the ReplicaSet of `target` when `settled`; while a
+    /// rollout is in flight it keeps the revision it scaled, with scaling
+    /// disabled and the count the rollout works towards recorded on it
+    /// ([`objects::ANN_FROZEN_REPLICAS`]). Without `spec.autoscaling` the
+    /// HPA is removed.
+    pub async fn autoscale_service(
+        &self,
+        service: &ServiceName,
+        spec: &ServiceSpec,
+        target: &Revision,
+        settled: bool,
+    ) -> Result<Option<u32>, Error> {
+        let name = objects::autoscaler_name(service);
+        let known_absent = |rt: &Self| {
+            rt.inner
+                .no_autoscaler
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(service)
+        };
+        let Some(a) = &spec.autoscaling else {
+            if !known_absent(self) {
+                // Once per service and process: an HPA left from an earlier
+                // spec goes. Not being able to look (an install whose RBAC
+                // predates autoscaling) must not stop a service that never
+                // asked for one.
+                if let Err(e) = self
+                    .delete_owned(
+                        &self.hpa_api(),
+                        "HorizontalPodAutoscaler",
+                        &name,
+                        service,
+                        None,
+                    )
+                    .await
+                {
+                    tracing::warn!(service = %service, error = %e, "cannot check for a HorizontalPodAutoscaler to remove");
+                }
+                self.inner
+                    .no_autoscaler
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(service.clone());
+            }
+            return Ok(None);
+        };
+        self.inner
+            .no_autoscaler
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(service);
+        let live = self
+            .read_owned(
+                &self.hpa_api(),
+                "HorizontalPodAutoscaler",
+                &name,
+                service,
+                None,
+            )
+            .await?;
+        let frozen = live
+            .as_ref()
+            .and_then(|h| h.metadata.annotations.as_ref())
+            .and_then(|a| a.get(objects::ANN_FROZEN_REPLICAS))
+            .and_then(|v| v.parse::<u32>().ok());
+        let live_target = live
+            .as_ref()
+            .and_then(|h| h.spec.as_ref())
+            .map(|s| s.scale_target_ref.name.clone());
+        let desired_of = |rs_name: Option<String>| async move {
+            let Some(rs_name) = rs_name else {
+                return Ok::<_, Error>(None);
+            };
+            let rs = self.rs_api().get_opt(&rs_name).await.map_err(api_err(
+                "get",
+                "ReplicaSet",
+                self.namespace(),
+                &rs_name,
+            ))?;
+            Ok(rs.and_then(|r| r.spec?.replicas).map(|n| n.max(0) as u32))
+        };
+        let target_rs = objects::replica_set_name(service, target);
+        let (want_target, want_frozen, count) = if settled {
+            let target_desired = desired_of(Some(target_rs.clone())).await?;
+            let n =
+                objects::autoscaled_replicas(a, spec.replicas, true, frozen, target_desired, None);
+            (target.clone(), None, n)
+        } else if let Some(f) = frozen {
+            // Frozen when the rollout began: keep it exactly as it is.
+            return Ok(Some(a.clamp(f)));
+        } else {
+            let hpa_desired = desired_of(live_target.clone()).await?;
+            let n = objects::autoscaled_replicas(a, spec.replicas, false, None, None, hpa_desired);
+            // Keep scaling what it scaled (nothing live: the new revision).
+            let keep = live_target
+                .as_deref()
+                .and_then(|t| t.strip_prefix(&format!("{service}-")))
+                .map(|r| Revision(r.to_string()))
+                .unwrap_or_else(|| target.clone());
+            (keep, Some(n), n)
+        };
+        let want = objects::autoscaler(self.install(), service, a, &want_target, want_frozen);
+        let unchanged = live.as_ref().is_some_and(|l| {
+            l.spec == want.spec
+                && frozen == want_frozen
+                && l.metadata.labels.as_ref().is_some_and(|have| {
+                    want.metadata
+                        .labels
+                        .iter()
+                        .flatten()
+                        .all(|(k, v)| have.get(k) == Some(v))
+                })
+        });
+        if !unchanged {
+            self.may_write("apply", "HorizontalPodAutoscaler", &name)?;
+            self.hpa_api()
+                .patch(&name, &self.apply_params(), &Patch::Apply(&want))
+                .await
+                .map_err(api_err(
+                    "apply",
+                    "HorizontalPodAutoscaler",
+                    self.namespace(),
+                    &name,
+                ))?;
+        }
+        Ok(Some(count))
     }
 
     /// The state JSON saved for `service` (`floyd-state-<service>` ConfigMap,
@@ -1748,6 +1886,18 @@ impl runtime::Runtime for KubeRuntime {
         "kube"
     }
 
+    async fn autoscale(
+        &self,
+        service: &ServiceName,
+        spec: &ServiceSpec,
+        target: &Revision,
+        settled: bool,
+    ) -> Result<Option<u32>, runtime::Error> {
+        Ok(self
+            .autoscale_service(service, spec, target, settled)
+            .await?)
+    }
+
     async fn services(&self) -> Result<Vec<ServiceName>, runtime::Error> {
         self.ensure_adopted().await;
         let rss = self.replica_sets_of(None).await?;
@@ -1879,6 +2029,27 @@ impl runtime::Runtime for KubeRuntime {
         self.delete_owned(&svc, "Service", &preview, service, Some("preview"))
             .await?;
         self.delete_role_services(service).await?;
+        if !self
+            .inner
+            .no_autoscaler
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(service)
+        {
+            // Best effort, as in `autoscale_service`.
+            if let Err(e) = self
+                .delete_owned(
+                    &self.hpa_api(),
+                    "HorizontalPodAutoscaler",
+                    &objects::autoscaler_name(service),
+                    service,
+                    None,
+                )
+                .await
+            {
+                tracing::warn!(service = %service, error = %e, "cannot remove the HorizontalPodAutoscaler");
+            }
+        }
         self.delete_owned(
             &self.cm_api(),
             "ConfigMap",

@@ -5,8 +5,8 @@
 
 use super::Error;
 use crate::manifest::{
-    GpuRequest, GpuSharing, InstanceTemplate, PortRef, Probe, ProbeAction, Revision, ServiceName,
-    ServiceSpec,
+    GpuRequest, GpuSharing, InstanceTemplate, MAIN_CONTAINER, PortRef, Probe, ProbeAction,
+    Revision, ServiceName, ServiceSpec,
 };
 use crate::time::Time;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetSpec};
@@ -454,6 +454,14 @@ pub fn pod_template(
         message: "spec.template.image is required by the kube runtime (the container image to run)"
             .into(),
     })?;
+    if let Some(name) = template.env_from.keys().next() {
+        return Err(Error::Spec {
+            service: service.to_string(),
+            message: format!(
+                "spec.template.env.{name}: valueFrom file/env is resolved by the local runtime only; on Kubernetes use a Secret: spec.template.kubernetes.spec.containers[name: app].env[].valueFrom.secretKeyRef"
+            ),
+        });
+    }
     let mut env: Vec<EnvVar> = Vec::new();
     if let Some(first) = spec.ports.first()
         && !template.env.contains_key("PORT")
@@ -535,8 +543,8 @@ pub fn pod_template(
         ..ResourceRequirements::default()
     });
 
-    let container = Container {
-        name: "app".into(),
+    let floyd = Container {
+        name: MAIN_CONTAINER.into(),
         image: Some(image),
         command: (!template.command.is_empty())
             .then(|| template.command.iter().map(|a| kube_arg(a)).collect()),
@@ -553,22 +561,126 @@ pub fn pod_template(
         startup_probe: spec.health.startup.as_ref().map(|p| probe(spec, p, true)),
         ..Container::default()
     };
+    let floyd_spec = PodSpec {
+        containers: vec![floyd],
+        termination_grace_period_seconds: Some(i64::from(
+            template.termination_grace_period_seconds,
+        )),
+        node_selector: (!node_selector.is_empty()).then_some(node_selector),
+        tolerations: (!tolerations.is_empty()).then_some(tolerations),
+        affinity,
+        ..PodSpec::default()
+    };
+    let (spec, mut labels, annotations) = match template.kubernetes.as_deref() {
+        Some(k) => (
+            merge_pod_spec(k.spec.clone(), floyd_spec),
+            k.metadata.labels.clone(),
+            k.metadata.annotations.clone(),
+        ),
+        None => (floyd_spec, BTreeMap::new(), BTreeMap::new()),
+    };
+    // Floyd's labels win: the ReplicaSet's selector and the Services need them.
+    labels.extend(revision_labels(instance, service, revision));
     Ok(PodTemplateSpec {
         metadata: Some(ObjectMeta {
-            labels: Some(revision_labels(instance, service, revision)),
+            labels: Some(labels),
+            annotations: (!annotations.is_empty()).then_some(annotations),
             ..ObjectMeta::default()
         }),
-        spec: Some(PodSpec {
-            containers: vec![container],
-            termination_grace_period_seconds: Some(i64::from(
-                template.termination_grace_period_seconds,
-            )),
-            node_selector: (!node_selector.is_empty()).then_some(node_selector),
-            tolerations: (!tolerations.is_empty()).then_some(tolerations),
-            affinity,
-            ..PodSpec::default()
-        }),
+        spec: Some(spec),
     })
+}
+
+/// Merges the pod spec Floyd derives from its own fields (`floyd`: one
+/// container, [`MAIN_CONTAINER`], and the pod fields GPUs need) into the
+/// manifest's `kubernetes.spec` fragment (`base`). The precedence:
+///
+/// - the main container: the fragment's container of that name (if any) is
+///   the base; every field Floyd sets (image, command, workingDir, ports,
+///   probes) replaces it; env is Floyd's (`PORT` and `env`) followed by the
+///   fragment's (the decoder refuses a name in both); resource requests and
+///   limits merge key by key, Floyd's keys winning. It is the first container.
+/// - other containers (sidecars) and init containers pass through, in order.
+/// - nodeSelector merges key by key (Floyd's GPU product label wins);
+///   tolerations are the fragment's plus Floyd's GPU toleration; a GPU
+///   memory node affinity is added to every required node selector term of
+///   the fragment (both must hold); terminationGracePeriodSeconds is Floyd's.
+/// - every other pod field is the fragment's.
+pub fn merge_pod_spec(mut base: PodSpec, floyd: PodSpec) -> PodSpec {
+    let mut floyd = floyd;
+    let main = floyd.containers.pop().unwrap_or_default();
+    let at = base
+        .containers
+        .iter()
+        .position(|c| c.name == MAIN_CONTAINER);
+    let mut c = at.map(|i| base.containers.remove(i)).unwrap_or_default();
+    c.name = main.name;
+    c.image = main.image.or(c.image);
+    c.command = main.command.or(c.command);
+    c.working_dir = main.working_dir.or(c.working_dir);
+    c.ports = main.ports.or(c.ports);
+    c.readiness_probe = main.readiness_probe.or(c.readiness_probe);
+    c.liveness_probe = main.liveness_probe.or(c.liveness_probe);
+    c.startup_probe = main.startup_probe.or(c.startup_probe);
+    let mut env = main.env.unwrap_or_default();
+    env.extend(c.env.take().unwrap_or_default());
+    c.env = (!env.is_empty()).then_some(env);
+    if let Some(r) = main.resources {
+        let mut have = c.resources.take().unwrap_or_default();
+        for (mine, theirs) in [
+            (r.requests, &mut have.requests),
+            (r.limits, &mut have.limits),
+        ] {
+            if let Some(mine) = mine {
+                theirs.get_or_insert_with(BTreeMap::new).extend(mine);
+            }
+        }
+        c.resources = Some(have);
+    }
+    base.containers.insert(0, c);
+
+    base.termination_grace_period_seconds = floyd.termination_grace_period_seconds;
+    if let Some(sel) = floyd.node_selector {
+        base.node_selector
+            .get_or_insert_with(BTreeMap::new)
+            .extend(sel);
+    }
+    if let Some(tol) = floyd.tolerations {
+        let have = base.tolerations.get_or_insert_with(Vec::new);
+        for t in tol {
+            if !have.contains(&t) {
+                have.push(t);
+            }
+        }
+    }
+    if let Some(required) = floyd
+        .affinity
+        .and_then(|a| a.node_affinity)
+        .and_then(|n| n.required_during_scheduling_ignored_during_execution)
+    {
+        let want: Vec<NodeSelectorRequirement> = required
+            .node_selector_terms
+            .into_iter()
+            .flat_map(|t| t.match_expressions.unwrap_or_default())
+            .collect();
+        let na = base
+            .affinity
+            .get_or_insert_with(Affinity::default)
+            .node_affinity
+            .get_or_insert_with(NodeAffinity::default);
+        let sel = na
+            .required_during_scheduling_ignored_during_execution
+            .get_or_insert_with(NodeSelector::default);
+        if sel.node_selector_terms.is_empty() {
+            sel.node_selector_terms.push(NodeSelectorTerm::default());
+        }
+        for term in &mut sel.node_selector_terms {
+            term.match_expressions
+                .get_or_insert_with(Vec::new)
+                .extend(want.iter().cloned());
+        }
+    }
+    base
 }
 
 /// What a ReplicaSet records about its revision (annotations).
@@ -734,6 +846,182 @@ pub fn state_config_map(install: Install<'_>, service: &ServiceName, json: &str)
     }
 }
 
+/// Set on Floyd's HorizontalPodAutoscaler while a rollout is in flight: the
+/// replica count the rollout works towards (the HPA's count when it began).
+/// The HPA's scaling is disabled meanwhile.
+pub const ANN_FROZEN_REPLICAS: &str = "floyd.dev/frozen-replicas";
+
+/// The HorizontalPodAutoscaler of a service: `<service>`.
+pub fn autoscaler_name(service: &ServiceName) -> String {
+    service.as_str().to_string()
+}
+
+/// The `autoscaling/v2` HorizontalPodAutoscaler of `service`, scaling the
+/// ReplicaSet of `revision` within the manifest's bounds on its target.
+/// `frozen`: a rollout is in flight towards that many replicas; scaling is
+/// disabled both ways (the HPA keeps its metrics) until it completes.
+pub fn autoscaler(
+    install: Install<'_>,
+    service: &ServiceName,
+    a: &crate::manifest::Autoscaling,
+    revision: &Revision,
+    frozen: Option<u32>,
+) -> k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler {
+    use k8s_openapi::api::autoscaling::v2::{
+        CrossVersionObjectReference, HPAScalingRules, HorizontalPodAutoscaler,
+        HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec, MetricIdentifier, MetricSpec,
+        MetricTarget, PodsMetricSource, ResourceMetricSource,
+    };
+    let metric = match (&a.metric, a.target_cpu_utilization_percentage) {
+        (Some(m), _) => MetricSpec {
+            type_: "Pods".into(),
+            pods: Some(PodsMetricSource {
+                metric: MetricIdentifier {
+                    name: m.name.clone(),
+                    selector: None,
+                },
+                target: MetricTarget {
+                    type_: "AverageValue".into(),
+                    average_value: Some(Quantity(m.average_value.clone())),
+                    ..MetricTarget::default()
+                },
+            }),
+            ..MetricSpec::default()
+        },
+        (None, cpu) => MetricSpec {
+            type_: "Resource".into(),
+            resource: Some(ResourceMetricSource {
+                name: "cpu".into(),
+                target: MetricTarget {
+                    type_: "Utilization".into(),
+                    average_utilization: Some(cpu.unwrap_or(80).min(i32::MAX as u32) as i32),
+                    ..MetricTarget::default()
+                },
+            }),
+            ..MetricSpec::default()
+        },
+    };
+    let disabled = || HPAScalingRules {
+        select_policy: Some("Disabled".into()),
+        ..HPAScalingRules::default()
+    };
+    let mut annotations = BTreeMap::new();
+    if let Some(n) = frozen {
+        annotations.insert(ANN_FROZEN_REPLICAS.to_string(), n.to_string());
+    }
+    HorizontalPodAutoscaler {
+        metadata: ObjectMeta {
+            name: Some(autoscaler_name(service)),
+            namespace: Some(install.namespace.to_string()),
+            labels: Some(base_labels(install.instance, service)),
+            annotations: (!annotations.is_empty()).then_some(annotations),
+            ..ObjectMeta::default()
+        },
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "ReplicaSet".into(),
+                name: replica_set_name(service, revision),
+            },
+            min_replicas: Some(a.min_replicas.min(i32::MAX as u32) as i32),
+            max_replicas: a.max_replicas.min(i32::MAX as u32) as i32,
+            metrics: Some(vec![metric]),
+            behavior: frozen.map(|_| HorizontalPodAutoscalerBehavior {
+                scale_up: Some(disabled()),
+                scale_down: Some(disabled()),
+            }),
+        }),
+        status: None,
+    }
+}
+
+/// The replica count a rollout of an autoscaled service works with, and
+/// whether Floyd's HPA must be (re)applied, from what is live:
+/// `settled`: no rollout in flight (the HPA owns the count: it is the
+/// count of the target's ReplicaSet, `target_desired`); otherwise the count
+/// frozen on the HPA when the rollout began (`frozen`), or, when it begins
+/// now, the count of the revision the HPA scaled until now (`hpa_desired`).
+/// With nothing live yet, `replicas` (the manifest's first count). Always
+/// within the bounds.
+pub fn autoscaled_replicas(
+    a: &crate::manifest::Autoscaling,
+    replicas: u32,
+    settled: bool,
+    frozen: Option<u32>,
+    target_desired: Option<u32>,
+    hpa_desired: Option<u32>,
+) -> u32 {
+    let n = if settled {
+        target_desired
+            .filter(|n| *n > 0)
+            .or(frozen)
+            .or(hpa_desired.filter(|n| *n > 0))
+    } else {
+        frozen.or(hpa_desired.filter(|n| *n > 0))
+    };
+    a.clamp(n.unwrap_or(replicas))
+}
+
+/// Every object Floyd applies for `service` once a rollout of `revision`
+/// (the release's revision of `spec`) has completed, in apply order: the
+/// revision's ReplicaSet at `spec.replicas`, the active Service (when the
+/// service has ports; a blue-green one selects the revision, others every
+/// revision), the stable Service of a canary routed through an HTTPRoute,
+/// the HorizontalPodAutoscaler of an autoscaled service, and the state ConfigMap (without its data, which Floyd writes as
+/// rollouts progress). `floyd render --objects` prints these; the runtime
+/// applies the same builders.
+pub fn settled_objects(
+    install: Install<'_>,
+    service: &ServiceName,
+    revision: &Revision,
+    spec: &ServiceSpec,
+    meta: &RevisionMeta,
+) -> Result<Vec<serde_json::Value>, Error> {
+    check_service_name(service)?;
+    let json = |v: Result<serde_json::Value, serde_json::Error>| {
+        v.map_err(|e| Error::Spec {
+            service: service.to_string(),
+            message: format!("cannot encode an object: {e}"),
+        })
+    };
+    let rs = replica_set(
+        install,
+        service,
+        revision,
+        spec,
+        &spec.template,
+        meta,
+        // An autoscaled service starts within its bounds.
+        spec.autoscaling
+            .as_ref()
+            .map_or(spec.replicas, |a| a.clamp(spec.replicas)),
+    )?;
+    let mut out = vec![json(serde_json::to_value(&rs))?];
+    if !spec.ports.is_empty() {
+        let blue_green = matches!(spec.strategy, crate::manifest::Strategy::BlueGreen { .. });
+        let active = service_object(
+            install,
+            service,
+            spec,
+            false,
+            blue_green.then_some(revision),
+        );
+        out.push(json(serde_json::to_value(&active))?);
+        if super::gateway::http_route(spec).is_some() {
+            let stable = super::gateway::role_service(install, service, spec, "stable", None);
+            out.push(json(serde_json::to_value(&stable))?);
+        }
+    }
+    if let Some(a) = &spec.autoscaling {
+        let hpa = autoscaler(install, service, a, revision, None);
+        out.push(json(serde_json::to_value(&hpa))?);
+    }
+    let mut cm = state_config_map(install, service, "");
+    cm.data = None;
+    out.push(json(serde_json::to_value(&cm))?);
+    Ok(out)
+}
+
 /// Whether an event reason describes something a person should look at.
 pub fn is_warning_reason(reason: &str) -> bool {
     [
@@ -774,6 +1062,235 @@ mod tests {
         namespace: "d",
         instance: "a",
     };
+
+    /// The merge precedence of docs/manifest.md: Floyd's fields win for the
+    /// main container and the GPU scheduling fields; everything else in the
+    /// fragment passes through.
+    #[test]
+    fn floyd_fields_win_and_the_fragment_passes_through() {
+        let text = r#"apiVersion: floyd.dev/v1
+kind: Service
+metadata: { name: web }
+spec:
+  ports: [{ name: http, port: 8080 }]
+  health: { readiness: { http: { path: /healthz, port: http } } }
+  template:
+    image: ghcr.io/acme/web:2
+    command: [./web]
+    env: { LOG: info }
+    resources:
+      memory: 256Mi
+      gpu: { count: 1, product: NVIDIA-A100-SXM4-80GB, memoryMiB: 81920 }
+    terminationGracePeriodSeconds: 45
+    kubernetes:
+      metadata:
+        labels: { team: payments, floyd.dev/revision: forged }
+        annotations: { sidecar.istio.io/inject: "false" }
+      spec:
+        serviceAccountName: web
+        nodeSelector: { disktype: ssd, nvidia.com/gpu.product: Tesla-T4 }
+        tolerations: [{ key: dedicated, operator: Equal, value: web, effect: NoSchedule }]
+        affinity:
+          nodeAffinity:
+            requiredDuringSchedulingIgnoredDuringExecution:
+              nodeSelectorTerms:
+                - matchExpressions: [{ key: zone, operator: In, values: [a, b] }]
+          podAntiAffinity:
+            preferredDuringSchedulingIgnoredDuringExecution:
+              - weight: 1
+                podAffinityTerm: { topologyKey: kubernetes.io/hostname }
+        containers:
+          - name: shipper
+            image: fluent/fluent-bit:3
+          - name: app
+            image: not-this:1
+            args: [--verbose]
+            workingDir: /not-this
+            volumeMounts: [{ name: config, mountPath: /etc/web }]
+            env:
+              - name: DB_PASSWORD
+                valueFrom: { secretKeyRef: { name: db, key: password } }
+            resources:
+              requests: { memory: 1Gi, cpu: 250m }
+              limits: { cpu: "2" }
+        volumes: [{ name: config, configMap: { name: web-config } }]
+"#;
+        let s = crate::manifest::parse_service(text, std::path::Path::new("web.yaml")).unwrap();
+        let t = &s.spec.template;
+        let pod = pod_template("a", &s.name, &s.revision, &s.spec, t, None).unwrap();
+        let meta = pod.metadata.unwrap();
+        let labels = meta.labels.unwrap();
+        assert_eq!(labels["team"], "payments");
+        assert_eq!(labels[LABEL_REVISION], s.revision.as_str());
+        assert_eq!(labels[LABEL_INSTANCE], "a");
+        assert_eq!(
+            meta.annotations.unwrap()["sidecar.istio.io/inject"],
+            "false"
+        );
+        let spec = pod.spec.unwrap();
+        let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["app", "shipper"]);
+        let app = &spec.containers[0];
+        assert_eq!(app.image.as_deref(), Some("ghcr.io/acme/web:2"));
+        assert_eq!(app.command, Some(vec!["./web".to_string()]));
+        assert_eq!(app.args, Some(vec!["--verbose".to_string()]));
+        assert_eq!(
+            app.working_dir.as_deref(),
+            Some("/not-this"),
+            "Floyd sets none"
+        );
+        assert_eq!(
+            app.volume_mounts.as_ref().unwrap()[0].mount_path,
+            "/etc/web"
+        );
+        assert!(app.readiness_probe.is_some());
+        let env: Vec<(&str, bool)> = app
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.as_str(), e.value_from.is_some()))
+            .collect();
+        assert_eq!(
+            env,
+            [("PORT", false), ("LOG", false), ("DB_PASSWORD", true)]
+        );
+        let r = app.resources.as_ref().unwrap();
+        let q = |m: &Option<BTreeMap<String, Quantity>>, k: &str| {
+            m.as_ref().and_then(|m| m.get(k)).map(|q| q.0.clone())
+        };
+        assert_eq!(q(&r.requests, "memory").as_deref(), Some("256Mi"));
+        assert_eq!(q(&r.requests, "cpu").as_deref(), Some("250m"));
+        assert_eq!(q(&r.limits, "cpu").as_deref(), Some("2"));
+        assert_eq!(q(&r.limits, "memory").as_deref(), Some("256Mi"));
+        assert_eq!(q(&r.limits, "nvidia.com/gpu").as_deref(), Some("1"));
+        assert_eq!(
+            spec.containers[1].image.as_deref(),
+            Some("fluent/fluent-bit:3")
+        );
+
+        assert_eq!(spec.termination_grace_period_seconds, Some(45));
+        assert_eq!(spec.service_account_name.as_deref(), Some("web"));
+        let sel = spec.node_selector.unwrap();
+        assert_eq!(sel["disktype"], "ssd");
+        assert_eq!(sel[LABEL_GPU_PRODUCT], "NVIDIA-A100-SXM4-80GB");
+        let tol: Vec<&str> = spec
+            .tolerations
+            .iter()
+            .flatten()
+            .filter_map(|t| t.key.as_deref())
+            .collect();
+        assert_eq!(tol, ["dedicated", GPU_TAINT]);
+        let aff = spec.affinity.unwrap();
+        assert!(aff.pod_anti_affinity.is_some());
+        let terms = aff
+            .node_affinity
+            .unwrap()
+            .required_during_scheduling_ignored_during_execution
+            .unwrap()
+            .node_selector_terms;
+        assert_eq!(terms.len(), 1);
+        let keys: Vec<&str> = terms[0]
+            .match_expressions
+            .iter()
+            .flatten()
+            .map(|e| e.key.as_str())
+            .collect();
+        assert_eq!(keys, ["zone", LABEL_GPU_MEMORY], "both must hold");
+        assert_eq!(spec.volumes.unwrap()[0].name, "config");
+    }
+
+    #[test]
+    fn local_secret_references_are_refused_with_what_to_use() {
+        let mut t = InstanceTemplate::command(["./web"]);
+        t.image = Some("x:1".into());
+        t.env_from.insert(
+            "DB".into(),
+            crate::manifest::EnvSource::File("/run/secrets/db".into()),
+        );
+        let spec = ServiceSpec::with_defaults(1, t.clone());
+        let e = pod_template("a", &svc("web"), &Revision("r".into()), &spec, &t, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("spec.template.env.DB") && e.contains("secretKeyRef"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn without_a_fragment_the_pod_is_floyds_alone() {
+        let mut t = InstanceTemplate::command(["./web"]);
+        t.image = Some("x:1".into());
+        let spec = ServiceSpec::with_defaults(1, t.clone());
+        let r = Revision("abc".into());
+        let plain = pod_template("a", &svc("web"), &r, &spec, &t, None).unwrap();
+        t.kubernetes = Some(Box::default());
+        let empty = pod_template("a", &svc("web"), &r, &spec, &t, None).unwrap();
+        assert_eq!(plain, empty, "an empty fragment adds nothing");
+        let spec = plain.spec.unwrap();
+        assert_eq!(spec.containers.len(), 1);
+        assert_eq!(spec.containers[0].name, MAIN_CONTAINER);
+        assert!(plain.metadata.unwrap().annotations.is_none());
+    }
+
+    /// Who decides the count of an autoscaled service, and when.
+    #[test]
+    fn autoscaled_replicas_follow_the_hpa_within_bounds() {
+        let a = crate::manifest::Autoscaling {
+            min_replicas: 2,
+            max_replicas: 6,
+            target_cpu_utilization_percentage: Some(70),
+            metric: None,
+        };
+        // (manifest replicas, settled, frozen, target RS, HPA's RS) -> count
+        for (replicas, settled, frozen, target, hpa, want) in [
+            (1, false, None, None, None, 2), // nothing live: the manifest's, clamped up
+            (9, false, None, None, None, 6), // ... clamped down
+            (3, false, None, None, None, 3), // ... as written
+            (3, false, None, None, Some(5), 5), // a rollout begins: the HPA's count
+            (3, false, Some(4), None, Some(1), 4), // in flight: the frozen count
+            (3, true, None, Some(5), None, 5), // settled: the HPA's (the target RS)
+            (3, true, Some(4), Some(0), None, 4), // just completed, not yet scaled
+            (3, true, None, Some(0), None, 3), // settled, nothing anywhere
+            (3, true, None, Some(50), None, 6), // never beyond the bounds
+        ] {
+            assert_eq!(
+                autoscaled_replicas(&a, replicas, settled, frozen, target, hpa),
+                want,
+                "{replicas} {settled} {frozen:?} {target:?} {hpa:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn autoscaler_targets_the_revision_and_freezes_during_a_rollout() {
+        let a = crate::manifest::Autoscaling {
+            min_replicas: 1,
+            max_replicas: 3,
+            target_cpu_utilization_percentage: None,
+            metric: Some(crate::manifest::PodsMetric {
+                name: "http_requests_per_second".into(),
+                average_value: "100".into(),
+            }),
+        };
+        let r = Revision("abc".into());
+        let h = serde_json::to_value(autoscaler(INSTALL, &svc("web"), &a, &r, None)).unwrap();
+        assert_eq!(h["apiVersion"], "autoscaling/v2");
+        assert_eq!(h["spec"]["scaleTargetRef"]["name"], "web-abc");
+        assert_eq!(h["spec"]["metrics"][0]["type"], "Pods");
+        assert_eq!(
+            h["spec"]["metrics"][0]["pods"]["target"]["averageValue"],
+            "100"
+        );
+        assert!(h["spec"].get("behavior").is_none());
+        let f = serde_json::to_value(autoscaler(INSTALL, &svc("web"), &a, &r, Some(2))).unwrap();
+        assert_eq!(f["metadata"]["annotations"][ANN_FROZEN_REPLICAS], "2");
+        assert_eq!(f["spec"]["behavior"]["scaleUp"]["selectPolicy"], "Disabled");
+        assert_eq!(
+            f["spec"]["behavior"]["scaleDown"]["selectPolicy"],
+            "Disabled"
+        );
+    }
 
     #[test]
     fn kube_arg_translates_floyd_variables() {

@@ -1156,12 +1156,22 @@ impl Runtime for LocalRuntime {
                 match a {
                     Action::CreateRevision { revision, template } => match svc.rev_mut(revision) {
                         Some(r) => r.forget = false,
-                        None => svc.revisions.push(Rev {
+                        None => svc.revisions.push({
+                            if template.kubernetes.is_some() {
+                                // Pod fields (volumes, sidecars, Secret refs)
+                                // mean nothing to a process; said once per revision.
+                                tracing::warn!(
+                                    %service, %revision,
+                                    "spec.template.kubernetes is ignored by the local runtime (it applies to the kube runtime only)"
+                                );
+                            }
+                            Rev {
                             revision: revision.clone(),
                             created_at: Time::now_wall(),
                             desired: 0,
                             template: template.clone(),
                             forget: false,
+                        }
                         }),
                     },
                     Action::Scale { revision, replicas } => match svc.rev_mut(revision) {

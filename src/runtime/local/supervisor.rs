@@ -28,6 +28,9 @@ const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(60);
 struct Launch {
     argv: Vec<String>,
     env: BTreeMap<String, String>,
+    /// A `valueFrom` reference that could not be read: the instance does
+    /// not start (the message names the variable and the reference only).
+    error: Option<String>,
     working_dir: Option<String>,
     log: PathBuf,
     grace: Duration,
@@ -127,9 +130,21 @@ impl Inner {
         for (k, v) in &t.env {
             env.insert(k.clone(), process::expand(v, &base));
         }
+        let mut error = None;
+        for (k, source) in &t.env_from {
+            match resolve(source) {
+                Ok(v) => {
+                    env.insert(k.clone(), v);
+                }
+                Err(e) => {
+                    error.get_or_insert(format!("env {k}: {e}"));
+                }
+            }
+        }
         Some(Launch {
             argv: t.command.clone(),
             env,
+            error,
             working_dir: t.working_dir.clone(),
             log: super::log_path(
                 &self.cfg.state_dir,
@@ -242,7 +257,11 @@ pub(super) async fn supervise(
                 working_dir: l.working_dir.as_deref(),
                 log: &l.log,
             };
-            match process::start(&spec) {
+            let started = match l.error {
+                Some(e) => Err(e),
+                None => process::start(&spec).map_err(|e| e.to_string()),
+            };
+            match started {
                 Ok(child) => {
                     let pid = child.id().map(|p| p as i32);
                     let start_time = pid.and_then(process::proc_stat).map(|s| s.1);
@@ -266,7 +285,7 @@ pub(super) async fn supervise(
                     }
                     proc = Some(Proc::Child(child));
                 }
-                Err(e) => start_error = Some(e.to_string()),
+                Err(e) => start_error = Some(e),
             }
         }
         let outcome = match proc.as_mut() {
@@ -516,4 +535,19 @@ async fn probe_loop(
         }
     };
     tokio::join!(readiness, liveness);
+}
+
+/// The value of a `valueFrom` reference, read now. Errors name the
+/// reference, never a value.
+fn resolve(source: &crate::manifest::EnvSource) -> Result<String, String> {
+    match source {
+        crate::manifest::EnvSource::File(path) => std::fs::read_to_string(path)
+            .map(|v| {
+                let v = v.strip_suffix('\n').unwrap_or(&v);
+                v.strip_suffix('\r').unwrap_or(v).to_string()
+            })
+            .map_err(|e| format!("cannot read valueFrom file {path}: {e}")),
+        crate::manifest::EnvSource::Env(var) => std::env::var(var)
+            .map_err(|_| format!("valueFrom env {var} is not set in the controller's environment")),
+    }
 }
