@@ -256,6 +256,10 @@ pub enum RuntimeKind {
     Local,
     /// Kubernetes Deployments and Services (in-cluster or from the kubeconfig).
     Kube,
+    /// Simulated instances on the wall clock: nothing runs; each instance is
+    /// ready 1 s after it is created and stops in 0.5 s (benchmarks, dry runs
+    /// of a config repo; GPUs from floyd.yaml's declared inventory).
+    Sim,
 }
 
 impl Args {
@@ -369,6 +373,21 @@ pub async fn make_runtime(args: &Args, gpus: Vec<GpuInventory>) -> anyhow::Resul
                 elector: None,
             })
         }
+        RuntimeKind::Sim => {
+            use crate::runtime::sim::{Behaviour, SimRuntime, SimWorld};
+            let mut w = SimWorld::new(&gpus, 0);
+            w.start_at(crate::time::Time::now_wall());
+            w.set_default_behaviour(Behaviour {
+                startup_seconds: 1.0,
+                stop_seconds: 0.5,
+                ..Behaviour::default()
+            });
+            Ok(Built {
+                runtime: Arc::new(SimRuntime::new(w)),
+                local: None,
+                elector: None,
+            })
+        }
         RuntimeKind::Kube => {
             let mut lease = crate::runtime::kube::LeaseConfig::new(
                 &args.lease_name,
@@ -439,28 +458,29 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
         mirror: args.state_dir.join("repo.git"),
         credentials,
     })?);
-    let gpus = if args.runtime == RuntimeKind::Local && args.gpus.is_none() {
-        let s = src.clone();
-        let a = Args {
-            repo: String::new(),
-            ..Args::new("", &args.state_dir)
+    let gpus =
+        if matches!(args.runtime, RuntimeKind::Local | RuntimeKind::Sim) && args.gpus.is_none() {
+            let s = src.clone();
+            let a = Args {
+                repo: String::new(),
+                ..Args::new("", &args.state_dir)
+            };
+            let (path, env) = (args.path.clone(), args.environment.clone());
+            tokio::task::spawn_blocking(move || {
+                declared_gpus(
+                    &Args {
+                        path,
+                        environment: env,
+                        ..a
+                    },
+                    &s,
+                )
+            })
+            .await
+            .unwrap_or_default()
+        } else {
+            Vec::new()
         };
-        let (path, env) = (args.path.clone(), args.environment.clone());
-        tokio::task::spawn_blocking(move || {
-            declared_gpus(
-                &Args {
-                    path,
-                    environment: env,
-                    ..a
-                },
-                &s,
-            )
-        })
-        .await
-        .unwrap_or_default()
-    } else {
-        Vec::new()
-    };
     let Built {
         runtime,
         local,
