@@ -417,6 +417,13 @@ async fn deliver(
 mod tests {
     use super::*;
 
+    /// `floyd.yaml` accepts exactly the events Floyd sends.
+    #[test]
+    fn notification_events_are_the_kinds_floyd_sends() {
+        let sent: Vec<&str> = NotificationKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(sent, crate::manifest::NOTIFICATION_EVENTS);
+    }
+
     fn entry(result: Phase, rollback: bool) -> HistoryEntry {
         HistoryEntry {
             service: "web".into(),

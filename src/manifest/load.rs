@@ -242,9 +242,7 @@ pub(super) fn assemble<'a>(
     // (see `runtime::kube::objects::reserved_name_conflict`).
     for (name, (file, pos)) in &seen {
         let all = seen.keys().map(ServiceName::as_str);
-        if let Some(message) =
-            crate::runtime::kube::objects::reserved_name_conflict(name.as_str(), all)
-        {
+        if let Some(message) = reserved_name_conflict(name.as_str(), all) {
             diags.push(Diagnostic {
                 file: file.clone(),
                 line: pos.line,
@@ -1030,4 +1028,44 @@ fn notification_url(cx: &mut Ctx<'_>, n: &Node, path: &str) -> Option<String> {
         return None;
     }
     Some(s)
+}
+
+/// Service names Floyd refuses because a Kubernetes object it generates, or
+/// one the cluster owns, would have the same name. `names` are every
+/// service of the release; returns the reason for `name`, if any.
+///
+/// - `kubernetes`: the API server's own Service in `default`.
+/// - `<other>-preview`: the blue-green preview Service of service `<other>`.
+/// - `floyd-state-...`: the prefix of Floyd's state ConfigMaps.
+pub fn reserved_name_conflict<'a>(
+    name: &str,
+    names: impl Iterator<Item = &'a str>,
+) -> Option<String> {
+    if name == "kubernetes" {
+        return Some(
+            "\"kubernetes\" is reserved: it is the API server's own Service in namespace default; rename the service".into(),
+        );
+    }
+    if name.starts_with("floyd-state-") {
+        return Some(
+            "names starting with \"floyd-state-\" are reserved for Floyd's state ConfigMaps; rename the service".into(),
+        );
+    }
+    // Services Floyd generates for another service: the blue-green preview,
+    // and the stable/canary Services of a canary routed through an HTTPRoute.
+    let names: Vec<&str> = names.collect();
+    for (suffix, what) in [
+        ("-preview", "preview Service"),
+        ("-stable", "stable Service (canary trafficRouting)"),
+        ("-canary", "canary Service (canary trafficRouting)"),
+    ] {
+        if let Some(base) = name.strip_suffix(suffix)
+            && names.contains(&base)
+        {
+            return Some(format!(
+                "{name:?} is the name of the {what} Floyd makes for service {base:?}; rename one of them"
+            ));
+        }
+    }
+    None
 }

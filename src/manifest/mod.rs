@@ -13,7 +13,10 @@ mod template;
 pub mod tree;
 mod yaml;
 
-pub use load::{CONFIG_FILE, ConfigRepo, MAX_FILE_BYTES, NOTIFICATION_EVENTS, SERVICES_DIR};
+pub use load::{
+    CONFIG_FILE, ConfigRepo, MAX_FILE_BYTES, NOTIFICATION_EVENTS, SERVICES_DIR,
+    reserved_name_conflict,
+};
 
 pub use model::*;
 pub use pod::MAIN_CONTAINER;

@@ -364,12 +364,3 @@ fn canary_errors_have_positions_and_paths() {
         "{wrong:?}"
     );
 }
-
-#[test]
-fn notification_events_are_the_kinds_floyd_sends() {
-    let sent: Vec<&str> = crate::notifications::NotificationKind::ALL
-        .iter()
-        .map(|k| k.as_str())
-        .collect();
-    assert_eq!(sent, NOTIFICATION_EVENTS);
-}
