@@ -68,6 +68,18 @@ pub struct DiffArgs {
     /// Environment from floyd.yaml to render.
     #[arg(long, short = 'e', env = "FLOYD_ENVIRONMENT")]
     pub environment: Option<String>,
+    /// Compare the Kubernetes objects Floyd would apply (`floyd render
+    /// --objects`) with the cluster's, object by object, read with the
+    /// kubeconfig (`KUBECONFIG`, else ~/.kube/config) instead of asking a
+    /// Floyd server. Read-only.
+    #[arg(long)]
+    pub objects: bool,
+    /// With --objects: the namespace Floyd deploys to.
+    #[arg(long, env = "FLOYD_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// With --objects: the install identity (`floyd run --instance`).
+    #[arg(long, env = "FLOYD_INSTANCE", default_value = crate::runtime::kube::objects::DEFAULT_INSTANCE, value_parser = super::run::instance_name)]
+    pub instance: String,
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -874,6 +886,16 @@ fn change_line(c: &Change) -> String {
 }
 
 pub fn diff(a: DiffArgs) -> anyhow::Result<u8> {
+    if a.objects {
+        let release = crate::manifest::load_release(&a.dir, a.environment.as_deref())
+            .map_err(|e| CliError::usage(e.to_string()))?;
+        return super::objdiff::run(
+            &release,
+            &a.namespace,
+            &a.instance,
+            a.server.output == Output::Json,
+        );
+    }
     let c = Client::new(&a.server, None)?;
     let release = crate::manifest::load_release(&a.dir, a.environment.as_deref())
         .map_err(|e| CliError::usage(e.to_string()))?;

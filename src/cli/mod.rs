@@ -12,6 +12,7 @@ pub mod client;
 pub mod dataplane;
 pub mod demo;
 pub mod logs;
+pub mod objdiff;
 pub mod reference;
 pub mod render;
 pub mod run;
