@@ -216,7 +216,13 @@ mod tests {
             json!("IfNotPresent");
         live_rs["metadata"]["annotations"]["floyd.dev/created-at"] = json!("2026-01-01T00:00:00Z");
         // (case, wanted, live, want)
-        let cases: Vec<(&str, Vec<Value>, Vec<Value>, Vec<(&str, &str, &str)>)> = vec![
+        type Case = (
+            &'static str,
+            Vec<Value>,
+            Vec<Value>,
+            Vec<(&'static str, &'static str, &'static str)>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "in sync",
                 vec![rs("web-a", "web", 2, "web:1")],
