@@ -861,31 +861,14 @@ pub fn revert_message(
     reason: &str,
 ) -> String {
     let service = services.first().map(String::as_str).unwrap_or("");
-    let one_line: String = reason.split_whitespace().collect::<Vec<_>>().join(" ");
-    let title = if reverted.len() == 1 {
-        format!(
-            "Revert \"{}\"",
-            summaries.first().map(String::as_str).unwrap_or("")
-        )
-    } else {
-        format!("Revert {} commits that broke {service}", reverted.len())
-    };
-    let mut m = format!("{title}\n\n");
-    for sha in reverted {
-        m.push_str(&format!("This reverts commit {sha}.\n"));
-    }
-    let sentence_end = if one_line.ends_with('.') { "" } else { "." };
-    m.push_str(&format!(
-        "\nFloyd rolled back {service} from revision {failed_revision} to {rolled_back_to}: {one_line}{sentence_end}\n\n"
-    ));
-    for sha in reverted {
-        m.push_str(&format!("Floyd-Revert-Of: {sha}\n"));
-    }
-    for s in services {
-        m.push_str(&format!("Floyd-Service: {s}\n"));
-    }
-    m.push_str(&format!("Floyd-Reason: {one_line}\n"));
-    m
+    message_of_revert(
+        services,
+        reverted,
+        summaries,
+        service,
+        &format!("Floyd rolled back {service} from revision {failed_revision} to {rolled_back_to}"),
+        reason,
+    )
 }
 
 /// The message of a revert of commits that made the branch stop rendering
@@ -899,6 +882,27 @@ pub fn render_revert_message(
     kept: &str,
     reason: &str,
 ) -> String {
+    message_of_revert(
+        services,
+        reverted,
+        summaries,
+        "rendering",
+        &format!("Floyd kept commit {kept} running: the branch does not render"),
+        reason,
+    )
+}
+
+/// Title, one `This reverts commit` line per commit, `what happened:
+/// reason.`, then the trailers (`Floyd-Revert-Of`, `Floyd-Service`,
+/// `Floyd-Reason`). `broke` names what several reverted commits broke.
+fn message_of_revert(
+    services: &[String],
+    reverted: &[String],
+    summaries: &[String],
+    broke: &str,
+    what_happened: &str,
+    reason: &str,
+) -> String {
     let one_line: String = reason.split_whitespace().collect::<Vec<_>>().join(" ");
     let title = if reverted.len() == 1 {
         format!(
@@ -906,16 +910,14 @@ pub fn render_revert_message(
             summaries.first().map(String::as_str).unwrap_or("")
         )
     } else {
-        format!("Revert {} commits that broke rendering", reverted.len())
+        format!("Revert {} commits that broke {broke}", reverted.len())
     };
     let mut m = format!("{title}\n\n");
     for sha in reverted {
         m.push_str(&format!("This reverts commit {sha}.\n"));
     }
     let sentence_end = if one_line.ends_with('.') { "" } else { "." };
-    m.push_str(&format!(
-        "\nFloyd kept commit {kept} running: the branch does not render: {one_line}{sentence_end}\n\n"
-    ));
+    m.push_str(&format!("\n{what_happened}: {one_line}{sentence_end}\n\n"));
     for sha in reverted {
         m.push_str(&format!("Floyd-Revert-Of: {sha}\n"));
     }
