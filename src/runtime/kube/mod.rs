@@ -583,42 +583,10 @@ impl KubeRuntime {
         let mut adopted = Vec::new();
         // Pods first: a Service that selects the install label must find
         // its pods labelled by then.
-        adopt_all(
-            &self.pod_api(),
-            "Pod",
-            &selector,
-            &labels,
-            self,
-            &mut adopted,
-        )
-        .await?;
-        adopt_all(
-            &self.rs_api(),
-            "ReplicaSet",
-            &selector,
-            &labels,
-            self,
-            &mut adopted,
-        )
-        .await?;
-        adopt_all(
-            &self.svc_api(),
-            "Service",
-            &selector,
-            &labels,
-            self,
-            &mut adopted,
-        )
-        .await?;
-        adopt_all(
-            &self.cm_api(),
-            "ConfigMap",
-            &selector,
-            &labels,
-            self,
-            &mut adopted,
-        )
-        .await?;
+        adopt_all(&self.pod_api(), &selector, &labels, self, &mut adopted).await?;
+        adopt_all(&self.rs_api(), &selector, &labels, self, &mut adopted).await?;
+        adopt_all(&self.svc_api(), &selector, &labels, self, &mut adopted).await?;
+        adopt_all(&self.cm_api(), &selector, &labels, self, &mut adopted).await?;
         Ok(adopted)
     }
 
@@ -1755,7 +1723,6 @@ pub fn identity_from_env() -> String {
 /// Merge-patches `labels` into every object of `api` matching `selector`.
 async fn adopt_all<K>(
     api: &Api<K>,
-    kind: &'static str,
     selector: &str,
     labels: &serde_json::Value,
     rt: &KubeRuntime,
@@ -1763,11 +1730,13 @@ async fn adopt_all<K>(
 ) -> Result<(), Error>
 where
     K: kube::Resource<DynamicType = ()>
+        + k8s_openapi::Resource
         + Clone
         + serde::de::DeserializeOwned
         + serde::Serialize
         + std::fmt::Debug,
 {
+    let kind = <K as k8s_openapi::Resource>::KIND;
     let items = api
         .list(&ListParams::default().labels(selector))
         .await
@@ -1779,7 +1748,7 @@ where
         // server merges it into what is there.
         let patch = serde_json::json!({
             "apiVersion": K::api_version(&()),
-            "kind": K::kind(&()),
+            "kind": kind,
             "metadata": {"name": name, "labels": labels},
         });
         match api
