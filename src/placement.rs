@@ -1,7 +1,11 @@
 //! GPU placement, one model for every runtime: the simulator
 //! (`floyd simulate`, predictions), the local runtime and the benchmarks
-//! place GPU requests with this pool, so what `floyd simulate` and `floyd
-//! diff` predict is what the local runtime does. Pure bookkeeping: no I/O.
+//! place GPU requests with this pool, and the Kubernetes runtime counts its
+//! nodes' GPUs and its pods' holdings with it
+//! (`runtime::kube::observe::gpu_pool`), so what `floyd simulate` and
+//! `floyd diff` predict is what each runtime does. A property test
+//! (`runtime::sim::gpu`) checks the three agree on random inventories and
+//! demand. Pure bookkeeping: no I/O.
 //!
 //! A device is a physical (or declared) GPU, offered the way a Kubernetes
 //! node with NVIDIA's device plugin advertises it: a device that declares
@@ -73,6 +77,41 @@ enum Mode {
     Mig,
 }
 
+/// Whether `dev` offers what `req` asks for: the product (normalised,
+/// any case), at least the memory asked, and the sharing the device is
+/// offered in (see [`GpuPool`]). Every runtime decides "does this GPU fit
+/// this request" with this one function.
+pub fn offers(dev: &GpuDevice, req: &GpuRequest) -> bool {
+    let product_ok = req
+        .product
+        .as_deref()
+        .is_none_or(|p| normalize_product(p).eq_ignore_ascii_case(&dev.product));
+    let memory_ok = match (req.memory_mib, dev.memory_mib) {
+        (Some(want), Some(have)) => have >= want,
+        (Some(_), None) => false,
+        (None, _) => true,
+    };
+    let sharing_ok = match (&req.sharing, mode(dev)) {
+        (GpuSharing::Exclusive, Mode::Whole) | (GpuSharing::TimeSliced, Mode::Slots) => true,
+        (GpuSharing::Mig { profile }, Mode::Mig) => dev.mig.get(profile).is_some_and(|n| *n > 0),
+        _ => false,
+    };
+    product_ok && memory_ok && sharing_ok
+}
+
+/// How a device is offered, by its declaration (as a Kubernetes node
+/// advertises it): MIG slices when it declares MIG profiles, else
+/// time-slice slots when it declares replicas, else whole.
+fn mode(dev: &GpuDevice) -> Mode {
+    if dev.mig.values().any(|n| *n > 0) {
+        Mode::Mig
+    } else if dev.time_sliced_replicas.is_some_and(|n| n > 0) {
+        Mode::Slots
+    } else {
+        Mode::Whole
+    }
+}
+
 /// Who holds a unit.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Holder {
@@ -107,39 +146,6 @@ impl GpuPool {
         &self.devices
     }
 
-    fn matches(dev: &GpuDevice, req: &GpuRequest) -> bool {
-        let product_ok = req
-            .product
-            .as_deref()
-            .is_none_or(|p| normalize_product(p).eq_ignore_ascii_case(&dev.product));
-        let memory_ok = match (req.memory_mib, dev.memory_mib) {
-            (Some(want), Some(have)) => have >= want,
-            (Some(_), None) => false,
-            (None, _) => true,
-        };
-        let sharing_ok = match (&req.sharing, Self::mode(dev)) {
-            (GpuSharing::Exclusive, Mode::Whole) | (GpuSharing::TimeSliced, Mode::Slots) => true,
-            (GpuSharing::Mig { profile }, Mode::Mig) => {
-                dev.mig.get(profile).is_some_and(|n| *n > 0)
-            }
-            _ => false,
-        };
-        product_ok && memory_ok && sharing_ok
-    }
-
-    /// How a device is offered, by its declaration (as a Kubernetes node
-    /// advertises it): MIG slices when it declares MIG profiles, else
-    /// time-slice slots when it declares replicas, else whole.
-    fn mode(dev: &GpuDevice) -> Mode {
-        if dev.mig.values().any(|n| *n > 0) {
-            Mode::Mig
-        } else if dev.time_sliced_replicas.is_some_and(|n| n > 0) {
-            Mode::Slots
-        } else {
-            Mode::Whole
-        }
-    }
-
     fn device_prefix(dev: &GpuDevice) -> String {
         format!("gpu{}", dev.index)
     }
@@ -154,7 +160,7 @@ impl GpuPool {
     /// All units of matching kind, with whether each is free.
     fn units(&self, req: &GpuRequest) -> Vec<(String, u32, bool)> {
         let mut out = Vec::new();
-        for dev in self.devices.iter().filter(|d| Self::matches(d, req)) {
+        for dev in self.devices.iter().filter(|d| offers(d, req)) {
             let base = Self::device_prefix(dev);
             match &req.sharing {
                 GpuSharing::Exclusive => {
@@ -246,6 +252,38 @@ impl GpuPool {
             }
         }
         conflicts
+    }
+
+    /// Marks up to `n` free units of the `sharing` kind on `devices` as held
+    /// by `holder`, and says how many it took. This is how a runtime that
+    /// does not place GPUs itself (Kubernetes: the scheduler and the device
+    /// plugin do) records what its pods hold, so that [`GpuPool::capacity`]
+    /// answers for it as for the runtimes that place.
+    pub fn hold_on(
+        &mut self,
+        devices: &[u32],
+        sharing: &GpuSharing,
+        n: u32,
+        holder: &Holder,
+    ) -> u32 {
+        let any = GpuRequest {
+            count: n,
+            product: None,
+            memory_mib: None,
+            sharing: sharing.clone(),
+            allow_in_place: true,
+        };
+        let free: Vec<String> = self
+            .units(&any)
+            .into_iter()
+            .filter(|(_, dev, free)| *free && devices.contains(dev))
+            .map(|(id, _, _)| id)
+            .take(n as usize)
+            .collect();
+        for id in &free {
+            self.held.insert(id.clone(), holder.clone());
+        }
+        free.len() as u32
     }
 
     /// Releases every unit `holder` holds.

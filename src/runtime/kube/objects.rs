@@ -302,17 +302,6 @@ pub fn gpu_resource(gpu: &GpuRequest) -> String {
     }
 }
 
-/// How a GPU kind is named in messages and `GpuCapacity.kind`.
-/// The same names as every runtime's ([`crate::placement::gpu_kind`]),
-/// except that a request without a product is named by its resource.
-pub fn gpu_kind(gpu: &GpuRequest) -> String {
-    match (&gpu.sharing, &gpu.product) {
-        (GpuSharing::TimeSliced, None) => "nvidia.com/gpu.shared".to_string(),
-        (GpuSharing::Exclusive, None) => "nvidia.com/gpu".to_string(),
-        _ => crate::placement::gpu_kind(gpu),
-    }
-}
-
 /// `${VAR}` (Floyd's syntax, shared with the local runtime) → `$(VAR)`,
 /// which the kubelet expands from the container's env.
 pub fn kube_arg(arg: &str) -> String {
@@ -1285,7 +1274,6 @@ spec:
             profile: "1g.10gb".into(),
         };
         assert_eq!(gpu_resource(&g), "nvidia.com/mig-1g.10gb");
-        assert_eq!(gpu_kind(&g), "mig-1g.10gb");
     }
 
     #[test]

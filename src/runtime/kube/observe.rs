@@ -5,18 +5,20 @@
 use super::objects::{
     ANN_COMMIT, ANN_CREATED_AT, ANN_TEMPLATE, GpuScheme, Install, LABEL_GPU_MEMORY,
     LABEL_GPU_PRODUCT, LABEL_INSTANCE, LABEL_REVISION, LABEL_SERVICE, RevisionMeta,
-    active_service_name, floyd_time, gpu_kind, gpu_resource, keep_selector, parse_time,
-    preview_service_name, replica_set, service_object,
+    active_service_name, floyd_time, gpu_resource, keep_selector, parse_time, preview_service_name,
+    replica_set, service_object,
 };
 use crate::manifest::{
     GpuRequest, GpuSharing, InstanceTemplate, Revision, ServiceName, ServiceSpec, Strategy,
 };
+use crate::placement::{self, GpuDevice, GpuPool, Holder, normalize_product};
 use crate::runtime::{GpuCapacity, Instance, InstancePhase, Observed, ObservedRevision};
 use crate::time::Time;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 
 /// Container waiting reasons that mean "this will not become ready by itself soon".
 const STUCK_REASONS: &[&str] = &[
@@ -306,73 +308,152 @@ pub fn split_product(label: &str) -> (&str, Option<&str>, bool) {
     }
 }
 
-/// How `node` offers the kind of GPU `req` asks for, or `None` when it
-/// does not offer it (other product, too little memory, cordoned, other
-/// sharing). Follows what the NVIDIA device plugin advertises:
+/// GPU feature discovery's label naming how a node shares its GPUs
+/// (device plugin ≥ 0.15): `time-slicing` means `nvidia.com/gpu` are
+/// shared replicas even when the product label carries no `-SHARED`.
+pub const LABEL_GPU_SHARING: &str = "nvidia.com/gpu.sharing-strategy";
+
+/// One GPU resource a node advertises, as devices of the shared placement
+/// model ([`crate::placement`]): Kubernetes GPUs are counted with the same
+/// pool, matching rules and unit kinds as the simulator's and the local
+/// runtime's, so `floyd simulate` and the Kubernetes runtime agree on what
+/// fits.
+#[derive(Debug, Clone)]
+pub struct NodeOffer {
+    /// `nvidia.com/gpu`, `nvidia.com/gpu.shared`, `nvidia.com/mig-<profile>`.
+    pub resource: String,
+    /// The kind of unit one of this resource is.
+    pub sharing: GpuSharing,
+    /// The devices standing for it (whole GPUs: one per unit; slots and
+    /// slices: one device holding all of the node's units of the resource).
+    pub devices: Vec<GpuDevice>,
+}
+
+/// What `node` advertises, in the placement model. Follows what the NVIDIA
+/// device plugin advertises:
 ///
-/// | request | node advertises |
+/// | unit | node advertises |
 /// |---|---|
-/// | exclusive | `nvidia.com/gpu`, product without suffix, no time-slicing replicas |
-/// | MIG `<p>` | `nvidia.com/mig-<p>` (strategy `mixed`), or `nvidia.com/gpu` with product `…-MIG-<p>` (strategy `single`) |
-/// | time-sliced | `nvidia.com/gpu.shared` (`renameByDefault`), or `nvidia.com/gpu` with product `…-SHARED` or `nvidia.com/gpu.replicas` > 1 |
-pub fn node_scheme(node: &Node, req: &GpuRequest) -> Option<GpuScheme> {
-    let labels = node.metadata.labels.as_ref();
-    let product_label = labels
-        .and_then(|l| l.get(LABEL_GPU_PRODUCT))
-        .map(String::as_str)
-        .unwrap_or("");
-    let (base, mig, shared) = split_product(product_label);
-    if let Some(p) = &req.product
-        && base != p
-    {
-        return None;
-    }
-    if let Some(min) = req.memory_mib {
-        let mem: Option<u64> = labels
-            .and_then(|l| l.get(LABEL_GPU_MEMORY))
-            .and_then(|m| m.parse().ok());
-        if mem.is_none_or(|m| m < min) {
-            return None;
-        }
-    }
+/// | whole GPU | `nvidia.com/gpu`, product without suffix, no time-slicing |
+/// | MIG `<p>` slice | `nvidia.com/mig-<p>` (strategy `mixed`), or `nvidia.com/gpu` with product `…-MIG-<p>` (strategy `single`) |
+/// | time-slice slot | `nvidia.com/gpu.shared` (`renameByDefault`), or `nvidia.com/gpu` with product `…-SHARED`, `nvidia.com/gpu.replicas` > 1 or `nvidia.com/gpu.sharing-strategy: time-slicing` |
+///
+/// A cordoned node offers nothing. Resources that may be requested in more
+/// than one way come first in the order a request prefers them (renamed
+/// and `mixed` before plain `nvidia.com/gpu`). Device indices start at
+/// `*next` and advance it.
+pub fn node_offers(node: &Node, next: &mut u32) -> Vec<NodeOffer> {
     if node
         .spec
         .as_ref()
         .and_then(|s| s.unschedulable)
         .unwrap_or(false)
     {
-        return None;
+        return Vec::new();
     }
-    let alloc = |r: &str| node_allocatable(node, r);
+    let labels = node.metadata.labels.as_ref();
+    let product_label = labels
+        .and_then(|l| l.get(LABEL_GPU_PRODUCT))
+        .map(String::as_str)
+        .unwrap_or("");
+    let (base, mig_single, shared) = split_product(product_label);
+    let memory_mib: Option<u64> = labels
+        .and_then(|l| l.get(LABEL_GPU_MEMORY))
+        .and_then(|m| m.parse().ok());
     let replicas: u32 = labels
         .and_then(|l| l.get(LABEL_GPU_REPLICAS))
         .and_then(|r| r.parse().ok())
         .unwrap_or(1);
-    let plain_shared = shared || replicas > 1;
-    const GPU: &str = "nvidia.com/gpu";
-    let resource = match &req.sharing {
-        GpuSharing::Exclusive => {
-            (mig.is_none() && !plain_shared && alloc(GPU) > 0).then(|| GPU.to_string())
+    let time_slicing = shared
+        || replicas > 1
+        || labels
+            .and_then(|l| l.get(LABEL_GPU_SHARING))
+            .map(String::as_str)
+            == Some("time-slicing");
+    let product = normalize_product(base);
+    let mut device = |slots: Option<u32>, mig: BTreeMap<String, u32>| {
+        let d = GpuDevice {
+            index: *next,
+            uuid: None,
+            product: product.clone(),
+            memory_mib,
+            time_sliced_replicas: slots,
+            mig,
+        };
+        *next += 1;
+        d
+    };
+    let mut out = Vec::new();
+    let shared_units = node_allocatable(node, "nvidia.com/gpu.shared");
+    if shared_units > 0 {
+        out.push(NodeOffer {
+            resource: "nvidia.com/gpu.shared".into(),
+            sharing: GpuSharing::TimeSliced,
+            devices: vec![device(Some(shared_units), BTreeMap::new())],
+        });
+    }
+    let allocatable = node.status.as_ref().and_then(|s| s.allocatable.as_ref());
+    for (resource, q) in allocatable.into_iter().flatten() {
+        let Some(profile) = resource.strip_prefix("nvidia.com/mig-") else {
+            continue;
+        };
+        let units = quantity_units(q);
+        if units > 0 {
+            let slices = BTreeMap::from([(profile.to_string(), units)]);
+            out.push(NodeOffer {
+                resource: resource.clone(),
+                sharing: GpuSharing::Mig {
+                    profile: profile.to_string(),
+                },
+                devices: vec![device(None, slices)],
+            });
         }
-        GpuSharing::TimeSliced => {
-            if alloc("nvidia.com/gpu.shared") > 0 {
-                Some("nvidia.com/gpu.shared".to_string())
-            } else {
-                (mig.is_none() && plain_shared && alloc(GPU) > 0).then(|| GPU.to_string())
-            }
-        }
-        GpuSharing::Mig { profile } => {
-            let mixed = format!("nvidia.com/mig-{profile}");
-            if alloc(&mixed) > 0 {
-                Some(mixed)
-            } else {
-                (mig == Some(profile.as_str()) && alloc(GPU) > 0).then(|| GPU.to_string())
-            }
-        }
-    }?;
+    }
+    let gpus = node_allocatable(node, "nvidia.com/gpu");
+    if gpus > 0 {
+        let (sharing, devices) = match mig_single {
+            Some(p) => (
+                GpuSharing::Mig {
+                    profile: p.to_string(),
+                },
+                vec![device(None, BTreeMap::from([(p.to_string(), gpus)]))],
+            ),
+            None if time_slicing => (
+                GpuSharing::TimeSliced,
+                vec![device(Some(gpus), BTreeMap::new())],
+            ),
+            None => (
+                GpuSharing::Exclusive,
+                (0..gpus).map(|_| device(None, BTreeMap::new())).collect(),
+            ),
+        };
+        out.push(NodeOffer {
+            resource: "nvidia.com/gpu".into(),
+            sharing,
+            devices,
+        });
+    }
+    out
+}
+
+/// How `node` offers the kind of GPU `req` asks for, or `None` when it
+/// does not offer it (other product, too little memory, cordoned, other
+/// sharing): the first of [`node_offers`] with a device that
+/// [`placement::offers`] the request.
+pub fn node_scheme(node: &Node, req: &GpuRequest) -> Option<GpuScheme> {
+    let offer = node_offers(node, &mut 0)
+        .into_iter()
+        .find(|o| o.devices.iter().any(|d| placement::offers(d, req)))?;
+    let product_label = node
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_GPU_PRODUCT))
+        .cloned()
+        .unwrap_or_default();
     Some(GpuScheme {
-        resource,
-        product_label: req.product.as_ref().map(|_| product_label.to_string()),
+        resource: offer.resource,
+        product_label: req.product.as_ref().map(|_| product_label),
     })
 }
 
@@ -383,11 +464,6 @@ fn node_allocatable(node: &Node, resource: &str) -> u32 {
         .and_then(|a| a.get(resource))
         .map(quantity_units)
         .unwrap_or(0)
-}
-
-/// Whether `node` offers the GPUs `req` asks for.
-pub fn node_matches(node: &Node, req: &GpuRequest) -> bool {
-    node_scheme(node, req).is_some()
 }
 
 /// How a new revision's pods should ask for `req`: the scheme of the
@@ -415,15 +491,63 @@ pub fn placement(req: &GpuRequest, nodes: &[Node]) -> GpuScheme {
         })
 }
 
-/// GPU capacity for `req`: allocatable of the matching nodes (each in the
-/// resource it advertises this kind under, see [`node_scheme`]) minus what
-/// unfinished pods bound to them request (terminating pods included: they
-/// hold their GPUs until the kubelet has stopped them). `pods` should be
-/// every pod that can run on those nodes (the cluster-wide view); pods of
-/// other namespaces that are not visible make `free` an over-estimate,
-/// which the scheduler then corrects (the pod stays Pending/Unschedulable
-/// and Floyd reports it). `held_by_service` counts this install's pods of
-/// `service` only.
+/// The cluster's GPUs as one placement pool: every node's offers
+/// ([`node_offers`]), with the units that unfinished pods bound to a node
+/// request marked as held (terminating pods included: they hold their GPUs
+/// until the kubelet has stopped them). `pods` should be every pod that
+/// can run on those nodes (the cluster-wide view); pods of other
+/// namespaces that are not visible make `free` an over-estimate, which the
+/// scheduler then corrects (the pod stays Pending/Unschedulable and Floyd
+/// reports it). Units are held by the pod's service only for this
+/// install's pods (`instance`); a same-named service of another install is
+/// someone else's.
+pub fn gpu_pool(nodes: &[Node], pods: &[Pod], instance: &str) -> GpuPool {
+    let mut next = 0u32;
+    let mut by_node: BTreeMap<&str, Vec<NodeOffer>> = BTreeMap::new();
+    for n in nodes {
+        if let Some(name) = n.metadata.name.as_deref() {
+            by_node.insert(name, node_offers(n, &mut next));
+        }
+    }
+    let mut pool = GpuPool::new(
+        by_node
+            .values()
+            .flatten()
+            .flat_map(|o| o.devices.iter().cloned())
+            .collect(),
+    );
+    for p in pods.iter().filter(|p| is_unfinished(p)) {
+        let Some(offers) = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .and_then(|n| by_node.get(n))
+        else {
+            continue;
+        };
+        let pod_name = p.metadata.name.as_deref().unwrap_or("");
+        let service = match label(&p.metadata, LABEL_SERVICE) {
+            Some(s) if label(&p.metadata, LABEL_INSTANCE) == Some(instance) => s.to_string(),
+            // Not a service name (those are DNS labels): never matches one.
+            _ => format!("other/{pod_name}"),
+        };
+        let holder = Holder {
+            service,
+            instance: pod_name.to_string(),
+        };
+        for o in offers {
+            let units = pod_resource_units(p, &o.resource);
+            if units > 0 {
+                let devices: Vec<u32> = o.devices.iter().map(|d| d.index).collect();
+                pool.hold_on(&devices, &o.sharing, units, &holder);
+            }
+        }
+    }
+    pool
+}
+
+/// GPU capacity for `req` as the engine sees it: [`gpu_pool`]'s answer,
+/// the same [`GpuPool::capacity`] the simulator and the local runtime give.
 pub fn gpu_capacity(
     req: &GpuRequest,
     nodes: &[Node],
@@ -431,39 +555,7 @@ pub fn gpu_capacity(
     instance: &str,
     service: &ServiceName,
 ) -> GpuCapacity {
-    let matching: Vec<(&str, GpuScheme)> = nodes
-        .iter()
-        .filter_map(|n| Some((n.metadata.name.as_deref()?, node_scheme(n, req)?)))
-        .collect();
-    let exist: u32 = nodes
-        .iter()
-        .filter_map(|n| node_scheme(n, req).map(|s| node_allocatable(n, &s.resource)))
-        .sum();
-    let mut used = 0u32;
-    let mut held = 0u32;
-    for p in pods.iter().filter(|p| is_unfinished(p)) {
-        let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
-            continue;
-        };
-        let Some((_, scheme)) = matching.iter().find(|(n, _)| *n == node) else {
-            continue;
-        };
-        let units = pod_resource_units(p, &scheme.resource);
-        used = used.saturating_add(units);
-        // Only this install's pods of the service are "held by" it; a
-        // same-named service of another install is someone else's.
-        if label(&p.metadata, LABEL_SERVICE) == Some(service.as_str())
-            && label(&p.metadata, LABEL_INSTANCE) == Some(instance)
-        {
-            held = held.saturating_add(units);
-        }
-    }
-    GpuCapacity {
-        kind: gpu_kind(req),
-        exist,
-        free: exist.saturating_sub(used),
-        held_by_service: held,
-    }
+    gpu_pool(nodes, pods, instance).capacity(req, service.as_str())
 }
 
 /// Where `expected` (what Floyd applies) is not found in `live`, as

@@ -75,8 +75,13 @@ impl GpuPool {
 mod tests {
     use super::*;
     use crate::manifest::GpuSharing;
+    use crate::manifest::ServiceName;
+    use crate::runtime::kube::objects::{LABEL_INSTANCE, LABEL_SERVICE};
+    use crate::runtime::kube::observe;
     use crate::runtime::local::gpu as local;
+    use k8s_openapi::api::core::v1::{Node, Pod};
     use proptest::prelude::*;
+    use std::collections::BTreeMap;
 
     fn req(count: u32, product: Option<&str>, sharing: GpuSharing) -> GpuRequest {
         GpuRequest {
@@ -153,6 +158,7 @@ mod tests {
     fn inventory() -> impl Strategy<Value = Vec<GpuInventory>> {
         let one = (
             prop::sample::select(vec!["NVIDIA-A100-SXM4-80GB", "NVIDIA-L4", "Tesla-T4"]),
+            prop::sample::select(vec![40960u64, 81920]),
             1u32..4,
             prop::option::of(1u32..5),
             prop::collection::btree_map(
@@ -161,9 +167,9 @@ mod tests {
                 0..3,
             ),
         )
-            .prop_map(|(product, count, slots, mig)| GpuInventory {
+            .prop_map(|(product, memory, count, slots, mig)| GpuInventory {
                 product: product.to_string(),
-                memory_mib: Some(81920),
+                memory_mib: Some(memory),
                 count,
                 time_sliced_replicas: slots,
                 mig: mig.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
@@ -171,8 +177,74 @@ mod tests {
         prop::collection::vec(one, 1..4)
     }
 
-    /// One step of demand: (service, take or release, count, product, sharing).
-    fn demand() -> impl Strategy<Value = Vec<(usize, bool, u32, Option<&'static str>, u8)>> {
+    /// The Kubernetes node standing for one inventory line, advertised as
+    /// the NVIDIA device plugin and GPU feature discovery would, in one of
+    /// the ways each sharing mode can be advertised (`how` picks).
+    fn node_for(i: usize, line: &GpuInventory, how: u8) -> Node {
+        let mut labels = serde_json::Map::new();
+        let mut product = line.product.clone();
+        let mut alloc = serde_json::Map::new();
+        let n = line.count;
+        if !line.mig.is_empty() {
+            if line.mig.len() == 1 && how.is_multiple_of(2) {
+                // MIG strategy `single`: nvidia.com/gpu are slices.
+                let (p, k) = line.mig.iter().next().unwrap();
+                product = format!("{product}-MIG-{p}");
+                alloc.insert("nvidia.com/gpu".into(), (n * k).to_string().into());
+            } else {
+                for (p, k) in &line.mig {
+                    alloc.insert(format!("nvidia.com/mig-{p}"), (n * k).to_string().into());
+                }
+            }
+        } else if let Some(r) = line.time_sliced_replicas {
+            let units = (n * r).to_string();
+            labels.insert("nvidia.com/gpu.replicas".into(), r.to_string().into());
+            match how % 3 {
+                0 => {
+                    alloc.insert("nvidia.com/gpu.shared".into(), units.into());
+                }
+                1 => {
+                    product = format!("{product}-SHARED");
+                    alloc.insert("nvidia.com/gpu".into(), units.into());
+                }
+                _ => {
+                    labels.insert(
+                        "nvidia.com/gpu.sharing-strategy".into(),
+                        "time-slicing".into(),
+                    );
+                    alloc.insert("nvidia.com/gpu".into(), units.into());
+                }
+            }
+        } else {
+            alloc.insert("nvidia.com/gpu".into(), n.to_string().into());
+        }
+        labels.insert("nvidia.com/gpu.product".into(), product.into());
+        let memory = line.memory_mib.unwrap_or(0).to_string();
+        labels.insert("nvidia.com/gpu.memory".into(), memory.into());
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("node-{i}"), "labels": labels},
+            "status": {"allocatable": alloc},
+        }))
+        .unwrap()
+    }
+
+    /// A pod of `service` (this install) bound to `node`, asking for
+    /// `units` of `resource`.
+    fn pod_on(name: &str, service: &str, node: &str, resource: &str, units: usize) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {LABEL_SERVICE: service, LABEL_INSTANCE: "a"}},
+            "spec": {"nodeName": node, "containers": [{"name": "app",
+                "resources": {"limits": {resource: units.to_string()}}}]},
+            "status": {"phase": "Running"},
+        }))
+        .unwrap()
+    }
+
+    /// One step of demand: (service, take or release, count, product,
+    /// sharing, memory).
+    #[allow(clippy::type_complexity)]
+    fn demand()
+    -> impl Strategy<Value = Vec<(usize, bool, u32, Option<&'static str>, u8, Option<u64>)>> {
         prop::collection::vec(
             (
                 0usize..3,
@@ -185,6 +257,7 @@ mod tests {
                     "Tesla-T4",
                 ])),
                 0u8..4,
+                prop::option::of(prop::sample::select(vec![40960u64, 81920, 100_000])),
             ),
             1..40,
         )
@@ -204,22 +277,42 @@ mod tests {
     }
 
     proptest! {
-        /// The simulator (`floyd simulate`, `floyd diff`'s predictions) and
-        /// the local runtime place every demand sequence identically: the
-        /// same units for each instance, the same refusals, the same
-        /// capacity reported to the engine at every step.
+        /// The simulator (`floyd simulate`, `floyd diff`'s predictions),
+        /// the local runtime and the Kubernetes runtime's accounting agree
+        /// on every demand sequence: the simulator and the local runtime
+        /// place identically (the same units for each instance, the same
+        /// refusals), and the Kubernetes runtime, given nodes advertising
+        /// the same GPUs as the device plugin would and pods holding what
+        /// was placed, reports the same capacity to the engine at every
+        /// step.
         #[test]
-        fn the_simulator_and_the_local_runtime_place_identically(
+        fn the_simulator_the_local_and_the_kube_runtime_place_identically(
             inv in inventory(),
+            hows in prop::collection::vec(0u8..6, 4),
             steps in demand(),
         ) {
             let mut sim = GpuPool::new(&inv);
             // As the local runtime builds it (runtime/local: inventory → devices → pool).
             let mut loc = local::GpuPool::new(local::devices_from_inventory(&inv));
+            let nodes: Vec<Node> = inv
+                .iter()
+                .enumerate()
+                .map(|(i, l)| node_for(i, l, hows[i]))
+                .collect();
+            // Device index → the inventory line (node) it belongs to.
+            let line_of: Vec<usize> = inv
+                .iter()
+                .enumerate()
+                .flat_map(|(i, l)| std::iter::repeat_n(i, l.count as usize))
+                .collect();
+            let mut pods: Vec<(u64, Pod)> = Vec::new();
             let names = ["web", "api", "batch"];
+            let services: Vec<ServiceName> =
+                names.iter().map(|n| ServiceName::parse(n).unwrap()).collect();
             let mut live: Vec<(usize, u64)> = Vec::new();
-            for (n, (svc, take, count, product, k)) in steps.into_iter().enumerate() {
-                let r = req(count, product, sharing(k));
+            for (n, (svc, take, count, product, k, memory)) in steps.into_iter().enumerate() {
+                let mut r = req(count, product, sharing(k));
+                r.memory_mib = memory;
                 if take || live.is_empty() {
                     let id = n as u64;
                     let a = sim.allocate(&r, svc, id);
@@ -228,16 +321,47 @@ mod tests {
                         .ok()
                         .map(|p| p.units);
                     prop_assert_eq!(&a, &b, "step {} {:?}", n, r);
-                    if a.is_some() {
-                        live.push((svc, id));
+                    let Some(units) = a else { continue };
+                    live.push((svc, id));
+                    // What the scheduler would have bound: a pod per node
+                    // asking for that node's units in the resource the
+                    // Kubernetes runtime would put in the pod spec.
+                    let mut per_node: BTreeMap<usize, usize> = BTreeMap::new();
+                    for u in &units {
+                        let dev: usize = u
+                            .trim_start_matches("gpu")
+                            .split('/')
+                            .next()
+                            .and_then(|d| d.parse().ok())
+                            .unwrap();
+                        *per_node.entry(line_of[dev]).or_default() += 1;
+                    }
+                    for (line, k) in per_node {
+                        let scheme = observe::node_scheme(&nodes[line], &r);
+                        prop_assert!(scheme.is_some(), "node-{} offers {:?}", line, r);
+                        let resource = scheme.unwrap().resource;
+                        let name = format!("{}-{id}-{line}", names[svc]);
+                        let node = format!("node-{line}");
+                        pods.push((id, pod_on(&name, names[svc], &node, &resource, k)));
                     }
                 } else {
                     let (s, id) = live.remove(n % live.len());
                     sim.release(s, id);
                     loc.release(&local::Holder { service: names[s].into(), instance: id.to_string() });
+                    // Finished pods free their GPUs as deleted ones do.
+                    for (pid, p) in pods.iter_mut().filter(|(pid, _)| *pid == id) {
+                        if pid.is_multiple_of(2) {
+                            p.status.as_mut().unwrap().phase = Some("Succeeded".into());
+                        }
+                    }
+                    pods.retain(|(pid, _)| *pid != id || pid.is_multiple_of(2));
                 }
+                let bound: Vec<Pod> = pods.iter().map(|(_, p)| p.clone()).collect();
                 for (s, name) in names.iter().enumerate() {
-                    prop_assert_eq!(sim.capacity(&r, s), loc.capacity(&r, name));
+                    let want = sim.capacity(&r, s);
+                    prop_assert_eq!(&want, &loc.capacity(&r, name));
+                    let kube = observe::gpu_capacity(&r, &nodes, &bound, "a", &services[s]);
+                    prop_assert_eq!(&want, &kube, "step {} {:?} {}", n, r, name);
                 }
             }
             prop_assert_eq!(sim.held(), loc.held_units().len());
