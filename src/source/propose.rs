@@ -6,8 +6,9 @@
 //! tip, nothing is pushed; when the tip moved, the branch is replaced (a
 //! forced push, allowed only for `floyd/` branches, never the tracked one).
 
+use super::mirror::find_commit;
 use super::revert::Planner;
-use super::{Error, GitSource, RevertOutcome, RevertPlan, RevertRequest, find_commit};
+use super::{Error, GitSource, RevertOutcome, RevertPlan, RevertRequest};
 use git2::{Direction, FetchOptions, Oid};
 
 const PROPOSE_REF: &str = "refs/floyd/propose";

@@ -7,7 +7,9 @@
 //! Which commits to revert is decided by a pure planner the caller passes in
 //! (the controller's GitOps policy); this module only gathers and carries out.
 
-use super::{Error, GitSource, REVERT_REF, find_commit, list_config_tree, signing, summary_of};
+use super::mirror::{REVERT_REF, find_commit, summary_of};
+use super::tree::{blob_at, list_config_tree, read_blob_within};
+use super::{Error, GitSource, signing};
 use crate::manifest::tree::{IncrementalRenderer, TreeFile};
 use crate::manifest::{Release, Revision, ServiceSpec};
 use backon::{BlockingRetryable, ExponentialBuilder};
@@ -421,7 +423,7 @@ fn render_result(
     // Sizes checked from the object header, as the sync's own render does.
     let mut read = |f: &TreeFile| -> Result<Vec<u8>, String> {
         let oid = Oid::from_str(&f.id).map_err(|e| e.to_string())?;
-        super::read_blob_within(repo, &odb, oid, crate::manifest::MAX_FILE_BYTES)
+        read_blob_within(repo, &odb, oid, crate::manifest::MAX_FILE_BYTES)
     };
     let release: Release = renderer
         .render(&listing, &mut read)
@@ -525,7 +527,7 @@ impl<'r> ServiceJudge<'r> {
         };
         let files_changed = files
             .iter()
-            .any(|f| super::blob_at(&tree, f) != ptree.as_ref().and_then(|t| super::blob_at(t, f)));
+            .any(|f| blob_at(&tree, f) != ptree.as_ref().and_then(|t| blob_at(t, f)));
         let state_changed = match (&mine, &theirs) {
             (Some(a), Some(b)) => a.0 != b.0 || a.1 != b.1,
             (Some(_), None) | (None, Some(_)) => {
