@@ -36,9 +36,6 @@ pub enum Change {
 }
 
 impl Change {
-    pub fn is_change(&self) -> bool {
-        !matches!(self, Change::Unchanged | Change::Orphan)
-    }
     pub fn as_str(&self) -> &'static str {
         match self {
             Change::Create { .. } => "create",
