@@ -13,7 +13,7 @@
 
 use super::{GitHost, PrContent, PullRequest, RevertVia};
 use crate::source::{
-    self, GitSource, ProposeOutcome, RevertOutcome, RevertRequest, revert::Planner, revert_branch,
+    self, GitSource, ProposeOutcome, RevertOutcome, RevertRequest, revert::Planner,
 };
 use std::sync::Arc;
 
@@ -264,9 +264,4 @@ impl Follower {
             }
         }
     }
-}
-
-/// The head branch of the revert of `failed` for `service` (re-exported for callers).
-pub fn branch_for(failed: &str, service: &str) -> String {
-    revert_branch(failed, service)
 }

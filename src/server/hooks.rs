@@ -97,7 +97,9 @@ pub(crate) async fn webhook(
     let tracked = format!("refs/heads/{}", st.config.branch);
     let (result, message) = match push.git_ref.as_deref() {
         None => ("ignored", "not a push event".to_string()),
-        Some(r) if r != tracked => ("ignored", format!("push to {r}; Floyd tracks {tracked}")),
+        Some(r) if !push.is_for_branch(&st.config.branch) => {
+            ("ignored", format!("push to {r}; Floyd tracks {tracked}"))
+        }
         Some(_) => {
             let first = match &push.delivery {
                 Some(id) => st.hub.first_delivery(&format!("{name}:{id}")),

@@ -363,9 +363,6 @@ impl Store {
     pub fn applied(&self, service: &str) -> Result<Option<Applied>, Error> {
         self.get_json(APPLIED, service)
     }
-    pub fn all_applied(&self) -> Result<Vec<(String, Applied)>, Error> {
-        self.all_json(APPLIED, "")
-    }
 
     // ---- rollout states ----
 
@@ -429,13 +426,6 @@ impl Store {
 
     pub fn record_revert(&self, r: &RevertRecord) -> Result<(), Error> {
         self.put_json(REVERTS, &format!("{}/{}", r.service, r.failed_commit), r)
-    }
-    pub fn revert_for(
-        &self,
-        service: &str,
-        failed_commit: &str,
-    ) -> Result<Option<RevertRecord>, Error> {
-        self.get_json(REVERTS, &format!("{service}/{failed_commit}"))
     }
     pub fn reverts(&self) -> Result<Vec<RevertRecord>, Error> {
         Ok(self

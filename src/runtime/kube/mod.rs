@@ -516,13 +516,6 @@ impl KubeRuntime {
         Arc::get_mut(&mut self.inner).expect("just made unique")
     }
 
-    /// Use another field manager name (tests, or two Floyds on one cluster).
-    #[must_use]
-    pub fn with_field_manager(mut self, manager: impl Into<String>) -> Self {
-        self.inner_mut().field_manager = manager.into();
-        self
-    }
-
     /// The install identity (`floyd.dev/instance`, `--instance`): which
     /// objects are this install's. Set it before [`KubeRuntime::with_pod_watch`]
     /// (the watch selects by it). Check it with [`objects::check_instance`].

@@ -648,20 +648,6 @@ impl SimWorld {
     pub fn gpu_usage(&self) -> (usize, usize) {
         (self.gpus.held(), self.gpus.len())
     }
-
-    /// Instances of a service that exist (terminating ones included), for invariant checks.
-    pub fn instance_count(&self, service: &ServiceName) -> usize {
-        self.index
-            .get(service)
-            .map(|&s| {
-                self.services[s]
-                    .revisions
-                    .iter()
-                    .map(|r| r.instances.len())
-                    .sum()
-            })
-            .unwrap_or(0)
-    }
 }
 
 /// [`SimWorld`] behind the async [`Runtime`] trait, on the wall clock:
