@@ -49,7 +49,7 @@ pub struct ServiceView {
     /// Live objects that differ from what Floyd applied, as last observed
     /// (see `spec.driftPolicy`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub drift: Vec<crate::runtime::Drift>,
+    pub drift: Vec<crate::model::Drift>,
     /// Canary rollouts: the step in progress and the weight (see [`canary_view`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryStatus>,
@@ -367,7 +367,7 @@ impl Hub {
         }
     }
     /// Counts drift seen for the first time in `floyd_drift_total`.
-    pub fn note_drift(&self, service: &str, drift: &[crate::runtime::Drift]) {
+    pub fn note_drift(&self, service: &str, drift: &[crate::model::Drift]) {
         for d in drift.iter().filter(|d| d.new) {
             self.metrics
                 .drift_total

@@ -23,3 +23,6 @@ pub mod source;
 pub mod store;
 pub mod telemetry;
 pub mod time;
+
+#[cfg(test)]
+mod layers;

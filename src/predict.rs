@@ -15,7 +15,7 @@ use crate::engine::Phase;
 use crate::manifest::{
     GpuInventory, GpuRequest, GpuSharing, InstanceTemplate, Revision, ServiceName, ServiceSpec,
 };
-use crate::runtime::GpuCapacity;
+use crate::model::GpuCapacity;
 use crate::runtime::sim::Behaviour;
 use crate::runtime::sim::scenario::{GateScript, Scenario, Simulation};
 use serde::{Deserialize, Serialize};

@@ -7,7 +7,7 @@
 //! controller adopting a runtime it did not start sees what runs.
 
 use crate::manifest::{Release, Revision, ServiceName};
-use crate::runtime::Observed;
+use crate::model::Observed;
 use std::collections::BTreeMap;
 
 /// What a sync must do for one service.
@@ -128,7 +128,7 @@ fn newest_running(o: &Observed) -> Option<Revision> {
 mod tests {
     use super::*;
     use crate::manifest::{InstanceTemplate, Service, ServiceSpec};
-    use crate::runtime::ObservedRevision;
+    use crate::model::ObservedRevision;
     use crate::time::Time;
 
     fn name(s: &str) -> ServiceName {

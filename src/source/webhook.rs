@@ -291,6 +291,16 @@ mod tests {
     use super::*;
     use axum::http::HeaderValue;
 
+    /// The metrics are initialised for every provider, by the names the
+    /// webhook paths parse to.
+    #[test]
+    fn metrics_know_every_provider_by_its_name() {
+        for p in crate::telemetry::metrics::WEBHOOK_PROVIDERS {
+            let parsed = Provider::parse(p).map(|x| x.as_str());
+            assert_eq!(parsed, Some(*p));
+        }
+    }
+
     const SECRET: &[u8] = b"It's a Secret to Everybody";
     const DOC_SIG: &str = "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
 
