@@ -139,6 +139,15 @@ fn git(dir: &Path, args: &[&str]) {
         .env("GIT_COMMITTER_EMAIL", "bench@example.com")
         .output()
         .expect("git runs");
+    if !out.status.success() && args.first() == Some(&"push") {
+        let _ = Command::new("git").args(["fetch", "-q"]).current_dir(dir).status();
+        let log = Command::new("git")
+            .args(["log", "-3", "--format=%h %an%n%B", "origin/main"])
+            .current_dir(dir)
+            .output()
+            .expect("git runs");
+        eprintln!("the remote's last commits:\n{}", String::from_utf8_lossy(&log.stdout));
+    }
     assert!(
         out.status.success(),
         "git {args:?}: {}",
@@ -203,6 +212,12 @@ async fn run(kind: &str, quick: bool) {
         work: tmp.path().join("work"),
     };
     std::fs::create_dir_all(repo.work.join("services")).unwrap();
+    // Each shape's service is removed after it ran, which leaves no
+    // service: said on purpose (`allowEmpty`), with a (skipped) dot-file
+    // keeping services/ in the tree; otherwise the branch stops rendering
+    // and Floyd reverts the removal.
+    std::fs::write(repo.work.join("services/.keep"), "").unwrap();
+    std::fs::write(repo.work.join("floyd.yaml"), "allowEmpty: true\n").unwrap();
     repo.push("README", None, "empty");
     let state = tmp.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
@@ -501,9 +516,12 @@ async fn steady(label: &str, runtime: &str, services: usize, replicas: u32) {
     tokio::time::sleep(Duration::from_secs(10)).await;
     let cpu = (proc_cpu(pid) - c0) / w0.elapsed().as_secs_f64() * 100.0;
     println!(
-        "{label}: all Complete in {settled:.1} s; peak RSS (VmHWM) {:.1} MiB, RSS now {:.1} MiB; CPU at steady state {cpu:.1} % of a core (10 s)",
+        "{label}: all Complete in {settled:.1} s; peak RSS (VmHWM) {:.1} MiB, RSS now {:.1} MiB (heap and stacks {:.1}, the binary's pages {:.1}), {} threads; CPU at steady state {cpu:.1} % of a core (10 s)",
         proc_kib(pid, "VmHWM:") / 1024.0,
         proc_kib(pid, "VmRSS:") / 1024.0,
+        proc_kib(pid, "RssAnon:") / 1024.0,
+        proc_kib(pid, "RssFile:") / 1024.0,
+        proc_kib(pid, "Threads:"),
     );
     let _ = nix_term(pid);
     let _ = tokio::time::timeout(Duration::from_secs(60), child.wait()).await;
