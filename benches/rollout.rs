@@ -413,7 +413,12 @@ async fn run(kind: &str, quick: bool) {
 }
 
 fn proc_kib(pid: u32, key: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+    proc_kib_in(pid, "status", key)
+}
+
+/// A `kB` field of `/proc/<pid>/<file>`.
+fn proc_kib_in(pid: u32, file: &str, key: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -516,11 +521,12 @@ async fn steady(label: &str, runtime: &str, services: usize, replicas: u32) {
     tokio::time::sleep(Duration::from_secs(10)).await;
     let cpu = (proc_cpu(pid) - c0) / w0.elapsed().as_secs_f64() * 100.0;
     println!(
-        "{label}: all Complete in {settled:.1} s; peak RSS (VmHWM) {:.1} MiB, RSS now {:.1} MiB (heap and stacks {:.1}, the binary's pages {:.1}), {} threads; CPU at steady state {cpu:.1} % of a core (10 s)",
+        "{label}: all Complete in {settled:.1} s; peak RSS (VmHWM) {:.1} MiB, RSS now {:.1} MiB (private: heap and stacks {:.1}; file pages of the binary and libraries {:.1}, shared with every process running them), PSS {:.1} MiB, {} threads; CPU at steady state {cpu:.1} % of a core (10 s)",
         proc_kib(pid, "VmHWM:") / 1024.0,
         proc_kib(pid, "VmRSS:") / 1024.0,
         proc_kib(pid, "RssAnon:") / 1024.0,
         proc_kib(pid, "RssFile:") / 1024.0,
+        proc_kib_in(pid, "smaps_rollup", "Pss:") / 1024.0,
         proc_kib(pid, "Threads:"),
     );
     let _ = nix_term(pid);

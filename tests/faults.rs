@@ -1263,7 +1263,16 @@ fn kill_9_soak_of_floyd_run_under_load_loses_no_request() {
             tip
         };
         let _ = tip;
-        w.push();
+        if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.push())) {
+            // Someone else moved main: Floyd's log says what it pushed and why.
+            let logs = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = logs.lines().rev().take(80).collect();
+            eprintln!(
+                "floyd log tail:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+            std::panic::resume_unwind(e);
+        }
         std::thread::sleep(Duration::from_millis(rng.random_range(200..2000)));
         let dp = std::fs::read(state_dir.join("local/dataplane.json"))
             .ok()

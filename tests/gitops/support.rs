@@ -367,10 +367,31 @@ impl Work {
         git(self.dir.path(), &["commit", "-q", "-m", msg]);
         git(self.dir.path(), &["rev-parse", "HEAD"])
     }
+    /// Pushes to main; a rejected push panics with the remote's last
+    /// commits (who moved the branch: Floyd's revert says why).
     pub fn push(&self) {
-        git(
-            self.dir.path(),
-            &["push", "-q", "origin", "HEAD:refs/heads/main"],
+        let out = Command::new("git")
+            .args(["push", "-q", "origin", "HEAD:refs/heads/main"])
+            .current_dir(self.dir.path())
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .output()
+            .expect("git runs");
+        if out.status.success() {
+            return;
+        }
+        let _ = Command::new("git")
+            .args(["fetch", "-q", "origin"])
+            .current_dir(self.dir.path())
+            .status();
+        let log = Command::new("git")
+            .args(["log", "-3", "--format=%h %an: %B", "origin/main"])
+            .current_dir(self.dir.path())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        panic!(
+            "git push to main rejected: {}\nthe remote's last commits:\n{log}",
+            String::from_utf8_lossy(&out.stderr)
         );
     }
     pub fn push_to(&self, branch: &str) {
