@@ -140,13 +140,19 @@ fn git(dir: &Path, args: &[&str]) {
         .output()
         .expect("git runs");
     if !out.status.success() && args.first() == Some(&"push") {
-        let _ = Command::new("git").args(["fetch", "-q"]).current_dir(dir).status();
+        let _ = Command::new("git")
+            .args(["fetch", "-q"])
+            .current_dir(dir)
+            .status();
         let log = Command::new("git")
             .args(["log", "-3", "--format=%h %an%n%B", "origin/main"])
             .current_dir(dir)
             .output()
             .expect("git runs");
-        eprintln!("the remote's last commits:\n{}", String::from_utf8_lossy(&log.stdout));
+        eprintln!(
+            "the remote's last commits:\n{}",
+            String::from_utf8_lossy(&log.stdout)
+        );
     }
     assert!(
         out.status.success(),
@@ -294,7 +300,12 @@ async fn run(kind: &str, quick: bool) {
             startup_samples: if kind == "sim" {
                 vec![STARTUP]
             } else {
-                plan.samples.iter().map(|(_, s)| *s).collect()
+                plan.samples.iter().map(|(_, s, _)| *s).collect()
+            },
+            startup_batches: if kind == "sim" {
+                vec![]
+            } else {
+                plan.samples.iter().map(|(_, _, b)| *b).collect()
             },
             gpu: None,
         };

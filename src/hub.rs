@@ -144,8 +144,9 @@ pub struct PlanRecord {
     /// The revision the rollout to `target` started from.
     pub from: Option<crate::predict::CurrentRevision>,
     pub gpu: Option<GpuCapacity>,
-    /// Start-up samples: (instance, seconds from creation to ready).
-    pub samples: VecDeque<(String, f64)>,
+    /// Start-up samples: (instance, seconds from creation to ready, how
+    /// many instances were created with it, see [`crate::predict::batches`]).
+    pub samples: VecDeque<(String, f64, u32)>,
 }
 
 /// Where webhook delivery ids outlive the process (the state store
@@ -379,7 +380,7 @@ impl Hub {
         }
     }
     /// Records the rendered spec, the revision rolled from, GPU capacity,
-    /// and start-up samples `(instance, seconds)` (an instance counted once;
+    /// and start-up samples `(instance, seconds, batch)` (an instance counted once;
     /// the newest [`crate::predict::SAMPLES_KEPT`] kept).
     pub fn note_plan(
         &self,
@@ -388,7 +389,7 @@ impl Hub {
         target: &Revision,
         from: Option<crate::predict::CurrentRevision>,
         gpu: Option<GpuCapacity>,
-        samples: impl IntoIterator<Item = (String, f64)>,
+        samples: impl IntoIterator<Item = (String, f64, u32)>,
     ) {
         let mut plans = self.plans.write().expect("hub lock");
         let p = plans.entry(name.to_string()).or_insert_with(|| PlanRecord {
@@ -404,11 +405,11 @@ impl Hub {
         }
         p.from = from;
         p.gpu = gpu;
-        for (id, secs) in samples {
-            if p.samples.iter().any(|(i, _)| *i == id) {
+        for (id, secs, batch) in samples {
+            if p.samples.iter().any(|(i, _, _)| *i == id) {
                 continue;
             }
-            p.samples.push_back((id, secs));
+            p.samples.push_back((id, secs, batch));
             if p.samples.len() > crate::predict::SAMPLES_KEPT {
                 p.samples.pop_front();
             }

@@ -23,6 +23,59 @@ use serde::{Deserialize, Serialize};
 /// Start-up samples kept per service (the most recent ones).
 pub const SAMPLES_KEPT: usize = 64;
 
+/// Instances created this close together count as one batch.
+pub const BATCH_WINDOW_MS: u64 = 250;
+
+/// How many instances a rollout of `spec` creates at once: a rolling
+/// update's surge + unavailable (at least 1, at most the replicas); the
+/// other strategies create every replica together.
+pub fn wave_size(spec: &ServiceSpec) -> u32 {
+    match &spec.strategy {
+        crate::manifest::Strategy::RollingUpdate { rolling_update } => {
+            let (s, u) = crate::engine::rolling::fenceposts(
+                rolling_update.max_surge,
+                rolling_update.max_unavailable,
+                spec.replicas,
+            );
+            s.saturating_add(u).clamp(1, spec.replicas.max(1))
+        }
+        _ => spec.replicas.max(1),
+    }
+}
+
+/// The samples to predict a wave of `wave` instances from: those taken in
+/// batches no larger than twice the wave, or, when none is that small, in
+/// the smallest batches seen; all of them when the batches are unknown.
+/// Start-up on a loaded machine grows with how many start together.
+pub fn comparable_samples(samples: &[f64], batches: &[u32], wave: u32) -> Vec<f64> {
+    if batches.len() != samples.len() {
+        return samples.to_vec();
+    }
+    let smallest = batches.iter().copied().min().unwrap_or(0);
+    let limit = wave.saturating_mul(2).max(smallest);
+    samples
+        .iter()
+        .zip(batches)
+        .filter(|(_, b)| **b <= limit)
+        .map(|(s, _)| *s)
+        .collect()
+}
+
+/// For each instance creation time (ms), how many of them (itself
+/// included) lie within [`BATCH_WINDOW_MS`] of it.
+pub fn batches(created_ms: &[u64]) -> Vec<u32> {
+    let mut sorted = created_ms.to_vec();
+    sorted.sort_unstable();
+    created_ms
+        .iter()
+        .map(|&t| {
+            let lo = sorted.partition_point(|&x| x < t.saturating_sub(BATCH_WINDOW_MS));
+            let hi = sorted.partition_point(|&x| x <= t.saturating_add(BATCH_WINDOW_MS));
+            u32::try_from(hi - lo).unwrap_or(u32::MAX)
+        })
+        .collect()
+}
+
 /// What the runtime has observed of a service, as a prediction needs it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -34,6 +87,12 @@ pub struct PlanInputs {
     /// recent last (instances that never restarted).
     #[serde(default)]
     pub startup_samples: Vec<f64>,
+    /// For each sample, how many of the service's instances were created
+    /// together with it (within [`BATCH_WINDOW_MS`], itself included): a
+    /// burst of 100 new processes starts slower than a wave of 10 on the
+    /// same machine. Empty when unknown (older servers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub startup_batches: Vec<u32>,
     /// GPU capacity for the service's GPU kind, as last observed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu: Option<GpuCapacity>,
@@ -286,7 +345,12 @@ fn simulate(
 /// Predicts the rollout of `spec` (rendered, revision `to`) over what runs
 /// now (`inputs`).
 pub fn predict(name: &ServiceName, spec: &ServiceSpec, inputs: &PlanInputs) -> Prediction {
-    let timing = timing(spec, &inputs.startup_samples);
+    let samples = comparable_samples(
+        &inputs.startup_samples,
+        &inputs.startup_batches,
+        wave_size(spec),
+    );
+    let timing = timing(spec, &samples);
     let mut sim_spec = spec.clone();
     let mut start = inputs.current.as_ref().map(|c| {
         let mut t = InstanceTemplate::command(["current"]);
@@ -470,6 +534,61 @@ mod tests {
         })
     }
 
+    /// Batches: instances created within 250 ms of each other count together.
+    #[test]
+    fn batches_count_instances_created_together() {
+        for (created, want) in [
+            (vec![], vec![]),
+            (vec![1000], vec![1]),
+            // A burst of three, then one alone 2 s later.
+            (vec![1000, 1010, 1200, 3200], vec![3, 3, 3, 1]),
+            // Chained: each within 250 ms of the next, not of all.
+            (vec![0, 200, 400], vec![2, 3, 2]),
+            // Order kept.
+            (vec![5000, 0, 5100], vec![2, 1, 2]),
+        ] {
+            assert_eq!(batches(&created), want, "{created:?}");
+        }
+    }
+
+    /// A wave predicts from samples taken in comparable batches: the burst
+    /// of a first deployment (slow on a busy machine) does not set the pace
+    /// of a rollout that starts a few instances at a time.
+    #[test]
+    fn comparable_samples_table() {
+        let samples = [1.4, 1.5, 1.3, 1.0, 1.1];
+        let burst = [100, 100, 100, 10, 10];
+        for (what, batches, wave, want) in [
+            ("no batches known: all", &[][..], 10, samples.to_vec()),
+            (
+                "wave of 10: the batches of 10",
+                &burst[..],
+                10,
+                vec![1.0, 1.1],
+            ),
+            (
+                "wave of 4: none ≤ 8, so the smallest batches (10)",
+                &burst[..],
+                4,
+                vec![1.0, 1.1],
+            ),
+            (
+                "wave of 50: the batches ≤ 100",
+                &burst[..],
+                50,
+                samples.to_vec(),
+            ),
+            ("wave of 5: batches ≤ 10", &burst[..], 5, vec![1.0, 1.1]),
+            ("lengths differ: all", &[10, 10][..], 10, samples.to_vec()),
+        ] {
+            assert_eq!(comparable_samples(&samples, batches, wave), want, "{what}");
+        }
+        let mut spec = rolling(100, 10, 10);
+        assert_eq!(wave_size(&spec), 20);
+        spec.strategy = crate::manifest::Strategy::Recreate;
+        assert_eq!(wave_size(&spec), 100);
+    }
+
     #[test]
     fn percentiles_by_nearest_rank() {
         for (samples, want) in [
@@ -560,6 +679,7 @@ mod tests {
             let inputs = PlanInputs {
                 current: current(c.replicas),
                 startup_samples: vec![c.startup],
+                startup_batches: vec![],
                 gpu: None,
             };
             let p = predict(&name(), &spec, &inputs);
@@ -586,6 +706,7 @@ mod tests {
         let inputs = PlanInputs {
             current: current(4),
             startup_samples: vec![1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 4.0, 4.0],
+            startup_batches: vec![],
             gpu: None,
         };
         let p = predict(&name(), &spec, &inputs);
@@ -631,6 +752,7 @@ mod tests {
             &PlanInputs {
                 current: cur(2),
                 startup_samples: vec![1.0],
+                startup_batches: vec![],
                 gpu: Some(cap(4, 1, 2)),
             },
         );
@@ -645,6 +767,7 @@ mod tests {
             &PlanInputs {
                 current: cur(2),
                 startup_samples: vec![1.0],
+                startup_batches: vec![],
                 gpu: Some(cap(2, 0, 2)),
             },
         );
@@ -658,6 +781,7 @@ mod tests {
             &PlanInputs {
                 current: None,
                 startup_samples: vec![],
+                startup_batches: vec![],
                 gpu: Some(cap(8, 6, 0)),
             },
         );

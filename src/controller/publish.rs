@@ -101,14 +101,21 @@ pub(super) fn note_plan(sh: &Shared, name: &ServiceName, rec: &RolloutRecord, ob
                 .revision(r)
                 .and_then(|o| o.template.resources.gpu.clone()),
         });
-    let samples = observed
+    let all: Vec<_> = observed
         .revisions
         .iter()
         .flat_map(|r| r.instances.iter())
-        .filter(|i| i.restarts == 0 && i.phase != InstancePhase::Terminating)
-        .filter_map(|i| {
+        .collect();
+    let created: Vec<u64> = all.iter().map(|i| i.created_at.as_millis()).collect();
+    let batches = crate::predict::batches(&created);
+    let samples = all
+        .iter()
+        .zip(batches)
+        .filter(|(i, _)| i.restarts == 0 && i.phase != InstancePhase::Terminating)
+        .filter_map(|(i, batch)| {
             let ready = i.ready_since?;
-            (ready >= i.created_at).then(|| (i.id.clone(), ready.since(i.created_at).as_secs_f64()))
+            (ready >= i.created_at)
+                .then(|| (i.id.clone(), ready.since(i.created_at).as_secs_f64(), batch))
         });
     sh.hub.note_plan(
         name.as_str(),

@@ -106,10 +106,12 @@ pub(crate) async fn plan(
 ) -> Result<Json<Plan>, ApiError> {
     let rec = st.hub.plan(&name).ok_or_else(|| unknown_service(&name))?;
     let service = crate::manifest::ServiceName::parse(&name).map_err(|_| unknown_service(&name))?;
-    let samples: Vec<f64> = rec.samples.iter().map(|(_, s)| *s).collect();
+    let samples: Vec<f64> = rec.samples.iter().map(|(_, s, _)| *s).collect();
+    let batches: Vec<u32> = rec.samples.iter().map(|(_, _, b)| *b).collect();
     let from_here = crate::predict::PlanInputs {
         current: rec.from.clone(),
         startup_samples: samples.clone(),
+        startup_batches: batches.clone(),
         gpu: rec.gpu.clone(),
     };
     let target_revision = rec.target.clone();
@@ -120,6 +122,7 @@ pub(crate) async fn plan(
             gpu: rec.spec.gpu().cloned(),
         }),
         startup_samples: samples,
+        startup_batches: batches,
         gpu: rec.gpu.clone(),
     };
     // Simulating a large service takes milliseconds, off the async threads.

@@ -485,7 +485,7 @@ async fn diff_predicts_each_rollout_of_the_examples_repo() {
     let old = Revision("0000000000".into());
     let samples = || {
         [("i1", 1.5), ("i2", 2.5), ("i3", 3.0)]
-            .map(|(i, s)| (i.to_string(), s))
+            .map(|(i, s)| (i.to_string(), s, 1))
             .into_iter()
     };
     let cap = |exist, free, held| GpuCapacity {
