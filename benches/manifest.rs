@@ -29,6 +29,8 @@ fn service(i: usize) -> String {
     } else {
         ""
     };
+    // Service ports are unique across a release (previews: 30000 + i).
+    let (http, metrics) = (10000 + i, 40000 + i);
     format!(
         r#"# Service {i}: generated for the manifest benchmark.
 apiVersion: floyd.dev/v1
@@ -49,8 +51,8 @@ spec:
       memory: 128Mi
 {gpu}    terminationGracePeriodSeconds: 10
   ports:
-    - {{ name: http, port: 18080 }}
-    - {{ name: metrics, port: 19090 }}
+    - {{ name: http, port: {http} }}
+    - {{ name: metrics, port: {metrics} }}
   health:
     readiness: {{ http: {{ path: /healthz, port: http }}, periodSeconds: 2, failureThreshold: 3 }}
     liveness: {{ tcp: {{ port: http }}, periodSeconds: 10 }}
