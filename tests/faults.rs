@@ -651,7 +651,20 @@ fn a_hostile_commit_leaves_floyd_run_on_the_last_good_release_in_bounded_memory(
         .unwrap();
     struct Kill(std::process::Child);
     impl Drop for Kill {
+        // SIGTERM first: a graceful stop takes the instances and the
+        // dataplane down with it (SIGKILL would leave them running, as it
+        // is meant to), then make sure the controller is gone.
         fn drop(&mut self) {
+            if matches!(self.0.try_wait(), Ok(None)) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(self.0.id() as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
             let _ = self.0.kill();
             let _ = self.0.wait();
         }
