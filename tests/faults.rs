@@ -649,27 +649,7 @@ fn a_hostile_commit_leaves_floyd_run_on_the_last_good_release_in_bounded_memory(
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        // SIGTERM first: a graceful stop takes the instances and the
-        // dataplane down with it (SIGKILL would leave them running, as it
-        // is meant to), then make sure the controller is gone.
-        fn drop(&mut self) {
-            if matches!(self.0.try_wait(), Ok(None)) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(self.0.id() as i32),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-                let deadline = Instant::now() + Duration::from_secs(20);
-                while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let child = Kill(child);
+    let child = FloydRun(child);
     let pid = child.0.id();
     let web = || -> Option<serde_json::Value> {
         let (code, body) = http_get(port, "/api/v1/services/web")?;
@@ -1029,6 +1009,30 @@ fn logs_to_a_pipe_are_plain_and_counters_start_at_zero() {
 
 // ---- Scenario 5: kill -9 soak (issue #14) ----
 
+/// A `floyd run` process that is stopped when dropped, also when a test
+/// fails: SIGTERM first (a graceful stop takes its instances and dataplane
+/// down; SIGKILL would leave them running, as it is meant to), then SIGKILL
+/// if it is still there after 20 s.
+struct FloydRun(std::process::Child);
+
+impl Drop for FloydRun {
+    fn drop(&mut self) {
+        if !matches!(self.0.try_wait(), Ok(None)) {
+            return; // already reaped: its pid may be someone else's now
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `web` (RollingUpdate, surge 1) or `api` (BlueGreen) run for real by the
 /// local runtime, two replicas each.
 fn soak_service(name: &str, version: &str, port: u16, preview: Option<u16>) -> String {
@@ -1164,26 +1168,6 @@ fn kill_9_soak_of_floyd_run_under_load_loses_no_request() {
     let state_dir = state.path().join("state");
     let log = state.path().join("floyd.log");
     let port = support::free_port();
-    struct Run(std::process::Child);
-    impl Drop for Run {
-        // A failed run still stops its instances and dataplane (SIGTERM:
-        // graceful shutdown), then makes sure the controller is gone.
-        fn drop(&mut self) {
-            if !matches!(self.0.try_wait(), Ok(None)) {
-                return; // already reaped: its pid may be someone else's now
-            }
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.0.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let view = |name: &str| -> Option<serde_json::Value> {
         let (code, body) = http_get(port, &format!("/api/v1/services/{name}"))?;
         (code == 200).then(|| serde_json::from_str(&body).ok())?
@@ -1191,7 +1175,7 @@ fn kill_9_soak_of_floyd_run_under_load_loses_no_request() {
     let complete_at = |name: &str, sha: &str| {
         view(name).is_some_and(|v| v["phase"] == "Complete" && v["commit"]["sha"] == sha)
     };
-    let mut run = Run(floyd_run(&server.url, port, &state_dir, &log));
+    let mut run = FloydRun(floyd_run(&server.url, port, &state_dir, &log));
     support::wait_for("web and api Complete", Duration::from_secs(60), || {
         complete_at("web", &web_tip) && complete_at("api", &api_tip)
     });
@@ -1299,7 +1283,7 @@ fn kill_9_soak_of_floyd_run_under_load_loses_no_request() {
         .unwrap();
         let _ = run.0.wait();
         std::thread::sleep(Duration::from_millis(rng.random_range(0..300)));
-        run = Run(floyd_run(&server.url, port, &state_dir, &log));
+        run = FloydRun(floyd_run(&server.url, port, &state_dir, &log));
         support::wait_for("floyd run answers again", Duration::from_secs(30), || {
             http_get(port, "/healthz").is_some()
         });
