@@ -212,7 +212,10 @@ async fn webhook_and_revert(server: GitServer, services: usize, rounds: usize, r
         let resp = hook(sha, r).await.unwrap();
         assert_eq!(resp.status(), 202);
         loop {
-            match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
+            match tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                .await
+                .map(|r| r.map(std::sync::Arc::unwrap_or_clone))
+            {
                 Ok(Ok(Event::Service { service }))
                     if service.name == name && service.target_revision != before =>
                 {
@@ -259,7 +262,10 @@ async fn webhook_and_revert(server: GitServer, services: usize, rounds: usize, r
         hook(sha, 10_000 + r).await.unwrap();
         let mut failed_at = None;
         loop {
-            match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
+            match tokio::time::timeout(Duration::from_secs(60), rx.recv())
+                .await
+                .map(|r| r.map(std::sync::Arc::unwrap_or_clone))
+            {
                 Ok(Ok(Event::Rollout { entry }))
                     if entry.service == name
                         && entry.result == Phase::Failed

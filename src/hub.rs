@@ -12,7 +12,7 @@ use crate::time::Time;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 
 /// A Git commit as people see it.
@@ -164,7 +164,10 @@ pub struct Hub {
     /// What a rollout prediction needs, per service (see [`PlanRecord`]).
     plans: RwLock<BTreeMap<String, PlanRecord>>,
     history: RwLock<BTreeMap<String, VecDeque<HistoryEntry>>>,
-    events: broadcast::Sender<Event>,
+    /// Events behind an `Arc`: a slot of the channel is a pointer, not an
+    /// `Event` (4,096 slots of a `ServiceView` each were 1.7 MiB resident
+    /// from the start), and every subscriber shares one copy.
+    events: broadcast::Sender<Arc<Event>>,
     commands: mpsc::UnboundedSender<ControlRequest>,
     commands_rx: Mutex<Option<mpsc::UnboundedReceiver<ControlRequest>>>,
     fetch_tx: mpsc::UnboundedSender<FetchTrigger>,
@@ -248,7 +251,7 @@ impl Hub {
             .map(|h| h.iter().rev().cloned().collect())
             .unwrap_or_default()
     }
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.events.subscribe()
     }
     /// Changes whenever a service view is set (with a change) or removed:
@@ -364,7 +367,7 @@ impl Hub {
         self.metrics.set_canary_weight(&view.name, weight);
         if changed {
             self.metrics.set_phase(&view.name, view.phase);
-            let _ = self.events.send(Event::Service { service: view });
+            let _ = self.events.send(Arc::new(Event::Service { service: view }));
         }
     }
     /// Counts drift seen for the first time in `floyd_drift_total`.
@@ -439,10 +442,10 @@ impl Hub {
                 }
             }
         }
-        let _ = self.events.send(Event::Rollout { entry });
+        let _ = self.events.send(Arc::new(Event::Rollout { entry }));
     }
     pub fn emit(&self, event: Event) {
-        let _ = self.events.send(event);
+        let _ = self.events.send(Arc::new(event));
     }
     pub fn set_synced(&self) {
         self.synced_once.store(true, Ordering::Relaxed);

@@ -265,7 +265,7 @@ impl Notifier {
         tokio::spawn(async move {
             let mut seen: HashSet<(String, Time, Revision, NotificationKind)> = HashSet::new();
             loop {
-                let event = match rx.recv().await {
+                let event = match rx.recv().await.map(Arc::unwrap_or_clone) {
                     Ok(e) => e,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "notifier lagged behind the event stream");

@@ -228,7 +228,7 @@ fn spawn_printer(hub: &Arc<Hub>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut last: std::collections::HashMap<String, (Phase, String)> = Default::default();
         loop {
-            match rx.recv().await {
+            match rx.recv().await.map(Arc::unwrap_or_clone) {
                 Ok(Event::Sync { commit }) => {
                     println!("  sync      {} {:?}", short(&commit.sha), commit.summary);
                 }
@@ -444,7 +444,7 @@ async fn scenario(running: &Running, scratch: &Scratch) -> anyhow::Result<()> {
     .await?;
     let revert = tokio::time::timeout(Duration::from_secs(180), async {
         loop {
-            match events.recv().await {
+            match events.recv().await.map(Arc::unwrap_or_clone) {
                 Ok(Event::Revert {
                     service,
                     commit,
@@ -593,7 +593,10 @@ async fn canary_act(hub: &Hub, scratch: &Scratch) -> anyhow::Result<()> {
             bail!("the canary of {CANARY} did not complete within 180 s; it is {now}");
         }
         // Every service event, or a look every 200 ms if events lag.
-        match tokio::time::timeout(Duration::from_millis(200), events.recv()).await {
+        match tokio::time::timeout(Duration::from_millis(200), events.recv())
+            .await
+            .map(|r| r.map(Arc::unwrap_or_clone))
+        {
             Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
                 bail!("the controller's event stream ended")
             }

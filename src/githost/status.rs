@@ -212,7 +212,7 @@ pub fn follow(
     let mut book = StatusBook::new(host.cfg.status_aggregate_above, host.cfg.public_url.clone());
     tokio::spawn(async move {
         loop {
-            match rx.recv().await {
+            match rx.recv().await.map(Arc::unwrap_or_clone) {
                 Ok(Event::Rollout { entry }) => {
                     if statuses {
                         let out = book.observe(&entry);

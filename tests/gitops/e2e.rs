@@ -89,9 +89,9 @@ async fn good_commit_completes_then_broken_commit_is_rolled_back_and_reverted() 
             ok: true,
             commit: Some(c),
             ..
-        } = ev
+        } = &*ev
         {
-            saw_revert |= c == revert.sha;
+            saw_revert |= *c == revert.sha;
         }
     }
     assert!(saw_revert, "a revert event was emitted");
@@ -121,7 +121,10 @@ async fn same_service_changed_again_during_revert_is_degraded_not_reverted() {
     h.server.race_once_with("racer");
     let deadline = Instant::now() + Duration::from_secs(30);
     let message = loop {
-        match tokio::time::timeout_at(deadline.into(), events.recv()).await {
+        match tokio::time::timeout_at(deadline.into(), events.recv())
+            .await
+            .map(|r| r.map(std::sync::Arc::unwrap_or_clone))
+        {
             Ok(Ok(Event::Revert {
                 ok: false,
                 message,

@@ -50,13 +50,16 @@ fn revert_commits(h: &Harness) -> Vec<String> {
 
 /// Waits for the first `Revert` event of the hub (pushed or not).
 async fn next_revert_event(
-    rx: &mut tokio::sync::broadcast::Receiver<Event>,
+    rx: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<Event>>,
     timeout: Duration,
 ) -> (Option<String>, Vec<String>, bool, String) {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, rx.recv()).await {
+        match tokio::time::timeout(left, rx.recv())
+            .await
+            .map(|r| r.map(std::sync::Arc::unwrap_or_clone))
+        {
             Ok(Ok(Event::Revert {
                 commit,
                 reverted,

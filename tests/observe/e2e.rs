@@ -535,10 +535,13 @@ impl Stack {
 
 /// The next revert event: (pushed, revert commit, reverted commits).
 pub(crate) async fn next_revert(
-    events: &mut tokio::sync::broadcast::Receiver<floyd::hub::Event>,
+    events: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<floyd::hub::Event>>,
 ) -> (bool, Option<String>, Vec<String>) {
     loop {
-        match tokio::time::timeout(LONG, events.recv()).await {
+        match tokio::time::timeout(LONG, events.recv())
+            .await
+            .map(|r| r.map(std::sync::Arc::unwrap_or_clone))
+        {
             Ok(Ok(floyd::hub::Event::Revert {
                 ok,
                 commit,
