@@ -3,7 +3,7 @@
 //! commit, push (never forced).
 
 use super::known_hosts::{known_hosts_match, ssh_port};
-use super::tree::{list_config_tree, read_blob_within};
+use super::tree::{commit_subtree, list_config_tree, read_blob_within};
 use super::{Error, SourceConfig, redact_url, signing};
 use crate::hub::CommitInfo;
 use crate::manifest::tree::{IncrementalRenderer, TreeFile};
@@ -270,19 +270,7 @@ impl GitSource {
             path: dest.to_path_buf(),
             message: m,
         };
-        let commit = find_commit(&repo, sha)?;
-        let mut tree = commit.tree().map_err(|e| err(e.to_string()))?;
-        if let Some(sub) = subdir.filter(|s| !s.as_os_str().is_empty() && *s != Path::new(".")) {
-            let entry = tree.get_path(sub).map_err(|_| {
-                err(format!(
-                    "the commit has no directory {} (check --path)",
-                    sub.display()
-                ))
-            })?;
-            tree = repo
-                .find_tree(entry.id())
-                .map_err(|_| err(format!("{} is not a directory", sub.display())))?;
-        }
+        let tree = commit_subtree(&repo, sha, subdir, &err)?;
         std::fs::create_dir_all(dest).map_err(|e| err(e.to_string()))?;
         let mut failure: Option<String> = None;
         tree.walk(git2::TreeWalkMode::PreOrder, |root, entry| {

@@ -9,6 +9,30 @@ use crate::manifest::tree::{TreeFile, TreeListing};
 use git2::{Oid, Repository};
 use std::path::{Path, PathBuf};
 
+/// The tree of commit `sha` under `subdir` (none, empty or `.`: the root);
+/// a missing or non-directory `subdir` is an error made by `err`.
+pub(super) fn commit_subtree<'r>(
+    repo: &'r Repository,
+    sha: &str,
+    subdir: Option<&Path>,
+    err: &dyn Fn(String) -> Error,
+) -> Result<git2::Tree<'r>, Error> {
+    let commit = find_commit(repo, sha)?;
+    let mut tree = commit.tree().map_err(|e| err(e.to_string()))?;
+    if let Some(sub) = subdir.filter(|s| !s.as_os_str().is_empty() && *s != Path::new(".")) {
+        let entry = tree.get_path(sub).map_err(|_| {
+            err(format!(
+                "the commit has no directory {} (check --path)",
+                sub.display()
+            ))
+        })?;
+        tree = repo
+            .find_tree(entry.id())
+            .map_err(|_| err(format!("{} is not a directory", sub.display())))?;
+    }
+    Ok(tree)
+}
+
 /// Lists `floyd.yaml` and the manifests under `services/` of `sha`'s tree
 /// (under `subdir`), with the same rules as reading a directory: dot-files
 /// skipped, nesting limited, symlinked files followed inside the tree,
@@ -23,20 +47,8 @@ pub(super) fn list_config_tree(
         path: subdir.map(Path::to_path_buf).unwrap_or_default(),
         message: m,
     };
-    let commit = find_commit(repo, sha)?;
-    let mut root = commit.tree().map_err(|e| err(e.to_string()))?;
+    let root = commit_subtree(repo, sha, subdir, &err)?;
     let sub = subdir.filter(|s| !s.as_os_str().is_empty() && *s != Path::new("."));
-    if let Some(sub) = sub {
-        let entry = root.get_path(sub).map_err(|_| {
-            err(format!(
-                "the commit has no directory {} (check --path)",
-                sub.display()
-            ))
-        })?;
-        root = repo
-            .find_tree(entry.id())
-            .map_err(|_| err(format!("{} is not a directory", sub.display())))?;
-    }
     let mut out = TreeListing {
         label: match sub {
             Some(s) => format!("the repository's {}", s.display()),
